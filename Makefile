@@ -1,0 +1,28 @@
+# Both targets set everything up on a fresh machine: the venv is created and filled when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch/torchvision pinned to the builds this machine keeps on disk (see README).
+	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/retrieval demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check retrieval cli tests benchmarks migrations
+	$(BIN)/ruff format --check retrieval cli tests benchmarks migrations
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,95 @@
+"""Finding image files under a folder and fingerprinting their content.
+
+Symlink policy: links are followed while their target stays inside the folder being indexed
+(each real directory is visited once, so loops end); a link whose target lies outside the folder
+is skipped and reported, so that indexing `~/Photos` never wanders into the rest of the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.decoding import SUPPORTED_EXTENSIONS
+
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A candidate image: its path as the user sees it (under the root) and its stat."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something under the root that is not indexed, and why (reported, never fatal)."""
+
+    path: Path
+    reason: str
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def discover(root: Path) -> Iterator[FoundFile | Skipped]:
+    """Yield image files under `root` in a stable (sorted) order, and what was skipped and why."""
+    root = Path(root)
+    real_root = root.resolve()
+    seen_dirs: set[Path] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = folder.resolve()
+        if real in seen_dirs:
+            continue
+        seen_dirs.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            yield Skipped(folder, f"folder not readable: {exc.strerror or exc}")
+            continue
+        subdirs: list[Path] = []
+        files: list[os.DirEntry[str]] = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_symlink():
+                    try:
+                        target = path.resolve(strict=True)
+                    except (OSError, RuntimeError):
+                        yield Skipped(path, "broken or looping symlink")
+                        continue
+                    if not _is_inside(target, real_root):
+                        yield Skipped(path, "symlink to outside the indexed folder")
+                        continue
+                if entry.is_dir():
+                    subdirs.append(path)
+                elif entry.is_file() and path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                    files.append(entry)
+            except OSError as exc:
+                yield Skipped(path, f"cannot stat: {exc.strerror or exc}")
+        for entry in reversed(files):
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                yield Skipped(Path(entry.path), f"cannot stat: {exc.strerror or exc}")
+                continue
+            yield FoundFile(Path(entry.path), st.st_size, st.st_mtime_ns)
+        stack.extend(subdirs)  # reversed listing + stack = sorted depth-first order
+
+
+def content_hash(data: bytes) -> str:
+    """Identity of an image's bytes: a moved or copied file keeps it, any edit changes it."""
+    return hashlib.blake2b(data, digest_size=20).hexdigest()

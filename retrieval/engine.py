@@ -1,0 +1,398 @@
+"""`Engine`: one index (metadata + vectors + its embedder) opened as a unit; what the CLI and server call.
+
+Heavy parts load lazily and once: the database on construction, the vector store on the first
+search, the model on the first query or ingest that needs it. Close it (or use `with`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from retrieval.decoding import decode_image
+from retrieval.embedders import Embedder, create_embedder, parse_embedder_name
+from retrieval.errors import (
+    IndexBusyError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    QueryError,
+    UsageError,
+)
+from retrieval.ingest import IngestReport, Ingestor, ProgressFn, reconcile, remove_paths
+from retrieval.locations import DEFAULT_INDEX, index_dir
+from retrieval.metadata import DB_NAME, MetadataStore, utcnow
+from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
+from retrieval.vectorstore import StoreParams, VectorStore
+
+DEFAULT_MODEL = "clip"
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    name: str
+    path: str
+    model: str | None
+    embedder_id: str | None
+    dim: int | None
+    counts: dict[str, int]
+    vectors: int
+    bytes_on_disk: dict[str, int]
+    store: dict[str, Any]
+    failures: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """Agreement between the database and the vector store; `ok` when nothing is off."""
+
+    embedded_rows: int
+    vectors: int
+    vectors_without_row: int
+    rows_without_vector: int
+    fixed: bool
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+class Engine:
+    """An index by name under a home folder.
+
+    Args:
+        index: index name (a folder under the home).
+        home: folder of all indexes; default $RETRIEVAL_HOME, else ./indexes.
+        model: embedder name for a new index (default "clip"); for an existing index it must match.
+        pretrained: weights tag, or None / "none" for random init (testing only).
+        weights: local checkpoint file instead of downloadable weights.
+        device: "cpu", "cuda" or "auto".
+    """
+
+    def __init__(
+        self,
+        index: str = DEFAULT_INDEX,
+        *,
+        home: Path | str | None = None,
+        model: str | None = None,
+        pretrained: str | None = "default",
+        weights: Path | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+    ) -> None:
+        self.name = index
+        self.dir = index_dir(index, home)
+        self.device = device
+        self.batch_size = batch_size
+        self._model_arg = model
+        self._pretrained_arg = pretrained
+        self._weights_arg = Path(weights).expanduser().resolve() if weights else None
+        if self._weights_arg is not None and not self._weights_arg.is_file():
+            raise UsageError(f"weights file {self._weights_arg} does not exist")
+        self._embedder: Embedder | None = None
+        self._store: VectorStore | None = None
+        self._meta: MetadataStore | None = None
+        if self.exists:
+            self._meta = MetadataStore(self.dir / DB_NAME)
+            self._check_model_matches()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / DB_NAME).is_file()
+
+    @property
+    def meta(self) -> MetadataStore:
+        if self._meta is None:
+            raise IndexNotFoundError(
+                f"no index named {self.name!r} in {self.dir.parent}; build one with `retrieval ingest DIR`"
+            )
+        return self._meta
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.meta.get_manifest()
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            folder = self.dir / "vectors"
+            if not VectorStore.exists(folder):
+                raise IndexNotFoundError(f"index {self.name!r} has no vectors yet; run `retrieval ingest DIR`")
+            self._store = VectorStore.open(folder)
+        return self._store
+
+    @property
+    def embedder(self) -> Embedder:
+        """The index's embedder, loaded on first use (from the manifest for an existing index)."""
+        if self._embedder is None:
+            name, pretrained, weights = self._embedder_args()
+            emb = create_embedder(
+                name, pretrained=pretrained, weights=weights, device=self.device, batch_size=self.batch_size
+            )
+            recorded = self.manifest.get("embedder_id") if self.exists else None
+            if recorded is not None and recorded != emb.id:
+                emb.close()
+                raise IndexMismatchError(
+                    f"index {self.name!r} was built with {recorded}, not {emb.id}; "
+                    f"use the same model/weights or another --index"
+                )
+            self._embedder = emb
+        return self._embedder
+
+    def _embedder_args(self) -> tuple[str, str | None, Path | None]:
+        manifest = self.manifest if self.exists else {}
+        if "model" in manifest:
+            weights = self._weights_arg or (Path(manifest["weights"]) if manifest.get("weights") else None)
+            return manifest["model"], manifest.get("pretrained"), weights
+        return self._model_arg or DEFAULT_MODEL, self._pretrained_arg, self._weights_arg
+
+    def _check_model_matches(self) -> None:
+        manifest = self.meta.get_manifest()
+        if self._model_arg is None or "model" not in manifest:
+            return
+        asked = parse_embedder_name(self._model_arg, self._pretrained_arg)
+        recorded = parse_embedder_name(manifest["model"], manifest.get("pretrained"))
+        if asked != recorded:
+            raise IndexMismatchError(
+                f"index {self.name!r} was built with {manifest.get('embedder_id', manifest['model'])}, "
+                f"not {self._model_arg}; drop --model or choose another --index"
+            )
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lock(self) -> FileLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.dir / "write.lock", timeout=0)
+
+    def _acquire(self, lock: FileLock) -> None:
+        try:
+            lock.acquire()
+        except Timeout:
+            raise IndexBusyError(
+                f"index {self.name!r} is busy: another process is writing to it ({self.dir}); "
+                "wait for it to finish"
+            ) from None
+
+    def _open_for_writing(self) -> VectorStore:
+        """Create the index on first use, open its store writable and repair what a crash left."""
+        emb = self.embedder
+        if self._meta is None:
+            self._meta = MetadataStore(self.dir / DB_NAME)
+        manifest = self._meta.get_manifest()
+        if "model" not in manifest:
+            name, pretrained, weights = self._embedder_args()
+            with self._meta.session() as s:
+                self._meta.set_manifest(
+                    s,
+                    format=MANIFEST_FORMAT,
+                    model=name,
+                    pretrained=pretrained,
+                    weights=str(weights) if weights else None,
+                    embedder_id=emb.id,
+                    dim=emb.dim,
+                    preprocess=emb.preprocess_id,
+                    store="hnswlib-int8",
+                    created_at=utcnow().isoformat(timespec="seconds"),
+                )
+        folder = self.dir / "vectors"
+        if self._store is not None:
+            self._store.close()
+        if VectorStore.exists(folder):
+            self._store = VectorStore.open(folder, writable=True)
+            if self._store.dim != emb.dim:
+                raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}")
+        else:
+            self._store = VectorStore.create(folder, emb.dim, StoreParams())
+            self._store.save()
+        reconcile(self._meta, self._store)
+        return self._store
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        root: Path | str,
+        *,
+        prune: bool = True,
+        progress: ProgressFn | None = None,
+        workers: int | None = None,
+        retry_failed: bool = False,
+    ) -> IngestReport:
+        """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
+
+        Raises:
+            IndexBusyError: another process is writing to this index.
+            IndexMismatchError: the index was built with another model.
+        """
+        lock = self._lock()
+        self._acquire(lock)
+        try:
+            store = self._open_for_writing()
+            ingestor = Ingestor(
+                self.meta,
+                store,
+                self.embedder,
+                batch_size=self.batch_size,
+                workers=workers,
+                progress=progress,
+                retry_failed=retry_failed,
+            )
+            return ingestor.run(Path(root), prune=prune)
+        finally:
+            lock.release()
+
+    def remove(self, paths: list[Path | str]) -> int:
+        """Forget these files (the files themselves stay on disk); returns how many were indexed."""
+        lock = self._lock()
+        self._acquire(lock)
+        try:
+            store = self._open_for_writing()
+            return remove_paths(self.meta, store, [str(Path(p).expanduser().resolve()) for p in paths])
+        finally:
+            lock.release()
+
+    def drop(self) -> None:
+        """Delete the whole index folder (never the photos)."""
+        lock = self._lock()
+        self._acquire(lock)
+        try:
+            self.close()
+            shutil.rmtree(self.dir)
+        finally:
+            lock.release()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _embed_image(self, source: Path | bytes) -> np.ndarray:
+        if isinstance(source, Path) and not source.is_file():
+            raise QueryError(f"query image {source} does not exist")
+        decoded = decode_image(source, min_side=self.embedder.input_size)
+        return self.embedder.embed_images([decoded.image])[0]
+
+    def _stored_vector(self, content_id: int) -> np.ndarray:
+        if content_id not in self.store:
+            raise QueryError(f"no image with id {content_id} in index {self.name!r}")
+        return self.store.vectors([content_id])[0]
+
+    def resolve_image_ref(self, ref: str | int | Path) -> QueryPart:
+        """An indexed image by id or path, or else an image file to embed: the part for 'more like this'."""
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            return QueryPart("id", int(ref))
+        path = Path(ref).expanduser()
+        content_id = self.meta.content_id_for_path(path.resolve()) if path.exists() else None
+        if content_id is not None:
+            return QueryPart("id", content_id)
+        if not path.is_file():
+            raise QueryError(f"{ref} is neither an indexed image id nor an image file")
+        return QueryPart("image", path.resolve())
+
+    def query_vector(self, query: Query) -> np.ndarray:
+        return query_vector(
+            query,
+            embed_texts=self._embed_texts,
+            embed_image=self._embed_image,
+            stored_vector=self._stored_vector,
+        )
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.embed_texts(texts)
+
+    def search(
+        self, query: Query, *, k: int = 10, min_score: float | None = None, ef: int | None = None
+    ) -> list[SearchHit]:
+        """Top-k images for a query of text/image/id parts, each added or subtracted."""
+        self.store.reload_if_changed()
+        vector = self.query_vector(query)
+        return run_search(vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef)
+
+    def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+        return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score)
+
+    def search_image(self, image: Path | bytes, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+        source = Path(image).expanduser() if isinstance(image, str | Path) else image
+        return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score)
+
+    def similar(self, ref: str | int | Path, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+        """More like an indexed image (by id or path; the image itself is left out) or an image file."""
+        return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
+
+    def stats(self) -> IndexStats:
+        manifest = self.manifest
+        store_stats: dict[str, Any] = {}
+        vectors = 0
+        if VectorStore.exists(self.dir / "vectors"):
+            store_stats = self.store.stats()
+            vectors = len(self.store)
+        db_bytes = sum(p.stat().st_size for p in self.dir.glob(DB_NAME + "*") if p.is_file())
+        return IndexStats(
+            name=self.name,
+            path=str(self.dir),
+            model=manifest.get("model"),
+            embedder_id=manifest.get("embedder_id"),
+            dim=manifest.get("dim"),
+            counts=self.meta.counts(),
+            vectors=vectors,
+            bytes_on_disk={"database": db_bytes, "vectors": _folder_size(self.dir / "vectors")},
+            store=store_stats,
+            failures=self.meta.failures(limit=20),
+        )
+
+    def doctor(self, *, fix: bool = False) -> DoctorReport:
+        """Check that every embedded row has one vector and every vector a row; with fix, repair it."""
+        embedded = self.meta.embedded_ids()
+        in_store = {int(i) for i in self.store.ids()}
+        extra = in_store - embedded
+        missing = embedded - in_store
+        problems = []
+        if extra:
+            problems.append(f"{len(extra)} vectors have no database row (left by an interrupted write)")
+        if missing:
+            problems.append(f"{len(missing)} images marked embedded have no vector (they will be re-embedded)")
+        fixed = False
+        if fix and problems:
+            lock = self._lock()
+            self._acquire(lock)
+            try:
+                store = VectorStore.open(self.dir / "vectors", writable=True)
+                try:
+                    reconcile(self.meta, store)
+                finally:
+                    store.close()
+                fixed = True
+            finally:
+                lock.release()
+        return DoctorReport(
+            embedded_rows=len(embedded),
+            vectors=len(in_store),
+            vectors_without_row=len(extra),
+            rows_without_vector=len(missing),
+            fixed=fixed,
+            problems=problems,
+        )

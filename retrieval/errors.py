@@ -1,0 +1,83 @@
+"""The one error hierarchy of `retrieval`.
+
+Every error the library raises on purpose derives from `RetrievalError`; the CLI
+catches that base once, prints `str(error)` as one line and exits with
+`error.exit_code`. Messages name the offending value and what to do instead.
+
+    RetrievalError                    exit 1
+    ├── UsageError                    exit 2   bad argument, unknown model name, empty query
+    │   └── QueryError                exit 2   a query the index cannot answer (text on ResNet, unknown id)
+    ├── WeightsUnavailableError       exit 3   no cached weights and no network; names --weights
+    ├── IndexError_                   exit 4   base of problems with an index on disk
+    │   ├── IndexNotFoundError                 no index of that name under the home
+    │   ├── IndexMismatchError                 index built by another model / dimension
+    │   ├── IndexBusyError            exit 5   another process holds the ingest lock
+    │   ├── IndexCorruptError         exit 6   a file is truncated, garbled or inconsistent
+    │   └── SchemaTooNewError                  database written by a newer `retrieval`
+    └── DecodeError                   exit 7   one file is not a readable image (data during bulk work)
+"""
+
+from __future__ import annotations
+
+
+class RetrievalError(Exception):
+    """Base of every error raised on purpose; rendered by the CLI as one line."""
+
+    exit_code = 1
+
+
+class UsageError(RetrievalError):
+    """An argument the library cannot act on (unknown model, bad value)."""
+
+    exit_code = 2
+
+
+class QueryError(UsageError):
+    """A query that this index cannot answer."""
+
+
+class WeightsUnavailableError(RetrievalError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+    exit_code = 3
+
+
+class IndexError_(RetrievalError):  # noqa: N801 - avoids shadowing the builtin IndexError
+    """Base of problems with an index on disk."""
+
+    exit_code = 4
+
+
+class IndexNotFoundError(IndexError_):
+    """No index of that name exists yet."""
+
+
+class IndexMismatchError(IndexError_):
+    """The index was built with another embedder than the one asked for."""
+
+
+class IndexBusyError(IndexError_):
+    """Another process is writing to this index."""
+
+    exit_code = 5
+
+
+class IndexCorruptError(IndexError_):
+    """An index file or the database is damaged or inconsistent."""
+
+    exit_code = 6
+
+
+class SchemaTooNewError(IndexError_):
+    """The database was written by a newer version of retrieval."""
+
+
+class DecodeError(RetrievalError):
+    """A file could not be decoded as an image; `reason` is short and human-readable."""
+
+    exit_code = 7
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -1,0 +1,396 @@
+"""Ingest: bring an index up to date with a folder (new, changed, moved, duplicate, deleted files).
+
+Pipeline: the main thread lists files and plans the work; worker threads read, hash, decode and
+preprocess (Pillow and the hash release the GIL); the main thread embeds in batches and writes.
+Crash safety rests on one ordering: vectors are saved (atomically) before the database rows that
+call them embedded are committed, and `reconcile` repairs the one gap a crash can leave.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from retrieval.decoding import decode_image
+from retrieval.discovery import FoundFile, Skipped, content_hash, discover
+from retrieval.embedders import Embedder
+from retrieval.errors import DecodeError, UsageError
+from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
+from retrieval.vectorstore import VectorStore
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """Reported through the caller's callback: `total` is None while still counting."""
+
+    phase: str
+    done: int
+    total: int | None
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; `failed` and `skipped` list (path, reason)."""
+
+    root: str
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    linked: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+
+@dataclass
+class _Prepared:
+    found: FoundFile
+    hash: str
+    known_id: int | None = None
+    tensor: Any = None
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    captured_at: Any = None
+    error: str | None = None
+
+
+ProgressFn = Callable[[IngestProgress], None]
+
+
+def reconcile(meta: MetadataStore, store: VectorStore) -> tuple[int, int]:
+    """Make the store and the database agree after a crash; return (vectors dropped, rows reset).
+
+    Vectors whose rows were never committed are dropped; rows marked embedded whose vector is
+    missing go back to pending, so the next ingest embeds them again.
+    """
+    embedded = meta.embedded_ids()
+    in_store = {int(i) for i in store.ids()}
+    extra = in_store - embedded
+    missing = embedded - in_store
+    if extra:
+        store.remove(sorted(extra))
+    if missing:
+        with meta.session() as s:
+            meta.mark_not_embedded(s, missing)
+    if extra:
+        store.save()
+    return len(extra), len(missing)
+
+
+class Ingestor:
+    """One ingest run over one root; use `run()`."""
+
+    def __init__(
+        self,
+        meta: MetadataStore,
+        store: VectorStore,
+        embedder: Embedder,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        checkpoint_every: int = 2000,
+        checkpoint_seconds: float = 120.0,
+        progress: ProgressFn | None = None,
+        retry_failed: bool = False,
+    ) -> None:
+        self.meta = meta
+        self.store = store
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.workers = workers or max(1, min(4, (os.cpu_count() or 2)))
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.progress = progress or (lambda _p: None)
+        self.retry_failed = retry_failed
+        self._run_hashes: dict[str, int] = {}
+        self._pending_ids: list[int] = []
+        self._pending_tensors: list[Any] = []
+
+    # -- worker side ------------------------------------------------------------------------------
+
+    def _lookup_hash(self, digest: str) -> int | None:
+        if digest in self._run_hashes:
+            return self._run_hashes[digest]
+        with self.meta.engine.connect() as conn:
+            row = conn.execute(
+                select(Content.id).where(Content.hash == digest, Content.embedded.is_(True))
+            ).first()
+        return row[0] if row else None
+
+    def _prepare(self, found: FoundFile) -> _Prepared:
+        try:
+            data = found.path.read_bytes()
+        except FileNotFoundError:
+            return _Prepared(found, "", error="file disappeared before it could be read")
+        except OSError as exc:
+            return _Prepared(found, "", error=f"cannot read: {exc.strerror or exc}")
+        digest = content_hash(data)
+        known = self._lookup_hash(digest)
+        if known is not None:
+            return _Prepared(found, digest, known_id=known)
+        try:
+            decoded = decode_image(data, min_side=self.embedder.input_size)
+            tensor = self.embedder.preprocess(decoded.image)
+        except DecodeError as exc:
+            return _Prepared(found, digest, error=exc.reason)
+        except Exception as exc:  # a decoder bug must not end a long ingest
+            return _Prepared(found, digest, error=f"cannot decode: {type(exc).__name__}: {exc}")
+        return _Prepared(
+            found,
+            digest,
+            tensor=tensor,
+            width=decoded.width,
+            height=decoded.height,
+            format=decoded.format,
+            captured_at=decoded.captured_at,
+        )
+
+    def _prepared_in_order(self, todo: list[FoundFile], pool: ThreadPoolExecutor) -> Iterator[_Prepared]:
+        window: deque[Future[_Prepared]] = deque()
+        it = iter(todo)
+        ahead = self.workers * 2 + self.batch_size
+        for found in it:
+            window.append(pool.submit(self._prepare, found))
+            if len(window) >= ahead:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    # -- main thread ------------------------------------------------------------------------------
+
+    def _flush_batch(self, s: Session) -> None:
+        if not self._pending_ids:
+            return
+        vectors = self.embedder.embed_preprocessed(self._pending_tensors)
+        ids = np.asarray(self._pending_ids, dtype=np.int64)
+        self.store.add(ids, np.asarray(vectors, dtype=np.float32))
+        now = utcnow()
+        for content in s.scalars(select(Content).where(Content.id.in_(self._pending_ids))):
+            content.embedded = True
+            content.embedded_at = now
+        self._pending_ids.clear()
+        self._pending_tensors.clear()
+
+    def _checkpoint(self, s: Session) -> None:
+        self._flush_batch(s)
+        self.store.save()
+        s.commit()
+        self._run_hashes.clear()  # committed now: visible to workers through the database
+
+    def run(self, root: Path, *, prune: bool = True) -> IngestReport:
+        started = time.monotonic()
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a folder; pass the folder of photos to index")
+        root = root.resolve()
+        report = IngestReport(root=str(root))
+
+        found: list[FoundFile] = []
+        for item in discover(root):
+            if isinstance(item, Skipped):
+                report.skipped.append((str(item.path), item.reason))
+            else:
+                found.append(item)
+            if len(found) % 1000 == 0:
+                self.progress(IngestProgress("scan", len(found), None))
+
+        with Session(self.meta.engine, expire_on_commit=False) as s:
+            root_row = s.scalar(select(Root).where(Root.path == str(root)))
+            if root_row is None:
+                root_row = Root(path=str(root), added_at=utcnow())
+                s.add(root_row)
+                s.flush()
+            root_id = root_row.id
+            known_files = {
+                f.path: (f, embedded)
+                for f, embedded in s.execute(
+                    select(File, Content.embedded)
+                    .join(Content, Content.id == File.content_id)
+                    .where(File.root_id == root_id)
+                )
+            }
+            known_failures = {f.path: f for f in s.scalars(select(Failure).where(Failure.root_id == root_id))}
+
+            todo: list[FoundFile] = []
+            for item in found:
+                key = str(item.path)
+                current = known_files.get(key)
+                if current is not None:
+                    row, embedded = current
+                    if embedded and row.size == item.size and row.mtime_ns == item.mtime_ns:
+                        report.unchanged += 1
+                        continue
+                failure = known_failures.get(key)
+                if (
+                    failure is not None
+                    and not self.retry_failed
+                    and failure.size == item.size
+                    and failure.mtime_ns == item.mtime_ns
+                ):
+                    report.failed.append((key, failure.reason))
+                    continue
+                todo.append(item)
+
+            total = len(todo)
+            self.progress(IngestProgress("ingest", 0, total))
+            done = 0
+            since_checkpoint = 0
+            last_checkpoint = time.monotonic()
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-decode")
+            try:
+                for prep in self._prepared_in_order(todo, pool):
+                    self._apply(s, prep, root_id, known_files, known_failures, report)
+                    if len(self._pending_ids) >= self.batch_size:
+                        self._flush_batch(s)
+                    done += 1
+                    since_checkpoint += 1
+                    self.progress(IngestProgress("ingest", done, total))
+                    if (
+                        since_checkpoint >= self.checkpoint_every
+                        or time.monotonic() - last_checkpoint > self.checkpoint_seconds
+                    ):
+                        self._checkpoint(s)
+                        since_checkpoint = 0
+                        last_checkpoint = time.monotonic()
+            except KeyboardInterrupt:
+                report.interrupted = True
+                pool.shutdown(wait=True, cancel_futures=True)
+                self._checkpoint(s)
+                report.seconds = time.monotonic() - started
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+            self._flush_batch(s)
+            seen = {str(f.path) for f in found}
+            if prune:
+                self._prune(s, root_id, seen, known_files, known_failures, report)
+            orphans = self.meta.delete_orphans(s)
+            if orphans:
+                self.store.remove(orphans)
+            self.meta.set_manifest(s, updated_at=utcnow().isoformat(timespec="seconds"))
+            self._checkpoint(s)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _apply(
+        self,
+        s: Session,
+        prep: _Prepared,
+        root_id: int,
+        known_files: dict[str, tuple[File, bool]],
+        known_failures: dict[str, Failure],
+        report: IngestReport,
+    ) -> None:
+        key = str(prep.found.path)
+        existing = known_files.get(key)
+        if prep.error is not None:
+            failure = known_failures.get(key)
+            if failure is None:
+                failure = Failure(root_id=root_id, path=key)
+                s.add(failure)
+                known_failures[key] = failure
+            failure.reason = prep.error
+            failure.size = prep.found.size
+            failure.mtime_ns = prep.found.mtime_ns
+            failure.failed_at = utcnow()
+            if existing is not None:  # the file became unreadable: it no longer has a vector
+                s.delete(existing[0])
+                del known_files[key]
+            report.failed.append((key, prep.error))
+            return
+
+        content_id = prep.known_id
+        if content_id is None and prep.hash in self._run_hashes:
+            content_id = self._run_hashes[prep.hash]
+        if content_id is None:
+            content = Content(
+                hash=prep.hash,
+                width=prep.width,
+                height=prep.height,
+                format=prep.format,
+                captured_at=prep.captured_at,
+                embedded=False,
+            )
+            s.add(content)
+            s.flush()
+            content_id = content.id
+            self._run_hashes[prep.hash] = content_id
+            self._pending_ids.append(content_id)
+            self._pending_tensors.append(prep.tensor)
+            report.embedded += 1
+        else:
+            report.linked += 1
+
+        if existing is None:
+            s.add(
+                File(
+                    root_id=root_id,
+                    path=key,
+                    content_id=content_id,
+                    size=prep.found.size,
+                    mtime_ns=prep.found.mtime_ns,
+                )
+            )
+            report.added += 1
+        else:
+            row = existing[0]
+            row.content_id = content_id
+            row.size = prep.found.size
+            row.mtime_ns = prep.found.mtime_ns
+            report.updated += 1
+        failure = known_failures.pop(key, None)
+        if failure is not None:
+            s.delete(failure)
+
+    def _prune(
+        self,
+        s: Session,
+        root_id: int,
+        seen: set[str],
+        known_files: dict[str, tuple[File, bool]],
+        known_failures: dict[str, Failure],
+        report: IngestReport,
+    ) -> None:
+        gone = [path for path in known_files if path not in seen]
+        for path in gone:
+            s.delete(known_files.pop(path)[0])
+        report.removed += len(gone)
+        stale = [path for path in known_failures if path not in seen]
+        for start in range(0, len(stale), 500):
+            s.execute(delete(Failure).where(Failure.path.in_(stale[start : start + 500])))
+
+
+def remove_paths(meta: MetadataStore, store: VectorStore, paths: Iterable[str]) -> int:
+    """Forget files (not delete them from disk); vectors go when no copy is left. Returns files removed."""
+    removed = 0
+    with meta.session() as s:
+        for path in paths:
+            row = s.scalar(select(File).where(File.path == path))
+            if row is not None:
+                s.delete(row)
+                removed += 1
+        s.flush()
+        orphans = meta.delete_orphans(s)
+        if orphans:
+            store.remove(orphans)
+            store.save()
+    return removed

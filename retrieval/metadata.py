@@ -1,0 +1,285 @@
+"""Image metadata in SQLite (SQLAlchemy 2.0, WAL), its schema owned by Alembic migrations.
+
+A *content* is one distinct image (by content hash) and owns one vector: its row id is the
+vector's label in the vector store. A *file* is a path on disk pointing at a content, so
+identical copies and moved files share one vector.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from retrieval.errors import IndexCorruptError, SchemaTooNewError
+
+DB_NAME = "meta.sqlite"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Manifest(Base):
+    __tablename__ = "manifest"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Root(Base):
+    __tablename__ = "roots"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Content(Base):
+    __tablename__ = "contents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    embedded: Mapped[bool] = mapped_column(Boolean, default=False)
+    embedded_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    captured_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("contents.id"))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+
+
+class Failure(Base):
+    __tablename__ = "failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What a search result needs to know about one content."""
+
+    id: int
+    path: str
+    root: str
+    width: int
+    height: int
+    format: str
+    captured_at: datetime | None
+    copies: int
+
+
+def migrations_dir() -> Path:
+    """Locate the Alembic scripts: packaged as `retrieval/migrations`, or `migrations/` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("Alembic migrations not found next to the retrieval package")
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class MetadataStore:
+    """The SQLite database of one index: opened (and migrated) once, closed explicitly."""
+
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
+        self.path = Path(path)
+        self.engine: SqlEngine = create_engine(f"sqlite:///{self.path}")
+        event.listen(self.engine, "connect", _on_connect)
+        try:
+            self._check_and_migrate(migrate)
+        except DatabaseError as exc:
+            self.engine.dispose()
+            raise IndexCorruptError(
+                f"database {self.path} is damaged ({str(exc.orig).splitlines()[0]}); "
+                "run `retrieval doctor` or restore it from a backup"
+            ) from exc
+        except Exception:
+            self.engine.dispose()
+            raise
+
+    def _check_and_migrate(self, migrate: bool) -> None:
+        cfg = _alembic_config()
+        script = ScriptDirectory.from_config(cfg)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+            current = MigrationContext.configure(conn).get_current_revision()
+            known = {rev.revision for rev in script.walk_revisions()}
+            if current is not None and current not in known:
+                raise SchemaTooNewError(
+                    f"database {self.path} has schema revision {current}, newer than this retrieval "
+                    f"(knows up to {script.get_current_head()}); upgrade retrieval"
+                )
+            if migrate and current != script.get_current_head():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+
+    @property
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- manifest -------------------------------------------------------------------------------
+
+    def get_manifest(self) -> dict[str, Any]:
+        try:
+            with Session(self.engine) as s:
+                return {row.key: json.loads(row.value) for row in s.scalars(select(Manifest))}
+        except OperationalError as exc:
+            raise IndexCorruptError(f"database {self.path} cannot be read: {exc.orig}") from exc
+
+    def set_manifest(self, session: Session, **values: Any) -> None:
+        for key, value in values.items():
+            session.merge(Manifest(key=key, value=json.dumps(value)))
+
+    # -- queries used by search ------------------------------------------------------------------
+
+    def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Metadata of embedded contents, each with its first path (by path order) and its copy count."""
+        if not ids:
+            return {}
+        out: dict[int, ImageRecord] = {}
+        with Session(self.engine) as s:
+            rows = s.execute(
+                # SQLite takes bare columns (Root.path) from the row that min() picked.
+                select(Content, func.min(File.path), Root.path, func.count(File.id))
+                .join(File, File.content_id == Content.id)
+                .join(Root, Root.id == File.root_id)
+                .where(Content.id.in_(list(ids)), Content.embedded.is_(True))
+                .group_by(Content.id)
+            ).all()
+            for content, path, root, copies in rows:
+                out[content.id] = ImageRecord(
+                    id=content.id,
+                    path=path,
+                    root=root,
+                    width=content.width,
+                    height=content.height,
+                    format=content.format,
+                    captured_at=content.captured_at,
+                    copies=copies,
+                )
+        return out
+
+    def content_id_for_path(self, path: Path | str) -> int | None:
+        with Session(self.engine) as s:
+            return s.scalar(select(File.content_id).where(File.path == str(path)))
+
+    def embedded_ids(self) -> set[int]:
+        with Session(self.engine) as s:
+            return set(s.scalars(select(Content.id).where(Content.embedded.is_(True))))
+
+    def counts(self) -> dict[str, int]:
+        with Session(self.engine) as s:
+            return {
+                "roots": s.scalar(select(func.count(Root.id))) or 0,
+                "files": s.scalar(select(func.count(File.id))) or 0,
+                "images": s.scalar(select(func.count(Content.id))) or 0,
+                "embedded": s.scalar(select(func.count(Content.id)).where(Content.embedded.is_(True))) or 0,
+                "failures": s.scalar(select(func.count(Failure.id))) or 0,
+            }
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        with Session(self.engine) as s:
+            q = select(Failure.path, Failure.reason).order_by(Failure.path)
+            if limit is not None:
+                q = q.limit(limit)
+            return [(p, r) for p, r in s.execute(q)]
+
+    def mark_not_embedded(self, session: Session, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for content in session.scalars(select(Content).where(Content.id.in_(chunk))):
+                content.embedded = False
+                content.embedded_at = None
+
+    def delete_orphans(self, session: Session) -> list[int]:
+        """Delete contents that no file points at any more; return their ids (their vectors must go too)."""
+        orphan_ids = list(
+            session.scalars(select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists()))
+        )
+        for start in range(0, len(orphan_ids), 500):
+            session.execute(delete(Content).where(Content.id.in_(orphan_ids[start : start + 500])))
+        return orphan_ids

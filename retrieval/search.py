@@ -1,0 +1,163 @@
+"""Queries: text, example images and indexed images, each added or subtracted, combined on unit vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from retrieval.errors import QueryError
+from retrieval.metadata import MetadataStore
+from retrieval.vectorstore import VectorStore
+
+PartKind = Literal["text", "image", "id"]
+MAX_K = 10_000
+
+
+@dataclass(frozen=True)
+class QueryPart:
+    """One ingredient of a query; `sign` is +1 (more like this) or -1 (less like this)."""
+
+    kind: PartKind
+    value: str | int | Path | bytes
+    sign: int = 1
+
+    def describe(self) -> str:
+        op = "+" if self.sign > 0 else "-"
+        if self.kind == "image" and isinstance(self.value, bytes):
+            return f"{op}image:<upload>"
+        return f"{op}{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True)
+class Query:
+    parts: tuple[QueryPart, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, *parts: QueryPart) -> Query:
+        return cls(tuple(parts))
+
+    def describe(self) -> str:
+        return " ".join(p.describe() for p in self.parts)
+
+    @property
+    def exclude_ids(self) -> set[int]:
+        """Indexed images used as positive examples are not returned as their own results."""
+        return {int(p.value) for p in self.parts if p.kind == "id" and p.sign > 0}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: `id` is the image's id in the index (stable across re-ingests while the file exists)."""
+
+    rank: int
+    id: int
+    score: float
+    path: str
+    root: str
+    width: int
+    height: int
+    format: str
+    captured_at: datetime | None
+    copies: int
+
+    @property
+    def relative_path(self) -> str:
+        try:
+            return str(Path(self.path).relative_to(self.root))
+        except ValueError:
+            return self.path
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["captured_at"] = self.captured_at.isoformat() if self.captured_at else None
+        return out
+
+
+def combine(vectors: Sequence[np.ndarray], signs: Sequence[int]) -> np.ndarray:
+    """Sum unit vectors with their signs and renormalise: the query direction."""
+    total = np.zeros_like(np.asarray(vectors[0], dtype=np.float32))
+    for vec, sign in zip(vectors, signs, strict=True):
+        v = np.asarray(vec, dtype=np.float32)
+        total += sign * v / max(float(np.linalg.norm(v)), 1e-12)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise QueryError("the query parts cancel out (their sum is zero); drop a --minus part")
+    return total / norm
+
+
+def run_search(
+    vector: np.ndarray,
+    store: VectorStore,
+    meta: MetadataStore,
+    *,
+    k: int,
+    min_score: float | None = None,
+    exclude: set[int] | None = None,
+    ef: int | None = None,
+) -> list[SearchHit]:
+    """Nearest images to `vector`, best first, with their metadata; ids the database no longer knows are dropped."""
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    if len(store) == 0:
+        return []
+    exclude = exclude or set()
+    ask = min(len(store), k + len(exclude))
+    ids, scores = store.search(np.asarray(vector, dtype=np.float32), ask, ef=ef)
+    ids, scores = ids.reshape(-1), scores.reshape(-1)
+    pairs = [(int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if i >= 0 and int(i) not in exclude]
+    if min_score is not None:
+        pairs = [(i, sc) for i, sc in pairs if sc >= min_score]
+    records = meta.records([i for i, _ in pairs])
+    hits: list[SearchHit] = []
+    for i, score in pairs:
+        rec = records.get(i)
+        if rec is None:
+            continue
+        hits.append(
+            SearchHit(
+                rank=len(hits) + 1,
+                id=i,
+                score=score,
+                path=rec.path,
+                root=rec.root,
+                width=rec.width,
+                height=rec.height,
+                format=rec.format,
+                captured_at=rec.captured_at,
+                copies=rec.copies,
+            )
+        )
+        if len(hits) == k:
+            break
+    return hits
+
+
+def query_vector(
+    query: Query,
+    *,
+    embed_texts: Callable[[list[str]], np.ndarray],
+    embed_image: Callable[[Path | bytes], np.ndarray],
+    stored_vector: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    """Turn each part into a unit vector through the given functions, then combine them."""
+    if not query.parts:
+        raise QueryError("empty query: give text, --image PATH or an indexed image")
+    texts = [str(p.value) for p in query.parts if p.kind == "text"]
+    for text in texts:
+        if not text.strip():
+            raise QueryError("empty text query")
+    text_vecs = iter(embed_texts(texts)) if texts else iter(())
+    vectors: list[np.ndarray] = []
+    for part in query.parts:
+        if part.kind == "text":
+            vectors.append(next(text_vecs))
+        elif part.kind == "image":
+            vectors.append(embed_image(part.value))  # type: ignore[arg-type]
+        else:
+            vectors.append(stored_vector(int(part.value)))  # type: ignore[arg-type]
+    return combine(vectors, [p.sign for p in query.parts])
