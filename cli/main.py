@@ -43,11 +43,15 @@ err = Console(stderr=True)
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (a folder under the home).")]
 HomeOpt = Annotated[
     Path | None,
-    typer.Option("--home", help="Folder holding the indexes [default: $RETRIEVAL_HOME or ./indexes].", file_okay=False),
+    typer.Option(
+        "--home", help="Folder holding the indexes [default: $RETRIEVAL_HOME or ./indexes].", file_okay=False
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Embedder: clip[:ARCH[/TAG]], resnet18..resnet152, classic [default: clip]."),
+    typer.Option(
+        "--model", "-m", help="Embedder: clip[:ARCH[/TAG]], resnet18..resnet152, classic [default: clip]."
+    ),
 ]
 PretrainedOpt = Annotated[
     str,
@@ -55,12 +59,16 @@ PretrainedOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option("--weights", help="Local checkpoint file instead of downloaded weights.", exists=True, dir_okay=False),
+    typer.Option(
+        "--weights", help="Local checkpoint file instead of downloaded weights.", exists=True, dir_okay=False
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="Number of results.", min=1, max=10_000)]
-MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.")]
+MinScoreOpt = Annotated[
+    float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.")
+]
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kw: Any) -> None:
@@ -143,20 +151,30 @@ def ingest(
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 32,
     workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Decode threads.")] = None,
-    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Forget files deleted from the folder.")] = True,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Retry files that failed before.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune/--no-prune", help="Forget files deleted from the folder.")
+    ] = True,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Retry files that failed before.")
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Index the images under FOLDER; re-running picks up new, changed, moved and deleted files."""
     with _engine(
-        index, home, model=model, pretrained=_pretrained(pretrained), weights=weights, device=device,
+        index,
+        home,
+        model=model,
+        pretrained=_pretrained(pretrained),
+        weights=weights,
+        device=device,
         batch_size=batch_size,
     ) as engine:
         with _progress_bar(progress and not as_json) as update:
             try:
-                report = engine.ingest(folder, prune=prune, progress=update, workers=workers,
-                                       retry_failed=retry_failed)
+                report = engine.ingest(
+                    folder, prune=prune, progress=update, workers=workers, retry_failed=retry_failed
+                )
             except KeyboardInterrupt:
                 err.print("interrupted: work done so far is saved; run the same command to finish")
                 raise typer.Exit(130) from None
@@ -186,10 +204,16 @@ def _print_hits(query: Query, hits: list[SearchHit], as_json: bool) -> None:
 def search(
     text: Annotated[str | None, typer.Argument(help="Text to search for (CLIP indexes).")] = None,
     also_text: Annotated[list[str] | None, typer.Option("--text", help="More text to add.")] = None,
-    image: Annotated[list[Path] | None, typer.Option("--image", help="Example image to add.", dir_okay=False)] = None,
-    like: Annotated[list[str] | None, typer.Option("--like", help="Indexed image (id or path) to add.")] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option("--image", help="Example image to add.", dir_okay=False)
+    ] = None,
+    like: Annotated[
+        list[str] | None, typer.Option("--like", help="Indexed image (id or path) to add.")
+    ] = None,
     minus: Annotated[list[str] | None, typer.Option("--minus", help="Text to subtract.")] = None,
-    minus_image: Annotated[list[Path] | None, typer.Option("--minus-image", help="Image to subtract.")] = None,
+    minus_image: Annotated[
+        list[Path] | None, typer.Option("--minus-image", help="Image to subtract.")
+    ] = None,
     k: KOpt = 10,
     min_score: MinScoreOpt = None,
     index: IndexOpt = "default",
@@ -260,10 +284,16 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
         out.print(f"index      {st.name} ({st.path})", highlight=False)
         out.print(f"model      {st.embedder_id} (dim {st.dim})", highlight=False)
         c = st.counts
-        out.print(f"files      {c['files']} in {c['roots']} folder(s); {c['images']} distinct images, "
-                  f"{c['embedded']} embedded; {st.vectors} vectors; {c['failures']} failed files", highlight=False)
-        out.print(f"on disk    database {_human(st.bytes_on_disk['database'])}, "
-                  f"vectors {_human(st.bytes_on_disk['vectors'])}", highlight=False)
+        out.print(
+            f"files      {c['files']} in {c['roots']} folder(s); {c['images']} distinct images, "
+            f"{c['embedded']} embedded; {st.vectors} vectors; {c['failures']} failed files",
+            highlight=False,
+        )
+        out.print(
+            f"on disk    database {_human(st.bytes_on_disk['database'])}, "
+            f"vectors {_human(st.bytes_on_disk['vectors'])}",
+            highlight=False,
+        )
         for path, reason in st.failures:
             out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
 
@@ -294,7 +324,8 @@ def demo(
     home: HomeOpt = None,
     index: IndexOpt = "demo",
     photos: Annotated[
-        Path | None, typer.Option("--photos", help="Folder of photos [default: scikit-image's sample photos].")
+        Path | None,
+        typer.Option("--photos", help="Folder of photos [default: scikit-image's sample photos]."),
     ] = None,
 ) -> None:
     """Build an index from sample photos and run a text and an image query on it."""

@@ -18,10 +18,30 @@ from retrieval.search import SearchHit
 
 # scikit-image ships these photographs (and a few test patterns) with its wheel: no network needed.
 SAMPLE_PHOTOS = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
-    "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png", "horse.png", "ihc.png",
-    "grass.png", "gravel.png", "brick.png", "page.png", "text.png", "clock_motion.png", "color.png",
-    "logo.png", "cell.png", "microaneurysms.png", "chessboard_RGB.png",
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "horse.png",
+    "ihc.png",
+    "grass.png",
+    "gravel.png",
+    "brick.png",
+    "page.png",
+    "text.png",
+    "clock_motion.png",
+    "color.png",
+    "logo.png",
+    "cell.png",
+    "microaneurysms.png",
+    "chessboard_RGB.png",
 )
 
 
@@ -29,8 +49,9 @@ def sample_photos_dir() -> Path:
     try:
         import skimage.data
     except ImportError as exc:
-        raise UsageError("the demo's sample photos come from scikit-image: pip install scikit-image, "
-                         "or pass --photos DIR") from exc
+        raise UsageError(
+            "the demo's sample photos come from scikit-image: pip install scikit-image, or pass --photos DIR"
+        ) from exc
     return Path(skimage.data.data_dir)
 
 
@@ -48,7 +69,10 @@ def _table(hits: list[SearchHit]) -> list[str]:
 
 
 def run_demo(
-    *, home: Path | str | None = None, index: str = "demo", photos: Path | None = None,
+    *,
+    home: Path | str | None = None,
+    index: str = "demo",
+    photos: Path | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
     """Build `index` from the photos, then run an image query, a more-like-this and a text query."""
@@ -63,14 +87,19 @@ def run_demo(
     try:
         create_embedder(model, device="cpu").close()
     except WeightsUnavailableError as exc:
-        say(f"CLIP weights unavailable ({exc}); using the classic embedder, which needs no weights "
-            "and has no text search")
+        say(
+            f"CLIP weights unavailable ({exc}); using the classic embedder, which needs no weights "
+            "and has no text search"
+        )
         model = "classic"
 
     with Engine(index, home=home, model=model, device="auto") as engine:
         report = engine.ingest(folder)
-        say(f"index {index!r} ({engine.manifest['embedder_id']}): {report.added} added, {report.updated} updated, "
-            f"{report.removed} removed, {report.unchanged} unchanged, {len(report.failed)} failed")
+        say(
+            f"index {index!r} ({engine.manifest['embedder_id']}): "
+            f"{report.added} added, {report.updated} updated, "
+            f"{report.removed} removed, {report.unchanged} unchanged, {len(report.failed)} failed"
+        )
 
         query_src = images[min(1, len(images) - 1)]
         query_dir = home / f"{index}-queries"
@@ -79,7 +108,9 @@ def run_demo(
         with Image.open(query_src) as im:
             im = im.convert("RGB")
             w, h = im.size
-            im.crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w // 2, h // 2)).save(query_img, quality=70)
+            im.crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w // 2, h // 2)).save(
+                query_img, quality=70
+            )
         say(f"image query: {query_img.name} (a cropped, half-size, re-compressed copy of {query_src.name})")
         for line in _table(engine.search_image(query_img, k=5)):
             say(line)

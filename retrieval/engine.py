@@ -23,7 +23,7 @@ from retrieval.errors import (
     QueryError,
     UsageError,
 )
-from retrieval.ingest import IngestReport, Ingestor, ProgressFn, reconcile, remove_paths
+from retrieval.ingest import Ingestor, IngestReport, ProgressFn, reconcile, remove_paths
 from retrieval.locations import DEFAULT_INDEX, index_dir
 from retrieval.metadata import DB_NAME, MetadataStore, utcnow
 from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
@@ -129,7 +129,9 @@ class Engine:
         if self._store is None:
             folder = self.dir / "vectors"
             if not VectorStore.exists(folder):
-                raise IndexNotFoundError(f"index {self.name!r} has no vectors yet; run `retrieval ingest DIR`")
+                raise IndexNotFoundError(
+                    f"index {self.name!r} has no vectors yet; run `retrieval ingest DIR`"
+                )
             self._store = VectorStore.open(folder)
         return self._store
 
@@ -227,7 +229,9 @@ class Engine:
         if VectorStore.exists(folder):
             self._store = VectorStore.open(folder, writable=True)
             if self._store.dim != emb.dim:
-                raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}")
+                raise IndexMismatchError(
+                    f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}"
+                )
         else:
             self._store = VectorStore.create(folder, emb.dim, StoreParams())
             self._store.save()
@@ -330,16 +334,22 @@ class Engine:
         """Top-k images for a query of text/image/id parts, each added or subtracted."""
         self.store.reload_if_changed()
         vector = self.query_vector(query)
-        return run_search(vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef)
+        return run_search(
+            vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
+        )
 
     def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
         return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score)
 
-    def search_image(self, image: Path | bytes, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+    def search_image(
+        self, image: Path | bytes, *, k: int = 10, min_score: float | None = None
+    ) -> list[SearchHit]:
         source = Path(image).expanduser() if isinstance(image, str | Path) else image
         return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score)
 
-    def similar(self, ref: str | int | Path, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+    def similar(
+        self, ref: str | int | Path, *, k: int = 10, min_score: float | None = None
+    ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
         return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
 
@@ -374,7 +384,9 @@ class Engine:
         if extra:
             problems.append(f"{len(extra)} vectors have no database row (left by an interrupted write)")
         if missing:
-            problems.append(f"{len(missing)} images marked embedded have no vector (they will be re-embedded)")
+            problems.append(
+                f"{len(missing)} images marked embedded have no vector (they will be re-embedded)"
+            )
         fixed = False
         if fix and problems:
             lock = self._lock()

@@ -42,7 +42,7 @@ class WeightsUnavailableError(RetrievalError):
     exit_code = 3
 
 
-class IndexError_(RetrievalError):  # noqa: N801 - avoids shadowing the builtin IndexError
+class IndexError_(RetrievalError):
     """Base of problems with an index on disk."""
 
     exit_code = 4

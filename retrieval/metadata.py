@@ -278,7 +278,9 @@ class MetadataStore:
     def delete_orphans(self, session: Session) -> list[int]:
         """Delete contents that no file points at any more; return their ids (their vectors must go too)."""
         orphan_ids = list(
-            session.scalars(select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists()))
+            session.scalars(
+                select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists())
+            )
         )
         for start in range(0, len(orphan_ids), 500):
             session.execute(delete(Content).where(Content.id.in_(orphan_ids[start : start + 500])))

@@ -100,7 +100,7 @@ def run_search(
     exclude: set[int] | None = None,
     ef: int | None = None,
 ) -> list[SearchHit]:
-    """Nearest images to `vector`, best first, with their metadata; ids the database no longer knows are dropped."""
+    """Nearest images to `vector`, best first, with metadata; ids unknown to the database are dropped."""
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
     if len(store) == 0:
@@ -109,7 +109,9 @@ def run_search(
     ask = min(len(store), k + len(exclude))
     ids, scores = store.search(np.asarray(vector, dtype=np.float32), ask, ef=ef)
     ids, scores = ids.reshape(-1), scores.reshape(-1)
-    pairs = [(int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if i >= 0 and int(i) not in exclude]
+    pairs = [
+        (int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if i >= 0 and int(i) not in exclude
+    ]
     if min_score is not None:
         pairs = [(i, sc) for i, sc in pairs if sc >= min_score]
     records = meta.records([i for i, _ in pairs])

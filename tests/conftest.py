@@ -28,8 +28,12 @@ def draw_photo(seed: int, size: tuple[int, int] = (192, 144)) -> Image.Image:
     base = rng.uniform(0, 255, size=(2, 2, 3))
     ys, xs = np.mgrid[0:h, 0:w]
     fy, fx = (ys / max(h - 1, 1))[..., None], (xs / max(w - 1, 1))[..., None]
-    grad = (base[0, 0] * (1 - fx) * (1 - fy) + base[0, 1] * fx * (1 - fy)
-            + base[1, 0] * (1 - fx) * fy + base[1, 1] * fx * fy)
+    grad = (
+        base[0, 0] * (1 - fx) * (1 - fy)
+        + base[0, 1] * fx * (1 - fy)
+        + base[1, 0] * (1 - fx) * fy
+        + base[1, 1] * fx * fy
+    )
     freq = rng.uniform(0.05, 0.4)
     texture = 30 * np.sin(xs * freq + rng.uniform(0, 6))[..., None] * rng.uniform(-1, 1, 3)
     img = Image.fromarray(np.clip(grad + texture, 0, 255).astype(np.uint8))

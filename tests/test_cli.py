@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from retrieval_cli.main import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -45,7 +44,9 @@ def test_table_output_and_similar_by_id(make_photos):
 
 def test_text_search_with_tiny_clip(make_photos):
     paths = make_photos(3)
-    result = invoke("ingest", paths[0].parent, "--model", "clip:tiny-test", "--pretrained", "none", "--no-progress")
+    result = invoke(
+        "ingest", paths[0].parent, "--model", "clip:tiny-test", "--pretrained", "none", "--no-progress"
+    )
     assert result.exit_code == 0, result.output
     assert "random" in result.output.lower()  # the loud warning reaches the user
     result = invoke("search", "a cat", "--minus", "a dog", "--json")
@@ -114,13 +115,31 @@ def test_installed_command_runs_from_another_directory(make_photos, tmp_path, ho
         pytest.skip("the retrieval command is not installed in this environment")
     paths = make_photos(3)
     env = {**os.environ, "RETRIEVAL_HOME": str(home)}
-    done = subprocess.run([exe, "ingest", str(paths[0].parent), "--model", "classic", "--no-progress"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [exe, "ingest", str(paths[0].parent), "--model", "classic", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    done = subprocess.run([exe, "similar", str(paths[1]), "--json", "-k", "1"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [exe, "similar", str(paths[1]), "--json", "-k", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["path"] != str(paths[1])
-    done = subprocess.run([exe, "search", "cat", "--index", "absent"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [exe, "search", "cat", "--index", "absent"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 4 and done.stderr.strip().startswith("error:")

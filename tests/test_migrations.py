@@ -33,7 +33,8 @@ def test_a_previous_revision_is_upgraded_in_place_keeping_its_rows(tmp_path):
         command.upgrade(cfg, "0001")
         conn.exec_driver_sql("INSERT INTO roots (id, path, added_at) VALUES (1, '/p', '2026-01-01')")
         conn.exec_driver_sql(
-            "INSERT INTO contents (id, hash, width, height, format, embedded) VALUES (7, 'abc', 10, 20, 'JPEG', 1)"
+            "INSERT INTO contents (id, hash, width, height, format, embedded) "
+            "VALUES (7, 'abc', 10, 20, 'JPEG', 1)"
         )
         conn.exec_driver_sql(
             "INSERT INTO files (root_id, path, content_id, size, mtime_ns) VALUES (1, '/p/a.jpg', 7, 5, 6)"
