@@ -1,0 +1,868 @@
+"""Quantized, crash-safe vector store: HNSW over a PCA head, int8 tail re-rank, float32 re-score.
+
+Search runs in three stages (see retrieval/quantizer.py for the transform):
+
+1. an hnswlib graph (space "ip") over the exact float32 *head* of each rotated
+   vector returns `ef` candidates together with their exact head scores;
+2. each candidate's score is completed with the int8 *tail* codes held in RAM;
+3. the best `rescore` candidates are scored exactly against the float32 originals,
+   which stay on disk and are memory-mapped (the Qdrant/Milvus "rescore" step).
+
+Only the graph and the tail codes live in RAM: about 1/2.2 of a plain float32
+hnswlib index at 512 dims (BENCHMARKS.md has the figures).
+
+A store is a folder written by one writer and read by any number of processes:
+
+    MANIFEST.json            names the current generation; replaced atomically
+    originals-000000.f32     float32 originals, append-only; valid rows recorded in the manifest
+    g00000007.slots          int64 id of each slot (-1 = removed)
+    g00000007.codes          int8 tail codes, one row per slot
+    g00000007.graph          hnswlib index over the heads; labels are slots
+    g00000007.quantizer.npz  rotation and int8 ranges
+
+`save()` writes every file of generation g under a temporary name, fsyncs and
+renames it, then replaces MANIFEST.json. Generation g-1 stays on disk so that a
+reader which has just read the old pointer can still open it; older ones are
+deleted. A crash at any moment leaves the last complete generation usable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from retrieval.errors import (
+    IndexCorruptError,
+    IndexNotFoundError,
+    SchemaTooNewError,
+    UsageError,
+)
+from retrieval.quantizer import Quantizer
+
+MANIFEST = "MANIFEST.json"
+FORMAT = 1
+#: The quantizer is refitted (and the graph rebuilt) when the collection reaches
+#: REFIT_GROWTH times the size it was fitted on, until it was fitted on FIT_SAMPLE_CAP.
+FIT_SAMPLE_CAP = 50_000
+REFIT_GROWTH = 2
+#: New originals wait in RAM until save() or until they exceed this many bytes.
+PENDING_FLUSH_BYTES = 64 << 20
+_GEN_FILE = re.compile(r"^g\d{8}\.(slots|codes|graph|quantizer\.npz)(\.tmp)?$")
+_ORIGINALS_FILE = re.compile(r"^originals-\d{6}\.f32$")
+_QUERY_BLOCK = 64
+_ROW_BLOCK = 16384
+_OPEN_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StoreParams:
+    """Index settings; the defaults are the measured choice in BENCHMARKS.md.
+
+    graph_dims: PCA dims kept exact and indexed by the graph (None = all dims, no int8 tail).
+    m, ef_construction: hnswlib graph degree and build beam.
+    ef_search: default number of graph candidates per query (the speed/recall knob).
+    rescore: how many best candidates are re-scored against the float32 originals (0 = none).
+    """
+
+    graph_dims: int | None = 96
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 128
+    rescore: int = 32
+
+    def __post_init__(self) -> None:
+        if self.graph_dims is not None and self.graph_dims < 1:
+            raise UsageError(f"graph_dims must be None or >= 1, got {self.graph_dims}")
+        if not 2 <= self.m <= 256:
+            raise UsageError(f"m must be in 2..256, got {self.m}")
+        if self.ef_construction < 1 or self.ef_search < 1:
+            raise UsageError(
+                f"ef_construction and ef_search must be >= 1, got {self.ef_construction}, {self.ef_search}"
+            )
+        if self.rescore < 0:
+            raise UsageError(f"rescore must be >= 0, got {self.rescore}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreParams:
+        """Build from `to_dict` output; missing keys take defaults, unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UsageError(f"unknown store parameters {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class _Originals:
+    """Float32 rows in an append-only file, memory-mapped; appended rows wait in RAM until flush()."""
+
+    def __init__(self, path: Path, dim: int, rows: int, *, writable: bool) -> None:
+        self.path = path
+        self.dim = dim
+        self._row_bytes = dim * 4
+        size = path.stat().st_size  # FileNotFoundError: the caller decides (retry or corrupt)
+        expected = rows * self._row_bytes
+        if size < expected:
+            raise IndexCorruptError(
+                f"{path.name} is truncated: {size} bytes, the manifest needs at least {expected}"
+            )
+        if writable and size > expected:
+            # Rows appended by a session that never saved: no generation refers to them.
+            os.truncate(path, expected)
+        self._disk_rows = rows
+        self._map = self._mapped(rows)
+        self._pending = np.empty((0, dim), dtype=np.float32)
+        self._pending_rows = 0
+
+    @classmethod
+    def create(cls, path: Path, dim: int) -> _Originals:
+        path.write_bytes(b"")
+        return cls(path, dim, 0, writable=True)
+
+    def _mapped(self, rows: int) -> np.ndarray:
+        if rows == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(rows, self.dim))
+
+    @property
+    def rows(self) -> int:
+        return self._disk_rows + self._pending_rows
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending.nbytes
+
+    def append(self, x: np.ndarray) -> None:
+        need = self._pending_rows + len(x)
+        if need > len(self._pending):
+            grown = np.empty((max(need, 2 * len(self._pending), 256), self.dim), dtype=np.float32)
+            grown[: self._pending_rows] = self._pending[: self._pending_rows]
+            self._pending = grown
+        self._pending[self._pending_rows : need] = x
+        self._pending_rows = need
+        if self._pending_rows * self._row_bytes >= PENDING_FLUSH_BYTES:
+            self.flush()
+
+    def get(self, slots: np.ndarray) -> np.ndarray:
+        """Rows for `slots` (any shape); returns slots.shape + (dim,)."""
+        if self._pending_rows == 0:
+            return np.asarray(self._map[slots])
+        out = np.empty((*slots.shape, self.dim), dtype=np.float32)
+        on_disk = slots < self._disk_rows
+        out[on_disk] = self._map[slots[on_disk]]
+        out[~on_disk] = self._pending[slots[~on_disk] - self._disk_rows]
+        return out
+
+    def flush(self) -> None:
+        """Write pending rows after the valid part of the file, fsync, and map them."""
+        if self._pending_rows == 0:
+            return
+        with open(self.path, "r+b") as f:
+            f.seek(self._disk_rows * self._row_bytes)
+            f.write(memoryview(self._pending[: self._pending_rows]))
+            f.flush()
+            os.fsync(f.fileno())
+        self._disk_rows += self._pending_rows
+        self._pending = np.empty((0, self.dim), dtype=np.float32)
+        self._pending_rows = 0
+        self._map = self._mapped(self._disk_rows)
+
+
+class _IdIndex:
+    """id → slot lookups without a Python dict entry (~100 bytes) per id: sorted arrays + recent changes."""
+
+    def __init__(self, slot_ids: np.ndarray) -> None:
+        alive = np.flatnonzero(slot_ids >= 0)
+        keys = slot_ids[alive]
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]
+        self._slots = alive[order]
+        self._recent: dict[int, int] = {}  # changes since the arrays were built; -1 = removed
+
+    @property
+    def stale(self) -> bool:
+        return len(self._recent) > max(4096, len(self._keys) // 4)
+
+    @property
+    def nbytes(self) -> int:
+        return self._keys.nbytes + self._slots.nbytes + 100 * len(self._recent)
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Slot of each id, -1 where absent."""
+        out = np.full(len(ids), -1, dtype=np.int64)
+        if len(self._keys):
+            pos = np.minimum(np.searchsorted(self._keys, ids), len(self._keys) - 1)
+            hit = self._keys[pos] == ids
+            out[hit] = self._slots[pos[hit]]
+        if self._recent:
+            for i, key in enumerate(ids.tolist()):
+                slot = self._recent.get(key)
+                if slot is not None:
+                    out[i] = slot
+        return out
+
+    def update(self, ids: Iterable[int], slots: Iterable[int]) -> None:
+        self._recent.update(zip(ids, slots, strict=True))
+
+
+@dataclass(eq=False)
+class _State:
+    """Everything one generation holds in memory; swapped as a whole by reload_if_changed()."""
+
+    generation: int
+    quantizer: Quantizer | None
+    graph: hnswlib.Index | None
+    codes: np.ndarray  # (capacity, tail_dims) int8; rows [:n_slots] are valid
+    slot_ids: np.ndarray  # (capacity,) int64; -1 = removed
+    n_slots: int
+    n_alive: int
+    originals: _Originals
+    originals_epoch: int
+    id_index: _IdIndex
+    files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
+
+    def alive_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.slot_ids[: self.n_slots] >= 0)
+
+    def file_names(self) -> set[str]:
+        return {entry["name"] for entry in self.files.values()} | {self.originals.path.name}
+
+
+class VectorStore:
+    """Int64 id → L2-normalised float32 vector, searched by inner product; see the module docstring.
+
+    Not thread-safe for writes; searches may run concurrently with `reload_if_changed()`.
+    """
+
+    def __init__(self, folder: Path, dim: int, params: StoreParams, state: _State, *, writable: bool):
+        self.folder = folder
+        self.dim = dim
+        self.params = params
+        self.writable = writable
+        self._state: _State | None = state
+        self._dirty = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, folder: Path, dim: int, params: StoreParams | None = None) -> VectorStore:
+        """Create an empty store in `folder` (made if needed) and return it open for writing.
+
+        Raises:
+            UsageError: `folder` already holds a store, or `dim` < 1.
+        """
+        folder = Path(folder)
+        if dim < 1:
+            raise UsageError(f"dim must be >= 1, got {dim}")
+        if cls.exists(folder):
+            raise UsageError(f"{folder} already holds a vector store; open it instead")
+        folder.mkdir(parents=True, exist_ok=True)
+        params = params or StoreParams()
+        originals = _Originals.create(folder / _originals_name(0), dim)
+        state = _State(
+            generation=-1,
+            quantizer=None,
+            graph=None,
+            codes=np.empty((0, 0), dtype=np.int8),
+            slot_ids=np.empty(0, dtype=np.int64),
+            n_slots=0,
+            n_alive=0,
+            originals=originals,
+            originals_epoch=0,
+            id_index=_IdIndex(np.empty(0, dtype=np.int64)),
+            files={},
+        )
+        store = cls(folder, dim, params, state, writable=True)
+        store._dirty = True
+        store.save()  # generation 0: an empty store that readers can open
+        return store
+
+    @classmethod
+    def open(cls, folder: Path, *, writable: bool = False) -> VectorStore:
+        """Open the current generation of the store in `folder`.
+
+        Raises:
+            IndexNotFoundError: `folder` holds no store.
+            IndexCorruptError: a file is missing, truncated or garbled (the message names it).
+            SchemaTooNewError: the store was written by a newer version.
+        """
+        folder = Path(folder)
+        manifest, state = _load_current(folder, writable=writable)
+        try:
+            params = StoreParams.from_dict(manifest["params"])
+        except (UsageError, TypeError, KeyError) as exc:
+            raise IndexCorruptError(f"{folder / MANIFEST} has invalid params: {exc}") from exc
+        return cls(folder, int(manifest["dim"]), params, state, writable=writable)
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / MANIFEST).is_file()
+
+    def close(self) -> None:
+        """Drop the graph, codes and memory maps; unsaved changes are lost."""
+        self._state = None
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def generation(self) -> int:
+        return self._live().generation
+
+    def _live(self) -> _State:
+        if self._state is None:
+            raise UsageError(f"the vector store in {self.folder} is closed")
+        return self._state
+
+    def _writable_state(self) -> _State:
+        if not self.writable:
+            raise UsageError(
+                f"the vector store in {self.folder} was opened read-only; open it with writable=True"
+            )
+        return self._live()
+
+    # ---- contents --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._live().n_alive
+
+    def __contains__(self, id: object) -> bool:
+        if not isinstance(id, int | np.integer):
+            return False
+        return bool(self._live().id_index.lookup(np.array([id], dtype=np.int64))[0] >= 0)
+
+    def ids(self) -> np.ndarray:
+        """All stored ids, ascending."""
+        st = self._live()
+        return np.sort(st.slot_ids[st.alive_slots()])
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The float32 originals of `ids`, in order.
+
+        Raises:
+            UsageError: some ids are not stored (the first few are named).
+        """
+        st = self._live()
+        wanted = _as_ids(ids)
+        slots = st.id_index.lookup(wanted)
+        missing = wanted[slots < 0]
+        if len(missing):
+            raise UsageError(f"{len(missing)} ids are not in the store, e.g. {missing[:5].tolist()}")
+        return st.originals.get(slots)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under caller-chosen ids; an id already present is replaced.
+
+        May refit the quantizer and rebuild the graph when the collection has grown
+        REFIT_GROWTH-fold since the last fit (amortised: fits stop at FIT_SAMPLE_CAP).
+
+        Raises:
+            UsageError: shapes disagree, ids are negative or vectors are not finite.
+        """
+        st = self._writable_state()
+        ids = _as_ids(ids)
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape != (len(ids), self.dim):
+            raise UsageError(f"vectors must have shape ({len(ids)}, {self.dim}), got {vecs.shape}")
+        if len(ids) == 0:
+            return
+        if not np.isfinite(vecs).all():
+            raise UsageError("vectors contain NaN or infinite values")
+        uniq, last = np.unique(ids[::-1], return_index=True)
+        if len(uniq) < len(ids):  # the last occurrence of a repeated id wins
+            keep = np.sort(len(ids) - 1 - last)
+            ids, vecs = ids[keep], vecs[keep]
+
+        self._drop_slots(st, st.id_index.lookup(ids))
+        start, k = st.n_slots, len(ids)
+        slots = np.arange(start, start + k, dtype=np.int64)
+        st.originals.append(vecs)
+        st.slot_ids = _grow(st.slot_ids, start + k, fill=-1)
+        st.slot_ids[slots] = ids
+        st.n_slots += k
+        st.n_alive += k
+        st.id_index.update(ids.tolist(), slots.tolist())
+        self._dirty = True
+        if st.quantizer is not None and not self._refit_due(st):
+            head, codes = st.quantizer.encode(vecs)
+            st.codes = _grow(st.codes, st.n_slots)
+            st.codes[slots] = codes
+            _graph_add(st.graph, head, slots)
+        self._maintain(st)
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Remove ids; returns how many were present (absent ids are ignored)."""
+        st = self._writable_state()
+        wanted = np.unique(_as_ids(list(ids)))
+        slots = st.id_index.lookup(wanted)
+        removed = self._drop_slots(st, slots)
+        if removed:
+            self._dirty = True
+        return removed
+
+    def _drop_slots(self, st: _State, slots: np.ndarray) -> int:
+        present = slots[slots >= 0]
+        if not len(present):
+            return 0
+        ids = st.slot_ids[present]
+        st.slot_ids[present] = -1
+        st.n_alive -= len(present)
+        st.id_index.update(ids.tolist(), [-1] * len(present))
+        if st.graph is not None:
+            for slot in present.tolist():
+                st.graph.mark_deleted(slot)
+        return len(present)
+
+    # ---- maintenance -----------------------------------------------------------------------
+
+    def _refit_due(self, st: _State) -> bool:
+        if st.n_alive == 0:
+            return False
+        q = st.quantizer
+        return q is None or (q.fitted_n < FIT_SAMPLE_CAP and st.n_alive >= REFIT_GROWTH * q.fitted_n)
+
+    def _maintain(self, st: _State) -> None:
+        """Refit after growth, compact when removed slots dominate, refresh the id index."""
+        dead = st.n_slots - st.n_alive
+        compact = dead > 0 and 2 * dead > st.n_slots
+        refit = self._refit_due(st)
+        if compact or refit:
+            self._rebuild(st, refit=refit, compact=compact)
+        if st.id_index.stale:
+            st.id_index = _IdIndex(st.slot_ids[: st.n_slots])
+
+    def _rebuild(self, st: _State, *, refit: bool, compact: bool) -> None:
+        """Re-encode every live vector from the originals and rebuild the graph."""
+        alive = st.alive_slots()
+        if compact:
+            epoch = st.originals_epoch + 1
+            fresh = _Originals.create(self.folder / _originals_name(epoch), self.dim)
+            for block in _blocks(alive, _ROW_BLOCK):
+                fresh.append(st.originals.get(block))
+            fresh.flush()
+            st.slot_ids = st.slot_ids[alive].copy()
+            st.originals, st.originals_epoch = fresh, epoch
+            st.n_slots = len(alive)
+            alive = np.arange(len(alive), dtype=np.int64)
+        if st.n_alive == 0:
+            st.quantizer, st.graph = None, None
+            st.codes = np.empty((0, 0), dtype=np.int8)
+        else:
+            if refit or st.quantizer is None:
+                rng = np.random.default_rng(st.n_alive)
+                take = min(len(alive), FIT_SAMPLE_CAP)
+                sample = np.sort(rng.choice(alive, size=take, replace=False))
+                st.quantizer = Quantizer.fit(st.originals.get(sample), self.params.graph_dims)
+            quantizer = st.quantizer
+            st.codes = np.empty((max(st.n_slots, 1), quantizer.tail_dims), dtype=np.int8)
+            graph = hnswlib.Index(space="ip", dim=quantizer.head_dims)
+            graph.init_index(
+                max_elements=max(len(alive), 1), M=self.params.m, ef_construction=self.params.ef_construction
+            )
+            for block in _blocks(alive, _ROW_BLOCK):
+                head, codes = quantizer.encode(st.originals.get(block))
+                st.codes[block] = codes
+                graph.add_items(head, block)
+            st.graph = graph
+        st.id_index = _IdIndex(st.slot_ids[: st.n_slots])
+
+    # ---- search ----------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product for each query row.
+
+        queries: (m, dim) or (dim,), the latter answered as m = 1. ef: graph candidates per
+        query (default params.ef_search; more is slower and more exact). Returns (ids (m, k)
+        int64, scores (m, k) float32), best first, padded with id -1 and score -inf when the
+        store holds fewer than k vectors.
+        """
+        st = self._live()
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise UsageError(f"queries must have shape (m, {self.dim}) or ({self.dim},), got {q.shape}")
+        if k < 1:
+            raise UsageError(f"k must be >= 1, got {k}")
+        if ef is not None and ef < 1:
+            raise UsageError(f"ef must be >= 1, got {ef}")
+        out_ids = np.full((len(q), k), -1, dtype=np.int64)
+        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        if st.n_alive == 0 or len(q) == 0:
+            return out_ids, out_scores
+        cands = max(ef or self.params.ef_search, k)
+        if st.graph is None or st.n_alive <= cands:
+            slots, scores = self._exact_search(st, q, k)
+        else:
+            try:
+                slots, scores = self._graph_search(st, q, k, cands)
+            except RuntimeError:  # hnswlib reached fewer than `cands` live nodes (heavy deletes)
+                slots, scores = self._exact_search(st, q, k)
+        found = slots.shape[1]
+        out_ids[:, :found] = st.slot_ids[slots]
+        out_scores[:, :found] = scores
+        return out_ids, out_scores
+
+    def _graph_search(self, st: _State, q: np.ndarray, k: int, cands: int) -> tuple[np.ndarray, np.ndarray]:
+        quantizer, graph = st.quantizer, st.graph
+        assert quantizer is not None and graph is not None
+        rotated = quantizer.rotate(q)
+        h = quantizer.head_dims
+        graph.set_ef(cands)
+        labels, dist = graph.knn_query(np.ascontiguousarray(rotated[:, :h]), k=cands)
+        labels = labels.astype(np.int64)
+        approx = 1.0 - dist
+        if quantizer.tail_dims:
+            for rows in _blocks(np.arange(len(q)), _QUERY_BLOCK):
+                approx[rows] += quantizer.tail_scores(rotated[rows, h:], st.codes[labels[rows]])
+        n_rescore = min(max(self.params.rescore, k), cands) if self.params.rescore else 0
+        if n_rescore:
+            best = _top(approx, n_rescore)
+            labels = np.take_along_axis(labels, best, axis=1)
+            approx = np.empty(labels.shape, dtype=np.float32)
+            for rows in _blocks(np.arange(len(q)), _QUERY_BLOCK):
+                originals = st.originals.get(labels[rows])
+                approx[rows] = np.matmul(originals, q[rows, :, None])[:, :, 0]
+        order = _top(approx, k)
+        return np.take_along_axis(labels, order, axis=1), np.take_along_axis(approx, order, axis=1)
+
+    def _exact_search(self, st: _State, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        best_slots = np.empty((len(q), 0), dtype=np.int64)
+        best_scores = np.empty((len(q), 0), dtype=np.float32)
+        for block in _blocks(st.alive_slots(), _ROW_BLOCK):
+            scores = q @ st.originals.get(block).T
+            slots = np.broadcast_to(block, scores.shape)
+            best_slots = np.concatenate([best_slots, slots], axis=1)
+            best_scores = np.concatenate([best_scores, scores], axis=1)
+            order = _top(best_scores, min(k, best_scores.shape[1]))
+            best_slots = np.take_along_axis(best_slots, order, axis=1)
+            best_scores = np.take_along_axis(best_scores, order, axis=1)
+        return best_slots, best_scores
+
+    # ---- persistence -----------------------------------------------------------------------
+
+    def save(self) -> int:
+        """Write a new generation atomically and return it (the current one if nothing changed)."""
+        st = self._writable_state()
+        if not self._dirty:
+            return st.generation
+        self._maintain(st)
+        st.originals.flush()
+        gen = st.generation + 1
+        files: dict[str, dict[str, Any]] = {}
+        files["slots"] = _write_file(
+            self.folder, _gen_name(gen, "slots"), memoryview(st.slot_ids[: st.n_slots])
+        )
+        if st.quantizer is not None and st.graph is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **st.quantizer.to_arrays())
+            files["quantizer"] = _write_file(self.folder, _gen_name(gen, "quantizer.npz"), buf.getbuffer())
+            codes = np.ascontiguousarray(st.codes[: st.n_slots])
+            files["codes"] = _write_file(self.folder, _gen_name(gen, "codes"), memoryview(codes).cast("B"))
+            files["graph"] = _write_graph(self.folder, _gen_name(gen, "graph"), st.graph)
+        _fsync_dir(self.folder)
+        previous = st.file_names() if st.generation >= 0 else set()
+        body = {
+            "generation": gen,
+            "dim": self.dim,
+            "params": self.params.to_dict(),
+            "n_slots": st.n_slots,
+            "n_alive": st.n_alive,
+            "originals": {"name": st.originals.path.name, "rows": st.n_slots, "epoch": st.originals_epoch},
+            "files": files,
+            "previous": sorted(previous),
+        }
+        _write_manifest(self.folder, body)
+        st.generation, st.files = gen, files
+        self._dirty = False
+        _remove_unreferenced(self.folder, st.file_names() | previous)
+        return gen
+
+    def reload_if_changed(self) -> bool:
+        """Switch to a newer generation written by another process; returns whether it did.
+
+        Raises:
+            UsageError: this store holds unsaved changes.
+            IndexCorruptError: the newer generation is damaged (the current one stays in use).
+        """
+        st = self._live()
+        if _read_manifest(self.folder)["generation"] == st.generation:
+            return False
+        if self._dirty:
+            raise UsageError(
+                f"the vector store in {self.folder} has unsaved changes; save() before reloading"
+            )
+        manifest, state = _load_current(self.folder, writable=self.writable)
+        self.params = StoreParams.from_dict(manifest["params"])
+        self._state = state
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and settings for status displays and benchmarks."""
+        st = self._live()
+        disk = sum(int(entry["size"]) for entry in st.files.values()) + st.n_slots * self.dim * 4
+        graph_bytes = 0
+        if st.graph is not None:
+            graph_bytes = _graph_ram(
+                st.graph.element_count, st.graph.get_max_elements(), st.graph.dim, self.params.m
+            )
+        ram = (
+            graph_bytes
+            + st.codes.nbytes
+            + st.slot_ids.nbytes
+            + st.id_index.nbytes
+            + st.originals.pending_bytes
+            + (st.quantizer.basis.nbytes if st.quantizer is not None else 0)
+        )
+        return {
+            "n": st.n_alive,
+            "dim": self.dim,
+            "params": self.params.to_dict(),
+            "generation": st.generation,
+            "slots": st.n_slots,
+            "bytes_on_disk": disk,
+            "ram_bytes_estimate": ram,
+            "quantizer": st.quantizer.info() if st.quantizer is not None else None,
+        }
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _as_ids(ids: Any) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise UsageError(f"ids must be a 1-D sequence of integers, got shape {arr.shape} dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if (arr < 0).any():
+        raise UsageError(f"ids must be >= 0 (-1 marks padding), got {int(arr.min())}")
+    return arr
+
+
+def _grow(arr: np.ndarray, rows: int, fill: int = 0) -> np.ndarray:
+    """Return `arr` with room for `rows` rows, doubling to keep appends amortised O(1)."""
+    if rows <= len(arr):
+        return arr
+    grown = np.full((max(rows, 2 * len(arr), 64), *arr.shape[1:]), fill, dtype=arr.dtype)
+    grown[: len(arr)] = arr
+    return grown
+
+
+def _blocks(arr: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(arr), size):
+        yield arr[start : start + size]
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k highest scores per row, best first."""
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _graph_add(graph: hnswlib.Index | None, head: np.ndarray, slots: np.ndarray) -> None:
+    assert graph is not None
+    need = graph.element_count + len(slots)
+    if need > graph.get_max_elements():
+        graph.resize_index(max(need, 2 * graph.get_max_elements()))
+    graph.add_items(head, slots)
+
+
+def _graph_ram(count: int, capacity: int, dims: int, m: int) -> int:
+    """hnswlib's resident bytes: level-0 records, upper links, and per-slot bookkeeping."""
+    level0 = dims * 4 + 4 + 2 * m * 4 + 8  # vector, link count + links, label
+    upper = (4 + m * 4) / max(m - 1, 1)  # expected upper-level link lists per node
+    bookkeeping = 40 + 8 + 4  # mutex, link-list pointer, level
+    label_map = 40  # unordered_map node per label
+    return int(count * (level0 + upper + label_map) + capacity * bookkeeping)
+
+
+def _gen_name(gen: int, kind: str) -> str:
+    return f"g{gen:08d}.{kind}"
+
+
+def _originals_name(epoch: int) -> str:
+    return f"originals-{epoch:06d}.f32"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(folder: Path, name: str, data: memoryview) -> dict[str, Any]:
+    """Write `data` to folder/name via a fsynced temporary; returns its manifest entry."""
+    tmp = folder / (name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / name)
+    return {"name": name, "size": data.nbytes, "crc32": zlib.crc32(data)}
+
+
+def _write_graph(folder: Path, name: str, graph: hnswlib.Index) -> dict[str, Any]:
+    tmp = folder / (name + ".tmp")
+    graph.save_index(str(tmp))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    size, crc = _checksum(tmp)
+    os.replace(tmp, folder / name)
+    return {"name": name, "size": size, "crc32": crc}
+
+
+def _checksum(path: Path) -> tuple[int, int]:
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return size, crc
+
+
+def _manifest_checksum(body: dict[str, Any]) -> int:
+    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
+
+
+def _write_manifest(folder: Path, body: dict[str, Any]) -> None:
+    doc = {"format": FORMAT, "kind": "retrieval.vectorstore", "crc32": _manifest_checksum(body), "body": body}
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+    _fsync_dir(folder)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise IndexNotFoundError(f"no vector store in {folder}; create one first") from None
+    try:
+        doc = json.loads(raw)
+        fmt = doc["format"]
+        body = doc["body"]
+        crc = doc["crc32"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(f"{path} is garbled: {exc}") from None
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise SchemaTooNewError(f"{path} has format {fmt}, newer than {FORMAT}; upgrade retrieval to open it")
+    if crc != _manifest_checksum(body):
+        raise IndexCorruptError(f"{path} is garbled: checksum mismatch")
+    return body
+
+
+def _load_current(folder: Path, *, writable: bool) -> tuple[dict[str, Any], _State]:
+    """Read the pointer and load its generation, retrying if a writer deletes it meanwhile."""
+    for _ in range(_OPEN_ATTEMPTS):
+        manifest = _read_manifest(folder)
+        try:
+            return manifest, _load_state(folder, manifest, writable=writable)
+        except FileNotFoundError as exc:
+            if _read_manifest(folder)["generation"] == manifest["generation"]:
+                raise IndexCorruptError(f"{Path(exc.filename).name} is missing from {folder}") from None
+    raise IndexCorruptError(f"{folder} changes faster than it can be opened; retry")
+
+
+def _verified(folder: Path, entry: dict[str, Any]) -> Path:
+    """Path of a generation file after checking its size and checksum against the manifest."""
+    path = folder / entry["name"]
+    size, crc = _checksum(path)
+    if size != entry["size"]:
+        raise IndexCorruptError(f"{path.name} is truncated or padded: {size} bytes, expected {entry['size']}")
+    if crc != entry["crc32"]:
+        raise IndexCorruptError(f"{path.name} is garbled: checksum mismatch")
+    return path
+
+
+def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _State:
+    try:
+        files: dict[str, dict[str, Any]] = manifest["files"]
+        dim = int(manifest["dim"])
+        n_slots = int(manifest["n_slots"])
+        originals_entry = manifest["originals"]
+        generation = int(manifest["generation"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexCorruptError(f"{folder / MANIFEST} lacks {exc}") from None
+    slots_path = _verified(folder, files["slots"])
+    slot_ids = np.fromfile(slots_path, dtype=np.int64)
+    if len(slot_ids) != n_slots:
+        raise IndexCorruptError(f"{slots_path.name} holds {len(slot_ids)} slots, the manifest says {n_slots}")
+    quantizer, graph = None, None
+    codes = np.empty((0, 0), dtype=np.int8)
+    if "quantizer" in files:
+        q_path = _verified(folder, files["quantizer"])
+        try:
+            with np.load(q_path, allow_pickle=False) as arrays:
+                quantizer = Quantizer.from_arrays(arrays)
+        except (OSError, ValueError, IndexCorruptError) as exc:
+            raise IndexCorruptError(f"{q_path.name} is unreadable: {exc}") from None
+        if quantizer.dim != dim:
+            raise IndexCorruptError(f"{q_path.name} is for dim {quantizer.dim}, the manifest says {dim}")
+        codes_path = _verified(folder, files["codes"])
+        codes = np.fromfile(codes_path, dtype=np.int8)
+        if codes.size != n_slots * quantizer.tail_dims:
+            raise IndexCorruptError(f"{codes_path.name} has {codes.size} bytes, expected {n_slots} rows")
+        codes = codes.reshape(n_slots, quantizer.tail_dims)
+        graph_path = _verified(folder, files["graph"])
+        graph = hnswlib.Index(space="ip", dim=quantizer.head_dims)
+        try:
+            graph.load_index(str(graph_path))
+        except RuntimeError as exc:
+            raise IndexCorruptError(f"{graph_path.name} is unreadable: {exc}") from None
+        if graph.element_count > n_slots:
+            raise IndexCorruptError(f"{graph_path.name} holds more nodes than the store has slots")
+    originals = _Originals(folder / originals_entry["name"], dim, n_slots, writable=writable)
+    n_alive = int((slot_ids >= 0).sum())
+    return _State(
+        generation=generation,
+        quantizer=quantizer,
+        graph=graph,
+        codes=codes,
+        slot_ids=slot_ids,
+        n_slots=n_slots,
+        n_alive=n_alive,
+        originals=originals,
+        originals_epoch=int(originals_entry.get("epoch", 0)),
+        id_index=_IdIndex(slot_ids),
+        files=files,
+    )
+
+
+def _remove_unreferenced(folder: Path, keep: set[str]) -> None:
+    """Delete generation files, originals and temporaries that neither kept generation names."""
+    for path in folder.iterdir():
+        name = path.name
+        if name in keep:
+            continue
+        if _GEN_FILE.match(name) or _ORIGINALS_FILE.match(name) or name == MANIFEST + ".tmp":
+            path.unlink(missing_ok=True)

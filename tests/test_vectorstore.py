@@ -1,0 +1,360 @@
+"""Tests of the quantizer and the quantized vector store (small synthetic data, a few seconds in all)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.errors import IndexCorruptError, IndexNotFoundError, UsageError
+from retrieval.quantizer import Quantizer
+from retrieval.vectorstore import MANIFEST, StoreParams, VectorStore
+
+DIM = 64
+SMALL = StoreParams(graph_dims=16, m=12, ef_construction=64, ef_search=64, rescore=16)
+
+
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    """Clustered, anisotropic, L2-normalised rows: closer to embeddings than isotropic noise."""
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, dim + 1, dtype=np.float32) ** -0.6
+    centres = rng.standard_normal((max(4, n // 50), dim)).astype(np.float32) * scale
+    x = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dim)).astype(np.float32) * scale
+    basis, _ = np.linalg.qr(np.random.default_rng(99).standard_normal((dim, dim)))
+    x = (x @ basis.astype(np.float32)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact_top(base: np.ndarray, base_ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    sims = queries @ base.T
+    return base_ids[np.argsort(-sims, axis=1)[:, :k]]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "vectors"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved 300-vector store (generation 1) for tests that only damage or copy files."""
+    path = tmp_path_factory.mktemp("saved") / "vectors"
+    make_store(path, 300)[0].save()
+    return path
+
+
+def make_store(
+    folder: Path, n: int, *, params: StoreParams = SMALL, seed: int = 0
+) -> tuple[VectorStore, np.ndarray]:
+    store = VectorStore.create(folder, DIM, params)
+    vecs = unit_vectors(n, seed=seed)
+    store.add(np.arange(n) * 10 + 5, vecs)  # ids with gaps, like SQLite row ids after deletes
+    return store, vecs
+
+
+# ---- quantizer -------------------------------------------------------------------------------
+
+
+def test_quantizer_scores_are_close_to_exact_inner_products() -> None:
+    x = unit_vectors(2000)
+    quantizer = Quantizer.fit(x, head_dims=16)
+    head, codes = quantizer.encode(x)
+    assert head.shape == (2000, 16) and codes.shape == (2000, DIM - 16) and codes.dtype == np.int8
+    q = unit_vectors(5, seed=1)
+    rq = quantizer.rotate(q)
+    approx = rq[:, :16] @ head.T + quantizer.tail_scores(
+        rq[:, 16:], np.broadcast_to(codes, (5, *codes.shape))
+    )
+    assert np.abs(approx - q @ x.T).max() < 0.01
+    assert np.abs(quantizer.decode(head, codes) - x).max() < 0.01
+
+
+def test_quantizer_head_holds_most_energy_first() -> None:
+    quantizer = Quantizer.fit(unit_vectors(1000), head_dims=8)
+    assert np.all(np.diff(quantizer.energy) <= 1e-9)
+    assert 0.3 < quantizer.head_energy() < 1.0
+
+
+def test_quantizer_survives_its_arrays() -> None:
+    x = unit_vectors(300)
+    quantizer = Quantizer.fit(x, head_dims=16)
+    again = Quantizer.from_arrays(quantizer.to_arrays())
+    for a, b in zip(quantizer.encode(x), again.encode(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_quantizer_without_tail_is_lossless() -> None:
+    x = unit_vectors(50)
+    quantizer = Quantizer.fit(x, head_dims=None)
+    head, codes = quantizer.encode(x)
+    assert quantizer.tail_dims == 0 and codes.shape == (50, 0)
+    np.testing.assert_allclose(quantizer.decode(head, codes), x, atol=1e-5)
+
+
+def test_quantizer_rejects_inconsistent_arrays() -> None:
+    arrays = Quantizer.fit(unit_vectors(100), head_dims=16).to_arrays()
+    arrays["scale"] = arrays["scale"][:-1]
+    with pytest.raises(IndexCorruptError):
+        Quantizer.from_arrays(arrays)
+
+
+# ---- search ----------------------------------------------------------------------------------
+
+
+def test_stored_vector_is_its_own_nearest_neighbour(folder: Path) -> None:
+    store, vecs = make_store(folder, 1000)
+    ids, scores = store.search(vecs[[3, 500, 999]], 5)
+    assert ids[:, 0].tolist() == [35, 5005, 9995]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_recall_at_10_matches_brute_force(folder: Path) -> None:
+    store, vecs = make_store(folder, 3000)
+    queries = unit_vectors(100, seed=7)
+    found, _ = store.search(queries, 10)
+    assert store.stats()["quantizer"]["tail_dims"] == DIM - 16  # the graph path, not a scan
+    assert recall(found, exact_top(vecs, np.arange(3000) * 10 + 5, queries, 10)) >= 0.95
+
+
+def test_higher_ef_does_not_lower_recall(folder: Path) -> None:
+    store, vecs = make_store(folder, 3000)
+    queries = unit_vectors(100, seed=8)
+    truth = exact_top(vecs, np.arange(3000) * 10 + 5, queries, 10)
+    low = recall(store.search(queries, 10, ef=10)[0], truth)
+    high = recall(store.search(queries, 10, ef=400)[0], truth)
+    assert high >= low and high >= 0.99
+
+
+def test_single_query_is_answered_as_one_row(folder: Path) -> None:
+    store, vecs = make_store(folder, 200)
+    ids, scores = store.search(vecs[7], 3)
+    assert ids.shape == (1, 3) and scores.dtype == np.float32 and ids[0, 0] == 75
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_tiny_collection_pads_results_with_minus_one(folder: Path, n: int) -> None:
+    store, vecs = make_store(folder, n)
+    ids, scores = store.search(vecs[0], 5)
+    assert ids[0, 0] == 5 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert ids[0, n:].tolist() == [-1] * (5 - n)
+    assert np.all(np.isneginf(scores[0, n:]))
+    store.save()
+    reopened = VectorStore.open(folder)
+    assert reopened.search(vecs[0], 5)[0].tolist() == ids.tolist()
+
+
+def test_empty_store_returns_only_padding(folder: Path) -> None:
+    store = VectorStore.create(folder, DIM)
+    ids, _ = store.search(unit_vectors(2), 3)
+    assert ids.tolist() == [[-1] * 3] * 2
+    assert len(VectorStore.open(folder)) == 0
+
+
+def test_wrong_shapes_are_usage_errors(folder: Path) -> None:
+    store, _ = make_store(folder, 10)
+    with pytest.raises(UsageError):
+        store.search(np.zeros(DIM + 1, dtype=np.float32), 3)
+    with pytest.raises(UsageError):
+        store.add(np.array([1, 2]), unit_vectors(3))
+    with pytest.raises(UsageError):
+        store.add(np.array([-4]), unit_vectors(1))
+
+
+# ---- contents --------------------------------------------------------------------------------
+
+
+def test_remove_and_replace(folder: Path) -> None:
+    store, vecs = make_store(folder, 500)
+    assert store.remove([5, 15, 123456]) == 2
+    assert 5 not in store and 25 in store and len(store) == 498
+    found = store.search(vecs[:2], 10)[0]
+    assert 5 not in found and 15 not in found and found.min() >= 0
+
+    other = unit_vectors(1, seed=42)
+    store.add(np.array([25]), other)  # replace id 25 with another vector
+    np.testing.assert_array_equal(store.vectors([25]), other)
+    assert store.search(other, 1)[0][0, 0] == 25
+    assert store.search(vecs[2], 1)[0][0, 0] != 25
+    assert len(store) == 498
+
+    store.save()
+    reopened = VectorStore.open(folder)
+    assert len(reopened) == 498 and 5 not in reopened
+    np.testing.assert_array_equal(reopened.vectors([25]), other)
+
+
+def test_vectors_returns_originals_and_rejects_unknown_ids(folder: Path) -> None:
+    store, vecs = make_store(folder, 50)
+    np.testing.assert_array_equal(store.vectors([15, 5]), vecs[[1, 0]])
+    with pytest.raises(UsageError, match="7"):
+        store.vectors([5, 7])
+    assert store.ids().tolist() == (np.arange(50) * 10 + 5).tolist()
+
+
+def test_growth_refits_the_quantizer_and_results_stay_right(folder: Path) -> None:
+    store = VectorStore.create(folder, DIM, SMALL)
+    vecs = unit_vectors(1200)
+    store.add(np.arange(100), vecs[:100])
+    assert store.stats()["quantizer"]["fitted_n"] == 100
+    store.add(np.arange(100, 1200), vecs[100:])
+    assert store.stats()["quantizer"]["fitted_n"] == 1200
+    found, _ = store.search(vecs[[0, 50, 150, 1100]], 1)
+    assert found[:, 0].tolist() == [0, 50, 150, 1100]
+
+
+def test_many_removals_compact_the_originals(folder: Path) -> None:
+    store, vecs = make_store(folder, 400)
+    store.save()
+    store.remove((np.arange(300) * 10 + 5).tolist())
+    store.save()
+    assert store.stats()["slots"] == 100
+    reopened = VectorStore.open(folder)
+    assert reopened.search(vecs[350], 1)[0][0, 0] == 3505
+    np.testing.assert_array_equal(reopened.vectors([3995]), vecs[[399]])
+
+
+def test_read_only_store_refuses_writes(folder: Path) -> None:
+    make_store(folder, 10)[0].save()
+    reader = VectorStore.open(folder)
+    with pytest.raises(UsageError, match="read-only"):
+        reader.add(np.array([1]), unit_vectors(1))
+
+
+def test_params_survive_a_dict_and_reject_unknown_keys() -> None:
+    assert StoreParams.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(UsageError):
+        StoreParams.from_dict({"graph_dim": 8})
+    with pytest.raises(UsageError):
+        StoreParams(rescore=-1)
+
+
+# ---- persistence -----------------------------------------------------------------------------
+
+
+def test_saved_store_reopens_with_same_results(folder: Path) -> None:
+    store, _ = make_store(folder, 800)
+    queries = unit_vectors(20, seed=3)
+    before = store.search(queries, 10)
+    generation = store.save()
+    assert generation == 1
+    with VectorStore.open(folder) as reopened:
+        assert reopened.generation == 1 and len(reopened) == 800 and reopened.params == SMALL
+        after = reopened.search(queries, 10)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_allclose(before[1], after[1], rtol=1e-6)
+
+
+def test_missing_store_and_duplicate_create_are_refused(folder: Path) -> None:
+    with pytest.raises(IndexNotFoundError):
+        VectorStore.open(folder)
+    VectorStore.create(folder, DIM)
+    with pytest.raises(UsageError, match="already"):
+        VectorStore.create(folder, DIM)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "how"),
+    [
+        (".codes", "truncate"),
+        (".codes", "garble"),
+        (".graph", "garble"),
+        (".graph", "truncate"),
+        (".slots", "garble"),
+        (".quantizer.npz", "garble"),
+        (".f32", "truncate"),
+        (MANIFEST, "garble"),
+    ],
+)
+def test_damaged_file_is_reported_by_name(saved: Path, folder: Path, suffix: str, how: str) -> None:
+    shutil.copytree(saved, folder)
+    (path,) = [p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith("g00000000")]
+    _damage(path, how)
+    with pytest.raises(IndexCorruptError, match=path.name.replace(".", r"\.")):
+        VectorStore.open(folder)
+
+
+def test_crash_before_pointer_switch_keeps_previous_generation(folder: Path) -> None:
+    store, vecs = make_store(folder, 300)
+    assert store.save() == 1
+    # A writer died while writing generation 2: some files complete, one partial, one temporary.
+    shutil.copy(folder / "g00000001.slots", folder / "g00000002.slots")
+    (folder / "g00000002.codes").write_bytes((folder / "g00000001.codes").read_bytes()[:100])
+    (folder / "g00000002.graph.tmp").write_bytes(b"\0" * 64)
+
+    reader = VectorStore.open(folder)
+    assert reader.generation == 1 and reader.search(vecs[9], 1)[0][0, 0] == 95
+
+    writer = VectorStore.open(folder, writable=True)
+    writer.add(np.array([1]), unit_vectors(1, seed=5))
+    assert writer.save() == 2
+    assert VectorStore.open(folder).search(unit_vectors(1, seed=5), 1)[0][0, 0] == 1
+    assert not (folder / "g00000002.graph.tmp").exists()
+
+
+def test_save_keeps_previous_generation_and_deletes_older(folder: Path) -> None:
+    store, _ = make_store(folder, 100)
+    for i in range(3):
+        store.add(np.array([100_000 + i]), unit_vectors(1, seed=i))
+        store.save()
+    names = {p.name for p in folder.iterdir()}
+    assert "g00000003.graph" in names and "g00000002.graph" in names
+    assert not any(n.startswith(("g00000001", "g00000000")) for n in names)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["body"]["generation"] == 3
+
+
+def test_reader_picks_up_a_new_generation(folder: Path) -> None:
+    writer, _ = make_store(folder, 200)
+    writer.save()
+    reader = VectorStore.open(folder)
+    assert not reader.reload_if_changed()
+    extra = unit_vectors(1, seed=11)
+    writer.add(np.array([77]), extra)
+    writer.save()
+    assert 77 not in reader
+    assert reader.reload_if_changed()
+    assert 77 in reader and reader.generation == 2
+    assert reader.search(extra, 1)[0][0, 0] == 77
+
+
+def test_unsaved_additions_are_not_seen_after_reopening(folder: Path) -> None:
+    store, _ = make_store(folder, 100)
+    store.save()
+    store.add(np.array([999_999]), unit_vectors(1, seed=3))
+    store.close()
+    with pytest.raises(UsageError, match="closed"):
+        len(store)
+    assert 999_999 not in VectorStore.open(folder, writable=True)
+
+
+def test_rows_flushed_by_a_session_that_never_saved_are_trimmed(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import retrieval.vectorstore as vectorstore
+
+    store, _ = make_store(folder, 100)
+    store.save()
+    monkeypatch.setattr(vectorstore, "PENDING_FLUSH_BYTES", 1)  # every add goes straight to disk
+    store.add(np.arange(5) + 10_000, unit_vectors(5, seed=4))
+    originals = folder / "originals-000000.f32"
+    assert originals.stat().st_size == 105 * DIM * 4
+    store.close()
+    reopened = VectorStore.open(folder, writable=True)
+    assert originals.stat().st_size == 100 * DIM * 4 and len(reopened) == 100
