@@ -1,0 +1,231 @@
+"""What every embedder is: the `Embedder` interface, its `EmbedderSpec`, and helpers the families share.
+
+An embedder turns decoded images (and, for CLIP, texts) into L2-normalised float32 vectors. Its `id` and
+`preprocess_id` go into an index manifest, so two embedders with the same `id` must produce the same vectors;
+that is why random initialisation is seeded and local weight files are named by their content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from retrieval.errors import QueryError, UsageError, WeightsUnavailableError
+
+RANDOM_SEED = 0
+DIGEST_CHARS = 16  # hex characters of a weights file's sha256 kept in its id
+_PROBE_TIMEOUT_S = 3.0
+
+
+class RandomWeightsWarning(UserWarning):
+    """An embedder runs on random weights: its vectors only exercise the plumbing, they mean nothing."""
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Which model, as parsed from a name: `pretrained` is a canonical tag, "file:<sha>", or None (random)."""
+
+    family: str
+    arch: str
+    pretrained: str | None
+
+    @property
+    def name(self) -> str:
+        """The name `parse_embedder_name` turns back into this spec (weights files aside)."""
+        if self.family == "classic":
+            return "classic"
+        if self.pretrained is None or self.pretrained.startswith("file:"):
+            return f"{self.family}:{self.arch}"
+        return f"{self.family}:{self.arch}/{self.pretrained}"
+
+
+class Embedder(ABC):
+    """Images (and maybe texts) in, (n, dim) float32 unit vectors out.
+
+    `preprocess` runs on CPU and is thread-safe, so ingest calls it from its decode workers;
+    `embed_preprocessed` runs the model on a batch of its results. Use as a context manager (or call `close`)
+    to free the model.
+    """
+
+    spec: EmbedderSpec
+    id: str
+    dim: int
+    input_size: int
+    supports_text: bool = False
+    preprocess_id: str
+    device: str = "cpu"
+    batch_size: int = 32
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> np.ndarray | torch.Tensor:
+        """Turn one RGB image into what `embed_preprocessed` stacks."""
+
+    @abstractmethod
+    def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
+        """Embed outputs of `preprocess`; returns (len(batch), dim) float32, rows of unit length."""
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Preprocess and embed images in batches of `batch_size`."""
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            chunks.append(self.embed_preprocessed([self.preprocess(image) for image in chunk]))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed text queries; only embedders with `supports_text` can."""
+        raise QueryError(
+            f"this index uses {self.spec.arch if self.spec.family != 'classic' else 'classic'}, "
+            "which has no text encoder; search by --image"
+        )
+
+    def close(self) -> None:  # noqa: B027 - weight-free embedders have nothing to free
+        """Free the model; the embedder cannot be used afterwards."""
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id} dim={self.dim} device={self.device}>"
+
+
+class TorchEmbedder(Embedder):
+    """Shared batching for embedders backed by a torch image model; subclasses set `_model` and `_encode`."""
+
+    _model: torch.nn.Module | None = None
+
+    def _live_model(self) -> torch.nn.Module:
+        if self._model is None:
+            raise UsageError(f"embedder {self.id} is closed; create a new one")
+        return self._model
+
+    def _encode_images(self, model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        return model(pixels)
+
+    def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
+        model = self._live_model()
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pixels = torch.stack([torch.as_tensor(item) for item in batch]).to(self.device)
+        with torch.inference_mode(), _autocast(self.device):
+            features = self._encode_images(model, pixels)
+        return normalize_rows(features)
+
+    def close(self) -> None:
+        self._model = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _autocast(device: str) -> AbstractContextManager[Any]:
+    """fp16 on GPUs (CLIP and ResNet are trained for it); plain fp32 on CPU."""
+    if device.startswith("cuda"):
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def normalize_rows(features: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Return float32 rows of unit L2 norm (all-zero rows stay zero rather than becoming NaN)."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().float().cpu().numpy()
+    array = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, np.float32(1e-12))
+
+
+def resolve_device(device: str) -> str:
+    """Resolve "auto" to cuda when available, else cpu; asking for cuda without one is a usage error."""
+    wanted = device.strip().lower()
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cpu":
+        return "cpu"
+    if wanted.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} asked for, but no CUDA device is available; use cpu")
+        return wanted
+    raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
+
+
+@contextmanager
+def seeded_init(seed: int = RANDOM_SEED) -> Iterator[None]:
+    """Make random initialisation reproducible across processes without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def random_id(family: str, arch: str) -> str:
+    return f"{family}:{arch}:random-seed{RANDOM_SEED}"
+
+
+def warn_random_weights(embedder_id: str) -> None:
+    warnings.warn(
+        RandomWeightsWarning(
+            f"{embedder_id} uses RANDOM weights: its embeddings have no semantic meaning "
+            "(fine for tests and plumbing, useless for real search)"
+        ),
+        stacklevel=3,
+    )
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a weights file, so an index records which checkpoint built it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def check_weights_file(path: Path) -> Path:
+    """Refuse a weights path that is not a readable file, naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"weights file {path} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"weights file {path} is not readable")
+    return path
+
+
+def network_reachable(host: str) -> bool:
+    """Cheap check before a download: libraries retry for a minute when there is no network at all."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy may reach what a direct socket cannot; let the download try
+    try:
+        with socket.create_connection((host, 443), timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def weights_unavailable(what: str, kind: str, detail: str | None = None) -> WeightsUnavailableError:
+    """The one-line error for weights that are neither cached nor downloadable."""
+    cause = "no network" if detail is None else f"the download failed ({detail})"
+    return WeightsUnavailableError(
+        f"no cached weights for {what} and {cause}; pass --weights PATH (a local {kind}) "
+        "or --pretrained none for random weights (testing only)"
+    )
+
+
+def short_reason(error: BaseException, limit: int = 120) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
