@@ -6,7 +6,7 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,9 +25,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from retrieval.engine import Engine
-from retrieval.errors import RetrievalError
+from retrieval.embedders import create_embedder
+from retrieval.engine import DEFAULT_MODEL, Engine
+from retrieval.errors import RetrievalError, UsageError
+from retrieval.evaluation import METHODS, EvalReport, evaluate_folder
 from retrieval.ingest import IngestProgress, IngestReport
+from retrieval.projections import HeadParams
 from retrieval.search import Query, QueryPart, SearchHit
 
 app = typer.Typer(
@@ -337,6 +340,217 @@ def demo(
     except RetrievalError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    except RetrievalError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _print_eval(report: EvalReport, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    where = (
+        f"{report.n_measured} held-out images (fitted on the other {report.n_fit})"
+        if report.held_out
+        else f"all {report.n_measured} images"
+    )
+    out.print(
+        f"{report.embedder_id}, {len(report.classes)} classes, measured on {where}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    ks = report.ks
+    table = Table(
+        "method",
+        "dim",
+        *(f"precision@{k}" for k in ks),
+        *(f"recall@{k}" for k in ks),
+        *(f"mAP@{k}" for k in ks),
+        "centroid acc",
+        "mean P",
+        "mean R",
+        box=None,
+        header_style="bold",
+    )
+    for m in report.methods:
+        r, c = m.retrieval, m.centroid
+        rmark, cmark = ("" if r.held_out else "*"), ("" if c.held_out else "*")
+        table.add_row(
+            m.name,
+            str(m.dim),
+            *(f"{r.precision[k]:.3f}{rmark}" for k in ks),
+            *(f"{r.recall[k]:.3f}{rmark}" for k in ks),
+            *(f"{r.map[k]:.3f}{rmark}" for k in ks),
+            f"{c.accuracy:.3f}{cmark}",
+            f"{c.mean_precision:.3f}{cmark}",
+            f"{c.mean_recall:.3f}{cmark}",
+        )
+    out.print(table)
+    per_class = Table(
+        "class", "images", *(f"{m.name} {pr}" for m in report.methods for pr in ("P", "R")), box=None
+    )
+    for i, name in enumerate(report.classes):
+        cells = [f"{v[i]:.3f}" for m in report.methods for v in (m.centroid.precision, m.centroid.recall)]
+        per_class.add_row(name, str(report.class_sizes[i]), *cells)
+    out.print("\nnearest centroid, per class (precision, recall):")
+    out.print(per_class)
+    for m in report.methods:
+        out.print(f"\nconfusion ({m.name}): rows are true classes, columns assigned classes")
+        confusion = Table("", *(name[:8] for name in report.classes), box=None)
+        for name, row in zip(report.classes, m.centroid.confusion, strict=True):
+            confusion.add_row(name[:12], *(str(v) for v in row))
+        out.print(confusion)
+    if any(not (m.retrieval.held_out and m.centroid.held_out) for m in report.methods):
+        out.print(
+            "\n* measured on the images it was fitted on, so optimistic; "
+            "pass --split 0.3 for held-out figures"
+        )
+    for path, reason in report.failed[:20]:
+        out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+
+
+@app.command("eval")
+def eval_command(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder with one sub-folder of images per class.", file_okay=False)
+    ],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = "default",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    k: Annotated[str, typer.Option("-k", "--k", help="Cut-offs, comma-separated.")] = "1,5,10",
+    split: Annotated[
+        float | None,
+        typer.Option("--split", help="Hold out this share of each class; fit on the rest, measure on it."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and of the head.")] = 0,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Raw vs PCA vs LDA vs triplet head side by side.")
+    ] = False,
+    projection: Annotated[
+        list[str] | None, typer.Option("--projection", help="Also measure pca, lda or head.")
+    ] = None,
+    dims: Annotated[
+        int | None, typer.Option("--dims", min=1, help="Output dims of PCA and head [default: 64].")
+    ] = None,
+    head_steps: Annotated[
+        int, typer.Option("--head-steps", min=1, max=100_000, help="Training steps of the triplet head.")
+    ] = HeadParams.steps,
+    save_projection: Annotated[
+        str | None,
+        typer.Option(
+            "--save-projection", help="Fit pca, lda or head (on the training part) and start --index with it."
+        ),
+    ] = None,
+    index: Annotated[
+        str | None, typer.Option("--index", "-i", help="New index for --save-projection.")
+    ] = None,
+    home: HomeOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 32,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure retrieval on a labelled FOLDER: precision/recall/mAP@k and a nearest-centroid report."""
+    with _one_line_errors(), ExitStack() as stack:
+        try:
+            ks = [int(part) for part in k.split(",") if part.strip()]
+        except ValueError:
+            raise UsageError(f"-k takes comma-separated integers such as 1,5,10, not {k!r}") from None
+        methods = ["raw", *(METHODS[1:] if compare else []), *(projection or [])]
+        if save_projection:
+            if index is None:
+                raise UsageError("--save-projection starts a new index: name it with --index NAME")
+            engine = stack.enter_context(
+                Engine(
+                    index,
+                    home=home,
+                    model=model,
+                    pretrained=_pretrained(pretrained),
+                    weights=weights,
+                    device=device,
+                    batch_size=batch_size,
+                )
+            )
+            if engine.exists:
+                raise UsageError(f"index {index!r} already exists; --save-projection starts a new index")
+            embedder = engine.embedder
+            methods.append(save_projection)
+        else:
+            embedder = stack.enter_context(
+                create_embedder(
+                    model or DEFAULT_MODEL,
+                    pretrained=_pretrained(pretrained),
+                    weights=weights,
+                    device=device,
+                    batch_size=batch_size,
+                )
+            )
+        with _progress_bar(progress and not as_json) as update:
+            report = evaluate_folder(
+                folder,
+                embedder,
+                ks=ks,
+                test_fraction=split,
+                seed=seed,
+                methods=methods,
+                dims={"pca": dims, "head": dims} if dims else None,
+                head=HeadParams(steps=head_steps),
+                batch_size=batch_size,
+                progress=lambda done, total: update(IngestProgress("embed", done, total)),
+            )
+        if save_projection:
+            engine.set_projection(report.projections[save_projection])
+        _print_eval(report, as_json)
+        if save_projection and not as_json:
+            out.print(
+                f"index {index!r} starts with this {save_projection} projection; "
+                f"fill it with `retrieval ingest DIR --index {index}`",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+@app.command()
+def duplicates(
+    index: IndexOpt = "default",
+    home: HomeOpt = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", min=-1.0, max=1.0, help="Cosine for copies [default: per model]."),
+    ] = None,
+    neighbours: Annotated[
+        int, typer.Option("--neighbours", min=1, max=1000, help="Neighbours each image asks for.")
+    ] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Groups of near-duplicate images (resized, re-compressed, cropped copies) in an index."""
+    with _engine(index, home) as engine:
+        report = engine.duplicates(threshold=threshold, neighbours=neighbours)
+        if as_json:
+            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+            return
+        out.print(
+            f"{len(report.groups)} groups of copies among {report.images} images "
+            f"(cosine >= {report.threshold:.3f}, {report.neighbours} neighbours each)",
+            highlight=False,
+        )
+        table = Table("group", "files", "weakest", "id", box=None, header_style="bold")
+        table.add_column("path", overflow="fold")
+        for number, group in enumerate(report.groups, 1):
+            first = True
+            for member in group.members:
+                for path in member.paths:
+                    head = (str(number), str(group.files), f"{group.weakest:.3f}") if first else ("", "", "")
+                    table.add_row(*head, str(member.id), path)
+                    first = False
+        out.print(table)
 
 
 def run() -> None:

@@ -7,6 +7,7 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from retrieval.decoding import decode_image
+from retrieval.duplicates import DEFAULT_NEIGHBOURS, DuplicateReport, default_threshold, find_duplicates
 from retrieval.embedders import Embedder, create_embedder, parse_embedder_name
 from retrieval.errors import (
     IndexBusyError,
@@ -23,9 +25,11 @@ from retrieval.errors import (
     QueryError,
     UsageError,
 )
+from retrieval.evaluation import embed_labelled, load_labelled_folder
 from retrieval.ingest import Ingestor, IngestReport, ProgressFn, reconcile, remove_paths
 from retrieval.locations import DEFAULT_INDEX, index_dir
 from retrieval.metadata import DB_NAME, MetadataStore, utcnow
+from retrieval.projections import ProjectedEmbedder, Projection, fit_projection
 from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
 from retrieval.vectorstore import StoreParams, VectorStore
 
@@ -150,7 +154,9 @@ class Engine:
                     f"index {self.name!r} was built with {recorded}, not {emb.id}; "
                     f"use the same model/weights or another --index"
                 )
-            self._embedder = emb
+            projection = self.manifest.get("projection") if self.exists else None
+            # An index with a projection embeds images (ingest) and queries through it.
+            self._embedder = ProjectedEmbedder(emb, Projection.load(self.dir)) if projection else emb
         return self._embedder
 
     def _embedder_args(self) -> tuple[str, str | None, Path | None]:
@@ -292,6 +298,68 @@ class Engine:
         finally:
             lock.release()
 
+    def _refuse_existing(self) -> None:
+        if self.exists:
+            raise UsageError(
+                f"index {self.name!r} already exists; a projection changes every vector, so it starts "
+                "a new index: choose another --index"
+            )
+
+    def set_projection(self, projection: Projection) -> None:
+        """Start this new index with `projection`: its images and its queries are embedded through it.
+
+        Raises:
+            UsageError: the index exists already (a projection only starts a new index).
+            IndexMismatchError: the projection was fitted on another model's vectors.
+        """
+        self._refuse_existing()
+        base = self.embedder
+        fitted_on = projection.info.get("embedder_id")
+        if fitted_on != base.id or projection.input_dim != base.dim:
+            raise IndexMismatchError(
+                f"this {projection.kind} projection was fitted on {fitted_on} vectors "
+                f"({projection.input_dim}-dim), not {base.id} ({base.dim}-dim)"
+            )
+        lock = self._lock()
+        self._acquire(lock)
+        try:
+            self._refuse_existing()
+            projection.save(self.dir)
+            self._meta = MetadataStore(self.dir / DB_NAME)
+            with self._meta.session() as s:
+                self._meta.set_manifest(s, projection=projection.describe())
+            self._embedder = ProjectedEmbedder(base, projection)
+            self._open_for_writing()
+        finally:
+            lock.release()
+
+    def fit_projection(
+        self,
+        folder: Path | str,
+        kind: str,
+        *,
+        dims: int | None = None,
+        seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Projection:
+        """Fit a `kind` projection ("pca", "lda", "head") on a labelled folder (one sub-folder per class)
+        with this index's model, then start this new index with it (see `set_projection`)."""
+        self._refuse_existing()
+        embedded = embed_labelled(
+            load_labelled_folder(folder), self.embedder, batch_size=self.batch_size, progress=progress
+        )
+        projection = fit_projection(
+            kind,
+            embedded.vectors,
+            embedded.labels,
+            dims=dims,
+            seed=seed,
+            embedder_id=embedded.embedder_id,
+            classes=embedded.classes,
+        )
+        self.set_projection(projection)
+        return projection
+
     # -- reading ----------------------------------------------------------------------------------
 
     def _embed_image(self, source: Path | bytes) -> np.ndarray:
@@ -352,6 +420,16 @@ class Engine:
     ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
         return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
+
+    def duplicates(
+        self, *, threshold: float | None = None, neighbours: int = DEFAULT_NEIGHBOURS
+    ) -> DuplicateReport:
+        """Groups of near-duplicate images found through the index (each image's nearest neighbours);
+        `threshold` is a cosine, by default the one measured for this index's model."""
+        self.store.reload_if_changed()
+        if threshold is None:
+            threshold = default_threshold(self.manifest.get("embedder_id"))
+        return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours)
 
     def stats(self) -> IndexStats:
         manifest = self.manifest
