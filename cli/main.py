@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -30,6 +30,7 @@ from retrieval.engine import DEFAULT_MODEL, Engine
 from retrieval.errors import RetrievalError, UsageError
 from retrieval.evaluation import METHODS, EvalReport, evaluate_folder
 from retrieval.ingest import IngestProgress, IngestReport
+from retrieval.map_render import map_format
 from retrieval.projections import HeadParams
 from retrieval.search import Query, QueryPart, SearchHit
 
@@ -253,6 +254,80 @@ def similar(
         query = Query.of(engine.resolve_image_ref(ref))
         hits = engine.search(query, k=k, min_score=min_score)
         _print_hits(query, hits, as_json)
+
+
+@app.command("map")
+def map_command(
+    text: Annotated[str | None, typer.Argument(help="Text whose results to map (CLIP indexes).")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Map the results of this example image.", dir_okay=False)
+    ] = None,
+    similar: Annotated[
+        str | None,
+        typer.Option("--similar", help="Map images like this one: an indexed image's id or path, or a file."),
+    ] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of results to map.", min=1, max=10_000)] = 200,
+    expand: Annotated[
+        bool, typer.Option("--expand", help="Also map each result's own nearest neighbours, for context.")
+    ] = False,
+    neighbours: Annotated[
+        int, typer.Option("--neighbours", help="With --expand: neighbours added per result.", min=1, max=100)
+    ] = 5,
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write it: .png, .svg or .html.", dir_okay=False)
+    ] = Path("map.png"),
+    seed: Annotated[int, typer.Option("--seed", help="Layout seed: the same seed draws the same map.")] = 0,
+    colour: Annotated[
+        Literal["cluster", "score"],
+        typer.Option("--colour", "--color", help="Frame colour by cluster or score."),
+    ] = "cluster",
+    clusters: Annotated[
+        int | None,
+        typer.Option("--clusters", help="Number of k-means clusters [default: chosen by silhouette].", min=1),
+    ] = None,
+    perplexity: Annotated[
+        float | None, typer.Option("--perplexity", help="t-SNE perplexity [default: sqrt(points), 5..50].")
+    ] = None,
+    index: IndexOpt = "default",
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw a t-SNE map of a query's results: thumbnails at their points, clusters, the query marked."""
+    if sum(q is not None for q in (text, image, similar)) != 1:
+        err.print(
+            "[red]error:[/] give exactly one of QUERY, --image PATH or --similar PATH|ID", highlight=False
+        )
+        raise typer.Exit(2)
+    with _engine(index, home, device=device) as engine:
+        map_format(out_path)  # a bad file name fails now, not after the layout
+        if text is not None:
+            part = QueryPart("text", text)
+        elif image is not None:
+            part = QueryPart("image", image.expanduser().resolve())
+        else:
+            part = engine.resolve_image_ref(str(similar))
+        m = engine.map(
+            Query.of(part),
+            n=n,
+            expand=neighbours if expand else 0,
+            seed=seed,
+            perplexity=perplexity,
+            clusters=clusters,
+        )
+        rendered = engine.render_map(m, out_path, colour_by=colour)
+        if as_json:
+            payload = {**m.to_dict(), "out": str(rendered.path), "render_seconds": round(rendered.seconds, 4)}
+            sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+            return
+        context = f" + {m.n_context} of their neighbours" if m.n_context else ""
+        out.print(
+            f"wrote {rendered.path}: {m.n_results} results{context} and the query; t-SNE perplexity "
+            f"{m.params.perplexity:g}, trustworthiness {m.trustworthiness:.3f}, {m.clusters} clusters; "
+            f"layout {m.seconds['layout']:.1f}s, drawing {rendered.seconds:.1f}s",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

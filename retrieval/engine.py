@@ -28,9 +28,12 @@ from retrieval.errors import (
 from retrieval.evaluation import embed_labelled, load_labelled_folder
 from retrieval.ingest import Ingestor, IngestReport, ProgressFn, reconcile, remove_paths
 from retrieval.locations import DEFAULT_INDEX, index_dir
+from retrieval.map_render import ColourBy, RenderedMap, render_map
+from retrieval.maps import NeighbourhoodMap, build_map
 from retrieval.metadata import DB_NAME, MetadataStore, utcnow
 from retrieval.projections import ProjectedEmbedder, Projection, fit_projection
 from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
+from retrieval.thumbnails import ThumbnailCache
 from retrieval.vectorstore import StoreParams, VectorStore
 
 DEFAULT_MODEL = "clip"
@@ -420,6 +423,39 @@ class Engine:
     ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
         return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
+
+    def map(
+        self,
+        query: Query,
+        *,
+        n: int = 200,
+        expand: int = 0,
+        seed: int = 0,
+        perplexity: float | None = None,
+        clusters: int | None = None,
+    ) -> NeighbourhoodMap:
+        """A t-SNE map of the query and its top-n results; with expand > 0, also each result's `expand`
+        nearest neighbours. Draw it with `render_map`. See retrieval/maps.py."""
+        self.store.reload_if_changed()
+        vector = self.query_vector(query)
+        hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+        return build_map(
+            query,
+            vector,
+            hits,
+            self.store,
+            self.meta,
+            expand=expand,
+            seed=seed,
+            perplexity=perplexity,
+            clusters=clusters,
+        )
+
+    def render_map(
+        self, m: NeighbourhoodMap, out: Path | str, *, colour_by: ColourBy = "cluster"
+    ) -> RenderedMap:
+        """Write a map as .png, .svg or .html; thumbnails are made once into the index's `thumbs/` folder."""
+        return render_map(m, out, ThumbnailCache(self.dir / "thumbs"), self.meta, colour_by=colour_by)
 
     def duplicates(
         self, *, threshold: float | None = None, neighbours: int = DEFAULT_NEIGHBOURS

@@ -1,0 +1,277 @@
+"""t-SNE maps: layout quality on separated groups, clusters, PNG/SVG/HTML rendering, thumbnail cache, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import draw_photo
+from PIL import Image, ImageEnhance
+from retrieval_cli.main import app
+from typer.testing import CliRunner
+
+from retrieval import maps
+from retrieval.engine import Engine
+from retrieval.errors import QueryError, UsageError
+from retrieval.maps import (
+    LargeMapWarning,
+    NeighbourhoodMap,
+    choose_perplexity,
+    cluster_points,
+    compute_layout,
+)
+from retrieval.search import Query, QueryPart
+
+GROUPS = 3
+PER_GROUP = 8
+runner = CliRunner()
+
+
+def separated_groups(groups: int = 4, per_group: int = 15, dim: int = 128, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((groups, dim)) * 4
+    labels = np.repeat(np.arange(groups), per_group)
+    return centres[labels] + rng.standard_normal((len(labels), dim)), labels
+
+
+def intra_inter(coords: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Mean 2-D distance between points of the same group, and between points of different groups."""
+    d = np.linalg.norm(coords[:, None, :] - coords[None, :, :], axis=-1)
+    same = labels[:, None] == labels[None, :]
+    off_diagonal = ~np.eye(len(labels), dtype=bool)
+    return float(d[same & off_diagonal].mean()), float(d[~same].mean())
+
+
+# -- layout and clusters on plain arrays --------------------------------------------------------------
+
+
+def test_perplexity_grows_with_n_within_5_to_50_and_stays_well_below_n():
+    assert choose_perplexity(5) < 5 / 3
+    assert choose_perplexity(40) == pytest.approx(40**0.5, abs=0.05)
+    assert choose_perplexity(500) == pytest.approx(22.4)
+    assert choose_perplexity(5000) == 50
+    for n in range(5, 3000, 37):
+        assert choose_perplexity(n) < n / 3
+
+
+def test_layout_puts_same_group_points_closer_than_other_group_points_and_is_trustworthy():
+    vectors, labels = separated_groups()
+    layout = compute_layout(vectors, seed=3)
+    intra, inter = intra_inter(layout.coords, labels)
+    assert intra < 0.3 * inter
+    assert layout.trustworthiness > 0.9
+    assert layout.params.perplexity == choose_perplexity(len(vectors))
+    assert layout.params.pca_dims == 50 and layout.params.init == "pca"
+
+
+def test_layout_is_the_same_for_the_same_seed():
+    vectors, _ = separated_groups(groups=2, per_group=10)
+    a = compute_layout(vectors, seed=7).coords
+    b = compute_layout(vectors, seed=7).coords
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fewer_than_five_points_is_a_clear_error():
+    with pytest.raises(QueryError, match="at least 5 points"):
+        compute_layout(np.eye(4, 16))
+
+
+def test_perplexity_must_be_below_the_number_of_points():
+    vectors, _ = separated_groups(groups=2, per_group=5)
+    with pytest.raises(UsageError, match="perplexity"):
+        compute_layout(vectors, perplexity=10)
+
+
+def test_large_maps_warn_and_huge_maps_are_refused(monkeypatch):
+    vectors, _ = separated_groups(groups=2, per_group=6)
+    monkeypatch.setattr(maps, "WARN_POINTS", 10)
+    with pytest.warns(LargeMapWarning, match="12 points"):
+        compute_layout(vectors)
+    monkeypatch.setattr(maps, "MAX_POINTS", 11)
+    with pytest.raises(UsageError, match="12 points"):
+        compute_layout(vectors)
+
+
+def test_kmeans_with_chosen_k_finds_the_groups():
+    vectors, labels = separated_groups(groups=4, per_group=12)
+    found = cluster_points(vectors)
+    assert found.k == 4 and found.chosen
+    pairs = {(int(a), int(b)) for a, b in zip(labels, found.labels, strict=True)}
+    assert len(pairs) == 4  # one found cluster per group
+
+
+def test_kmeans_with_given_k_is_used_as_given():
+    vectors, _ = separated_groups(groups=4, per_group=12)
+    found = cluster_points(vectors, k=2)
+    assert found.k == 2 and not found.chosen and set(found.labels) == {0, 1}
+    with pytest.raises(UsageError, match="clusters"):
+        cluster_points(vectors, k=0)
+
+
+# -- end to end on an index of drawn photos -----------------------------------------------------------
+
+
+def _variant(base: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The same scene, slightly lighter or darker, cropped a little and re-noised."""
+    w, h = base.size
+    dx, dy = (int(v) for v in rng.integers(0, 8, 2))
+    im = base.crop((dx, dy, w - 8 + dx, h - 8 + dy)).resize((w, h))
+    im = ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.85, 1.15)))
+    noisy = np.asarray(im, dtype=np.float64) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory) -> Iterator[tuple[Engine, dict[str, int]]]:
+    """An index of GROUPS x PER_GROUP photos, each group variants of one drawn scene; path -> group."""
+    root = tmp_path_factory.mktemp("maps")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    group_of: dict[str, int] = {}
+    for g in range(GROUPS):
+        base = draw_photo(100 + g, size=(128, 96))
+        for i in range(PER_GROUP):
+            path = photos / f"g{g}-{i}.jpg"
+            _variant(base, rng).save(path, quality=90)
+            group_of[str(path)] = g
+    with Engine("maps", home=root / "home", model="classic") as engine:
+        engine.ingest(photos)
+        yield engine, group_of
+
+
+def _first_id(engine: Engine, name: str) -> int:
+    """The id of photo `name` (e.g. "g1-0") of the grouped index."""
+    content_id = engine.meta.content_id_for_path(engine.dir.parent.parent / "photos" / f"{name}.jpg")
+    assert content_id is not None
+    return content_id
+
+
+def test_map_of_grouped_photos_keeps_groups_apart_and_places_the_query(grouped):
+    engine, group_of = grouped
+    query_id = _first_id(engine, "g1-0")
+    m = engine.map(Query.of(QueryPart("id", query_id)), n=GROUPS * PER_GROUP - 1, seed=0)
+    assert m.n_results == GROUPS * PER_GROUP - 1 and m.n_context == 0
+    query = m.points[0]
+    assert query.role == "query" and query.id == query_id and query.path.endswith("g1-0.jpg")
+    results = [p for p in m.points if p.role == "result"]
+    coords = np.array([(p.x, p.y) for p in results])
+    labels = np.array([group_of[p.path] for p in results])
+    intra, inter = intra_inter(coords, labels)
+    assert intra < 0.5 * inter
+    assert m.trustworthiness > 0.9
+    assert m.title == "more like g1-0.jpg"
+    # The query sits among its own group.
+    own = coords[labels == 1].mean(axis=0)
+    others = [coords[labels == g].mean(axis=0) for g in (0, 2)]
+    q = np.array([query.x, query.y])
+    assert np.linalg.norm(q - own) < min(np.linalg.norm(q - c) for c in others)
+
+
+def test_expand_adds_each_results_neighbours_once(grouped):
+    engine, _ = grouped
+    m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g0-0"))), n=4, expand=6)
+    results = {p.id for p in m.points if p.role == "result"}
+    context = [p.id for p in m.points if p.role == "context"]
+    assert len(results) == 4 and context
+    assert len(set(context)) == len(context) and not set(context) & results
+    assert m.points[0].id not in context
+
+
+def test_png_map_opens_at_the_expected_size_and_thumbnails_are_made_once(grouped, tmp_path):
+    engine, _ = grouped
+    m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g2-3"))), n=12)
+    first = engine.render_map(m, tmp_path / "map.png")
+    with Image.open(first.path) as im:
+        assert im.format == "PNG" and im.size == (1600, 1200)
+        colours = len(im.convert("RGB").getcolors(1 << 24))
+    assert colours > 2000  # photographs were drawn, not only dots
+    assert first.thumbnails_made == 13  # the 12 results and the query image
+    assert len(list((engine.dir / "thumbs").glob("*.jpg"))) >= 13
+    again = engine.render_map(m, tmp_path / "again.html", colour_by="score")
+    assert again.thumbnails_made == 0
+
+
+def test_svg_map_is_written(grouped, tmp_path):
+    engine, _ = grouped
+    m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g0-1"))), n=8)
+    out = engine.render_map(m, tmp_path / "map.svg").path
+    assert out.read_text().lstrip().startswith("<?xml") and "<image" in out.read_text()
+
+
+def _html_data(page: str) -> dict:
+    return json.loads(re.search(r"const MAP = (\{.*?\});</script>", page, re.S).group(1))
+
+
+def test_html_map_stands_alone_with_every_point_and_no_external_url(grouped, tmp_path):
+    engine, _ = grouped
+    m: NeighbourhoodMap = engine.map(Query.of(QueryPart("id", _first_id(engine, "g1-2"))), n=10, expand=2)
+    page = engine.render_map(m, tmp_path / "map.html").path.read_text()
+    # No http(s) or protocol-relative URL, no linked script, picture, style sheet or font.
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page, re.I)
+    assert not re.search(r"<(script|img|link|iframe)[^>]*\s(src|href)=", page) and "@import" not in page
+    data = _html_data(page)
+    assert len(data["points"]) == len(m.points)
+    assert [p["path"] for p in data["points"]] == [p.path for p in m.points]
+    assert len(data["thumbs"]) == len(m.points)  # every picture embedded, the query's too
+    assert all(p["thumb"] is not None for p in data["points"])
+
+
+def test_bad_output_name_is_refused_before_any_work(grouped, tmp_path):
+    engine, _ = grouped
+    m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g0-2"))), n=6)
+    with pytest.raises(UsageError, match=r"\.png, \.svg or \.html"):
+        engine.render_map(m, tmp_path / "map.gif")
+
+
+# -- command line --------------------------------------------------------------------------------------
+
+
+def _cli(engine: Engine, *args: object):
+    return runner.invoke(app, [*map(str, args), "--index", engine.name, "--home", str(engine.dir.parent)])
+
+
+def test_map_command_writes_the_file_and_reports_what_it_drew(grouped, tmp_path):
+    engine, _ = grouped
+    photo = engine.meta.records([1])[1].path
+    out = tmp_path / "m.html"
+    result = _cli(engine, "map", "--similar", photo, "-n", "10", "--out", out, "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    assert "10 results" in result.output
+    assert "trustworthiness" in result.output and "perplexity" in result.output
+
+
+def test_map_command_as_json_lists_points_and_parameters(grouped, tmp_path):
+    engine, _ = grouped
+    photo = engine.meta.records([2])[2].path
+    result = _cli(engine, "map", "--image", photo, "-n", "6", "--out", tmp_path / "m.png", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload["points"]) == 7 and payload["params"]["seed"] == 0 and payload["trustworthiness"] > 0
+
+
+def test_map_command_says_in_one_line_when_there_are_too_few_points(grouped, tmp_path):
+    engine, _ = grouped
+    result = _cli(engine, "map", "--similar", "1", "-n", "3", "--out", tmp_path / "m.png")
+    assert result.exit_code == 2
+    assert "at least 5 points" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_map_command_needs_exactly_one_query(grouped, tmp_path):
+    engine, _ = grouped
+    result = _cli(engine, "map", "--out", tmp_path / "m.png")
+    assert result.exit_code == 2 and "exactly one" in result.output
+    result = _cli(engine, "map", "--similar", "1", "--image", engine.meta.records([2])[2].path)
+    assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_map_of_an_index_with_nothing_else_is_an_empty_result_error(make_photos, home):
+    paths = make_photos(1)
+    with Engine("single", model="classic") as engine:
+        engine.ingest(paths[0].parent)
+        with pytest.raises(QueryError, match="no results"):
+            engine.map(Query.of(QueryPart("id", 1)))
