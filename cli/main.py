@@ -198,7 +198,8 @@ def _print_hits(query: Query, hits: list[SearchHit], as_json: bool) -> None:
     if not hits:
         out.print("no results")
         return
-    table = Table("rank", "score", "id", "path", box=None, header_style="bold")
+    table = Table("rank", "score", "id", box=None, header_style="bold")
+    table.add_column("path", no_wrap=True, overflow="ignore")  # whole paths, to copy and paste
     for h in hits:
         table.add_row(str(h.rank), f"{h.score:.4f}", str(h.id), h.path)
     out.print(table)

@@ -134,6 +134,7 @@ class Engine:
     @property
     def store(self) -> VectorStore:
         if self._store is None:
+            self.meta  # noqa: B018 - raises IndexNotFoundError for an index that does not exist
             folder = self.dir / "vectors"
             if not VectorStore.exists(folder):
                 raise IndexNotFoundError(
