@@ -31,7 +31,7 @@ from retrieval.errors import RetrievalError, UsageError
 from retrieval.evaluation import METHODS, EvalReport, evaluate_folder
 from retrieval.ingest import IngestProgress, IngestReport
 from retrieval.map_render import map_format
-from retrieval.projections import HeadParams
+from retrieval.projections import KINDS, HeadParams
 from retrieval.search import Query, QueryPart, SearchHit
 
 app = typer.Typer(
@@ -541,6 +541,10 @@ def eval_command(
             raise UsageError(f"-k takes comma-separated integers such as 1,5,10, not {k!r}") from None
         methods = ["raw", *(METHODS[1:] if compare else []), *(projection or [])]
         if save_projection:
+            if save_projection not in KINDS:
+                raise UsageError(
+                    f"--save-projection takes one of {', '.join(KINDS)}, not {save_projection!r}"
+                )
             if index is None:
                 raise UsageError("--save-projection starts a new index: name it with --index NAME")
             engine = stack.enter_context(

@@ -52,12 +52,12 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[set[st
     groups = []
     for seed in range(ORIGINALS):
         original = folder / f"photo{seed:02d}.png"
-        draw_photo(seed, (256, 192)).save(original)
+        draw_photo(seed, (192, 144)).save(original)
         groups.append({str(original), *map(str, _copies(Image.open(original), original))})
     shutil.copy(folder / "photo00.png", folder / "photo00-same-bytes.png")
     groups[0].add(str(folder / "photo00-same-bytes.png"))
     for seed in range(100, 100 + SINGLES):
-        draw_photo(seed, (256, 192)).save(folder / f"single{seed}.png")
+        draw_photo(seed, (192, 144)).save(folder / f"single{seed}.png")
     with Engine("dups", home=root / "home", model="classic") as engine:
         engine.ingest(folder)
     return root / "home", groups

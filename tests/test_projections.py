@@ -150,3 +150,5 @@ def test_eval_saves_the_projection_it_measured_into_a_new_index(digits: Path, ho
     assert again.exit_code == 2 and "already exists" in again.stderr
     nameless = CliRunner().invoke(app, [*args, "--save-projection", "lda"])
     assert nameless.exit_code == 2 and "--index" in nameless.stderr
+    raw = CliRunner().invoke(app, [*args, "--save-projection", "raw", "--index", "raw"])
+    assert raw.exit_code == 2 and "takes one of pca, lda, head" in raw.stderr
