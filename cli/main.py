@@ -332,6 +332,40 @@ def map_command(
 
 
 @app.command()
+def serve(
+    index: IndexOpt = "default",
+    home: HomeOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; loopback unless another is asked for.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 8000,
+    device: DeviceOpt = "auto",
+    weights: WeightsOpt = None,
+) -> None:
+    """Serve an index over HTTP: a search page at /, a JSON API under /api (OpenAPI docs at /docs)."""
+    try:
+        import uvicorn
+
+        from retrieval.server import create_app, warm_up
+    except ImportError as exc:
+        err.print(f"[red]error:[/] serving needs {exc.name}: pip install 'retrieval[serve]'", highlight=False)
+        raise typer.Exit(2) from None
+    with _engine(index, home, device=device, weights=weights) as engine:
+        warm_up(engine)  # a missing index or model fails here, in one line, not on the first request
+        if host not in {"127.0.0.1", "localhost", "::1"}:
+            err.print(
+                f"warning: listening on {host}: anyone who can reach it can search and download these photos",
+                highlight=False,
+            )
+        shown = f"[{host}]" if ":" in host else host
+        out.print(
+            f"serving index {index!r} on http://{shown}:{port}/ (API docs at /docs); Ctrl-C stops",
+            highlight=False,
+        )
+        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def remove(
     paths: Annotated[list[Path], typer.Argument(help="Indexed files to forget (the files are not deleted).")],
     index: IndexOpt = "default",
