@@ -11,13 +11,13 @@ Everything here returns typed results; drawing them is `retrieval.map_render`'s 
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from retrieval.search import Query, SearchHit
 from retrieval.vectorstore import VectorStore
 
 PointRole = Literal["query", "result", "context"]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: t-SNE needs a handful of points to mean anything; below this a map is refused.
 MIN_POINTS = 5
@@ -128,10 +130,10 @@ class NeighbourhoodMap:
 
 
 def choose_perplexity(n: int) -> float:
-    """sqrt(n) kept within 5..50 (about 22 for 500 points), and below (n-1)/3 so that each point has
-    enough neighbours to weigh. On the benchmark vectors this beats both 30 and 50 at 500 points and costs
-    less time (perplexity sets the number of neighbours t-SNE attracts, 3 x perplexity)."""
-    return float(round(min(50.0, max(5.0, math.sqrt(n)), (n - 1) / 3), 1))
+    """n/10 up to 30 (scikit-learn's default), n/100 beyond 3,000 points, within 5..50, and always below
+    (n-1)/3 so that every point has enough neighbours to weigh. On the benchmark vectors 30 beat 15-22 and
+    50 at 200 to 1,000 points (BENCHMARKS.md, "Maps"); tiny maps need a smaller one."""
+    return float(round(min(50.0, max(5.0, min(30.0, n / 10), n / 100), (n - 1) / 3), 1))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -157,13 +159,31 @@ def _check_size(n: int) -> None:
         )
 
 
+def _single_threaded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run `fn` with BLAS and OpenMP held to one thread.
+
+    The matrices are small (n x 50): threads gain nothing, and t-SNE's and k-means' OpenMP threads next to
+    BLAS's oversubscribe the cores. On this project's busy 2-core machine a 500-point layout ran 2-6x and
+    the k-means 5-40x slower with them (BENCHMARKS.md, "Maps").
+    """
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_single_threaded
 def compute_layout(
     vectors: np.ndarray,
     *,
     seed: int = 0,
     perplexity: float | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
-    n_jobs: int | None = None,
 ) -> Layout:
     """Lay out the rows of `vectors` in 2-D with t-SNE and measure the layout's trustworthiness.
 
@@ -173,17 +193,6 @@ def compute_layout(
         QueryError: fewer than MIN_POINTS rows.
         UsageError: more than MAX_POINTS rows, or a perplexity not below the number of rows.
     """
-    from threadpoolctl import threadpool_limits
-
-    # The matrices are small (n x 50): BLAS threads gain nothing, and next to t-SNE's OpenMP threads they
-    # oversubscribe the cores. On a busy 2-core machine that made a 500-point layout 2-6x slower.
-    with threadpool_limits(limits=1):
-        return _compute_layout(vectors, seed, perplexity, max_iter, n_jobs)
-
-
-def _compute_layout(
-    vectors: np.ndarray, seed: int, perplexity: float | None, max_iter: int, n_jobs: int | None
-) -> Layout:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE, trustworthiness
 
@@ -205,7 +214,6 @@ def _compute_layout(
         max_iter=max_iter,
         method="barnes_hut",
         random_state=seed,
-        n_jobs=n_jobs,
     )
     coords = tsne.fit_transform(reduced).astype(np.float64)
 
@@ -226,6 +234,7 @@ def _compute_layout(
     return Layout(coords=coords, reduced=reduced, trustworthiness=trust, params=params)
 
 
+@_single_threaded
 def cluster_points(vectors: np.ndarray, *, k: int | None = None, seed: int = 0) -> Clustering:
     """k-means on the rows; with k None, the k in 2..MAX_AUTO_CLUSTERS with the best silhouette.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,7 +105,8 @@ class ThumbnailCache:
             return None
         if cached is None:
             return data
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        # Unique per process and thread: two makers of one thumbnail must not share a temporary file.
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, cached)
         return data
