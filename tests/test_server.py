@@ -6,6 +6,7 @@ import asyncio
 import io
 import struct
 import threading
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -77,13 +78,17 @@ def ids(collection: tuple[Engine, list[Path]]) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def classic_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Engine, Path]]:
+    """A classic (no text model) index of four photos, one of them with an EXIF capture time."""
     root = tmp_path_factory.mktemp("classic")
-    write_photos(root / "photos", 6)
+    write_photos(root / "photos", 3)
+    exif = Image.Exif()
+    exif[0x0132] = "2021:07:04 18:30:00"  # DateTime
+    draw_photo(3).save(root / "photos" / "dated.jpg", exif=exif.tobytes())
     with Engine("classic", home=root / "home", model="classic") as engine:
         engine.ingest(root / "photos")
         with TestClient(create_app(engine)) as test_client:
-            yield test_client
+            yield test_client, engine, root
 
 
 def jpeg_bytes(seed: int) -> bytes:
@@ -184,18 +189,10 @@ def test_text_search_returns_k_hits_with_paths_relative_to_the_indexed_folder(cl
     assert [h["id"] for h in body["results"]] == [h.id for h in expected]
 
 
-def test_capture_time_is_returned_when_the_photo_has_one(tmp_path):
-    photo = draw_photo(3)
-    exif = Image.Exif()
-    exif[0x0132] = "2021:07:04 18:30:00"  # DateTime
-    (tmp_path / "photos").mkdir()
-    photo.save(tmp_path / "photos" / "dated.jpg", exif=exif.tobytes())
-    write_photos(tmp_path / "photos", 4)
-    with Engine("dated", home=tmp_path / "home", model="classic") as engine:
-        engine.ingest(tmp_path / "photos")
-        with TestClient(create_app(engine)) as c:
-            upload = {"image": ("q.jpg", (tmp_path / "photos" / "dated.jpg").read_bytes(), "image/jpeg")}
-            top = c.post("/api/search/image", files=upload, params={"k": 1}).json()["results"][0]
+def test_capture_time_is_returned_when_the_photo_has_one(small):
+    c, _, root = small
+    upload = {"image": ("q.jpg", (root / "photos" / "dated.jpg").read_bytes(), "image/jpeg")}
+    top = c.post("/api/search/image", files=upload, params={"k": 1}).json()["results"][0]
     assert top["path"] == "dated.jpg" and top["captured_at"] == "2021-07-04T18:30:00"
 
 
@@ -212,9 +209,10 @@ def test_query_text_is_bounded_and_required(client):
     assert client.get("/api/search", params={"q": "x" * MAX_QUERY_CHARS, "k": 1}).status_code == 200
 
 
-def test_text_search_on_an_index_without_a_text_model_says_so(classic_client):
-    assert classic_client.get("/api/stats").json()["text_search"] is False
-    assert_error(classic_client.get("/api/search", params={"q": "beach"}), 400, "no text encoder")
+def test_text_search_on_an_index_without_a_text_model_says_so(small):
+    c = small[0]
+    assert c.get("/api/stats").json()["text_search"] is False
+    assert_error(c.get("/api/search", params={"q": "beach"}), 400, "no text encoder")
 
 
 def test_an_uploaded_copy_of_an_indexed_photo_finds_it_first(client, ids):
@@ -310,15 +308,17 @@ def test_unknown_image_ids_get_404(client):
     assert_error(client.get("/api/images/999999/thumbnail"), 404, "999999")
 
 
-def test_an_image_whose_file_has_gone_is_404_not_500(tmp_path):
-    paths = write_photos(tmp_path / "photos", 3)
-    with Engine("gone", home=tmp_path / "home", model="classic") as engine:
-        engine.ingest(tmp_path / "photos")
-        image_id = engine.meta.content_id_for_path(paths[0])
-        paths[0].unlink()
-        with TestClient(create_app(engine)) as c:
-            assert_error(c.get(f"/api/images/{image_id}"), 404, "gone")
-            assert_error(c.get(f"/api/images/{image_id}/thumbnail"), 404, "can no longer be read")
+def test_an_image_whose_file_has_gone_is_404_not_500(small):
+    c, engine, root = small
+    moved = root / "photos" / "photo000.jpg"
+    image_id = engine.meta.content_id_for_path(moved)
+    moved.rename(root / "elsewhere.jpg")
+    try:
+        assert_error(c.get(f"/api/images/{image_id}"), 404, "gone")
+        assert_error(c.get(f"/api/images/{image_id}/thumbnail"), 404, "can no longer be read")
+    finally:
+        (root / "elsewhere.jpg").rename(moved)
+    assert c.get(f"/api/images/{image_id}").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -429,12 +429,9 @@ def test_map_parameters_are_checked(client, params, status, word):
     assert_error(client.get("/api/map", params=params), status, word)
 
 
-def test_a_map_with_too_few_images_explains_why(tmp_path):
-    write_photos(tmp_path / "photos", 3)
-    with Engine("few", home=tmp_path / "home", model="classic") as engine:
-        engine.ingest(tmp_path / "photos")
-        with TestClient(create_app(engine)) as c:
-            assert_error(c.get("/api/map", params={"like": 1, "n": 10}), 400, "at least")
+def test_a_map_with_too_few_images_explains_why(small):
+    # Four images: one asked about, three results, the query itself: below the five points of a map.
+    assert_error(small[0].get("/api/map", params={"like": 1, "n": 10}), 400, "at least")
 
 
 # -- concurrency ---------------------------------------------------------------------------------------------
@@ -461,9 +458,10 @@ def test_searches_during_an_ingest_by_another_writer_see_the_old_or_the_new_inde
         served.ingest(photos)
         with TestClient(create_app(served)) as c:
             before = c.get("/api/stats").json()
-            write_photos(photos, 10, start=6)
+            write_photos(photos, 6, start=6)
             done = threading.Event()
             failures: list[str] = []
+            rounds: list[int] = []
 
             def read_while_writing() -> None:
                 while not done.is_set():
@@ -478,8 +476,10 @@ def test_searches_during_an_ingest_by_another_writer_see_the_old_or_the_new_inde
                             "results"
                         ]
                     )
-                    if not 6 <= n <= 16:
-                        failures.append(f"{n} results from an index that had 6, then 16 images")
+                    if not 6 <= n <= 12:
+                        failures.append(f"{n} results from an index that had 6, then 12 images")
+                    rounds.append(n)
+                    time.sleep(0.01)  # leave the writer some of the two cores
 
             readers = [threading.Thread(target=read_while_writing) for _ in range(3)]
             for reader in readers:
@@ -493,31 +493,26 @@ def test_searches_during_an_ingest_by_another_writer_see_the_old_or_the_new_inde
                     reader.join()
             after = c.get("/api/stats").json()
     assert not failures, failures[:3]
-    assert before["images"] == 6 and after["images"] == after["vectors"] == 16
+    assert len(rounds) >= 3  # the readers did read while the writer wrote
+    assert before["images"] == 6 and after["images"] == after["vectors"] == 12
     assert after["generation"] > before["generation"]
 
 
 # -- the command ---------------------------------------------------------------------------------------------
 
 
-def test_serve_command_runs_uvicorn_on_loopback_by_default(tmp_path, monkeypatch):
+def test_serve_command_runs_uvicorn_on_loopback_by_default(small, monkeypatch):
     import uvicorn
 
-    write_photos(tmp_path / "photos", 3)
-    with Engine("cli", home=tmp_path / "home", model="classic") as engine:
-        engine.ingest(tmp_path / "photos")
+    home = str(small[2] / "home")
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
     runner = CliRunner()
-    result = runner.invoke(
-        cli_app, ["serve", "--index", "cli", "--home", str(tmp_path / "home"), "--port", "8123"]
-    )
+    result = runner.invoke(cli_app, ["serve", "--index", "classic", "--home", home, "--port", "8123"])
     assert result.exit_code == 0, result.output
     assert "http://127.0.0.1:8123/" in result.output
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8123
-    result = runner.invoke(
-        cli_app, ["serve", "--index", "cli", "--home", str(tmp_path / "home"), "--host", "0.0.0.0"]
-    )
+    result = runner.invoke(cli_app, ["serve", "--index", "classic", "--home", home, "--host", "0.0.0.0"])
     assert (
         result.exit_code == 0 and calls[1]["host"] == "0.0.0.0" and "anyone who can reach it" in result.output
     )

@@ -64,6 +64,7 @@ async function search(query) {
   if (state.query && state.query.kind === "image" && state.query !== query) URL.revokeObjectURL(state.query.url);
   state.query = query;
   state.map = null;
+  if (query.kind !== "text") $("q").value = "";
   showQuery(query);
   setStatus("Searching…");
   const k = $("k").value;
