@@ -342,7 +342,7 @@ def serve(
     device: DeviceOpt = "auto",
     weights: WeightsOpt = None,
 ) -> None:
-    """Serve an index over HTTP: a search page at /, a JSON API under /api (OpenAPI docs at /docs)."""
+    """Serve an index over HTTP: a search page at /, a JSON API under /api (schema at /openapi.json)."""
     try:
         import uvicorn
 
@@ -359,7 +359,7 @@ def serve(
             )
         shown = f"[{host}]" if ":" in host else host
         out.print(
-            f"serving index {index!r} on http://{shown}:{port}/ (API docs at /docs); Ctrl-C stops",
+            f"serving index {index!r} on http://{shown}:{port}/ (API schema at /openapi.json); Ctrl-C stops",
             highlight=False,
         )
         uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")

@@ -497,7 +497,8 @@ def create_app(
     device: str = "auto",
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
-    """The ASGI app serving one index: JSON API under /api (OpenAPI at /docs), search page at /.
+    """The ASGI app serving one index: JSON API under /api (its OpenAPI schema at /openapi.json), search page
+    at /. FastAPI's /docs and /redoc pages are off: they load their scripts from a CDN.
 
     Args:
         engine: an open Engine (the caller closes it), or the name of an index under `home` that the app
@@ -527,6 +528,8 @@ def create_app(
         summary="Search a photo collection by text, by example image, or for more like an indexed image.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.include_router(router)
     app.add_exception_handler(RetrievalError, _retrieval_error)

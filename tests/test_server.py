@@ -146,6 +146,15 @@ def test_openapi_schema_documents_every_endpoint(client):
     assert "ErrorOut" in str(paths["/api/search"]["get"]["responses"]["422"])
 
 
+def test_an_app_made_from_an_index_name_opens_it_at_start_and_closes_it_at_stop(small):
+    app = create_app("classic", home=small[2] / "home", device="cpu")
+    with TestClient(app) as c:
+        assert c.get("/api/health").json()["vectors"] == 4
+        engine = app.state.served.engine
+        assert engine.exists and engine._store is not None  # loaded at start, before any search
+    assert engine._meta is None and engine._store is None
+
+
 def test_page_and_its_assets_are_served_without_anything_from_elsewhere(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -159,6 +168,9 @@ def test_page_and_its_assets_are_served_without_anything_from_elsewhere(client):
             and "//cdn" not in response.text
         )
     assert "http://" not in page.text and "https://" not in page.text
+    # FastAPI's own docs pages load scripts from a CDN: they are off; the schema is served.
+    assert client.get("/docs").status_code == client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["info"]["title"] == "retrieval"
 
 
 def test_unknown_routes_answer_404_in_json(client):
