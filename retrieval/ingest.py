@@ -74,6 +74,14 @@ class _Prepared:
 
 ProgressFn = Callable[[IngestProgress], None]
 
+_NOT_UTF8 = "file name is not valid UTF-8; rename the file to index it"
+
+
+def _path_key(path: Path) -> str:
+    """A path as stored in the database: itself, or for a name that is not valid UTF-8 (which SQLite text
+    cannot hold) its bytes with the bad ones written as \\xNN, so the file can still be named in failures."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
 
 def reconcile(meta: MetadataStore, store: VectorStore) -> tuple[int, int]:
     """Make the store and the database agree after a crash; return (vectors dropped, rows reset).
@@ -121,6 +129,7 @@ class Ingestor:
         self.progress = progress or (lambda _p: None)
         self.retry_failed = retry_failed
         self._run_hashes: dict[str, int] = {}
+        self._unembedded: dict[str, int] = {}
         self._pending_ids: list[int] = []
         self._pending_tensors: list[Any] = []
 
@@ -201,12 +210,14 @@ class Ingestor:
         if not root.is_dir():
             raise UsageError(f"{root} is not a folder; pass the folder of photos to index")
         root = root.resolve()
+        if _path_key(root) != str(root):
+            raise UsageError(f"{_path_key(root)}: folder name is not valid UTF-8; rename it to index it")
         report = IngestReport(root=str(root))
 
         found: list[FoundFile] = []
         for item in discover(root):
             if isinstance(item, Skipped):
-                report.skipped.append((str(item.path), item.reason))
+                report.skipped.append((_path_key(item.path), item.reason))
             else:
                 found.append(item)
             if len(found) % 1000 == 0:
@@ -228,10 +239,12 @@ class Ingestor:
                 )
             }
             known_failures = {f.path: f for f in s.scalars(select(Failure).where(Failure.root_id == root_id))}
+            unembedded = select(Content.hash, Content.id).where(~Content.embedded)
+            self._unembedded = {digest: content_id for digest, content_id in s.execute(unembedded)}
 
             todo: list[FoundFile] = []
             for item in found:
-                key = str(item.path)
+                key = _path_key(item.path)
                 current = known_files.get(key)
                 if current is not None:
                     row, embedded = current
@@ -246,6 +259,10 @@ class Ingestor:
                     and failure.mtime_ns == item.mtime_ns
                 ):
                     report.failed.append((key, failure.reason))
+                    continue
+                if key != str(item.path):
+                    failed = _Prepared(item, "", error=_NOT_UTF8)
+                    self._apply(s, failed, root_id, known_files, known_failures, report)
                     continue
                 todo.append(item)
 
@@ -280,7 +297,7 @@ class Ingestor:
                 pool.shutdown(wait=True, cancel_futures=True)
 
             self._flush_batch(s)
-            seen = {str(f.path) for f in found}
+            seen = {_path_key(f.path) for f in found}
             if prune:
                 self._prune(s, root_id, seen, known_files, known_failures, report)
             orphans = self.meta.delete_orphans(s)
@@ -300,7 +317,7 @@ class Ingestor:
         known_failures: dict[str, Failure],
         report: IngestReport,
     ) -> None:
-        key = str(prep.found.path)
+        key = _path_key(prep.found.path)
         existing = known_files.get(key)
         if prep.error is not None:
             failure = known_failures.get(key)
@@ -322,14 +339,13 @@ class Ingestor:
         if content_id is None and prep.hash in self._run_hashes:
             content_id = self._run_hashes[prep.hash]
         if content_id is None:
-            content = Content(
-                hash=prep.hash,
-                width=prep.width,
-                height=prep.height,
-                format=prep.format,
-                captured_at=prep.captured_at,
-                embedded=False,
-            )
+            # A row that a crash or a repair of the vector index left unembedded is reused: hashes are unique.
+            stale = self._unembedded.pop(prep.hash, None)
+            content = s.get(Content, stale) if stale is not None else None
+            if content is None:
+                content = Content(hash=prep.hash, embedded=False)
+            content.width, content.height = prep.width, prep.height
+            content.format, content.captured_at = prep.format, prep.captured_at
             s.add(content)
             s.flush()
             content_id = content.id

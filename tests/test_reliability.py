@@ -1,0 +1,246 @@
+"""Reliability: odd and broken files, the write lock, damaged index files, a full disk.
+
+The subprocess tests (SIGKILL, SIGINT, searches during an ingest) are in test_interrupt.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from conftest import draw_photo
+from index_checks import assert_consistent
+from PIL import Image
+from retrieval_cli.main import app
+from typer.testing import CliRunner
+
+import retrieval.ingest as ingest_module
+from retrieval.engine import Engine
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ---- bad and odd inputs ---------------------------------------------------------------------------
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height (a decompression-bomb shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg_bytes(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92, **params)
+    return buffer.getvalue()
+
+
+def write_broken_files(folder: Path) -> dict[str, str]:
+    """Broken files, each with a word its failure reason must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(jpeg_bytes(draw_photo(50))[:900])
+    (folder / "text.jpg").write_text("these are my holiday notes, not a photo\n")
+    (folder / "bomb.png").write_bytes(png_declaring(30_000, 30_000))
+    return {"zero.jpg": "empty", "truncated.jpg": "truncated", "text.jpg": "not an image", "bomb.png": "bomb"}
+
+
+def write_odd_valid_images(folder: Path, refs: Path) -> dict[str, Path]:
+    """Valid images in unusual encodings; returns name -> a plain RGB reference of what must be embedded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    refs.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, Path] = {}
+
+    def reference(name: str, image: Image.Image) -> None:
+        expected[name] = refs / f"{Path(name).stem}.png"
+        image.convert("RGB").save(expected[name])
+
+    cmyk = draw_photo(60)
+    (folder / "cmyk.jpg").write_bytes(jpeg_bytes(cmyk.convert("CMYK")))
+    reference("cmyk.jpg", cmyk)
+
+    grey = np.asarray(draw_photo(61).convert("L"), dtype=np.uint16)
+    Image.fromarray(grey * 257).save(folder / "deep.png")  # 16-bit greyscale, full range
+    reference("deep.png", Image.fromarray(grey.astype(np.uint8)))
+
+    palette = draw_photo(62).quantize(64)
+    palette.save(folder / "palette.png", transparency=0)
+    flat = Image.new("RGBA", palette.size, (255, 255, 255, 255))
+    flat.alpha_composite(palette.convert("RGBA"))  # its transparent colour shows white, as decoding does
+    reference("palette.png", flat)
+
+    first, second = draw_photo(63), draw_photo(64)
+    first.save(folder / "animated.gif", save_all=True, append_images=[second], duration=100, loop=0)
+    with Image.open(folder / "animated.gif") as gif:
+        reference("animated.gif", gif.convert("RGB"))  # the first frame, in the GIF's own palette
+
+    upright = draw_photo(65, size=(160, 120))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    (folder / "rotated.jpg").write_bytes(jpeg_bytes(upright.transpose(Image.Transpose.ROTATE_90), exif=exif))
+    reference("rotated.jpg", upright)
+    return expected
+
+
+def test_broken_files_are_failures_with_reasons_and_the_ingest_goes_on(make_photos, tmp_path):
+    photos = make_photos(4)
+    folder = photos[0].parent
+    reasons = write_broken_files(folder)
+    with Engine(model="classic") as engine:
+        report = engine.ingest(folder)
+        failed = dict(report.failed)
+        assert set(failed) == {str(folder / name) for name in reasons}
+        for name, word in reasons.items():
+            assert word in failed[str(folder / name)], failed
+        assert report.embedded == 4 and len(engine.store) == 4
+        assert engine.meta.counts()["failures"] == 4
+
+
+def test_odd_but_valid_images_are_embedded_as_they_look(tmp_path):
+    folder = tmp_path / "odd"
+    expected = write_odd_valid_images(folder, tmp_path / "refs")
+    for i in range(6):  # some ordinary photos for the odd ones to be confused with
+        draw_photo(i).save(folder / f"plain{i}.jpg", quality=90)
+    with Engine(model="classic") as engine:
+        report = engine.ingest(folder)
+        assert report.failed == [] and report.embedded == 11
+        for name, ref in expected.items():
+            hits = engine.search_image(ref, k=2)
+            assert hits[0].path == str(folder / name), (name, hits)
+            assert hits[0].score > 0.97 and hits[0].score - hits[1].score > 0.02, (name, hits)
+        rotated = engine.search_image(expected["rotated.jpg"], k=1)[0]
+        assert (rotated.width, rotated.height) == (160, 120)  # the size as seen, not as stored
+        sideways = tmp_path / "sideways.png"
+        Image.open(expected["rotated.jpg"]).transpose(Image.Transpose.ROTATE_90).save(sideways)
+        assert engine.search_image(sideways, k=11)[0].score < rotated.score - 0.02
+
+
+def test_the_cli_lists_each_failure_and_exits_1(make_photos):
+    folder = make_photos(2)[0].parent
+    reasons = write_broken_files(folder)
+    result = invoke("ingest", folder, "--model", "classic", "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert f"{len(reasons)} failed" in result.output and "Traceback" not in result.output
+    for name in reasons:
+        assert f"failed: {folder / name}: " in result.output
+    again = invoke("ingest", folder, "--no-progress")  # not retried, still reported
+    assert again.exit_code == 1 and f"{len(reasons)} failed" in again.output
+
+
+def test_an_unreadable_file_is_a_failure(make_photos, monkeypatch):
+    photos = make_photos(3)
+    victim = photos[1]
+    victim.chmod(0)
+    if os.access(victim, os.R_OK):  # running as root: permissions do not stop a read, so simulate one
+        real = Path.read_bytes
+
+        def denied(self: Path) -> bytes:
+            if self == victim:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", denied)
+    with Engine(model="classic") as engine:
+        report = engine.ingest(victim.parent)
+    assert report.failed == [(str(victim), "cannot read: Permission denied")]
+    assert report.embedded == 2
+
+
+def test_a_file_that_disappears_after_listing_is_a_failure(make_photos, monkeypatch):
+    photos = make_photos(3)
+    listed = ingest_module.discover
+
+    def then_delete(root: Path):
+        items = list(listed(root))
+        photos[2].unlink()
+        yield from items
+
+    with monkeypatch.context() as patch, Engine(model="classic") as engine:
+        patch.setattr(ingest_module, "discover", then_delete)
+        report = engine.ingest(photos[0].parent)
+        assert report.failed == [(str(photos[2]), "file disappeared before it could be read")]
+        assert report.embedded == 2
+    with Engine() as engine:  # next time it is simply gone: its failure is forgotten
+        report = engine.ingest(photos[0].parent)
+        assert report.failed == [] and engine.meta.counts()["failures"] == 0
+
+
+def test_symlinks_inside_are_followed_loops_end_and_links_outside_are_skipped(make_photos, tmp_path):
+    photos = make_photos(3)
+    folder = photos[0].parent
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    draw_photo(99).save(elsewhere / "private.jpg")
+    (folder / "album").mkdir()
+    (folder / "album" / "again.jpg").symlink_to(photos[0])  # inside: followed, a copy of photo000
+    (folder / "album" / "up").symlink_to(folder)  # a directory loop
+    (folder / "self.jpg").symlink_to(folder / "self.jpg")  # a link to itself
+    (folder / "out.jpg").symlink_to(elsewhere / "private.jpg")
+    (folder / "outdir").symlink_to(elsewhere)
+    with Engine(model="classic") as engine:
+        report = engine.ingest(folder)
+        skipped = dict(report.skipped)
+        assert skipped == {
+            str(folder / "self.jpg"): "broken or looping symlink",
+            str(folder / "out.jpg"): "symlink to outside the indexed folder",
+            str(folder / "outdir"): "symlink to outside the indexed folder",
+        }
+        assert report.failed == [] and (report.added, report.embedded, report.linked) == (4, 3, 1)
+        assert engine.meta.content_id_for_path(folder / "album" / "again.jpg") is not None
+    result = invoke("ingest", folder, "--no-progress")
+    assert result.exit_code == 0 and "skipped: " in result.output
+
+
+def test_long_and_non_utf8_file_names(tmp_path):
+    folder = tmp_path / "names"
+    deep = folder.joinpath(*["a-rather-long-folder-name-" + "x" * 40] * 12)
+    deep.mkdir(parents=True)
+    long_name = deep / ("é" * 100 + "-" + "y" * 45 + ".jpg")  # 250 bytes, the path over 1000
+    draw_photo(1).save(long_name)
+    draw_photo(2).save(folder / "фото 🌅.jpg")
+    bad = os.fsencode(folder) + b"/caf\xe9-latin1.jpg"
+    draw_photo(3).save(bad.decode("utf-8", "surrogateescape"), "JPEG")
+    shown = str(folder) + "/caf\\xe9-latin1.jpg"
+    with Engine(model="classic") as engine:
+        report = engine.ingest(folder)
+        assert report.embedded == 2
+        assert report.failed == [(shown, "file name is not valid UTF-8; rename the file to index it")]
+        assert engine.meta.content_id_for_path(long_name) is not None
+        again = engine.ingest(folder)  # the failure is kept and not retried while the file is unchanged
+        assert again.failed == report.failed and again.unchanged == 2
+    result = invoke("ingest", folder, "--no-progress")
+    assert result.exit_code == 1 and shown in result.output
+
+
+def test_an_image_whose_vector_was_lost_is_embedded_again_by_the_next_ingest(make_photos, home):
+    photos = make_photos(4)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+        lost = engine.meta.content_id_for_path(photos[2])
+        store = engine._open_for_writing()
+        store.remove([lost])  # as if a damaged vector file had been repaired without it
+        store.save()
+    with Engine() as engine:
+        assert engine.doctor(fix=True).rows_without_vector == 1
+        report = engine.ingest(photos[0].parent)
+        assert (report.embedded, report.unchanged) == (1, 3)
+        assert engine.meta.content_id_for_path(photos[2]) == lost  # the same row, embedded in place
+    assert_consistent(home / "default", files=4)
