@@ -14,7 +14,8 @@ from retrieval.embedders import RandomWeightsWarning, create_embedder
 from retrieval.engine import Engine
 from retrieval.errors import UsageError, WeightsUnavailableError
 from retrieval.locations import resolve_home
-from retrieval.search import SearchHit
+from retrieval.maps import MIN_POINTS
+from retrieval.search import Query, SearchHit
 
 # scikit-image ships these photographs (and a few test patterns) with its wheel: no network needed.
 SAMPLE_PHOTOS = (
@@ -119,6 +120,14 @@ def run_demo(
         say(f"more like {query_src.name}:")
         for line in _table(first):
             say(line)
+
+        if len(images) >= MIN_POINTS:
+            m = engine.map(Query.of(engine.resolve_image_ref(query_src)), n=len(images) - 1)
+            drawn = engine.render_map(m, home / f"{index}-map.png")
+            say(
+                f"map of the collection around {query_src.name}: {drawn.path} "
+                f"(t-SNE, trustworthiness {m.trustworthiness:.2f})"
+            )
 
         if model != "classic":
             say('text query: "a cat"')

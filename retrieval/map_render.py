@@ -184,10 +184,11 @@ def _open_thumb(data: bytes | None, side: int) -> Image.Image | None:
 
 def compose_canvas(
     m: NeighbourhoodMap, thumbs: Sequence[bytes | None], colours: Sequence[str], size: tuple[int, int]
-) -> tuple[Image.Image, np.ndarray, int]:
+) -> tuple[Image.Image, np.ndarray]:
     """Paste every thumbnail, framed in its colour, at its point on one RGB canvas of `size` pixels.
 
-    Returns the canvas, the (n, 2) pixel position of each point (y down) and the thumbnail side used.
+    Returns the canvas and each point's picture as a pixel box (left, top, width, height; y down); a point
+    drawn without a picture (a text query) has an empty box at its place.
     """
     width, height = size
     n = len(m.points)
@@ -202,6 +203,7 @@ def compose_canvas(
     px[:, 0] = width / 2 + (xy[:, 0] - centre[0]) * scale
     px[:, 1] = height / 2 - (xy[:, 1] - centre[1]) * scale  # t-SNE's y points up, pixels' down
 
+    boxes = np.concatenate([px, np.zeros_like(px)], axis=1)
     canvas = Image.new("RGB", size, _MAP_BG)
     pen = ImageDraw.Draw(canvas)
     for i in draw_order(m.points):
@@ -215,6 +217,7 @@ def compose_canvas(
             continue  # a text query has no picture: the figure marks it with a star
         w, h = thumb.size if thumb is not None else (s, s)
         x0, y0 = round(px[i, 0] - w / 2), round(px[i, 1] - h / 2)
+        boxes[i] = (x0, y0, w, h)
         pen.rectangle((x0 - border, y0 - border, x0 + w + border - 1, y0 + h + border - 1), fill=colours[i])
         if thumb is None:
             pen.rectangle((x0, y0, x0 + w - 1, y0 + h - 1), fill=(205, 205, 205))
@@ -222,7 +225,7 @@ def compose_canvas(
         if point.role == "context":
             thumb = Image.blend(thumb, Image.new("RGB", thumb.size, (255, 255, 255)), 0.35)
         canvas.paste(thumb, (x0, y0))
-    return canvas, px, side
+    return canvas, boxes
 
 
 def render_figure(
@@ -245,12 +248,12 @@ def render_figure(
     left, bottom, w, h = _AXES_RECT
     panel = (int(size_px[0] * w), int(size_px[1] * h))
     colours = point_colours(m, colour_by)
-    canvas, px, side = compose_canvas(m, thumbs, colours, panel)
+    canvas, boxes = compose_canvas(m, thumbs, colours, panel)
 
     # The raster goes in unresampled at its pixel offset (imshow would resample all of it, a third of the
     # drawing time); the axes on top, transparent, give the star and labels the same pixel coordinates.
     x_px, y_px = round(size_px[0] * left), round(size_px[1] * bottom)
-    fig.figimage(np.asarray(canvas), xo=x_px, yo=y_px, origin="upper", zorder=0)
+    fig.figimage(np.asarray(canvas.convert("RGBA")), xo=x_px, yo=y_px, origin="upper", zorder=0)
     ax = fig.add_axes(
         (x_px / size_px[0], y_px / size_px[1], panel[0] / size_px[0], panel[1] / size_px[1]), zorder=1
     )
@@ -263,12 +266,12 @@ def render_figure(
         spine.set_color("#cccccc")
 
     q = next(i for i, p in enumerate(m.points) if p.role == "query")
-    has_query_picture = thumbs[q] is not None
+    has_query_picture = bool(boxes[q, 2])
     # On the top edge of the query's own picture when it has one, else at its point.
-    star_at = (px[q, 0], px[q, 1] - side / 2 - 2) if has_query_picture else (px[q, 0], px[q, 1])
+    left_q, top_q, width_q, _ = boxes[q]
     ax.scatter(
-        [star_at[0]],
-        [star_at[1]],
+        [left_q + width_q / 2],
+        [top_q - 2 if has_query_picture else top_q],
         marker="*",
         s=650,
         c="#ffd21f",
@@ -279,8 +282,8 @@ def render_figure(
     for i, p in enumerate(m.points):
         if p.role == "result" and p.rank is not None and p.rank <= 3:
             ax.text(
-                px[i, 0] - side / 2,
-                px[i, 1] - side / 2,
+                boxes[i, 0],
+                boxes[i, 1],
                 str(p.rank),
                 fontsize=9,
                 fontweight="bold",
