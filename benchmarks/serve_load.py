@@ -30,7 +30,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from retrieval.engine import Engine
-from retrieval.vectorstore import StoreParams, VectorStore
 
 HOST = "127.0.0.1"  # loopback only, by design
 WORDS = [
@@ -85,8 +84,6 @@ def build_index(home: Path, photos: Path, n: int) -> float:
     photos.mkdir(parents=True)
     for i in range(n):
         draw(i).save(photos / f"img{i:04d}.jpg", quality=88)
-    # 64-dim vectors: a 32-dim graph head keeps an int8 tail, which the store needs to save (as in the tests).
-    VectorStore.create(home / "bench" / "vectors", 64, StoreParams(graph_dims=32)).close()
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -43,6 +43,17 @@ class Quantizer:
     scale: np.ndarray  # (tail_dims,) float32, > 0
     fitted_n: int
 
+    def __post_init__(self) -> None:
+        # Queries are rotated by [basis | basis_tail @ offset]: one matrix product yields the
+        # head, the tail and the tail's offset term. `basis` becomes a view of its first
+        # columns, so the extra column costs `dim` floats, not a second matrix.
+        dim, head = self.basis.shape[0], self.head_dims
+        extended = np.empty((dim, dim + 1), dtype=np.float32)
+        extended[:, :dim] = self.basis
+        extended[:, dim] = self.basis[:, head:] @ self.offset if dim > head else 0.0
+        object.__setattr__(self, "_extended", extended)
+        object.__setattr__(self, "basis", extended[:, :dim])
+
     @property
     def dim(self) -> int:
         return int(self.basis.shape[0])
@@ -108,20 +119,23 @@ class Quantizer:
         tail = codes.astype(np.float32) * self.scale + self.offset
         return np.concatenate([head, tail], axis=1) @ self.basis.T
 
-    def tail_scores(self, query_tail: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Approximate q_tail·x_tail for each query against its own candidates.
+    def prepare_queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (head (m, head_dims), tail weights (m, tail_dims), tail bias (m,)) for queries (m, dim).
 
-        query_tail: (m, tail_dims) rotated query tails; codes: (m, c, tail_dims) int8.
-        Returns (m, c) float32. q·(offset + scale·code) is split so that the codes are
-        multiplied by a pre-scaled query once, without decoding them.
+        The tail score of a query against codes is `codes @ weights + bias`: q·(offset +
+        scale·code) split so that codes are multiplied by a pre-scaled query, never decoded.
         """
+        h, dim = self.head_dims, self.dim
+        rotated = np.asarray(queries, dtype=np.float32) @ self._extended
+        return rotated[:, :h], rotated[:, h:dim] * self.scale, rotated[:, dim]
+
+    def tail_scores(self, query_tail: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Approximate q_tail·x_tail of each query (m, tail_dims) against its codes (m, c, tail_dims)."""
         m, c = codes.shape[:2]
         if self.tail_dims == 0:
             return np.zeros((m, c), dtype=np.float32)
-        scaled = (query_tail * self.scale).astype(np.float32)
-        bias = query_tail @ self.offset
-        dots = np.matmul(codes.astype(np.float32), scaled[:, :, None])[:, :, 0]
-        return dots + bias[:, None].astype(np.float32)
+        weights, bias = query_tail * self.scale, query_tail @ self.offset
+        return np.matmul(codes.astype(np.float32), weights[:, :, None])[:, :, 0] + bias[:, None]
 
     def head_energy(self) -> float:
         """Fraction of the fitted second moment the exact head keeps (1.0 = lossless graph)."""
@@ -141,7 +155,7 @@ class Quantizer:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays that `from_arrays` turns back into an equal quantizer (for np.savez)."""
         return {
-            "basis": self.basis,
+            "basis": np.ascontiguousarray(self.basis),
             "energy": self.energy,
             "head_dims": np.array(self.head_dims, dtype=np.int64),
             "offset": self.offset,

@@ -75,11 +75,11 @@ class StoreParams:
     rescore: how many best candidates are re-scored against the float32 originals (0 = none).
     """
 
-    graph_dims: int | None = 96
-    m: int = 16
+    graph_dims: int | None = 112
+    m: int = 12
     ef_construction: int = 200
     ef_search: int = 128
-    rescore: int = 32
+    rescore: int = 16
 
     def __post_init__(self) -> None:
         if self.graph_dims is not None and self.graph_dims < 1:
@@ -135,7 +135,8 @@ class _Originals:
     def _mapped(self, rows: int) -> np.ndarray:
         if rows == 0:
             return np.empty((0, self.dim), dtype=np.float32)
-        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(rows, self.dim))
+        # A plain ndarray view: indexing np.memmap itself costs extra Python work per call.
+        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(rows, self.dim)).view(np.ndarray)
 
     @property
     def rows(self) -> int:
@@ -159,7 +160,7 @@ class _Originals:
     def get(self, slots: np.ndarray) -> np.ndarray:
         """Rows for `slots` (any shape); returns slots.shape + (dim,)."""
         if self._pending_rows == 0:
-            return np.asarray(self._map[slots])
+            return self._map.take(slots, axis=0)  # take: several times faster than fancy indexing
         out = np.empty((*slots.shape, self.dim), dtype=np.float32)
         on_disk = slots < self._disk_rows
         out[on_disk] = self._map[slots[on_disk]]
@@ -231,8 +232,19 @@ class _State:
     n_alive: int
     originals: _Originals
     originals_epoch: int
-    id_index: _IdIndex
+    id_index: _IdIndex | None  # built on first lookup by id: search-only readers never pay for it
     files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Slot of each id, -1 where absent."""
+        if self.id_index is None:
+            self.id_index = _IdIndex(self.slot_ids[: self.n_slots])
+        return self.id_index.lookup(ids)
+
+    def record(self, ids: np.ndarray, slots: Sequence[int]) -> None:
+        """Tell the id index (if built) that `ids` moved to `slots` (-1 = removed)."""
+        if self.id_index is not None:
+            self.id_index.update(ids.tolist(), slots)
 
     def alive_slots(self) -> np.ndarray:
         return np.flatnonzero(self.slot_ids[: self.n_slots] >= 0)
@@ -282,7 +294,7 @@ class VectorStore:
             n_alive=0,
             originals=originals,
             originals_epoch=0,
-            id_index=_IdIndex(np.empty(0, dtype=np.int64)),
+            id_index=None,
             files={},
         )
         store = cls(folder, dim, params, state, writable=True)
@@ -347,7 +359,7 @@ class VectorStore:
     def __contains__(self, id: object) -> bool:
         if not isinstance(id, int | np.integer):
             return False
-        return bool(self._live().id_index.lookup(np.array([id], dtype=np.int64))[0] >= 0)
+        return bool(self._live().lookup(np.array([id], dtype=np.int64))[0] >= 0)
 
     def ids(self) -> np.ndarray:
         """All stored ids, ascending."""
@@ -362,7 +374,7 @@ class VectorStore:
         """
         st = self._live()
         wanted = _as_ids(ids)
-        slots = st.id_index.lookup(wanted)
+        slots = st.lookup(wanted)
         missing = wanted[slots < 0]
         if len(missing):
             raise UsageError(f"{len(missing)} ids are not in the store, e.g. {missing[:5].tolist()}")
@@ -391,7 +403,7 @@ class VectorStore:
             keep = np.sort(len(ids) - 1 - last)
             ids, vecs = ids[keep], vecs[keep]
 
-        self._drop_slots(st, st.id_index.lookup(ids))
+        self._drop_slots(st, st.lookup(ids))
         start, k = st.n_slots, len(ids)
         slots = np.arange(start, start + k, dtype=np.int64)
         st.originals.append(vecs)
@@ -399,7 +411,7 @@ class VectorStore:
         st.slot_ids[slots] = ids
         st.n_slots += k
         st.n_alive += k
-        st.id_index.update(ids.tolist(), slots.tolist())
+        st.record(ids, slots.tolist())
         self._dirty = True
         if st.quantizer is not None and not self._refit_due(st):
             head, codes = st.quantizer.encode(vecs)
@@ -412,7 +424,7 @@ class VectorStore:
         """Remove ids; returns how many were present (absent ids are ignored)."""
         st = self._writable_state()
         wanted = np.unique(_as_ids(list(ids)))
-        slots = st.id_index.lookup(wanted)
+        slots = st.lookup(wanted)
         removed = self._drop_slots(st, slots)
         if removed:
             self._dirty = True
@@ -425,7 +437,7 @@ class VectorStore:
         ids = st.slot_ids[present]
         st.slot_ids[present] = -1
         st.n_alive -= len(present)
-        st.id_index.update(ids.tolist(), [-1] * len(present))
+        st.record(ids, [-1] * len(present))
         if st.graph is not None:
             for slot in present.tolist():
                 st.graph.mark_deleted(slot)
@@ -446,8 +458,8 @@ class VectorStore:
         refit = self._refit_due(st)
         if compact or refit:
             self._rebuild(st, refit=refit, compact=compact)
-        if st.id_index.stale:
-            st.id_index = _IdIndex(st.slot_ids[: st.n_slots])
+        if st.id_index is not None and st.id_index.stale:
+            st.id_index = None
 
     def _rebuild(self, st: _State, *, refit: bool, compact: bool) -> None:
         """Re-encode every live vector from the originals and rebuild the graph."""
@@ -472,7 +484,7 @@ class VectorStore:
                 sample = np.sort(rng.choice(alive, size=take, replace=False))
                 st.quantizer = Quantizer.fit(st.originals.get(sample), self.params.graph_dims)
             quantizer = st.quantizer
-            st.codes = np.empty((max(st.n_slots, 1), quantizer.tail_dims), dtype=np.int8)
+            st.codes = np.zeros((max(st.n_slots, 1), quantizer.tail_dims), dtype=np.int8)
             graph = hnswlib.Index(space="ip", dim=quantizer.head_dims)
             graph.init_index(
                 max_elements=max(len(alive), 1), M=self.params.m, ef_construction=self.params.ef_construction
@@ -482,7 +494,7 @@ class VectorStore:
                 st.codes[block] = codes
                 graph.add_items(head, block)
             st.graph = graph
-        st.id_index = _IdIndex(st.slot_ids[: st.n_slots])
+        st.id_index = None
 
     # ---- search ----------------------------------------------------------------------------
 
@@ -504,10 +516,8 @@ class VectorStore:
             raise UsageError(f"k must be >= 1, got {k}")
         if ef is not None and ef < 1:
             raise UsageError(f"ef must be >= 1, got {ef}")
-        out_ids = np.full((len(q), k), -1, dtype=np.int64)
-        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         if st.n_alive == 0 or len(q) == 0:
-            return out_ids, out_scores
+            return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
         cands = max(ef or self.params.ef_search, k)
         if st.graph is None or st.n_alive <= cands:
             slots, scores = self._exact_search(st, q, k)
@@ -516,33 +526,38 @@ class VectorStore:
                 slots, scores = self._graph_search(st, q, k, cands)
             except RuntimeError:  # hnswlib reached fewer than `cands` live nodes (heavy deletes)
                 slots, scores = self._exact_search(st, q, k)
-        found = slots.shape[1]
-        out_ids[:, :found] = st.slot_ids[slots]
-        out_scores[:, :found] = scores
-        return out_ids, out_scores
+        ids = st.slot_ids[slots]
+        if slots.shape[1] < k:  # fewer than k stored
+            pad = k - slots.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return ids, scores
 
     def _graph_search(self, st: _State, q: np.ndarray, k: int, cands: int) -> tuple[np.ndarray, np.ndarray]:
         quantizer, graph = st.quantizer, st.graph
         assert quantizer is not None and graph is not None
-        rotated = quantizer.rotate(q)
-        h = quantizer.head_dims
+        head, weights, bias = quantizer.prepare_queries(q)
         graph.set_ef(cands)
-        labels, dist = graph.knn_query(np.ascontiguousarray(rotated[:, :h]), k=cands)
-        labels = labels.astype(np.int64)
-        approx = 1.0 - dist
-        if quantizer.tail_dims:
-            for rows in _blocks(np.arange(len(q)), _QUERY_BLOCK):
-                approx[rows] += quantizer.tail_scores(rotated[rows, h:], st.codes[labels[rows]])
+        labels, dist = graph.knn_query(head, k=cands)
+        labels = labels.view(np.int64)  # labels are slots, far below 2**63
+        # hnswlib's "ip" distance is 1 - q·x: the exact head score.
+        scores = (bias + 1.0)[:, None] - dist
         n_rescore = min(max(self.params.rescore, k), cands) if self.params.rescore else 0
-        if n_rescore:
-            best = _top(approx, n_rescore)
-            labels = np.take_along_axis(labels, best, axis=1)
-            approx = np.empty(labels.shape, dtype=np.float32)
-            for rows in _blocks(np.arange(len(q)), _QUERY_BLOCK):
-                originals = st.originals.get(labels[rows])
-                approx[rows] = np.matmul(originals, q[rows, :, None])[:, :, 0]
-        order = _top(approx, k)
-        return np.take_along_axis(labels, order, axis=1), np.take_along_axis(approx, order, axis=1)
+        out_slots = np.empty((len(q), k), dtype=np.int64)
+        out_scores = np.empty((len(q), k), dtype=np.float32)
+        # One row at a time with 2-D operations: fewer and cheaper numpy calls than 3-D batches
+        # for the usual single query, and bounded temporaries for large batches.
+        for i in range(len(q)):
+            slots, row = labels[i], scores[i]
+            if quantizer.tail_dims:
+                row = row + st.codes.take(slots, axis=0) @ weights[i]
+            if n_rescore:
+                if n_rescore < cands:
+                    slots = slots[np.argpartition(row, cands - n_rescore)[cands - n_rescore :]]
+                row = st.originals.get(slots) @ q[i]
+            order = np.argsort(row)[::-1][:k]
+            out_slots[i], out_scores[i] = slots[order], row[order]
+        return out_slots, out_scores
 
     def _exact_search(self, st: _State, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         best_slots = np.empty((len(q), 0), dtype=np.int64)
@@ -576,7 +591,9 @@ class VectorStore:
             np.savez(buf, **st.quantizer.to_arrays())
             files["quantizer"] = _write_file(self.folder, _gen_name(gen, "quantizer.npz"), buf.getbuffer())
             codes = np.ascontiguousarray(st.codes[: st.n_slots])
-            files["codes"] = _write_file(self.folder, _gen_name(gen, "codes"), memoryview(codes).cast("B"))
+            # A store whose vectors fit entirely in the graph head has an empty int8 tail.
+            code_bytes = memoryview(codes).cast("B") if codes.size else memoryview(b"")
+            files["codes"] = _write_file(self.folder, _gen_name(gen, "codes"), code_bytes)
             files["graph"] = _write_graph(self.folder, _gen_name(gen, "graph"), st.graph)
         _fsync_dir(self.folder)
         previous = st.file_names() if st.generation >= 0 else set()
@@ -628,7 +645,7 @@ class VectorStore:
             graph_bytes
             + st.codes.nbytes
             + st.slot_ids.nbytes
-            + st.id_index.nbytes
+            + (st.id_index.nbytes if st.id_index is not None else 0)
             + st.originals.pending_bytes
             + (st.quantizer.basis.nbytes if st.quantizer is not None else 0)
         )
@@ -853,7 +870,7 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
         n_alive=n_alive,
         originals=originals,
         originals_epoch=int(originals_entry.get("epoch", 0)),
-        id_index=_IdIndex(slot_ids),
+        id_index=None,
         files=files,
     )
 

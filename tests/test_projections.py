@@ -115,11 +115,6 @@ def test_an_index_started_with_a_projection_embeds_images_and_queries_through_it
             reopened.fit_projection(digits, "lda")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="VectorStore.save() fails on an empty int8 tail (dim <= graph_dims, 96): memoryview cast",
-)
 def test_an_index_started_with_lda_can_be_filled(digits: Path, make_photos) -> None:
     photos = make_photos(3)
     with Engine("digits-lda", model="classic") as engine:

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from retrieval.engine import Engine
 from retrieval.server import MAX_K, MAX_QUERY_CHARS, create_app
-from retrieval.vectorstore import StoreParams, VectorStore
 
 N_PHOTOS = 12
 SECRET = "TOP-SECRET-NOT-IN-THE-INDEX"
@@ -39,12 +38,7 @@ def write_photos(folder: Path, n: int, start: int = 0) -> list[Path]:
 
 
 def tiny_clip_engine(home: Path, name: str) -> Engine:
-    """A random tiny CLIP index: text search works (meaninglessly), which is all the plumbing needs.
-
-    Its 64-dim vectors fit the store's default 96-dim graph head whole, and a store with no int8 tail fails
-    to save at the time of writing; a 32-dim head keeps a tail. It changes nothing the server does.
-    """
-    VectorStore.create(home / name / "vectors", 64, StoreParams(graph_dims=32)).close()
+    """A random tiny CLIP index: text search works (meaninglessly), which is all the plumbing needs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = Engine(name, home=home, model="clip:tiny-test", pretrained=None, device="cpu")
