@@ -163,7 +163,14 @@ class MetadataStore:
         cfg = _alembic_config()
         script = ScriptDirectory.from_config(cfg)
         with self.engine.begin() as conn:
-            conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+            # quick_check reports damage as rows of text, not as an error: "ok" is the only good answer.
+            verdict = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+            if verdict != ["ok"]:
+                lines = [line for row in verdict for line in str(row).splitlines() if "***" not in line]
+                raise IndexCorruptError(
+                    f"database {self.path} is damaged ({(lines or ['quick_check failed'])[0]}); "
+                    "run `retrieval doctor` or restore it from a backup"
+                )
             current = MigrationContext.configure(conn).get_current_revision()
             known = {rev.revision for rev in script.walk_revisions()}
             if current is not None and current not in known:

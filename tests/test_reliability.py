@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import draw_photo
 from index_checks import assert_consistent
 from PIL import Image
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 
 import retrieval.ingest as ingest_module
 from retrieval.engine import Engine
+from retrieval.errors import IndexCorruptError
 
 runner = CliRunner()
 
@@ -244,3 +246,32 @@ def test_an_image_whose_vector_was_lost_is_embedded_again_by_the_next_ingest(mak
         assert (report.embedded, report.unchanged) == (1, 3)
         assert engine.meta.content_id_for_path(photos[2]) == lost  # the same row, embedded in place
     assert_consistent(home / "default", files=4)
+
+
+# ---- damaged index files -------------------------------------------------------------------------
+
+
+def scribble(path: Path, how: str) -> None:
+    """Damage a file: cut it in half, or overwrite a little of every 4 KiB page but the first with noise."""
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+        return
+    rng = np.random.default_rng(0)
+    for start in range(4096, len(data), 4096):  # page 1 (the header) intact: only a full check sees it
+        spot = start + 100 + int(rng.integers(0, 3900))
+        data[spot : spot + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data[: len(data)]))
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_a_damaged_database_is_refused_in_one_line_with_exit_6(make_photos, home, how):
+    photos = make_photos(30)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+    scribble(home / "default" / "meta.sqlite", how)
+    with pytest.raises(IndexCorruptError, match=r"meta\.sqlite is damaged"):
+        Engine()
+    result = invoke("search", "--image", photos[0])
+    assert result.exit_code == 6
+    assert result.output.count("\n") == 1 and "meta.sqlite is damaged" in result.output
