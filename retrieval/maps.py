@@ -131,8 +131,8 @@ class NeighbourhoodMap:
 
 def choose_perplexity(n: int) -> float:
     """n/10 up to 30 (scikit-learn's default), n/100 beyond 3,000 points, within 5..50, and always below
-    (n-1)/3 so that every point has enough neighbours to weigh. On the benchmark vectors 30 beat 15-22 and
-    50 at 200 to 1,000 points (BENCHMARKS.md, "Maps"); tiny maps need a smaller one."""
+    (n-1)/3 so that every point has enough neighbours to weigh. On the benchmark vectors 30 did best at 500
+    points and tied at 1,000, while at 200 points 15-20 beat it (BENCHMARKS.md, "Maps")."""
     return float(round(min(50.0, max(5.0, min(30.0, n / 10), n / 100), (n - 1) / 3), 1))
 
 
