@@ -198,11 +198,10 @@ def _print_hits(query: Query, hits: list[SearchHit], as_json: bool) -> None:
     if not hits:
         out.print("no results")
         return
-    table = Table("rank", "score", "id", box=None, header_style="bold")
-    table.add_column("path", no_wrap=True, overflow="ignore")  # whole paths, to copy and paste
+    # Plain columns, whole paths: a table would wrap or cut the paths people copy and paste.
+    out.print(f"{'rank':>4}  {'score':>6}  {'id':>7}  path", style="bold", highlight=False)
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.4f}", str(h.id), h.path)
-    out.print(table)
+        out.print(f"{h.rank:>4}  {h.score:6.4f}  {h.id:>7}  {h.path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
