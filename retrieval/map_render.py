@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -27,6 +27,9 @@ from retrieval.errors import UsageError
 from retrieval.maps import MapPoint, NeighbourhoodMap
 from retrieval.metadata import MetadataStore
 from retrieval.thumbnails import ThumbnailCache
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ColourBy = Literal["cluster", "score"]
 COLOUR_BY: tuple[str, ...] = ("cluster", "score")
@@ -234,7 +237,7 @@ def render_figure(
     *,
     colour_by: ColourBy = "cluster",
     size_px: tuple[int, int] = DEFAULT_SIZE_PX,
-) -> object:
+) -> Figure:
     """A matplotlib Figure on an Agg canvas (no pyplot, no global state); save it with `savefig`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable

@@ -361,7 +361,6 @@ def build_map(
         records = {}
 
     vectors = np.concatenate([q[None, :], result_vecs, context_vecs])
-    _check_size(len(vectors))
     gathered = time.perf_counter()
     layout = compute_layout(vectors, seed=seed, perplexity=perplexity, max_iter=max_iter)
     laid_out = time.perf_counter()

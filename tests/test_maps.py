@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,3 +278,58 @@ def test_map_of_an_index_with_nothing_else_is_an_empty_result_error(make_photos,
         engine.ingest(paths[0].parent)
         with pytest.raises(QueryError, match="no results"):
             engine.map(Query.of(QueryPart("id", 1)))
+
+
+# -- the HTML page in a browser -----------------------------------------------------------------------
+
+FIND_A_PICTURE = """() => {
+  const canvas = document.getElementById("map"), tip = document.getElementById("tip");
+  for (let y = 80; y < innerHeight; y += 8)
+    for (let x = 8; x < innerWidth - 240; x += 8) {
+      canvas.dispatchEvent(new MouseEvent("mousemove", {clientX: x, clientY: y, bubbles: true}));
+      if (tip.style.display === "block" && tip.querySelector("img")) return [x, y];
+    }
+  return null;
+}"""
+
+
+@pytest.mark.browser
+def test_html_map_hovers_zooms_and_opens_the_original_in_chromium(grouped, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip("no Chromium (apt-get install chromium)")
+    engine, _ = grouped
+    m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g2-0"))), n=10, expand=2)
+    page_path = engine.render_map(m, tmp_path / "map.html").path
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on(
+                "request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url)
+            )
+            page.goto(page_path.as_uri())
+            page.evaluate("() => { window.open = (url) => { window.opened = url; }; }")
+            page.wait_for_timeout(200)  # thumbnails decode
+            spot = page.evaluate(FIND_A_PICTURE)
+            assert spot is not None
+            page.mouse.move(*spot)
+            tip = page.locator("#tip")
+            sync_api.expect(tip).to_be_visible()
+            hovered = tip.locator(".path").inner_text()
+            assert hovered.startswith("query: ") or hovered in {p.path for p in m.points}
+            page.mouse.click(*spot)
+            opened = page.evaluate("() => window.opened")
+            assert opened == Path(hovered.removeprefix("query: ")).as_uri()
+
+            canvas = page.locator("#map")
+            before = canvas.screenshot()
+            page.mouse.wheel(0, -500)
+            page.wait_for_timeout(100)
+            assert canvas.screenshot() != before
+            assert not problems, problems
+        finally:
+            browser.close()
