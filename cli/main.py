@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -445,7 +446,7 @@ def demo(
 
     warnings.showwarning = _show_warning
     try:
-        run_demo(home=home, index=index, photos=photos, say=lambda line: out.print(line, highlight=False))
+        run_demo(home=home, index=index, photos=photos, say=_say)
     except RetrievalError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
@@ -666,8 +667,14 @@ def duplicates(
         out.print(table)
 
 
+def _say(line: str) -> None:
+    out.print(line, highlight=False, soft_wrap=True)
+
+
 def run() -> None:
     """Console-script entry point."""
+    # open_clip logs its own "no pretrained weights" line through the root logger; our warning says it once.
+    logging.getLogger().setLevel(logging.ERROR)
     app()
 
 

@@ -102,7 +102,8 @@ def run_demo(
             f"{report.removed} removed, {report.unchanged} unchanged, {len(report.failed)} failed"
         )
 
-        query_src = images[min(1, len(images) - 1)]
+        by_name = {p.name: p for p in images}
+        query_src = by_name.get("chelsea.png", images[0])  # the cat: a photo, not a texture
         query_dir = home / f"{index}-queries"
         query_dir.mkdir(parents=True, exist_ok=True)
         query_img = query_dir / f"{query_src.stem}-small.jpg"
