@@ -69,7 +69,12 @@ def test_missing_index_exit_code_and_message():
     assert "no index named 'nope'" in result.output and "Traceback" not in result.output
 
 
-def test_offline_clip_weights_error_is_one_line_naming_weights(make_photos):
+def test_offline_clip_weights_error_is_one_line_naming_weights(make_photos, monkeypatch):
+    from retrieval.embedders import clip as clip_module
+
+    # Offline for certain, even on a machine with network: no cache and no route to the hub.
+    monkeypatch.setattr(clip_module, "_cached_checkpoint", lambda cfg: None)
+    monkeypatch.setattr(clip_module, "network_reachable", lambda host: False)
     paths = make_photos(1)
     result = invoke("ingest", paths[0].parent, "--no-progress")
     assert result.exit_code == 3
