@@ -7,26 +7,33 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from retrieval.decoding import decode_image
 from retrieval.duplicates import DEFAULT_NEIGHBOURS, DuplicateReport, default_threshold, find_duplicates
 from retrieval.embedders import Embedder, create_embedder, parse_embedder_name
 from retrieval.errors import (
     IndexBusyError,
+    IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
+    IndexWriteError,
     QueryError,
+    RetrievalError,
     UsageError,
 )
 from retrieval.evaluation import embed_labelled, load_labelled_folder
-from retrieval.ingest import Ingestor, IngestReport, ProgressFn, reconcile, remove_paths
+from retrieval.ingest import Ingestor, IngestProgress, IngestReport, ProgressFn, reconcile, remove_paths
 from retrieval.locations import DEFAULT_INDEX, index_dir
 from retrieval.map_render import ColourBy, RenderedMap, render_map
 from retrieval.maps import NeighbourhoodMap, build_map
@@ -74,6 +81,54 @@ def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
+@contextmanager
+def _write_errors(folder: Path) -> Iterator[None]:
+    """Turn a failed write (disk full, read-only folder, I/O error) into one IndexWriteError.
+
+    Vectors are saved as a new generation and the database commits after them, so a write that
+    fails leaves the previous version of the index whole.
+    """
+    try:
+        yield
+    except (OSError, OperationalError) as exc:
+        reason = str(exc.orig) if isinstance(exc, OperationalError) else exc.strerror or str(exc)
+        raise IndexWriteError(
+            f"cannot write the index in {folder}: {reason}; the previous version is intact, "
+            "make room (or fix the folder) and run the command again"
+        ) from exc
+
+
+@contextmanager
+def _stop_between_files(progress: ProgressFn | None) -> Iterator[ProgressFn | None]:
+    """Make the first Ctrl-C a request to stop where the ingest can save cleanly.
+
+    The request is acted on in the progress callback, which the ingestor calls between files: raising
+    KeyboardInterrupt there makes it save what it has done and re-raise. A second Ctrl-C interrupts at
+    once. Only the main thread owns signal handlers; elsewhere nothing changes.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield progress
+        return
+    requested = threading.Event()
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        requested.set()
+        signal.signal(signal.SIGINT, previous)
+
+    def checked(p: IngestProgress) -> None:
+        if progress is not None:
+            progress(p)
+        if requested.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield checked
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Engine:
     """An index by name under a home folder.
 
@@ -111,6 +166,7 @@ class Engine:
         self._meta: MetadataStore | None = None
         if self.exists:
             self._meta = MetadataStore(self.dir / DB_NAME)
+            self._refuse_emptied_database()
             self._check_model_matches()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -170,6 +226,16 @@ class Engine:
             return manifest["model"], manifest.get("pretrained"), weights
         return self._model_arg or DEFAULT_MODEL, self._pretrained_arg, self._weights_arg
 
+    def _refuse_emptied_database(self) -> None:
+        """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
+        if "model" not in self.meta.get_manifest() and VectorStore.exists(self.dir / "vectors"):
+            path = self.meta.path
+            self.close()
+            raise IndexCorruptError(
+                f"database {path} is empty but the index has vectors (the file was truncated or replaced); "
+                "run `retrieval doctor`"
+            )
+
     def _check_model_matches(self) -> None:
         manifest = self.meta.get_manifest()
         if self._model_arg is None or "model" not in manifest:
@@ -181,6 +247,18 @@ class Engine:
                 f"index {self.name!r} was built with {manifest.get('embedder_id', manifest['model'])}, "
                 f"not {self._model_arg}; drop --model or choose another --index"
             )
+
+    def _back_to_saved_version(self) -> None:
+        """After a failed or interrupted write: forget unsaved changes, and drop vectors saved for rows the
+        database never committed, which would crowd results out (best effort: the next writer does it too)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        try:
+            with VectorStore.open(self.dir / "vectors", writable=True) as store:
+                reconcile(self.meta, store)
+        except (RetrievalError, OSError, SQLAlchemyError):
+            pass
 
     def close(self) -> None:
         if self._embedder is not None:
@@ -268,17 +346,21 @@ class Engine:
         lock = self._lock()
         self._acquire(lock)
         try:
-            store = self._open_for_writing()
-            ingestor = Ingestor(
-                self.meta,
-                store,
-                self.embedder,
-                batch_size=self.batch_size,
-                workers=workers,
-                progress=progress,
-                retry_failed=retry_failed,
-            )
-            return ingestor.run(Path(root), prune=prune)
+            with _write_errors(self.dir), _stop_between_files(progress) as checked_progress:
+                store = self._open_for_writing()
+                ingestor = Ingestor(
+                    self.meta,
+                    store,
+                    self.embedder,
+                    batch_size=self.batch_size,
+                    workers=workers,
+                    progress=checked_progress,
+                    retry_failed=retry_failed,
+                )
+                return ingestor.run(Path(root), prune=prune)
+        except BaseException:
+            self._back_to_saved_version()
+            raise
         finally:
             lock.release()
 
@@ -287,8 +369,12 @@ class Engine:
         lock = self._lock()
         self._acquire(lock)
         try:
-            store = self._open_for_writing()
-            return remove_paths(self.meta, store, [str(Path(p).expanduser().resolve()) for p in paths])
+            with _write_errors(self.dir):
+                store = self._open_for_writing()
+                return remove_paths(self.meta, store, [str(Path(p).expanduser().resolve()) for p in paths])
+        except BaseException:
+            self._back_to_saved_version()
+            raise
         finally:
             lock.release()
 

@@ -13,6 +13,7 @@ catches that base once, prints `str(error)` as one line and exits with
     │   ├── IndexMismatchError                 index built by another model / dimension
     │   ├── IndexBusyError            exit 5   another process holds the ingest lock
     │   ├── IndexCorruptError         exit 6   a file is truncated, garbled or inconsistent
+    │   ├── IndexWriteError                    saving failed (disk full, read-only); the last version stands
     │   └── SchemaTooNewError                  database written by a newer `retrieval`
     └── DecodeError                   exit 7   one file is not a readable image (data during bulk work)
 """
@@ -66,6 +67,10 @@ class IndexCorruptError(IndexError_):
     """An index file or the database is damaged or inconsistent."""
 
     exit_code = 6
+
+
+class IndexWriteError(IndexError_):
+    """Writing the index failed (disk full, read-only folder, I/O error); the previous version is intact."""
 
 
 class SchemaTooNewError(IndexError_):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import sqlite3
 import struct
 import zlib
 from pathlib import Path
@@ -18,11 +19,14 @@ from conftest import draw_photo
 from index_checks import assert_consistent
 from PIL import Image
 from retrieval_cli.main import app
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import retrieval.ingest as ingest_module
+import retrieval.vectorstore as vectorstore
 from retrieval.engine import Engine
-from retrieval.errors import IndexCorruptError
+from retrieval.errors import IndexCorruptError, IndexWriteError
 
 runner = CliRunner()
 
@@ -275,3 +279,62 @@ def test_a_damaged_database_is_refused_in_one_line_with_exit_6(make_photos, home
     result = invoke("search", "--image", photos[0])
     assert result.exit_code == 6
     assert result.output.count("\n") == 1 and "meta.sqlite is damaged" in result.output
+
+
+def test_an_emptied_database_is_not_mistaken_for_a_new_index(make_photos, home):
+    photos = make_photos(3)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+    (home / "default" / "meta.sqlite").write_bytes(b"")
+    with pytest.raises(IndexCorruptError, match="is empty but the index has vectors"):
+        Engine()
+    result = invoke("search", "--image", photos[0])
+    assert result.exit_code == 6 and "empty" in result.output
+
+
+# ---- a full disk ---------------------------------------------------------------------------------
+
+
+def fail_vector_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up halfway through the first file of the next vector-store generation."""
+
+    def full(folder: Path, name: str, data: memoryview) -> dict[str, object]:
+        (folder / (name + ".tmp")).write_bytes(bytes(data)[: data.nbytes // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / (name + ".tmp")))
+
+    monkeypatch.setattr(vectorstore, "_write_file", full)
+
+
+def fail_database_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite finds the disk full when the ingest commits (after its vectors were saved)."""
+
+    def full(self: Session) -> None:
+        raise OperationalError("COMMIT", None, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(Session, "commit", full)
+
+
+@pytest.mark.parametrize("fail", [fail_vector_save, fail_database_commit])
+def test_a_full_disk_during_save_leaves_the_previous_version_serving(make_photos, home, monkeypatch, fail):
+    old = make_photos(8)
+    folder = old[0].parent
+    with Engine(model="classic") as engine:
+        engine.ingest(folder)
+        before = [h.path for h in engine.search_image(old[3], k=8)]
+    new = make_photos(4, start=100)
+    with Engine() as engine, monkeypatch.context() as patch:
+        fail(patch)
+        with pytest.raises(IndexWriteError, match="previous version is intact"):
+            engine.ingest(folder)
+        result = invoke("ingest", folder, "--no-progress")
+        assert result.exit_code == 4, result.output
+        assert result.output.count("\n") == 1 and result.output.startswith("error: cannot write the index")
+        assert "No space left on device" in result.output or "database or disk is full" in result.output
+        assert [h.path for h in engine.search_image(old[3], k=8)] == before  # the engine that failed
+    assert_consistent(home / "default", files=8)
+    with Engine() as engine:  # and a new reader serve the previous version, whole
+        assert [h.path for h in engine.search_image(old[3], k=8)] == before
+        report = engine.ingest(folder)  # with room again, the next ingest completes the work
+        assert (report.added, report.embedded) == (4, 4)
+        assert engine.search_image(new[0], k=1)[0].path == str(new[0])
+    assert_consistent(home / "default", files=12)
