@@ -42,8 +42,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
+err = Console(stderr=True, soft_wrap=True)
 
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (a folder under the home).")]
 HomeOpt = Annotated[

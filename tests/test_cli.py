@@ -148,3 +148,42 @@ def test_installed_command_runs_from_another_directory(make_photos, tmp_path, ho
         timeout=120,
     )
     assert done.returncode == 4 and done.stderr.strip().startswith("error:")
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_cli_migrations_and_web_page(tmp_path):
+    """`pip install .` (not only editable) must carry everything the command needs at run time."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {done.stderr.strip().splitlines()[-1:]}")
+    names = zipfile.ZipFile(next(tmp_path.glob("retrieval-*.whl"))).namelist()
+    assert "retrieval_cli/main.py" in names
+    assert (
+        "retrieval/migrations/env.py" in names
+        and "retrieval/migrations/versions/0002_failures_and_capture_time.py" in names
+    )
+    assert "retrieval/web/index.html" in names and "retrieval/embedders/tiny-clip.json" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "retrieval = retrieval_cli.main:run"
+        in zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry).decode()
+    )
