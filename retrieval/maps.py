@@ -335,6 +335,12 @@ def build_map(
     title = map_title(query, query_path)
     if not hits:
         raise QueryError(f"no results for {title}, nothing to map")
+    imports = time.perf_counter()
+    # Loaded here rather than on first use inside the layout, so that `seconds` tells the one-off import
+    # (seconds, in a fresh process) apart from the layout itself.
+    import sklearn.cluster
+    import sklearn.manifold  # noqa: F401
+
     started = time.perf_counter()
     q = _unit_rows(np.asarray(query_vector, dtype=np.float32)[None, :])[0]
     result_ids = [h.id for h in hits]
@@ -405,6 +411,7 @@ def build_map(
         clusters=grouping.k,
         clusters_chosen=grouping.chosen,
         seconds={
+            "imports": started - imports,
             "gather": gathered - started,
             "layout": laid_out - gathered,
             "clusters": clustered - laid_out,
