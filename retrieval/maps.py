@@ -34,11 +34,11 @@ R = TypeVar("R")
 MIN_POINTS = 5
 #: Above this many points a map still works but is slow to lay out and crowded to read: warn.
 WARN_POINTS = 1000
-#: Above this many points a map takes minutes and shows nothing legible: refuse.
+#: Above this many points a map is slow to lay out and shows nothing legible: refuse.
 MAX_POINTS = 5000
 PCA_DIMS = 50
 #: 250 early-exaggeration iterations (fixed by scikit-learn) + 250 of refinement. On the benchmark vectors
-#: this is within 0.005 trustworthiness of 1000 iterations at half the time (BENCHMARKS.md, "Maps").
+#: this is within 0.006 trustworthiness of 1000 iterations at half the time (BENCHMARKS.md, "Maps").
 DEFAULT_MAX_ITER = 500
 MAX_AUTO_CLUSTERS = 8
 #: Trustworthiness is O(n^2) in memory and time; above this many points it is estimated on a seeded sample.
@@ -148,7 +148,7 @@ def _check_size(n: int) -> None:
         )
     if n > MAX_POINTS:
         raise UsageError(
-            f"a map of {n} points would take minutes and be unreadable; keep it under {MAX_POINTS} "
+            f"a map of {n} points would be slow to lay out and unreadable; keep it under {MAX_POINTS} "
             "(lower -n or drop --expand)"
         )
     if n > WARN_POINTS:
@@ -163,8 +163,8 @@ def _single_threaded(fn: Callable[P, R]) -> Callable[P, R]:
     """Run `fn` with BLAS and OpenMP held to one thread.
 
     The matrices are small (n x 50): threads gain nothing, and t-SNE's and k-means' OpenMP threads next to
-    BLAS's oversubscribe the cores. On this project's busy 2-core machine a 500-point layout ran 2-6x and
-    the k-means 5-40x slower with them (BENCHMARKS.md, "Maps").
+    BLAS's oversubscribe the cores. On this project's busy 2-core machine a 500-point layout ran up to 6x,
+    and k-means on 1,000 points up to 40x, slower with them (BENCHMARKS.md, "Maps").
     """
 
     @functools.wraps(fn)
