@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import sqlite3
 import struct
 import zlib
@@ -27,6 +28,7 @@ import retrieval.ingest as ingest_module
 import retrieval.vectorstore as vectorstore
 from retrieval.engine import Engine
 from retrieval.errors import IndexCorruptError, IndexWriteError
+from retrieval.vectorstore import VectorStore
 
 runner = CliRunner()
 
@@ -256,16 +258,20 @@ def test_an_image_whose_vector_was_lost_is_embedded_again_by_the_next_ingest(mak
 
 
 def scribble(path: Path, how: str) -> None:
-    """Damage a file: cut it in half, or overwrite a little of every 4 KiB page but the first with noise."""
+    """Damage a file: cut it in half, or invert 16 bytes in its middle; in a file of several 4 KiB pages,
+    overwrite a little of every page but the first (a database whose header opens, whose pages are wrong)."""
     data = bytearray(path.read_bytes())
     if how == "truncate":
         path.write_bytes(bytes(data[: len(data) // 2]))
         return
+    if len(data) <= 8192:
+        mid = len(data) // 2
+        data[mid : mid + 16] = bytes(255 - b for b in data[mid : mid + 16])
     rng = np.random.default_rng(0)
-    for start in range(4096, len(data), 4096):  # page 1 (the header) intact: only a full check sees it
+    for start in range(4096, len(data) if len(data) > 8192 else 0, 4096):
         spot = start + 100 + int(rng.integers(0, 3900))
         data[spot : spot + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
-    path.write_bytes(bytes(data[: len(data)]))
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("how", ["truncate", "garble"])
@@ -338,3 +344,76 @@ def test_a_full_disk_during_save_leaves_the_previous_version_serving(make_photos
         assert (report.added, report.embedded) == (4, 4)
         assert engine.search_image(new[0], k=1)[0].path == str(new[0])
     assert_consistent(home / "default", files=12)
+
+
+def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def two_generations(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A vector store whose generation 2 adds 50 vectors to generation 1's 400 (dim 160: int8 tail used)."""
+    folder = tmp_path_factory.mktemp("store") / "vectors"
+    store = VectorStore.create(folder, 160)
+    store.add(np.arange(400) + 1000, unit_rows(400, 160, 1))
+    store.save()
+    store.add(np.arange(50) + 5000, unit_rows(50, 160, 2))
+    store.save()
+    store.close()
+    return folder
+
+
+def damage_store_file(folder: Path, what: str) -> None:
+    if what == "row":  # one original overwritten in place: sizes and generation checksums still agree
+        with open(folder / "originals-000000.f32", "r+b") as f:
+            f.seek(160 * 4 * 17)
+            f.write(b"\x7f" * 64)
+        return
+    suffix, how = what.split(":")
+    (path,) = [p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith("g00000001")]
+    scribble(path, how)
+
+
+@pytest.mark.parametrize(
+    ("what", "lost"),
+    [
+        (".graph:garble", 0),
+        (".codes:truncate", 0),
+        (".quantizer.npz:garble", 0),
+        ("MANIFEST.json:garble", 0),
+        (".slots:garble", 50),  # generation 1's ids stand in: generation 2's additions are lost
+        (".f32:truncate", 225),
+        ("row", 1),
+    ],
+)
+def test_a_damaged_vector_store_is_detected_and_rebuilt_from_its_vectors(
+    two_generations, tmp_path, what, lost
+):
+    folder = tmp_path / "vectors"
+    shutil.copytree(two_generations, folder)
+    with VectorStore.open(folder) as intact:
+        ids = intact.ids()
+        originals = intact.vectors(ids)
+    damage_store_file(folder, what)
+    if what == "row":
+        with VectorStore.open(folder) as damaged:  # opening reads no original; a search that meets it does
+            assert damaged.garbled_ids().tolist() == [1017]
+            with pytest.raises(IndexCorruptError, match="garbled vectors"):
+                damaged.search(originals[17], 5)
+    else:
+        with pytest.raises(IndexCorruptError, match=r"garbled|truncated"):
+            VectorStore.open(folder)
+
+    rebuilt, dropped = VectorStore.rebuild(folder, dim=160)
+    rebuilt.close()
+    assert dropped == lost
+    with VectorStore.open(folder) as store:
+        kept = np.isin(ids, store.ids())
+        assert kept.sum() == len(ids) - lost == len(store)
+        queries = unit_rows(20, 160, 3)
+        found, _ = store.search(queries, 5)
+        truth = ids[kept][np.argsort(-(queries @ originals[kept].T), axis=1)[:, :5]]
+        assert np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth, strict=True)]) >= 0.9
+    generation_3 = {f"g00000003.{kind}" for kind in ("slots", "codes", "graph", "quantizer.npz")}
+    assert {p.name for p in folder.iterdir()} == {"MANIFEST.json", "originals-000000.f32", *generation_3}
