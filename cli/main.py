@@ -28,7 +28,7 @@ from rich.text import Text
 
 from retrieval.embedders import create_embedder
 from retrieval.engine import DEFAULT_MODEL, Engine
-from retrieval.errors import RetrievalError, UsageError
+from retrieval.errors import IndexCorruptError, RetrievalError, UsageError
 from retrieval.evaluation import METHODS, EvalReport, evaluate_folder
 from retrieval.ingest import IngestProgress, IngestReport
 from retrieval.map_render import map_format
@@ -418,7 +418,7 @@ def doctor(
     fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check that the database and the vector index agree (and --fix them)."""
+    """Check the vector index and its agreement with the database; --fix rebuilds and reconciles them."""
     with _engine(index, home) as engine:
         report = engine.doctor(fix=fix)
         if as_json:
@@ -426,10 +426,12 @@ def doctor(
         else:
             out.print(f"{report.embedded_rows} embedded images, {report.vectors} vectors")
             for problem in report.problems:
-                out.print(f"  problem: {problem}")
+                out.print(f"  problem: {problem}", highlight=False, soft_wrap=True)
+            for repair in report.repairs:
+                out.print(f"  repaired: {repair}", highlight=False, soft_wrap=True)
             out.print("ok" if report.ok else ("fixed" if report.fixed else "run `retrieval doctor --fix`"))
         if not report.ok and not report.fixed:
-            raise typer.Exit(1)
+            raise typer.Exit(IndexCorruptError.exit_code if report.damage else 1)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,10 @@ class IndexStats:
 
 @dataclass(frozen=True)
 class DoctorReport:
-    """Agreement between the database and the vector store; `ok` when nothing is off."""
+    """The vector store's health and its agreement with the database; `ok` when nothing is off.
+
+    `damage` says why the vector store is damaged (None when intact); `repairs` what --fix did.
+    """
 
     embedded_rows: int
     vectors: int
@@ -71,6 +74,8 @@ class DoctorReport:
     rows_without_vector: int
     fixed: bool
     problems: list[str]
+    damage: str | None = None
+    repairs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -196,7 +201,13 @@ class Engine:
                 raise IndexNotFoundError(
                     f"index {self.name!r} has no vectors yet; run `retrieval ingest DIR`"
                 )
-            self._store = VectorStore.open(folder)
+            try:
+                self._store = VectorStore.open(folder)
+            except IndexCorruptError as exc:
+                raise IndexCorruptError(
+                    f"the vector index of {self.name!r} is damaged: {exc}; "
+                    "`retrieval doctor --fix` rebuilds it from the stored vectors"
+                ) from exc
         return self._store
 
     @property
@@ -233,7 +244,7 @@ class Engine:
             self.close()
             raise IndexCorruptError(
                 f"database {path} is empty but the index has vectors (the file was truncated or replaced); "
-                "run `retrieval doctor`"
+                f"restore it from a backup, or delete the index folder {self.dir} and ingest again"
             )
 
     def _check_model_matches(self) -> None:
@@ -248,12 +259,15 @@ class Engine:
                 f"not {self._model_arg}; drop --model or choose another --index"
             )
 
-    def _back_to_saved_version(self) -> None:
-        """After a failed or interrupted write: forget unsaved changes, and drop vectors saved for rows the
-        database never committed, which would crowd results out (best effort: the next writer does it too)."""
+    def _drop_store(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def _back_to_saved_version(self) -> None:
+        """After a failed or interrupted write: forget unsaved changes, and drop vectors saved for rows the
+        database never committed, which would crowd results out (best effort: the next writer does it too)."""
+        self._drop_store()
         try:
             with VectorStore.open(self.dir / "vectors", writable=True) as store:
                 reconcile(self.meta, store)
@@ -576,28 +590,50 @@ class Engine:
         )
 
     def doctor(self, *, fix: bool = False) -> DoctorReport:
-        """Check that every embedded row has one vector and every vector a row; with fix, repair it."""
+        """Check the vector index (its files open, every stored vector is intact) and its agreement with the
+        database (every embedded row has one vector, every vector a row). With fix: rebuild a damaged vector
+        index from the stored vectors, then make the database agree; images left without a vector are
+        embedded again by the next ingest.
+
+        A damaged database is refused when the engine opens (IndexCorruptError); it is not repaired here.
+        """
+        folder = self.dir / "vectors"
         embedded = self.meta.embedded_ids()
-        in_store = {int(i) for i in self.store.ids()}
-        extra = in_store - embedded
-        missing = embedded - in_store
+        in_store: set[int] = set()
+        damage: str | None = None
+        try:
+            in_store = {int(i) for i in self.store.ids()}
+            garbled = self.store.garbled_ids()
+            if len(garbled):
+                damage = f"{len(garbled)} stored vectors are garbled (not unit length)"
+        except IndexCorruptError as exc:
+            damage = str(exc.__cause__ or exc)
+        extra, missing = (in_store - embedded, embedded - in_store) if damage is None else (set(), set())
         problems = []
+        if damage is not None:
+            problems.append(f"the vector index is damaged: {damage}; --fix rebuilds it from its vectors")
         if extra:
             problems.append(f"{len(extra)} vectors have no database row (left by an interrupted write)")
         if missing:
             problems.append(
                 f"{len(missing)} images marked embedded have no vector (they will be re-embedded)"
             )
-        fixed = False
+        fixed, repairs = False, []
         if fix and problems:
             lock = self._lock()
             self._acquire(lock)
             try:
-                store = VectorStore.open(self.dir / "vectors", writable=True)
-                try:
-                    reconcile(self.meta, store)
-                finally:
-                    store.close()
+                with _write_errors(self.dir):
+                    self._drop_store()
+                    store = self._rebuilt(repairs) if damage else VectorStore.open(folder, writable=True)
+                    try:
+                        dropped, reset = reconcile(self.meta, store)
+                    finally:
+                        store.close()
+                if dropped:
+                    repairs.append(f"dropped {dropped} vectors that had no database row")
+                if reset:
+                    repairs.append(f"{reset} images lost their vector: the next ingest embeds them again")
                 fixed = True
             finally:
                 lock.release()
@@ -608,4 +644,23 @@ class Engine:
             rows_without_vector=len(missing),
             fixed=fixed,
             problems=problems,
+            damage=damage,
+            repairs=repairs,
         )
+
+    def _rebuilt(self, repairs: list[str]) -> VectorStore:
+        """The damaged vector store rebuilt from its stored vectors or, when none can be trusted, set aside
+        and replaced by an empty one (every image is then embedded again)."""
+        folder = self.dir / "vectors"
+        dim = self.manifest.get("dim")
+        try:
+            store, lost = VectorStore.rebuild(folder, dim=dim)
+        except IndexCorruptError as exc:
+            if dim is None:
+                raise
+            aside = folder.with_name(f"vectors.damaged-{utcnow():%Y%m%dT%H%M%S}")
+            folder.rename(aside)
+            repairs.append(f"nothing could be recovered ({exc}): moved the vector index to {aside.name}")
+            return VectorStore.create(folder, int(dim))
+        repairs.append(f"rebuilt the vector index from {len(store)} stored vectors ({lost} lost)")
+        return store

@@ -151,13 +151,17 @@ class MetadataStore:
             self._check_and_migrate(migrate)
         except DatabaseError as exc:
             self.engine.dispose()
-            raise IndexCorruptError(
-                f"database {self.path} is damaged ({str(exc.orig).splitlines()[0]}); "
-                "run `retrieval doctor` or restore it from a backup"
-            ) from exc
+            raise self._damaged(str(exc.orig).splitlines()[0]) from exc
         except Exception:
             self.engine.dispose()
             raise
+
+    def _damaged(self, detail: str) -> IndexCorruptError:
+        """The database holds the only record of paths: damaged, it cannot be rebuilt from the vectors."""
+        return IndexCorruptError(
+            f"database {self.path} is damaged ({detail}); restore it from a backup, or delete the index "
+            f"folder {self.path.parent} and ingest again (the photos themselves are not touched)"
+        )
 
     def _check_and_migrate(self, migrate: bool) -> None:
         cfg = _alembic_config()
@@ -167,10 +171,7 @@ class MetadataStore:
             verdict = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
             if verdict != ["ok"]:
                 lines = [line for row in verdict for line in str(row).splitlines() if "***" not in line]
-                raise IndexCorruptError(
-                    f"database {self.path} is damaged ({(lines or ['quick_check failed'])[0]}); "
-                    "run `retrieval doctor` or restore it from a backup"
-                )
+                raise self._damaged((lines or ["quick_check failed"])[0])
             current = MigrationContext.configure(conn).get_current_revision()
             known = {rev.revision for rev in script.walk_revisions()}
             if current is not None and current not in known:

@@ -609,12 +609,7 @@ class VectorStore:
                 slots, scores = self._graph_search(st, q, k, cands)
             except RuntimeError:  # hnswlib reached fewer than `cands` live nodes (heavy deletes)
                 slots, scores = self._exact_search(st, q, k)
-        if not (np.abs(scores) <= 1.1 * np.linalg.norm(q, axis=1, keepdims=True) + 1e-6).all():
-            # Unit vectors score within ±|q|: beyond (or NaN) is a garbled original, never a result.
-            raise IndexCorruptError(
-                f"{st.originals.path.name} in {self.folder} holds garbled vectors; "
-                "`retrieval doctor --fix` drops them and the next ingest embeds those images again"
-            )
+        self._refuse_garbled(st, q, scores)
         ids = st.slot_ids[slots]
         if slots.shape[1] < k:  # fewer than k stored
             pad = k - slots.shape[1]
@@ -648,11 +643,20 @@ class VectorStore:
             out_slots[i], out_scores[i] = slots[order], row[order]
         return out_slots, out_scores
 
+    def _refuse_garbled(self, st: _State, q: np.ndarray, scores: np.ndarray) -> None:
+        """Unit vectors score within ±|q|: a score beyond (or NaN) comes from a garbled original."""
+        if not (np.abs(scores) <= 1.1 * np.linalg.norm(q, axis=1, keepdims=True) + 1e-6).all():
+            raise IndexCorruptError(
+                f"{st.originals.path.name} in {self.folder} holds garbled vectors; "
+                "`retrieval doctor --fix` drops them and the next ingest embeds those images again"
+            )
+
     def _exact_search(self, st: _State, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         best_slots = np.empty((len(q), 0), dtype=np.int64)
         best_scores = np.empty((len(q), 0), dtype=np.float32)
         for block in _blocks(st.alive_slots(), _ROW_BLOCK):
             scores = q @ st.originals.get(block).T
+            self._refuse_garbled(st, q, scores)  # a NaN would otherwise sort out of sight
             slots = np.broadcast_to(block, scores.shape)
             best_slots = np.concatenate([best_slots, slots], axis=1)
             best_scores = np.concatenate([best_scores, scores], axis=1)

@@ -417,3 +417,41 @@ def test_a_damaged_vector_store_is_detected_and_rebuilt_from_its_vectors(
         assert np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth, strict=True)]) >= 0.9
     generation_3 = {f"g00000003.{kind}" for kind in ("slots", "codes", "graph", "quantizer.npz")}
     assert {p.name for p in folder.iterdir()} == {"MANIFEST.json", "originals-000000.f32", *generation_3}
+
+
+@pytest.mark.parametrize(("what", "lost"), [(".graph", 0), ("MANIFEST.json", 0), (".f32", 12), ("row", 1)])
+def test_doctor_explains_a_damaged_vector_index_and_rebuilds_it(make_photos, home, what, lost):
+    photos = make_photos(24)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+        slot_5 = int(engine.store.ids()[5])  # one ingest: slots follow ids
+        query = Path(engine.meta.records([slot_5])[slot_5].path) if what == "row" else photos[3]
+    vectors = home / "default" / "vectors"
+    if what == "row":  # overwritten in place: only reading it shows
+        with open(vectors / "originals-000000.f32", "r+b") as f:
+            f.seek(5 * 256 * 4)
+            f.write(b"\xff" * 32)
+    else:
+        (path,) = [p for p in vectors.iterdir() if p.name.endswith(what)]
+        scribble(path, "truncate" if what == ".f32" else "garble")
+
+    refused = invoke("search", "--image", query)
+    assert refused.exit_code == 6 and refused.output.count("\n") == 1, refused.output
+    assert "retrieval doctor --fix" in refused.output
+    checked = invoke("doctor")
+    assert checked.exit_code == 6, checked.output
+    assert (
+        "problem: the vector index is damaged" in checked.output
+        and "run `retrieval doctor --fix`" in checked.output
+    )
+    fixed = invoke("doctor", "--fix")
+    assert fixed.exit_code == 0 and "fixed" in fixed.output, fixed.output
+    assert f"repaired: rebuilt the vector index from {24 - lost} stored vectors ({lost} lost)" in fixed.output
+    assert invoke("doctor").exit_code == 0
+
+    with Engine() as engine:
+        assert sum(engine.search_image(p, k=1)[0].path == str(p) for p in photos) == 24 - lost
+        report = engine.ingest(photos[0].parent)  # the lost ones are embedded again
+        assert (report.embedded, report.unchanged) == (lost, 24 - lost)
+        assert all(engine.search_image(p, k=1)[0].path == str(p) for p in photos)
+    assert_consistent(home / "default", files=24)
