@@ -360,6 +360,7 @@ class Engine:
         lock = self._lock()
         self._acquire(lock)
         try:
+            self.embedder  # noqa: B018 - loaded first: a model that fails to load is not a write error
             with _write_errors(self.dir), _stop_between_files(progress) as checked_progress:
                 store = self._open_for_writing()
                 ingestor = Ingestor(

@@ -171,7 +171,7 @@ def test_ctrl_c_stops_cleanly_having_saved_what_was_done(photos, home, tmp_path)
 
 def test_during_an_ingest_a_second_writer_is_refused_and_searches_see_whole_versions(photos, home, tmp_path):
     index = home / "shared"
-    child = Child(tmp_path / "child.log", ingest_args(photos, home, "shared"), every=EVERY, delay=0.01)
+    child = Child(tmp_path / "child.log", ingest_args(photos, home, "shared"), every=EVERY, delay=0.005)
     try:
         child.wait_for(lambda line: line == "checkpoint 1")
         busy = CliRunner().invoke(app, ingest_args(photos, home, "shared"))
