@@ -105,7 +105,7 @@ def test_killed_ingests_leave_a_consistent_index_and_the_rerun_does_only_the_res
 
     try:
         # 1. Killed just after its first checkpoint, at 10 %.
-        first = child(delay=0.002)
+        first = child(delay=0.005)
         first.wait_for(lambda line: line == "checkpoint 1")
         assert first.signal(signal.SIGKILL) == -signal.SIGKILL
         saved = assert_repairable(index).embedded
@@ -114,7 +114,7 @@ def test_killed_ingests_leave_a_consistent_index_and_the_rerun_does_only_the_res
             assert reader.search_image(photos[0], k=1)[0].path == str(photos[0])
 
         # 2. The rerun has only the rest to do; killed at 50 % of the whole.
-        second = child(delay=0.002)
+        second = child(delay=0.005)
         assert total(second) == N - len(saved)
         second.wait_for(lambda line: done(line) >= N // 2 - len(saved))
         second.signal(signal.SIGKILL)
@@ -150,7 +150,7 @@ def test_killed_ingests_leave_a_consistent_index_and_the_rerun_does_only_the_res
 
 
 def test_ctrl_c_stops_cleanly_having_saved_what_was_done(photos, home, tmp_path):
-    child = Child(tmp_path / "child.log", ingest_args(photos, home, "interrupted"), every=10_000, delay=0.002)
+    child = Child(tmp_path / "child.log", ingest_args(photos, home, "interrupted"), every=10_000, delay=0.005)
     try:
         child.wait_for(lambda line: done(line) >= N // 2)
         assert child.signal(signal.SIGINT) == 130
