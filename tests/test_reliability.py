@@ -1,6 +1,7 @@
-"""Reliability: odd and broken files, the write lock, damaged index files, a full disk.
+"""Reliability: odd and broken files, damaged index files, a full disk.
 
-The subprocess tests (SIGKILL, SIGINT, searches during an ingest) are in test_interrupt.py.
+Interruptions and concurrent use (SIGKILL, SIGINT, the write lock, searches during an ingest) are in
+test_interrupt.py.
 """
 
 from __future__ import annotations
