@@ -17,7 +17,7 @@ is small (the tail carries little energy and each dimension gets its own range).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ class Quantizer:
     offset: np.ndarray  # (tail_dims,) float32
     scale: np.ndarray  # (tail_dims,) float32, > 0
     fitted_n: int
+    _extended: np.ndarray = field(init=False, repr=False)  # [basis | tail basis @ offset]
 
     def __post_init__(self) -> None:
         # Queries are rotated by [basis | basis_tail @ offset]: one matrix product yields the
@@ -128,14 +129,6 @@ class Quantizer:
         h, dim = self.head_dims, self.dim
         rotated = np.asarray(queries, dtype=np.float32) @ self._extended
         return rotated[:, :h], rotated[:, h:dim] * self.scale, rotated[:, dim]
-
-    def tail_scores(self, query_tail: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Approximate q_tail·x_tail of each query (m, tail_dims) against its codes (m, c, tail_dims)."""
-        m, c = codes.shape[:2]
-        if self.tail_dims == 0:
-            return np.zeros((m, c), dtype=np.float32)
-        weights, bias = query_tail * self.scale, query_tail @ self.offset
-        return np.matmul(codes.astype(np.float32), weights[:, :, None])[:, :, 0] + bias[:, None]
 
     def head_energy(self) -> float:
         """Fraction of the fitted second moment the exact head keeps (1.0 = lossless graph)."""

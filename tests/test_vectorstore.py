@@ -68,10 +68,8 @@ def test_quantizer_scores_are_close_to_exact_inner_products() -> None:
     head, codes = quantizer.encode(x)
     assert head.shape == (2000, 16) and codes.shape == (2000, DIM - 16) and codes.dtype == np.int8
     q = unit_vectors(5, seed=1)
-    rq = quantizer.rotate(q)
-    approx = rq[:, :16] @ head.T + quantizer.tail_scores(
-        rq[:, 16:], np.broadcast_to(codes, (5, *codes.shape))
-    )
+    q_head, weights, bias = quantizer.prepare_queries(q)
+    approx = q_head @ head.T + weights @ codes.T.astype(np.float32) + bias[:, None]
     assert np.abs(approx - q @ x.T).max() < 0.01
     assert np.abs(quantizer.decode(head, codes) - x).max() < 0.01
 
@@ -149,6 +147,15 @@ def test_tiny_collection_pads_results_with_minus_one(folder: Path, n: int) -> No
     store.save()
     reopened = VectorStore.open(folder)
     assert reopened.search(vecs[0], 5)[0].tolist() == ids.tolist()
+
+
+def test_store_without_int8_tail_saves_and_reopens(folder: Path) -> None:
+    params = StoreParams(graph_dims=None, m=12, ef_construction=64, ef_search=64, rescore=16)
+    store, vecs = make_store(folder, 300, params=params)
+    assert store.stats()["quantizer"]["tail_dims"] == 0
+    store.save()
+    reopened = VectorStore.open(folder)
+    assert reopened.search(vecs[:3], 1)[0][:, 0].tolist() == [5, 15, 25]
 
 
 def test_empty_store_returns_only_padding(folder: Path) -> None:
