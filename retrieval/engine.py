@@ -386,7 +386,7 @@ class Engine:
         try:
             with _write_errors(self.dir):
                 store = self._open_for_writing()
-                return remove_paths(self.meta, store, [str(Path(p).expanduser().resolve()) for p in paths])
+                return remove_paths(self.meta, store, [Path(p).expanduser().resolve() for p in paths])
         except BaseException:
             self._back_to_saved_version()
             raise

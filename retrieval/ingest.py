@@ -395,12 +395,12 @@ class Ingestor:
             s.execute(delete(Failure).where(Failure.path.in_(stale[start : start + 500])))
 
 
-def remove_paths(meta: MetadataStore, store: VectorStore, paths: Iterable[str]) -> int:
+def remove_paths(meta: MetadataStore, store: VectorStore, paths: Iterable[Path]) -> int:
     """Forget files (not delete them from disk); vectors go when no copy is left. Returns files removed."""
     removed = 0
     with meta.session() as s:
         for path in paths:
-            row = s.scalar(select(File).where(File.path == path))
+            row = s.scalar(select(File).where(File.path == _path_key(path)))
             if row is not None:
                 s.delete(row)
                 removed += 1

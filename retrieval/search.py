@@ -107,14 +107,21 @@ def run_search(
         return []
     exclude = exclude or set()
     ask = min(len(store), k + len(exclude))
-    ids, scores = store.search(np.asarray(vector, dtype=np.float32), ask, ef=ef)
-    ids, scores = ids.reshape(-1), scores.reshape(-1)
-    pairs = [
-        (int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if i >= 0 and int(i) not in exclude
-    ]
-    if min_score is not None:
-        pairs = [(i, sc) for i, sc in pairs if sc >= min_score]
-    records = meta.records([i for i, _ in pairs])
+    while True:
+        ids, scores = store.search(np.asarray(vector, dtype=np.float32), ask, ef=ef)
+        ids, scores = ids.reshape(-1), scores.reshape(-1)
+        pairs = [
+            (int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if i >= 0 and int(i) not in exclude
+        ]
+        weak = min_score is not None and any(sc < min_score for _, sc in pairs)
+        if min_score is not None:
+            pairs = [(i, sc) for i, sc in pairs if sc >= min_score]
+        records = meta.records([i for i, _ in pairs])
+        # Vectors without a row (left by an interrupted write until the next repair) are dropped;
+        # ask the store for more so that k results still come back.
+        if sum(i in records for i, _ in pairs) >= k or weak or ask >= len(store):
+            break
+        ask = min(len(store), ask * 2)
     hits: list[SearchHit] = []
     for i, score in pairs:
         rec = records.get(i)

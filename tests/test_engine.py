@@ -214,3 +214,28 @@ def test_remove_forgets_files_but_keeps_them_on_disk(make_photos):
         assert engine.remove([paths[0]]) == 1
         assert paths[0].exists() and len(engine.store) == 2
         assert str(paths[0]) not in {h.path for h in engine.search_image(paths[0], k=3)}
+
+
+def test_vectors_without_rows_do_not_cut_results_short(make_photos):
+    paths = make_photos(6)
+    with Engine(model="classic") as engine:
+        engine.ingest(paths[0].parent)
+        store = engine._open_for_writing()
+        # Stray vectors as an interrupted write leaves them: copies of a real one, so they rank first.
+        near = store.vectors([engine.meta.content_id_for_path(paths[0])])
+        store.add(np.arange(900, 910, dtype=np.int64), np.repeat(near, 10, axis=0))
+        hits = engine.search_image(paths[0], k=4)
+        assert len(hits) == 4 and hits[0].path == str(paths[0])
+        assert all(h.id < 900 for h in hits)
+
+
+def test_removing_a_file_with_a_non_utf8_name_is_not_a_crash(make_photos):
+    paths = make_photos(2)
+    odd = paths[0].parent / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(paths[1], odd)
+    with Engine(model="classic") as engine:
+        report = engine.ingest(paths[0].parent)
+        assert [reason for _, reason in report.failed] == [
+            "file name is not valid UTF-8; rename the file to index it"
+        ]
+        assert engine.remove([odd]) == 0 and engine.remove([paths[0]]) == 1
