@@ -812,9 +812,10 @@ def _graph_ram(count: int, capacity: int, dims: int, m: int) -> int:
     """hnswlib's resident bytes: level-0 records, upper links, and per-slot bookkeeping."""
     level0 = dims * 4 + 4 + 2 * m * 4 + 8  # vector, link count + links, label
     upper = (4 + m * 4) / max(m - 1, 1)  # expected upper-level link lists per node
-    bookkeeping = 40 + 8 + 4  # mutex, link-list pointer, level
+    bookkeeping = 40 + 8 + 4 + 2  # mutex, link-list pointer, level, visited-list entry
     label_map = 40  # unordered_map node per label
-    return int(count * (level0 + upper + label_map) + capacity * bookkeeping)
+    label_locks = 65536 * 40  # fixed table of mutexes
+    return int(count * (level0 + upper + label_map) + capacity * bookkeeping + label_locks)
 
 
 def _gen_name(gen: int, kind: str) -> str:
