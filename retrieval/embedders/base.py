@@ -12,7 +12,7 @@ import os
 import socket
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +124,10 @@ class TorchEmbedder(Embedder):
         model = self._live_model()
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        pixels = torch.stack([torch.as_tensor(item) for item in batch]).to(self.device)
+        pixels = torch.stack([torch.as_tensor(item) for item in batch])
+        if self.device.startswith("cuda"):
+            # Page-locked memory lets the copy run as DMA; fp16 compute comes from _autocast.
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode(), _autocast(self.device):
             features = self._encode_images(model, pixels)
         return normalize_rows(features)
@@ -133,6 +136,48 @@ class TorchEmbedder(Embedder):
         self._model = None
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+class PillowPreprocess:
+    """A model's image transform run as its Pillow steps (resize, crop) plus a numpy normalisation.
+
+    Ingest calls `preprocess` from its decode threads. A torch op there (ToTensor, Normalize on a 224x224
+    image) would start an OpenMP team per calling thread that fights the model's own threads for the cores;
+    numpy and Pillow do the same arithmetic on one thread and release the GIL. The result equals the
+    torchvision transform's to float32 rounding (tests/test_pipeline.py checks it).
+    """
+
+    def __init__(self, steps: Sequence[Callable[[Image.Image], Image.Image]], mean: Any, std: Any) -> None:
+        self.steps = list(steps)
+        mean64, std64 = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        self._scale = (1.0 / (255.0 * std64)).astype(np.float32)
+        self._offset = (-mean64 / std64).astype(np.float32)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels *= self._scale
+        pixels += self._offset
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    @classmethod
+    def from_compose(cls, transform: Any) -> PillowPreprocess | None:
+        """Split a torchvision Compose of Pillow steps + ToTensor + Normalize; None for any other shape."""
+        from torchvision import transforms
+
+        steps = list(getattr(transform, "transforms", ()))
+        for i, step in enumerate(steps):
+            if isinstance(step, transforms.ToTensor):
+                rest = steps[i + 1 :]
+                if len(rest) == 1 and isinstance(rest[0], transforms.Normalize):
+                    return cls(steps[:i], rest[0].mean, rest[0].std)
+                return None
+            if isinstance(step, transforms.Normalize | transforms.ConvertImageDtype | transforms.PILToTensor):
+                return None
+        return None
 
 
 def _autocast(device: str) -> AbstractContextManager[Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,9 +17,11 @@ import torch
 import torchvision
 from PIL import Image
 from torchvision.models import get_model_weights
+from torchvision.transforms import functional as F
 
 from retrieval.embedders.base import (
     EmbedderSpec,
+    PillowPreprocess,
     TorchEmbedder,
     check_weights_file,
     file_digest,
@@ -102,9 +105,19 @@ class ResNetEmbedder(TorchEmbedder):
         crop = int(self._transform.crop_size[0])
         interpolation = self._transform.interpolation.value
         self.preprocess_id = f"torchvision:resize{self.input_size}:{interpolation}:crop{crop}:imagenet-norm"
+        # The recipe's own steps (resize, centre crop, normalise) without torch ops in the decode threads.
+        t = self._transform
+        self._pillow = PillowPreprocess(
+            [
+                partial(F.resize, size=t.resize_size, interpolation=t.interpolation, antialias=t.antialias),
+                partial(F.center_crop, output_size=t.crop_size),
+            ],
+            t.mean,
+            t.std,
+        )
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._transform(image)
+        return self._pillow(image)
 
 
 def fetch_state_dict(arch: str, tag: str) -> dict[str, Any]:
