@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from retrieval.decoding import decode_image
@@ -131,7 +131,9 @@ class Ingestor:
         self._run_hashes: dict[str, int] = {}
         self._unembedded: dict[str, int] = {}
         self._pending_ids: list[int] = []
+        self._pending_contents: list[Content] = []
         self._pending_tensors: list[Any] = []
+        self._next_content_id = 0
 
     # -- worker side ------------------------------------------------------------------------------
 
@@ -192,10 +194,12 @@ class Ingestor:
         ids = np.asarray(self._pending_ids, dtype=np.int64)
         self.store.add(ids, np.asarray(vectors, dtype=np.float32))
         now = utcnow()
-        for content in s.scalars(select(Content).where(Content.id.in_(self._pending_ids))):
+        for content in self._pending_contents:
             content.embedded = True
             content.embedded_at = now
+        s.flush()  # the batch's rows in one go; committed at the next checkpoint
         self._pending_ids.clear()
+        self._pending_contents.clear()
         self._pending_tensors.clear()
 
     def _checkpoint(self, s: Session) -> None:
@@ -241,6 +245,7 @@ class Ingestor:
             known_failures = {f.path: f for f in s.scalars(select(Failure).where(Failure.root_id == root_id))}
             unembedded = select(Content.hash, Content.id).where(~Content.embedded)
             self._unembedded = {digest: content_id for digest, content_id in s.execute(unembedded)}
+            self._next_content_id = s.scalar(select(func.max(Content.id))) or 0
 
             todo: list[FoundFile] = []
             for item in found:
@@ -346,11 +351,16 @@ class Ingestor:
                 content = Content(hash=prep.hash, embedded=False)
             content.width, content.height = prep.width, prep.height
             content.format, content.captured_at = prep.format, prep.captured_at
+            if content.id is None:
+                # Numbered here (this run is the only writer) so the rows go to SQLite once per batch,
+                # not one flush per image.
+                self._next_content_id += 1
+                content.id = self._next_content_id
             s.add(content)
-            s.flush()
             content_id = content.id
             self._run_hashes[prep.hash] = content_id
             self._pending_ids.append(content_id)
+            self._pending_contents.append(content)
             self._pending_tensors.append(prep.tensor)
             report.embedded += 1
         else:
