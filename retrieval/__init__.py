@@ -10,7 +10,14 @@ Names are imported lazily so that `import retrieval.errors` does not pull in tor
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# torch's OpenMP threads spin while they wait for each other. Ingest runs decode threads beside them and a
+# shared machine runs other programs; a spinning thread then burns the core its partner needs, and on two
+# busy cores a text query took 10x longer (BENCHMARKS.md, "Query latency"). Read once, when torch loads
+# (after this); an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["Engine", "Query", "QueryPart", "SearchHit", "__version__"]

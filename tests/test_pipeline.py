@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -301,3 +304,15 @@ def test_queries_load_the_model_the_index_and_the_tokenizer_once(
         for text in ("a cat", "a dog", "the sea", "a red house"):
             assert len(engine.search_text(text, k=3)) == 3
     assert counts == {"model": 1, "store": 1, "tokenizer": 1}
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_retrieval_makes_openmp_threads_wait_passively_unless_told_otherwise(
+    given: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, retrieval; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
