@@ -83,6 +83,13 @@ def _path_key(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def default_workers() -> int:
+    """Decode threads: one per core. On a GPU the cores only decode; on a CPU they share with torch's
+    threads (which wait passively, see retrieval/__init__.py) and the bounded look-ahead keeps the
+    decoders from running more than a batch ahead of the model."""
+    return max(1, os.cpu_count() or 1)
+
+
 def reconcile(meta: MetadataStore, store: VectorStore) -> tuple[int, int]:
     """Make the store and the database agree after a crash; return (vectors dropped, rows reset).
 
@@ -123,7 +130,7 @@ class Ingestor:
         self.store = store
         self.embedder = embedder
         self.batch_size = batch_size
-        self.workers = workers or max(1, min(4, (os.cpu_count() or 2)))
+        self.workers = workers or default_workers()
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = progress or (lambda _p: None)
