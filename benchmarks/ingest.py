@@ -1,0 +1,278 @@
+"""Ingest throughput on real photos: the model alone, our ingest, and a naive pipeline, side by side.
+
+    .venv/bin/python benchmarks/ingest.py [--sets library lossless] [--models clip:ViT-B-32 resnet50]
+        [--batch 32] [--threads 2] [--workers N] [--rounds 2] [--count 200] [--json FILE]
+
+Photo sets come from benchmarks/photos.py (Debian's mate- and gnome-backgrounds, cached outside the repo):
+`library` (i) is a camera/phone mix of 12 MP JPEGs with 10 % PNG/WebP originals, `lossless` (ii) the
+PNG/WebP originals alone. For each model (random weights: speed only, the vectors mean nothing), one process
+measures, in rounds, with the same loaded model, batch size and torch threads:
+
+- (a) forward: `embed_preprocessed` on ready tensors (the set's own images, preprocessed beforehand), as many
+  images as the set has: the model's own speed, the ceiling for (b);
+- (b) ingest: `Engine.ingest` into a fresh index, everything included (discovery, reading, hashing, decoding,
+  preprocessing, embedding, SQLite rows and commit, vector store add and save);
+- (c) naive: one file at a time in the main thread: full decode (`decode_image` without `min_side`), the
+  model's transform on the full-size picture, then the model in batches; no hashing and no database, so it
+  is flattered, not penalised.
+
+Each figure is the median over rounds of images per second (wall clock). Also reported: per-format CPU time
+of the decode path alone (read + hash + decode + preprocess on one thread) and the bound it sets on this
+machine when the model already uses every core: (a) x F / (F + D), F and D in CPU ms per image.
+
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which slow numpy on this machine, are removed from this command's
+environment (never from the tests').
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_DROPPED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+if __name__ == "__main__" and any(v in os.environ for v in _DROPPED):
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
+    env["BENCH_DROPPED_ENV"] = ",".join(v for v in _DROPPED if v in os.environ)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+# First, as in the CLI: importing retrieval sets torch's OpenMP wait policy before torch loads.
+import retrieval  # noqa: E402, F401
+
+# isort: split
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import torch  # noqa: E402
+from photos import DEFAULT_CACHE, baseline_set, describe, library_set, lossless_set  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from retrieval.decoding import decode_image  # noqa: E402
+from retrieval.discovery import content_hash  # noqa: E402
+from retrieval.embedders import Embedder, RandomWeightsWarning  # noqa: E402
+from retrieval.engine import Engine  # noqa: E402
+from retrieval.ingest import default_workers  # noqa: E402
+
+
+def files_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SET.json")
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, float]:
+    """Images per second (wall clock) and this process's CPU ms per image, all threads included."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    images = fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return images / wall, cpu * 1000 / images
+
+
+def forward(embedder: Embedder, tensors: list[Any], batch: int) -> int:
+    for start in range(0, len(tensors), batch):
+        embedder.embed_preprocessed(tensors[start : start + batch])
+    return len(tensors)
+
+
+def ingest(engine: Engine, folder: Path, workers: int | None) -> int:
+    report = engine.ingest(folder, workers=workers)
+    if report.failed or report.linked:
+        raise SystemExit(f"ingest of {folder} failed {report.failed} or linked {report.linked} files")
+    return report.embedded
+
+
+def naive(embedder: Embedder, files: list[Path], batch: int) -> int:
+    pending: list[Any] = []
+    for path in files:
+        pending.append(embedder.preprocess(decode_image(path).image))
+        if len(pending) == batch:
+            embedder.embed_preprocessed(pending)
+            pending.clear()
+    if pending:
+        embedder.embed_preprocessed(pending)
+    return len(files)
+
+
+def decode_costs(embedder: Embedder, files: list[Path]) -> dict[str, dict[str, float]]:
+    """CPU ms per image of our decode path on this thread, by format (what each decode worker pays)."""
+    by_kind: dict[str, list[float]] = {}
+    for path in files:
+        started = time.thread_time()
+        data = path.read_bytes()
+        content_hash(data)
+        decoded = decode_image(data, min_side=embedder.input_size)
+        embedder.preprocess(decoded.image)
+        spent = (time.thread_time() - started) * 1000
+        kind = decoded.format
+        with Image.open(path) as im:
+            if im.info.get("progressive"):
+                kind += " progressive"
+        by_kind.setdefault(kind, []).append(spent)
+    every = [ms for values in by_kind.values() for ms in values]
+    out = {kind: {"files": len(v), "cpu_ms": statistics.mean(v)} for kind, v in sorted(by_kind.items())}
+    out["all"] = {"files": len(every), "cpu_ms": statistics.mean(every)}
+    return out
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+def bench_model(model: str, sets: dict[str, Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        engine = Engine(
+            f"bench-{model.replace(':', '-')}-0",
+            home=work,
+            model=model,
+            pretrained=None,
+            device="cpu",
+            batch_size=args.batch,
+        )
+        embedder = engine.embedder
+    workers = args.workers or default_workers()
+    out: dict[str, Any] = {"model": model, "embedder": embedder.id, "workers": workers, "sets": {}}
+    for set_name, folder in sets.items():
+        files = files_of(folder)
+        tensors = [embedder.preprocess(decode_image(p, min_side=embedder.input_size).image) for p in files]
+        embedder.embed_preprocessed(tensors[: args.batch])  # warm-up
+        rounds: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "c": []}
+        loads: list[float] = []
+        for r in range(args.rounds):
+            loads.append(loadavg())
+            rounds["a"].append(timed(partial(forward, embedder, tensors, args.batch)))
+            loads.append(loadavg())
+            fresh = Engine(
+                f"bench-{model.replace(':', '-')}-{set_name}-{r}",
+                home=work,
+                model=model,
+                pretrained=None,
+                device="cpu",
+                batch_size=args.batch,
+            )
+            fresh._embedder = embedder  # the same warm model; Engine checks its id against the manifest
+            rounds["b"].append(timed(partial(ingest, fresh, folder, args.workers)))
+            fresh._embedder = None
+            fresh.close()
+            loads.append(loadavg())
+            if not args.skip_naive:
+                rounds["c"].append(timed(partial(naive, embedder, files, args.batch)))
+                loads.append(loadavg())
+            print(
+                f"  {model} {set_name} round {r}: "
+                + ", ".join(
+                    f"{k} {v[-1][0]:.2f} img/s {v[-1][1]:.0f} CPU ms/img" for k, v in rounds.items() if v
+                )
+                + f" (load {loads[-1]:.2f})",
+                file=sys.stderr,
+            )
+        med = {k: statistics.median(rate for rate, _ in v) for k, v in rounds.items() if v}
+        cpu = {k: statistics.median(ms for _, ms in v) for k, v in rounds.items() if v}
+        costs = decode_costs(embedder, files)
+        # If the model keeps every core busy, each image costs its forward CPU plus its decode CPU.
+        bound = med["a"] * cpu["a"] / (cpu["a"] + costs["all"]["cpu_ms"])
+        out["sets"][set_name] = {
+            "files": len(files),
+            "rounds": rounds,
+            "median": med,
+            "cpu_ms": cpu,
+            "b/a": med["b"] / med["a"],
+            "b/c": med["b"] / med["c"] if "c" in med else None,
+            "load": {"min": min(loads), "max": max(loads)},
+            "decode_cpu_ms": costs,
+            "cpu_bound_b": bound,
+        }
+    embedder.close()
+    engine.close()
+    return out
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"torch threads {meta['threads']}, batch {meta['batch']}, decode workers {meta['workers']}, "
+        f"rounds {meta['rounds']} (median), load average {meta['load_start']:.2f} at start, "
+        f"{meta['load_end']:.2f} at end; {meta['cpus']} CPUs, {meta['cpu']}; OMP_WAIT_POLICY "
+        f"{meta['omp_wait_policy']}; OPENBLAS env dropped: {meta['dropped_env'] or 'none set'}",
+        "",
+        "| model | set | (a) forward img/s | (b) ingest img/s | (c) naive img/s | (b)/(a) | (b)/(c) "
+        "| CPU ms/img (a) / (b) / (c) | decode path CPU ms/img | (b) bound by CPU | load min–max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for set_name, s in res["sets"].items():
+            m, cpu = s["median"], s["cpu_ms"]
+            bc = f"{s['b/c']:.2f}" if s["b/c"] is not None else "–"
+            c = f"{m['c']:.2f}" if "c" in m else "–"
+            cpus = " / ".join(f"{cpu[k]:.0f}" if k in cpu else "–" for k in "abc")
+            lines.append(
+                f"| {res['model']} | {set_name} ({s['files']}) | {m['a']:.2f} | {m['b']:.2f} | {c} "
+                f"| {s['b/a']:.2f} | {bc} | {cpus} | {s['decode_cpu_ms']['all']['cpu_ms']:.1f} "
+                f"| {s['cpu_bound_b']:.2f} | {s['load']['min']:.2f}–{s['load']['max']:.2f} |"
+            )
+    lines += ["", "Decode path CPU ms per image (read + hash + decode + preprocess, one thread):", ""]
+    lines += ["| model | set | format | files | CPU ms |", "|---|---|---|---|---|"]
+    for res in results:
+        for set_name, s in res["sets"].items():
+            for kind, c in s["decode_cpu_ms"].items():
+                lines.append(f"| {res['model']} | {set_name} | {kind} | {c['files']} | {c['cpu_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        default=["library", "lossless", "baseline"],
+        choices=["library", "lossless", "baseline"],
+    )
+    parser.add_argument("--models", nargs="+", default=["clip:ViT-B-32", "resnet50"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: ingest's)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--count", type=int, default=200, help="files in the library set")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    sets = {}
+    makers = {"library": library_set, "baseline": baseline_set}
+    for name in args.sets:
+        sets[name] = makers[name](args.count, args.cache) if name in makers else lossless_set(args.cache)
+    meta: dict[str, Any] = {
+        "threads": args.threads,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "dropped_env": os.environ.get("BENCH_DROPPED_ENV", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "load_start": loadavg(),
+        "sets": {name: describe(folder) for name, folder in sets.items()},
+    }
+    results = []
+    with tempfile.TemporaryDirectory(prefix="retrieval-ingest-bench-") as tmp:
+        for model in args.models:
+            results.append(bench_model(model, sets, args, Path(tmp)))
+    meta["load_end"] = loadavg()
+    meta["workers"] = ", ".join(f"{r['model']} {r['workers']}" for r in results)
+    print(markdown(results, meta))
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
