@@ -126,6 +126,18 @@ def test_box_reduced_png_stays_within_a_grey_level_of_the_full_decode(vit_transf
     assert diff.max() <= 4  # a 2x margin aliases fine stripes by up to 8 levels here
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_are_composited_on_white_like_alpha_composite(mode: str) -> None:
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (60, 80, 4), dtype=np.uint8), "RGBA").convert(mode)
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    expected = Image.alpha_composite(white, image.convert("RGBA"))
+    decoded = decode_image(encoded(image, "PNG")).image
+    assert decoded.mode == "RGB"
+    diff = np.abs(np.asarray(decoded, dtype=int) - np.asarray(expected.convert("RGB"), dtype=int))
+    assert diff.max() <= 1
+
+
 def test_embedding_of_the_draft_path_matches_the_full_decode() -> None:
     with create_embedder("clip:tiny-test", pretrained=None, device="cpu") as embedder:
         data = encoded(draw_photo(5, (1600, 1200)), "JPEG")
