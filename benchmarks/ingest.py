@@ -60,7 +60,7 @@ from PIL import Image  # noqa: E402
 
 from retrieval.decoding import decode_image  # noqa: E402
 from retrieval.discovery import content_hash  # noqa: E402
-from retrieval.embedders import Embedder, RandomWeightsWarning  # noqa: E402
+from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder  # noqa: E402
 from retrieval.engine import Engine  # noqa: E402
 from retrieval.ingest import default_workers  # noqa: E402
 
@@ -102,24 +102,50 @@ def naive(embedder: Embedder, files: list[Path], batch: int) -> int:
     return len(files)
 
 
-def decode_costs(embedder: Embedder, files: list[Path]) -> dict[str, dict[str, float]]:
-    """CPU ms per image of our decode path on this thread, by format (what each decode worker pays)."""
-    by_kind: dict[str, list[float]] = {}
+def kind_of(path: Path, decoded_format: str) -> str:
+    with Image.open(path) as im:
+        return decoded_format + (" progressive" if im.info.get("progressive") else "")
+
+
+def decode_costs(embedder: Embedder, files: list[Path], fidelity: bool) -> dict[str, dict[str, float]]:
+    """Per format: CPU ms per image of our decode path on this thread (what each decode worker pays), and
+    with `fidelity` the CPU ms of a full decode + full-size preprocess, and how far our preprocessed tensor
+    and embedding are from that full-decode path (grey levels of 255; cosine, random weights)."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    scale = getattr(
+        getattr(embedder, "_preprocess", None) or getattr(embedder, "_pillow", None), "_scale", None
+    )
     for path in files:
         started = time.thread_time()
         data = path.read_bytes()
         content_hash(data)
         decoded = decode_image(data, min_side=embedder.input_size)
-        embedder.preprocess(decoded.image)
-        spent = (time.thread_time() - started) * 1000
-        kind = decoded.format
-        with Image.open(path) as im:
-            if im.info.get("progressive"):
-                kind += " progressive"
-        by_kind.setdefault(kind, []).append(spent)
-    every = [ms for values in by_kind.values() for ms in values]
-    out = {kind: {"files": len(v), "cpu_ms": statistics.mean(v)} for kind, v in sorted(by_kind.items())}
-    out["all"] = {"files": len(every), "cpu_ms": statistics.mean(every)}
+        fast = embedder.preprocess(decoded.image)
+        row = {"cpu_ms": (time.thread_time() - started) * 1000}
+        if fidelity:
+            started = time.thread_time()
+            full = embedder.preprocess(decode_image(path.read_bytes()).image)
+            row["full_cpu_ms"] = (time.thread_time() - started) * 1000
+            diff = (fast - full).abs().numpy()
+            if scale is not None:
+                diff = diff / scale[:, None, None]  # back to grey levels
+            vectors = embedder.embed_preprocessed([fast, full])
+            row |= {"mean_levels": float(diff.mean()), "max_levels": float(diff.max())}
+            row["cosine"] = float(vectors[0] @ vectors[1])
+        rows.setdefault(kind_of(path, decoded.format), []).append(row)
+    rows["all"] = [row for kind_rows in list(rows.values()) for row in kind_rows]
+    out = {}
+    for kind, kind_rows in sorted(rows.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        summary = {"files": len(kind_rows), "cpu_ms": statistics.mean(r["cpu_ms"] for r in kind_rows)}
+        if fidelity:
+            summary |= {
+                "full_cpu_ms": statistics.mean(r["full_cpu_ms"] for r in kind_rows),
+                "mean_levels": statistics.mean(r["mean_levels"] for r in kind_rows),
+                "worst_mean_levels": max(r["mean_levels"] for r in kind_rows),
+                "max_levels": max(r["max_levels"] for r in kind_rows),
+                "min_cosine": min(r["cosine"] for r in kind_rows),
+            }
+        out[kind] = summary
     return out
 
 
@@ -177,7 +203,7 @@ def bench_model(model: str, sets: dict[str, Path], args: argparse.Namespace, wor
             )
         med = {k: statistics.median(rate for rate, _ in v) for k, v in rounds.items() if v}
         cpu = {k: statistics.median(ms for _, ms in v) for k, v in rounds.items() if v}
-        costs = decode_costs(embedder, files)
+        costs = decode_costs(embedder, files, args.fidelity)
         # If the model keeps every core busy, each image costs its forward CPU plus its decode CPU.
         bound = med["a"] * cpu["a"] / (cpu["a"] + costs["all"]["cpu_ms"])
         out["sets"][set_name] = {
@@ -218,12 +244,51 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {s['b/a']:.2f} | {bc} | {cpus} | {s['decode_cpu_ms']['all']['cpu_ms']:.1f} "
                 f"| {s['cpu_bound_b']:.2f} | {s['load']['min']:.2f}–{s['load']['max']:.2f} |"
             )
-    lines += ["", "Decode path CPU ms per image (read + hash + decode + preprocess, one thread):", ""]
-    lines += ["| model | set | format | files | CPU ms |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Per image, by format: CPU ms of our decode path (read + hash + decode + preprocess, one thread);"
+        " with --fidelity also CPU ms of a full decode + full-size preprocess, and our preprocessed tensor"
+        " against that one in grey levels of 255 (mean over files, worst file's mean, worst pixel) and the"
+        " embeddings' lowest cosine (random weights).",
+        "",
+        "| model | set | format | files | our CPU ms | full-decode CPU ms | mean Δ | worst file "
+        "| worst pixel | min cosine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         for set_name, s in res["sets"].items():
             for kind, c in s["decode_cpu_ms"].items():
-                lines.append(f"| {res['model']} | {set_name} | {kind} | {c['files']} | {c['cpu_ms']:.1f} |")
+                extra = (
+                    f"{c['full_cpu_ms']:.1f} | {c['mean_levels']:.2f} | {c['worst_mean_levels']:.2f} "
+                    f"| {c['max_levels']:.0f} | {c['min_cosine']:.5f}"
+                    if "full_cpu_ms" in c
+                    else "– | – | – | – | –"
+                )
+                lines.append(
+                    f"| {res['model']} | {set_name} | {kind} | {c['files']} | {c['cpu_ms']:.1f} | {extra} |"
+                )
+    return "\n".join(lines)
+
+
+def batch_sweep(models: list[str], sizes: list[int], threads: int, images: int = 128) -> str:
+    """Forward throughput on ready tensors per batch size (each size timed twice, best kept)."""
+    lines = [
+        f"torch threads {threads}, {images} images per timing, best of 2, load {loadavg():.2f}",
+        "",
+        "| model | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for model in models:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            embedder = create_embedder(model, pretrained=None, device="cpu")
+        size = embedder.input_size if model.startswith("clip") else 224
+        tensors = [torch.randn(3, size, size) for _ in range(images)]
+        embedder.embed_preprocessed(tensors[:8])
+        rates = [max(timed(partial(forward, embedder, tensors, b))[0] for _ in range(2)) for b in sizes]
+        lines.append(f"| {model} | " + " | ".join(f"{r:.2f}" for r in rates) + " |")
+        embedder.close()
+    lines[0] += f"–{loadavg():.2f}"
     return "\n".join(lines)
 
 
@@ -243,10 +308,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="files in the library set")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--fidelity", action="store_true", help="compare our decode path with a full decode")
+    parser.add_argument("--batch-sweep", type=int, nargs="+", help="only (a), at these batch sizes")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.batch_sweep:
+        print(batch_sweep(args.models, args.batch_sweep, args.threads))
+        return
     sets = {}
     makers = {"library": library_set, "baseline": baseline_set}
     for name in args.sets:
