@@ -56,12 +56,12 @@ HEADING = "## Search: quantized store vs exact float32"
 DIM = 512
 K = 10
 PLAIN_M, PLAIN_EFC = 16, 100
-PLAIN_EFS = (16, 32, 48, 64, 96, 128, 256)
-STORE_EFS = (32, 64, 96, 128, 192, 256)
+PLAIN_EFS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
+STORE_EFS = (32, 64, 96, 128, 192, 256, 384)
 ADD_BATCH = 10_000
 RAM_QUERIES = 200
 INTERLEAVE = 50
-VARIANT_EFS = (64, 128, 192)
+VARIANT_EFS = (128, 192, 256)
 VARIANTS = (
     ("graph_dims=96 m=16", StoreParams(graph_dims=96, m=16)),
     ("graph_dims=128", StoreParams(graph_dims=128)),
@@ -276,6 +276,13 @@ def ratios(rows: list[Row], default: StoreParams) -> str:
         f"- build: store {ours.build_s:.1f} s (adds in batches of {ADD_BATCH}, refits included, then save) "
         f"vs plain {plain[0].build_s:.1f} s."
     )
+    checks = (
+        ("recall@10 ≥ 0.98", ours.recall >= 0.98),
+        ("speed ratio ≥ 1", qps is not None and ours.qps >= qps),
+        ("RAM ratio ≤ 0.5", ours.ram_b <= 0.5 * plain[0].ram_b),
+    )
+    verdicts = ", ".join(f"{name} {'met' if ok else '**not met**'}" for name, ok in checks)
+    lines.append(f"- design targets at default params: {verdicts}.")
     return "\n".join(lines) + "\n"
 
 
@@ -283,34 +290,46 @@ RATIONALE = """\
 ### How the store searches, and why these defaults
 
 Each vector is rotated onto the eigenvectors of the data's second-moment matrix (uncentred
-PCA, right for inner products). The first `graph_dims` coordinates (the head, ~90% of the
-energy here) are kept as float32 inside the hnswlib graph; the other coordinates (the tail)
-are kept as int8 codes with a per-dimension scale and offset (retrieval/quantizer.py). A
-query walks the graph for `ef` candidates, which come back with their exact head scores;
-adding the int8 tail score gives an almost exact inner product (mean error ~1e-4 here), and
-the best `rescore` candidates are scored exactly against the float32 originals, which stay
-on disk and are memory-mapped. So recall is set by the graph's candidates, not by the
-quantization: ranking the candidates exactly instead gives the same recall.
+PCA, right for inner products). The first `graph_dims - 1` coordinates (the head, ~90% of
+the energy here) are kept as float32 inside the hnswlib graph, plus one coordinate,
+sqrt(1 - |head|²), that makes every graph vector unit length; the other coordinates (the
+tail) are kept as int8 codes with a per-dimension scale and offset (retrieval/quantizer.py).
+A query (0 in the completing coordinate) walks the graph for `ef` candidates, which come
+back with their exact head scores; adding the int8 tail score gives an almost exact inner
+product (mean error ~1e-4 here), and the best `rescore` candidates are scored exactly
+against the float32 originals, which stay on disk and are memory-mapped. Recall is set by
+the graph's candidates, not by the quantization: ranking the candidates exactly instead
+gives the same recall.
 
 - Why not int8 codes of the whole vector next to a PCA graph (the first design)? Those
   codes alone cap recall@10 near 0.98 and cost `dim` bytes on top of the graph's float32
-  head; coding only the tail costs `dim - graph_dims` bytes and is exact where the energy is.
+  head; coding only the tail costs `dim - graph_dims + 1` bytes and is exact where the
+  energy is.
+- Why complete the heads to unit length? Brute force over the heads alone (graph_dims 112)
+  keeps 99.05% of the true top-10 within the head top-128 at 1M, yet the plain
+  inner-product graph over raw heads (length 0.87-0.99) found only 0.950 at ef=128 and 0.968
+  at ef=256: unequal lengths make an inner-product HNSW graph hard to navigate. Completed
+  to unit length (graph-only runs at 1M, M=12): 0.959 at ef=128, 0.976 at 192, 0.983 at 256,
+  and at 100k 0.9888 instead of 0.9856 at ef=128, for no extra bytes.
 - `graph_dims = 112, m = 12`: RAM is about 4·graph_dims + (dim - graph_dims) + hnswlib's
-  ~230 B per node, so the head size is what the RAM budget (≤ 0.5× plain hnswlib) buys. A
-  larger head ranks candidates better, and fewer graph links (m = 12 instead of 16) pay for
-  it: graph-only runs at 100k gave candidate recall 0.9872 at ef=128 for (112, m=12) against
-  0.9841 for (96, m=16) at about the same time, and m = 8 was worse at every ef. The
-  `graph_dims=128` row is faster still but over the RAM budget.
-- `ef_construction = 200`: 400 adds ~0.002 recall at ef=128 for twice the build time.
-- `ef_search = 128` is the smallest setting that keeps recall@10 above 0.98 at 100k with a
-  margin for larger collections (recall falls slowly with n at a fixed ef); pass
-  `search(..., ef=...)` to trade speed for recall per query.
+  ~230 B per node, so the head size is what the RAM budget (≤ 0.5× plain hnswlib) buys.
+  A larger head ranks candidates better, and fewer graph links (m = 12 instead of 16) pay
+  for it: graph-only runs at 100k gave candidate recall 0.9872 at ef=128 for (112, m=12)
+  against 0.9841 for (96, m=16) at about the same time; m = 8 was worse at every ef. The
+  `graph_dims=128` rows are over the RAM budget at 100k.
+- `ef_search = 256`: recall falls with n at a fixed ef, and 256 is what keeps recall@10
+  above 0.98 at 1M (see the 1M table); at 100k it buys ~0.995. `search(..., ef=...)` trades
+  speed for recall per query.
+- `ef_construction = 200`: 400 adds ~0.002 recall for twice the build time.
 - `rescore = 16`: as good as 32 or 64 here (the head + int8 ranking is already right almost
   everywhere), and each re-scored row is a random 2 KiB read from the memory-mapped file.
-- Where the time goes: a single query spends ~2/3 in the graph walk, which visits ~2× the
-  nodes plain hnswlib does at equal recall but touches ~4× fewer bytes per node; the rest is
-  numpy (query rotation ~20 µs, tail scores ~20 µs, re-score and sorting ~15 µs). Moving the
-  re-rank into C++ would remove most of the latter.
+- Where a query's time goes: most in the graph walk, which visits more nodes than plain
+  hnswlib at equal recall but reads ~4× fewer bytes per node; then ~80 µs of numpy
+  (rotating the query ~20 µs, int8 tail scores ~20 µs, re-score, sorting and call overhead
+  the rest). Near recall 0.98 that overhead leaves the store slower than plain hnswlib
+  (compare the ef=64-96 rows); at the default's recall, where plain hnswlib (built with
+  ef_construction=100) needs ef 256-512, the store is faster. Moving the re-rank into
+  compiled code would make it faster everywhere.
 """
 
 

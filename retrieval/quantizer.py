@@ -4,15 +4,19 @@ A vector x is rotated onto the eigenvectors of the data's second-moment matrix
 (uncentred PCA: for inner products the mean direction is signal, not an offset to
 remove), ordered by decreasing energy. The rotated vector splits in two:
 
-* the **head**, the first `head_dims` coordinates, kept as float32: the HNSW graph
-  is built over it, and the graph's own distances give the head's share of the
-  inner product exactly;
+* the **head**, the first `head_dims` coordinates, kept as float32 in the HNSW graph;
 * the **tail**, the remaining low-energy coordinates, stored as int8 codes with a
   per-dimension scale and offset fitted on the data.
 
 Because the rotation is orthogonal, q·x = q_head·x_head + q_tail·x_tail, so a
 candidate's score is the exact head score plus a quantized tail score whose error
 is small (the tail carries little energy and each dimension gets its own range).
+
+The graph's vectors get one more coordinate, sqrt(1 - |x_head|²), which makes them all
+unit length (the usual reduction of inner-product search to nearest-neighbour search);
+queries carry 0 there, so the graph's inner product is still exactly q_head·x_head.
+Heads of unequal length make an inner-product HNSW graph markedly worse to navigate:
+at 1M vectors the completed graph finds far more of the true neighbours at the same ef.
 """
 
 from __future__ import annotations
@@ -42,30 +46,39 @@ class Quantizer:
     offset: np.ndarray  # (tail_dims,) float32
     scale: np.ndarray  # (tail_dims,) float32, > 0
     fitted_n: int
-    _extended: np.ndarray = field(init=False, repr=False)  # [basis | tail basis @ offset]
+    completion: bool = False  # graph vectors carry sqrt(1 - |head|²) as one more coordinate
+    # [head basis | 0 if completion | tail basis | tail basis @ offset]: one product per query
+    # yields the graph query, the tail and the tail's offset term.
+    _query_matrix: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Queries are rotated by [basis | basis_tail @ offset]: one matrix product yields the
-        # head, the tail and the tail's offset term. `basis` becomes a view of its first
-        # columns, so the extra column costs `dim` floats, not a second matrix.
-        dim, head = self.basis.shape[0], self.head_dims
-        extended = np.empty((dim, dim + 1), dtype=np.float32)
-        extended[:, :dim] = self.basis
-        extended[:, dim] = self.basis[:, head:] @ self.offset if dim > head else 0.0
-        object.__setattr__(self, "_extended", extended)
-        object.__setattr__(self, "basis", extended[:, :dim])
+        h, dim = self.head_dims, self.dim
+        g = self.graph_dims
+        matrix = np.zeros((dim, g + self.tail_dims + 1), dtype=np.float32)
+        matrix[:, :h] = self.basis[:, :h]
+        matrix[:, g:-1] = self.basis[:, h:]
+        matrix[:, -1] = self.basis[:, h:] @ self.offset if self.tail_dims else 0.0
+        object.__setattr__(self, "_query_matrix", matrix)
 
     @property
     def dim(self) -> int:
         return int(self.basis.shape[0])
 
     @property
+    def graph_dims(self) -> int:
+        """Length of the vectors the graph holds: the head, plus the completing coordinate."""
+        return self.head_dims + int(self.completion)
+
+    @property
     def tail_dims(self) -> int:
         return self.dim - self.head_dims
 
     @classmethod
-    def fit(cls, sample: np.ndarray, head_dims: int | None) -> Quantizer:
-        """Fit rotation and int8 ranges on `sample` (n, dim) float32; `head_dims` None keeps all dims exact.
+    def fit(cls, sample: np.ndarray, graph_dims: int | None) -> Quantizer:
+        """Fit rotation and int8 ranges on `sample` (n, dim) float32, unit rows.
+
+        `graph_dims` is the length of the graph's vectors: graph_dims - 1 exact head coordinates
+        plus the completing one; None (or >= dim) keeps every coordinate exact, with no int8 tail.
 
         Raises:
             UsageError: the sample is empty or not 2-D.
@@ -73,7 +86,8 @@ class Quantizer:
         if sample.ndim != 2 or len(sample) == 0:
             raise UsageError(f"cannot fit a quantizer on an array of shape {sample.shape}")
         n, dim = sample.shape
-        head = dim if head_dims is None else min(int(head_dims), dim)
+        completion = graph_dims is not None and graph_dims < dim
+        head = max(int(graph_dims) - 1, 1) if completion and graph_dims is not None else dim
         moment = np.zeros((dim, dim), dtype=np.float64)
         for start in range(0, n, _CHUNK):
             block = np.asarray(sample[start : start + _CHUNK], dtype=np.float32)
@@ -98,37 +112,44 @@ class Quantizer:
         width = np.maximum(width, 1e-6)
         offset = ((hi + lo) / 2.0).astype(np.float32)
         scale = (width / (2.0 * LEVELS)).astype(np.float32)
-        return cls(basis, energy, head, offset, scale, int(n))
+        return cls(basis, energy, head, offset, scale, int(n), completion)
 
     def rotate(self, x: np.ndarray) -> np.ndarray:
         """Return x (n, dim) in the fitted basis; inner products are unchanged."""
         return np.asarray(x, dtype=np.float32) @ self.basis
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (head float32 (n, head_dims), codes int8 (n, tail_dims)) for vectors x (n, dim)."""
+        """Return (graph vectors float32 (n, graph_dims), codes int8 (n, tail_dims)) for x (n, dim)."""
         rotated = self.rotate(x)
-        head = np.ascontiguousarray(rotated[:, : self.head_dims])
-        return head, self.encode_tail(rotated[:, self.head_dims :])
+        head = rotated[:, : self.head_dims]
+        if self.completion:
+            rest = np.sqrt(np.clip(1.0 - np.einsum("ij,ij->i", head, head), 0.0, None))
+            graph = np.concatenate([head, rest[:, None]], axis=1).astype(np.float32)
+        else:
+            graph = np.ascontiguousarray(head)
+        return graph, self.encode_tail(rotated[:, self.head_dims :])
 
     def encode_tail(self, tail: np.ndarray) -> np.ndarray:
         """Quantize already-rotated tail coordinates; values outside the fitted range are clipped."""
         q = np.rint((tail - self.offset) / self.scale)
         return np.clip(q, -LEVELS, LEVELS).astype(np.int8)
 
-    def decode(self, head: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Return approximate original vectors (n, dim) from a head and its tail codes."""
+    def decode(self, graph: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Return approximate original vectors (n, dim) from graph vectors and their tail codes."""
         tail = codes.astype(np.float32) * self.scale + self.offset
-        return np.concatenate([head, tail], axis=1) @ self.basis.T
+        return np.concatenate([graph[:, : self.head_dims], tail], axis=1) @ self.basis.T
 
     def prepare_queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (head (m, head_dims), tail weights (m, tail_dims), tail bias (m,)) for queries (m, dim).
+        """Return (graph query (m, graph_dims), tail weights (m, tail_dims), tail bias (m,)).
 
-        The tail score of a query against codes is `codes @ weights + bias`: q·(offset +
-        scale·code) split so that codes are multiplied by a pre-scaled query, never decoded.
+        The graph query's inner product with a graph vector is exactly q_head·x_head (it holds
+        0 in the completing coordinate). The tail score against codes is `codes @ weights +
+        bias`: q·(offset + scale·code) split so that codes are multiplied by a pre-scaled
+        query, never decoded.
         """
-        h, dim = self.head_dims, self.dim
-        rotated = np.asarray(queries, dtype=np.float32) @ self._extended
-        return rotated[:, :h], rotated[:, h:dim] * self.scale, rotated[:, dim]
+        g = self.graph_dims
+        rotated = np.asarray(queries, dtype=np.float32) @ self._query_matrix
+        return rotated[:, :g], rotated[:, g:-1] * self.scale, rotated[:, -1]
 
     def head_energy(self) -> float:
         """Fraction of the fitted second moment the exact head keeps (1.0 = lossless graph)."""
@@ -140,6 +161,7 @@ class Quantizer:
         return {
             "dim": self.dim,
             "head_dims": self.head_dims,
+            "graph_dims": self.graph_dims,
             "tail_dims": self.tail_dims,
             "fitted_n": self.fitted_n,
             "head_energy": round(self.head_energy(), 4),
@@ -148,12 +170,13 @@ class Quantizer:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays that `from_arrays` turns back into an equal quantizer (for np.savez)."""
         return {
-            "basis": np.ascontiguousarray(self.basis),
+            "basis": self.basis,
             "energy": self.energy,
             "head_dims": np.array(self.head_dims, dtype=np.int64),
             "offset": self.offset,
             "scale": self.scale,
             "fitted_n": np.array(self.fitted_n, dtype=np.int64),
+            "completion": np.array(int(self.completion), dtype=np.int64),
         }
 
     @classmethod
@@ -170,6 +193,8 @@ class Quantizer:
             offset = np.asarray(arrays["offset"], dtype=np.float32)
             scale = np.asarray(arrays["scale"], dtype=np.float32)
             fitted_n = int(arrays["fitted_n"])
+            # Absent in stores written before graph vectors were completed to unit length.
+            completion = bool(int(arrays["completion"])) if "completion" in arrays else False
         except (KeyError, ValueError, TypeError) as exc:
             raise IndexCorruptError(f"quantizer arrays are incomplete: {exc}") from exc
         dim = basis.shape[0] if basis.ndim == 2 else -1
@@ -181,6 +206,7 @@ class Quantizer:
             or offset.shape != (tail,)
             or scale.shape != (tail,)
             or not np.all(scale > 0)
+            or (completion and tail == 0)
         ):
             raise IndexCorruptError("quantizer arrays have inconsistent shapes or values")
-        return cls(np.ascontiguousarray(basis), energy, head, offset, scale, fitted_n)
+        return cls(np.ascontiguousarray(basis), energy, head, offset, scale, fitted_n, completion)

@@ -3,7 +3,8 @@
 Search runs in three stages (see retrieval/quantizer.py for the transform):
 
 1. an hnswlib graph (space "ip") over the exact float32 *head* of each rotated
-   vector returns `ef` candidates together with their exact head scores;
+   vector (completed to unit length) returns `ef` candidates together with their
+   exact head scores;
 2. each candidate's score is completed with the int8 *tail* codes held in RAM;
 3. the best `rescore` candidates are scored exactly against the float32 originals,
    which stay on disk and are memory-mapped (the Qdrant/Milvus "rescore" step).
@@ -69,7 +70,8 @@ _OPEN_ATTEMPTS = 5
 class StoreParams:
     """Index settings; the defaults are the measured choice in BENCHMARKS.md.
 
-    graph_dims: PCA dims kept exact and indexed by the graph (None = all dims, no int8 tail).
+    graph_dims: length of the graph's vectors: graph_dims - 1 PCA dims kept exact plus one that
+        completes them to unit length (None = all dims exact, no int8 tail).
     m, ef_construction: hnswlib graph degree and build beam.
     ef_search: default number of graph candidates per query (the speed/recall knob).
     rescore: how many best candidates are re-scored against the float32 originals (0 = none).
@@ -78,12 +80,12 @@ class StoreParams:
     graph_dims: int | None = 112
     m: int = 12
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256
     rescore: int = 16
 
     def __post_init__(self) -> None:
-        if self.graph_dims is not None and self.graph_dims < 1:
-            raise UsageError(f"graph_dims must be None or >= 1, got {self.graph_dims}")
+        if self.graph_dims is not None and self.graph_dims < 2:
+            raise UsageError(f"graph_dims must be None or >= 2, got {self.graph_dims}")
         if not 2 <= self.m <= 256:
             raise UsageError(f"m must be in 2..256, got {self.m}")
         if self.ef_construction < 1 or self.ef_search < 1:
@@ -568,7 +570,7 @@ class VectorStore:
                 st.quantizer = Quantizer.fit(st.originals.get(sample), self.params.graph_dims)
             quantizer = st.quantizer
             st.codes = np.zeros((max(st.n_slots, 1), quantizer.tail_dims), dtype=np.int8)
-            graph = hnswlib.Index(space="ip", dim=quantizer.head_dims)
+            graph = hnswlib.Index(space="ip", dim=quantizer.graph_dims)
             graph.init_index(
                 max_elements=max(len(alive), 1), M=self.params.m, ef_construction=self.params.ef_construction
             )
@@ -620,9 +622,9 @@ class VectorStore:
     def _graph_search(self, st: _State, q: np.ndarray, k: int, cands: int) -> tuple[np.ndarray, np.ndarray]:
         quantizer, graph = st.quantizer, st.graph
         assert quantizer is not None and graph is not None
-        head, weights, bias = quantizer.prepare_queries(q)
+        graph_query, weights, bias = quantizer.prepare_queries(q)
         graph.set_ef(cands)
-        labels, dist = graph.knn_query(head, k=cands)
+        labels, dist = graph.knn_query(graph_query, k=cands)
         labels = labels.view(np.int64)  # labels are slots, far below 2**63
         # hnswlib's "ip" distance is 1 - q·x: the exact head score.
         scores = (bias + 1.0)[:, None] - dist
@@ -952,7 +954,7 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
             raise IndexCorruptError(f"{codes_path.name} has {codes.size} bytes, expected {n_slots} rows")
         codes = codes.reshape(n_slots, quantizer.tail_dims)
         graph_path = _verified(folder, files["graph"])
-        graph = hnswlib.Index(space="ip", dim=quantizer.head_dims)
+        graph = hnswlib.Index(space="ip", dim=quantizer.graph_dims)
         try:
             graph.load_index(str(graph_path))
         except RuntimeError as exc:

@@ -64,25 +64,34 @@ def make_store(
 
 def test_quantizer_scores_are_close_to_exact_inner_products() -> None:
     x = unit_vectors(2000)
-    quantizer = Quantizer.fit(x, head_dims=16)
+    quantizer = Quantizer.fit(x, graph_dims=16)
     head, codes = quantizer.encode(x)
-    assert head.shape == (2000, 16) and codes.shape == (2000, DIM - 16) and codes.dtype == np.int8
+    assert head.shape == (2000, 16) and codes.shape == (2000, DIM - 15) and codes.dtype == np.int8
     q = unit_vectors(5, seed=1)
-    q_head, weights, bias = quantizer.prepare_queries(q)
-    approx = q_head @ head.T + weights @ codes.T.astype(np.float32) + bias[:, None]
+    q_graph, weights, bias = quantizer.prepare_queries(q)
+    approx = q_graph @ head.T + weights @ codes.T.astype(np.float32) + bias[:, None]
     assert np.abs(approx - q @ x.T).max() < 0.01
     assert np.abs(quantizer.decode(head, codes) - x).max() < 0.01
 
 
+def test_graph_vectors_are_completed_to_unit_length() -> None:
+    x = unit_vectors(500)
+    quantizer = Quantizer.fit(x, graph_dims=16)
+    graph, _ = quantizer.encode(x)
+    np.testing.assert_allclose(np.linalg.norm(graph, axis=1), 1.0, atol=1e-4)
+    q_graph, _, _ = quantizer.prepare_queries(unit_vectors(3, seed=2))
+    assert q_graph.shape == (3, 16) and np.all(q_graph[:, -1] == 0)
+
+
 def test_quantizer_head_holds_most_energy_first() -> None:
-    quantizer = Quantizer.fit(unit_vectors(1000), head_dims=8)
+    quantizer = Quantizer.fit(unit_vectors(1000), graph_dims=8)
     assert np.all(np.diff(quantizer.energy) <= 1e-9)
     assert 0.3 < quantizer.head_energy() < 1.0
 
 
 def test_quantizer_survives_its_arrays() -> None:
     x = unit_vectors(300)
-    quantizer = Quantizer.fit(x, head_dims=16)
+    quantizer = Quantizer.fit(x, graph_dims=16)
     again = Quantizer.from_arrays(quantizer.to_arrays())
     for a, b in zip(quantizer.encode(x), again.encode(x), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -90,14 +99,14 @@ def test_quantizer_survives_its_arrays() -> None:
 
 def test_quantizer_without_tail_is_lossless() -> None:
     x = unit_vectors(50)
-    quantizer = Quantizer.fit(x, head_dims=None)
+    quantizer = Quantizer.fit(x, graph_dims=None)
     head, codes = quantizer.encode(x)
     assert quantizer.tail_dims == 0 and codes.shape == (50, 0)
     np.testing.assert_allclose(quantizer.decode(head, codes), x, atol=1e-5)
 
 
 def test_quantizer_rejects_inconsistent_arrays() -> None:
-    arrays = Quantizer.fit(unit_vectors(100), head_dims=16).to_arrays()
+    arrays = Quantizer.fit(unit_vectors(100), graph_dims=16).to_arrays()
     arrays["scale"] = arrays["scale"][:-1]
     with pytest.raises(IndexCorruptError):
         Quantizer.from_arrays(arrays)
@@ -118,7 +127,7 @@ def test_recall_at_10_matches_brute_force(folder: Path) -> None:
     store, vecs = make_store(folder, 3000)
     queries = unit_vectors(100, seed=7)
     found, _ = store.search(queries, 10)
-    assert store.stats()["quantizer"]["tail_dims"] == DIM - 16  # the graph path, not a scan
+    assert store.stats()["quantizer"]["tail_dims"] == DIM - 15  # the graph path, not a scan
     assert recall(found, exact_top(vecs, np.arange(3000) * 10 + 5, queries, 10)) >= 0.95
 
 
