@@ -9,7 +9,7 @@ Search runs in three stages (see retrieval/quantizer.py for the transform):
 3. the best `rescore` candidates are scored exactly against the float32 originals,
    which stay on disk and are memory-mapped (the Qdrant/Milvus "rescore" step).
 
-Only the graph and the tail codes live in RAM: about 1/2.2 of a plain float32
+Only the graph and the tail codes live in RAM: just under half of a plain float32
 hnswlib index at 512 dims (BENCHMARKS.md has the figures).
 
 A store is a folder written by one writer and read by any number of processes:
@@ -80,7 +80,7 @@ class StoreParams:
     graph_dims: int | None = 112
     m: int = 12
     ef_construction: int = 200
-    ef_search: int = 256
+    ef_search: int = 384
     rescore: int = 16
 
     def __post_init__(self) -> None:
