@@ -61,7 +61,6 @@ REFIT_GROWTH = 2
 PENDING_FLUSH_BYTES = 64 << 20
 _GEN_FILE = re.compile(r"^g\d{8}\.(slots|codes|graph|quantizer\.npz)(\.tmp)?$")
 _ORIGINALS_FILE = re.compile(r"^originals-\d{6}\.f32$")
-_QUERY_BLOCK = 64
 _ROW_BLOCK = 16384
 _OPEN_ATTEMPTS = 5
 
