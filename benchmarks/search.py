@@ -1,6 +1,7 @@
 """Benchmark the quantized VectorStore against exact float32 search and plain float32 hnswlib.
 
     python benchmarks/search.py --n 100000 [--n 1000000] [--queries 1000] [--variants]
+                                [--store-only N]   # the store alone at N (plain hnswlib too slow)
 
 For each n it builds, in one run and on the same synthetic data (benchmarks/vectors.py,
 dim 512): exact numpy search, plain hnswlib float32 (M=16, ef_construction=100) at
@@ -329,20 +330,21 @@ gives the same recall.
   for it: graph-only runs at 100k gave candidate recall 0.9872 at ef=128 for (112, m=12)
   against 0.9841 for (96, m=16) at about the same time; m = 8 was worse at every ef. The
   `graph_dims=128` rows are over the RAM budget at 100k.
-- `ef_search = 384`: recall falls with n at a fixed ef. At 1M, 256 gave 0.9797 and 384
-  0.9846 in a store-only run (`--store-only 1000000`), so 384 is what keeps recall@10 above
-  0.98 there; at 100k it buys ~0.999, which plain hnswlib (ef_construction=100) does not
-  reach at any ef. `search(..., ef=...)` trades speed for recall per query.
-- `ef_construction = 200`: 400 adds ~0.002 recall for twice the build time.
+- `ef_search = 384`: recall falls with n at a fixed ef. At 1M (table above) 256 gives
+  0.980 and 384 gives 0.985, so 384 keeps recall@10 above 0.98 with a margin; at 100k it
+  buys ~0.999, which plain hnswlib (ef_construction=100) does not reach at any ef.
+  `search(..., ef=...)` trades speed for recall per query.
+- `ef_construction = 200`: 400 moved recall by 0.001 at most here, for 2.3× the build time.
 - `rescore = 16`: as good as 32 or 64 here (the head + int8 ranking is already right almost
   everywhere), and each re-scored row is a random 2 KiB read from the memory-mapped file.
 - Where a query's time goes: most in the graph walk, which visits more nodes than plain
   hnswlib at equal recall but reads ~4× fewer bytes per node; then ~80 µs of numpy
   (rotating the query ~20 µs, int8 tail scores ~20 µs, re-score, sorting and call overhead
-  the rest). Near recall 0.98 that overhead leaves the store slower than plain hnswlib (the
-  "speed ratio ... for each store setting" line: below 1 at the low settings); from ~0.99
-  up, where plain hnswlib's graph saturates, the store is faster. Moving the re-rank into
-  compiled code would make it faster everywhere.
+  the rest). At 100k, near recall 0.98, that overhead leaves the store slower than plain
+  hnswlib (0.8× on the "for each store setting" line); from ~0.994 up, where plain
+  hnswlib's graph saturates, the store is faster. At 1M, where plain hnswlib's 2 KiB nodes
+  miss the caches far more, the store is faster from recall 0.92 up (1.1-1.8×). Moving the
+  re-rank into compiled code would make it faster everywhere.
 """
 
 
@@ -415,9 +417,10 @@ def main() -> None:
     cmd = "python benchmarks/search.py " + " ".join(sys.argv[1:])
     dropped = os.environ.get("BENCH_DROPPED_ENV", "-")
     env_note = (
-        f"the script removed {dropped} from its own environment (they slow numpy here) and "
+        f"the script removed {dropped}, which slow numpy, from its own environment"
         if dropped != "-"
-        else "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE were not set; "
+        else "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE were not set in this run; the script removes them "
+        "from its own environment when they are"
     )
     body = (
         f"{HEADING}\n\n"
@@ -426,8 +429,8 @@ def main() -> None:
         f"interleaved, {INTERLEAVE} queries at a time, over {a.rounds} rounds, and each query keeps its "
         f"best time, so that load from other jobs falls on all alike; the ratios are the figures to read). "
         f"Data: `benchmarks/vectors.py` `make(n, {DIM})`, clustered anisotropic L2-normalised vectors; "
-        f"recall@10 is against exact float32 search. Queries run one at a time on one thread: "
-        f"{env_note}pinned BLAS to one thread. Builds use all cores (hnswlib). RAM B/vec is the growth of "
+        f"recall@10 is against exact float32 search. Queries run one at a time on one thread, with BLAS "
+        f"pinned to one thread ({env_note}). Builds use all cores (hnswlib). RAM B/vec is the growth of "
         f"resident anonymous memory in a fresh process that opened the index and ran {RAM_QUERIES} queries; "
         f"for exact numpy it is the float32 matrix. Store defaults: `{default.to_dict()}`.\n\n"
         + "\n".join(sections)
