@@ -153,6 +153,25 @@ def test_tiny_clip_is_the_same_model_every_time_it_is_created() -> None:
     assert torch.equal(torch.rand(1), before)
 
 
+def test_a_short_text_query_runs_on_one_thread_and_a_large_batch_on_all_with_the_same_vectors() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    try:
+        with quiet_create("clip:tiny-test") as embedder:
+            hook = embedder._live_model().transformer.register_forward_pre_hook(
+                lambda *_: seen.append(torch.get_num_threads())
+            )
+            short = embedder.embed_texts(["a red square"])
+            batch = embedder.embed_texts(["a red square"] + [f"a blue circle number {i}" for i in range(11)])
+            hook.remove()
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+    np.testing.assert_allclose(short[0], batch[0], atol=1e-5)
+
+
 def test_a_local_clip_checkpoint_is_loaded_and_named_by_its_hash(tmp_path: Path) -> None:
     images = [picture(4)]
     with quiet_create("clip:tiny-test") as random_model:

@@ -147,6 +147,20 @@ def test_embedding_of_the_draft_path_matches_the_full_decode() -> None:
     assert float(vectors[0] @ vectors[1]) > 0.999
 
 
+def test_a_resnet_on_cpu_runs_large_batches_in_slices_of_eight_with_the_same_vectors() -> None:
+    with create_embedder("resnet18", pretrained=None, device="cpu") as embedder:
+        assert embedder.forward_batch == 8
+        tensors = [torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(20)]
+        rows: list[int] = []
+        hook = embedder._live_model().register_forward_pre_hook(lambda _m, args: rows.append(len(args[0])))
+        sliced = embedder.embed_preprocessed(tensors)
+        embedder.forward_batch = None
+        whole = embedder.embed_preprocessed(tensors)
+        hook.remove()
+    assert rows == [8, 8, 4, 20]
+    assert np.allclose(sliced, whole, atol=1e-5)
+
+
 # -- ingest pipeline ---------------------------------------------------------------------------------
 
 

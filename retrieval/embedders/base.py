@@ -111,6 +111,8 @@ class TorchEmbedder(Embedder):
     """Shared batching for embedders backed by a torch image model; subclasses set `_model` and `_encode`."""
 
     _model: torch.nn.Module | None = None
+    #: Most images one forward pass takes; larger batches are run in slices of this size (None: all at once).
+    forward_batch: int | None = None
 
     def _live_model(self) -> torch.nn.Module:
         if self._model is None:
@@ -128,8 +130,10 @@ class TorchEmbedder(Embedder):
         if self.device.startswith("cuda"):
             # Page-locked memory lets the copy run as DMA; fp16 compute comes from _autocast.
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        step = self.forward_batch or len(pixels)
         with torch.inference_mode(), _autocast(self.device):
-            features = self._encode_images(model, pixels)
+            slices = [self._encode_images(model, pixels[i : i + step]) for i in range(0, len(pixels), step)]
+            features = torch.cat(slices)
         return normalize_rows(features)
 
     def close(self) -> None:
@@ -208,6 +212,21 @@ def resolve_device(device: str) -> str:
             raise UsageError(f"device {device!r} asked for, but no CUDA device is available; use cpu")
         return wanted
     raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block on `count` intra-op threads, then restore the process's setting (a global one: callers
+    that share the model serialise, as the engine does)."""
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

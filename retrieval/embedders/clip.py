@@ -10,6 +10,7 @@ import difflib
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,18 @@ from retrieval.embedders.base import (
     random_id,
     seeded_init,
     short_reason,
+    torch_threads,
     weights_unavailable,
 )
 from retrieval.errors import UsageError
 
 DEFAULT_MODEL = "ViT-B-32"
+
+# A text batch of at most this many live token positions (rows x positions up to end-of-text) runs on one
+# thread on a CPU: the matrices are so small that waking a second thread costs more than it saves (ViT-B-32,
+# 2 cores: a 3-word query 39 ms on one thread vs 45 ms on two; 40 words, ~45 positions, even). BENCHMARKS.md,
+# "Query latency".
+SINGLE_THREAD_TEXT_POSITIONS = 48
 
 # Default tag per model when a name gives none; models missing here take open_clip's first listed tag.
 DEFAULT_TAGS: dict[str, str | None] = {
@@ -190,7 +198,8 @@ class ClipEmbedder(TorchEmbedder):
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             tokens = tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
-            with torch.inference_mode():
+            small = self.device == "cpu" and live_positions(tokens) <= SINGLE_THREAD_TEXT_POSITIONS
+            with torch.inference_mode(), torch_threads(1) if small else nullcontext():
                 chunks.append(normalize_rows(encode_text(model, tokens)))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
@@ -208,6 +217,11 @@ class ClipEmbedder(TorchEmbedder):
     def close(self) -> None:
         self._tokenizer = None
         super().close()
+
+
+def live_positions(tokens: torch.Tensor) -> int:
+    """Token positions a batch really computes: rows x positions up to its last end-of-text token."""
+    return int(tokens.shape[0]) * (int(tokens.argmax(dim=-1).max()) + 1)
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
