@@ -17,6 +17,7 @@ it times, as this process's CPU time (libvips decodes in threads of its own), th
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import os
 import statistics
@@ -28,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_section
 from photos import DEFAULT_CACHE, lossless_set
 
 
@@ -44,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--side", type=int, default=896)
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
     try:
         import pyvips
@@ -69,17 +72,27 @@ def main() -> None:
                 pyvips.Image.new_from_buffer(data, "", access="sequential").numpy()
 
         by_kind.setdefault(path.suffix[1:].upper(), []).append((cpu_ms(pillow), cpu_ms(vips)))
-    print(
-        f"pyvips {pyvips.__version__}, libvips {pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}; "
-        f"target shorter side {args.side}; load {os.getloadavg()[0]:.2f}"
-    )
-    print()
-    print("| format | files | Pillow full decode, CPU ms | pyvips shrink-on-load, CPU ms | ratio |")
-    print("|---|---|---|---|---|")
+    libvips = ".".join(str(pyvips.version(i)) for i in range(3))
+    lines = [
+        f"Command: `python benchmarks/decoders.py {' '.join(sys.argv[1:])}` ({datetime.date.today()}), "
+        f"pyvips {pyvips.__version__}, libvips {libvips}, in a scratch venv (pyvips is not a dependency); "
+        f"the `lossless` set; target shorter side {args.side}; CPU time of this process, best of 3; "
+        f"load {os.getloadavg()[0]:.2f}.",
+        "",
+        "| format | files | Pillow full decode, CPU ms | pyvips shrink-on-load, CPU ms | ratio |",
+        "|---|---|---|---|---|",
+    ]
     for kind, pairs in sorted(by_kind.items()):
         pil = statistics.mean(p for p, _ in pairs)
         vip = statistics.mean(v for _, v in pairs)
-        print(f"| {kind} | {len(pairs)} | {pil:.0f} | {vip:.0f} | {vip / pil:.2f} |")
+        lines.append(f"| {kind} | {len(pairs)} | {pil:.0f} | {vip:.0f} | {vip / pil:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        write_section(f"{HEADING}\n\n{table}\n")
+
+
+HEADING = "## Decoders: Pillow vs pyvips shrink-on-load (PNG, WebP)"
 
 
 if __name__ == "__main__":

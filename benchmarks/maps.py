@@ -19,20 +19,19 @@ from __future__ import annotations
 import os
 import sys
 
-_DROPPED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if __name__ == "__main__" and any(v in os.environ for v in _DROPPED):
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
-    env["BENCH_DROPPED_ENV"] = ",".join(v for v in _DROPPED if v in os.environ)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from _common import dropped_env, run_without_slow_numpy_env
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+if __name__ == "__main__":
+    run_without_slow_numpy_env()
+
+import argparse
+import io
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -179,7 +178,7 @@ def main() -> None:
             f"{cell(med['clusters'])} | {cell(med['png'])} | **{cell(med['total'])}** | "
             f"{cell(med['html'])}, {row['html_kib']:.0f} KiB |"
         )
-    dropped = os.environ.get("BENCH_DROPPED_ENV", "nothing")
+    dropped = dropped_env() or "nothing"
     print()
     print(
         f"Seconds, median of {args.repeats} runs: wall (CPU of this process). Load average {load_before:.1f} "

@@ -21,29 +21,25 @@ from __future__ import annotations
 import os
 import sys
 
-_BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-_DROPPED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if __name__ == "__main__" and (
-    any(v in os.environ for v in _DROPPED) or any(os.environ.get(k) != v for k, v in _BLAS_ENV.items())
-):
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED} | _BLAS_ENV
-    env["BENCH_DROPPED_ENV"] = ",".join(v for v in _DROPPED if v in os.environ) or "-"
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from _common import env_note, run_without_slow_numpy_env, write_section
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+if __name__ == "__main__":
+    run_without_slow_numpy_env({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 
-import hnswlib  # noqa: E402
-import numpy as np  # noqa: E402
+import argparse
+import datetime
+import itertools
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -348,17 +344,6 @@ gives the same recall.
 """
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start < 0:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        new = text[:start] + body + (text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def bench_n(n: int, a: argparse.Namespace, default: StoreParams, *, store_only: bool) -> str:
     """Build and time every contender at collection size n; returns its markdown subsection."""
     t0 = time.perf_counter()
@@ -415,13 +400,6 @@ def main() -> None:
     sections = [bench_n(n, a, default, store_only=store_only) for n, store_only in runs]
 
     cmd = "python benchmarks/search.py " + " ".join(sys.argv[1:])
-    dropped = os.environ.get("BENCH_DROPPED_ENV", "-")
-    env_note = (
-        f"the script removed {dropped}, which slow numpy, from its own environment"
-        if dropped != "-"
-        else "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE were not set in this run; the script removes them "
-        "from its own environment when they are"
-    )
     body = (
         f"{HEADING}\n\n"
         f"Command: `{cmd}` ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
@@ -430,7 +408,7 @@ def main() -> None:
         f"best time, so that load from other jobs falls on all alike; the ratios are the figures to read). "
         f"Data: `benchmarks/vectors.py` `make(n, {DIM})`, clustered anisotropic L2-normalised vectors; "
         f"recall@10 is against exact float32 search. Queries run one at a time on one thread, with BLAS "
-        f"pinned to one thread ({env_note}). Builds use all cores (hnswlib). RAM B/vec is the growth of "
+        f"pinned to one thread ({env_note()}). Builds use all cores (hnswlib). RAM B/vec is the growth of "
         f"resident anonymous memory in a fresh process that opened the index and ran {RAM_QUERIES} queries; "
         f"for exact numpy it is the float32 matrix. Store defaults: `{default.to_dict()}`.\n\n"
         + "\n".join(sections)
@@ -438,7 +416,7 @@ def main() -> None:
         + RATIONALE
     )
     if not a.no_write:
-        write_section(a.output, body)
+        write_section(body, a.output)
 
 
 if __name__ == "__main__":

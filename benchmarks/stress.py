@@ -25,20 +25,19 @@ from __future__ import annotations
 import os
 import sys
 
-_DROPPED = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if __name__ == "__main__" and any(v in os.environ for v in _DROPPED):
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
-    env["BENCH_DROPPED_ENV"] = ",".join(v for v in _DROPPED if v in os.environ)
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+from _common import dropped_env, run_without_slow_numpy_env
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+if __name__ == "__main__":
+    run_without_slow_numpy_env()
+
+import argparse
+import json
+import platform
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -181,7 +180,7 @@ def main() -> int:
             f"| {s.name} | {s.change_s:.1f} | {s.ingest_s:.1f} | {s.check_s:.1f} | {s.files} | "
             f"{s.embedded} | {s.removed} | {s.unchanged} | {s.vectors} | {'yes' if s.ok else '**no**'} |"
         )
-    dropped = os.environ.get("BENCH_DROPPED_ENV", "nothing")
+    dropped = dropped_env() or "nothing"
     print()
     print(
         f"{args.n} photos of {size[0]}x{size[1]} px, `classic` embedder; total {total_s:.0f} s "
