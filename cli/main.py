@@ -154,6 +154,18 @@ def ingest(
     pretrained: PretrainedOpt = "default",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Vector store of a new index: hnswlib (default) or milvus."),
+    ] = None,
+    milvus_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--milvus-uri",
+            help="Milvus server of a new milvus index [default: $RETRIEVAL_MILVUS_URI, else Milvus Lite "
+            "inside the index folder].",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 32,
     workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Decode threads.")] = None,
     prune: Annotated[
@@ -174,6 +186,8 @@ def ingest(
         weights=weights,
         device=device,
         batch_size=batch_size,
+        store=store,
+        milvus_uri=milvus_uri,
     ) as engine:
         with _progress_bar(progress and not as_json) as update:
             try:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from retrieval.errors import UsageError
 from retrieval.metadata import File, MetadataStore
-from retrieval.vectorstore import VectorStore
+from retrieval.stores import Store
 
 DEFAULT_THRESHOLDS = {"classic": 0.82}
 UNMEASURED_THRESHOLD = 0.95
@@ -81,7 +81,7 @@ class DuplicateReport:
 
 
 def similar_pairs(
-    store: VectorStore, threshold: float, k: int = DEFAULT_NEIGHBOURS
+    store: Store, threshold: float, k: int = DEFAULT_NEIGHBOURS
 ) -> list[tuple[int, int, float]]:
     """(id a, id b, cosine) with a < b for every k-nearest-neighbour link at or above `threshold`."""
     if k < 1:
@@ -146,7 +146,7 @@ def _copied_ids(meta: MetadataStore) -> list[int]:
 
 
 def find_duplicates(
-    store: VectorStore,
+    store: Store,
     meta: MetadataStore,
     *,
     threshold: float,

@@ -40,8 +40,9 @@ from retrieval.maps import NeighbourhoodMap, build_map
 from retrieval.metadata import DB_NAME, MetadataStore, utcnow
 from retrieval.projections import ProjectedEmbedder, Projection, fit_projection
 from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
+from retrieval.stores import Store, StoreSpec, check_available, create_store, open_store
 from retrieval.thumbnails import ThumbnailCache
-from retrieval.vectorstore import StoreParams, VectorStore
+from retrieval.vectorstore import VectorStore
 
 DEFAULT_MODEL = "clip"
 MANIFEST_FORMAT = 1
@@ -144,6 +145,9 @@ class Engine:
         pretrained: weights tag, or None / "none" for random init (testing only).
         weights: local checkpoint file instead of downloadable weights.
         device: "cpu", "cuda" or "auto".
+        store: vector store of a new index, "hnswlib" (default) or "milvus"; an index keeps the one it has.
+        milvus_uri: Milvus server of a new Milvus index (default $RETRIEVAL_MILVUS_URI, else Milvus Lite
+            inside the index folder).
     """
 
     def __init__(
@@ -156,6 +160,8 @@ class Engine:
         weights: Path | None = None,
         device: str = "auto",
         batch_size: int = 32,
+        store: str | None = None,
+        milvus_uri: str | None = None,
     ) -> None:
         self.name = index
         self.dir = index_dir(index, home)
@@ -166,13 +172,17 @@ class Engine:
         self._weights_arg = Path(weights).expanduser().resolve() if weights else None
         if self._weights_arg is not None and not self._weights_arg.is_file():
             raise UsageError(f"weights file {self._weights_arg} does not exist")
+        self._store_arg, self._milvus_uri_arg = store, milvus_uri
+        self._new_store_spec: StoreSpec | None = None
         self._embedder: Embedder | None = None
-        self._store: VectorStore | None = None
+        self._store: Store | None = None
         self._meta: MetadataStore | None = None
         if self.exists:
             self._meta = MetadataStore(self.dir / DB_NAME)
             self._refuse_emptied_database()
             self._check_model_matches()
+            if "model" in self.manifest:
+                self.store_spec.check_request(self.name, store, milvus_uri)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -193,16 +203,25 @@ class Engine:
         return self.meta.get_manifest()
 
     @property
-    def store(self) -> VectorStore:
+    def store_spec(self) -> StoreSpec:
+        """Which vector store the index uses: as its manifest records, or for a new index as asked."""
+        manifest = self.manifest if self.exists else {}
+        if "model" in manifest:
+            return StoreSpec.from_manifest(manifest)
+        if self._new_store_spec is None:
+            self._new_store_spec = StoreSpec.for_new_index(self.name, self._store_arg, self._milvus_uri_arg)
+        return self._new_store_spec
+
+    @property
+    def store(self) -> Store:
         if self._store is None:
             self.meta  # noqa: B018 - raises IndexNotFoundError for an index that does not exist
-            folder = self.dir / "vectors"
-            if not VectorStore.exists(folder):
+            try:
+                self._store = open_store(self.store_spec, self.dir / "vectors")
+            except IndexNotFoundError:
                 raise IndexNotFoundError(
                     f"index {self.name!r} has no vectors yet; run `retrieval ingest DIR`"
-                )
-            try:
-                self._store = VectorStore.open(folder)
+                ) from None
             except IndexCorruptError as exc:
                 raise IndexCorruptError(
                     f"the vector index of {self.name!r} is damaged: {exc}; "
@@ -269,7 +288,7 @@ class Engine:
         database never committed, which would crowd results out (best effort: the next writer does it too)."""
         self._drop_store()
         try:
-            with VectorStore.open(self.dir / "vectors", writable=True) as store:
+            with open_store(self.store_spec, self.dir / "vectors", writable=True) as store:
                 reconcile(self.meta, store)
         except (RetrievalError, OSError, SQLAlchemyError):
             pass
@@ -304,13 +323,15 @@ class Engine:
                 "wait for it to finish"
             ) from None
 
-    def _open_for_writing(self) -> VectorStore:
+    def _open_for_writing(self) -> Store:
         """Create the index on first use, open its store writable and repair what a crash left."""
         emb = self.embedder
         if self._meta is None:
             self._meta = MetadataStore(self.dir / DB_NAME)
         manifest = self._meta.get_manifest()
+        spec = self.store_spec
         if "model" not in manifest:
+            check_available(spec)
             name, pretrained, weights = self._embedder_args()
             with self._meta.session() as s:
                 self._meta.set_manifest(
@@ -322,21 +343,18 @@ class Engine:
                     embedder_id=emb.id,
                     dim=emb.dim,
                     preprocess=emb.preprocess_id,
-                    store="hnswlib-int8",
+                    **spec.to_manifest(),
                     created_at=utcnow().isoformat(timespec="seconds"),
                 )
         folder = self.dir / "vectors"
-        if self._store is not None:
-            self._store.close()
-        if VectorStore.exists(folder):
-            self._store = VectorStore.open(folder, writable=True)
-            if self._store.dim != emb.dim:
-                raise IndexMismatchError(
-                    f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}"
-                )
-        else:
-            self._store = VectorStore.create(folder, emb.dim, StoreParams())
+        self._drop_store()
+        try:
+            self._store = open_store(spec, folder, writable=True)
+        except IndexNotFoundError:
+            self._store = create_store(spec, folder, emb.dim)
             self._store.save()
+        if self._store.dim != emb.dim:
+            raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}")
         reconcile(self._meta, self._store)
         return self._store
 
@@ -573,9 +591,11 @@ class Engine:
         manifest = self.manifest
         store_stats: dict[str, Any] = {}
         vectors = 0
-        if VectorStore.exists(self.dir / "vectors"):
+        try:
             store_stats = self.store.stats()
             vectors = len(self.store)
+        except IndexNotFoundError:
+            pass
         db_bytes = sum(p.stat().st_size for p in self.dir.glob(DB_NAME + "*") if p.is_file())
         return IndexStats(
             name=self.name,
@@ -626,7 +646,11 @@ class Engine:
             try:
                 with _write_errors(self.dir):
                     self._drop_store()
-                    store = self._rebuilt(repairs) if damage else VectorStore.open(folder, writable=True)
+                    store = (
+                        self._rebuilt(repairs)
+                        if damage
+                        else open_store(self.store_spec, folder, writable=True)
+                    )
                     try:
                         dropped, reset = reconcile(self.meta, store)
                     finally:
@@ -652,6 +676,8 @@ class Engine:
     def _rebuilt(self, repairs: list[str]) -> VectorStore:
         """The damaged vector store rebuilt from its stored vectors or, when none can be trusted, set aside
         and replaced by an empty one (every image is then embedded again)."""
+        if self.store_spec.kind != "hnswlib-int8":
+            raise UsageError(f"a {self.store_spec.kind} vector store is repaired by its own server, not here")
         folder = self.dir / "vectors"
         dim = self.manifest.get("dim")
         try:

@@ -14,6 +14,7 @@ catches that base once, prints `str(error)` as one line and exits with
     │   ├── IndexBusyError            exit 5   another process holds the ingest lock
     │   ├── IndexCorruptError         exit 6   a file is truncated, garbled or inconsistent
     │   ├── IndexWriteError                    saving failed (disk full, read-only); the last version stands
+    │   ├── StoreUnavailableError              the Milvus server holding the vectors cannot be reached
     │   └── SchemaTooNewError                  database written by a newer `retrieval`
     └── DecodeError                   exit 7   one file is not a readable image (data during bulk work)
 """
@@ -71,6 +72,10 @@ class IndexCorruptError(IndexError_):
 
 class IndexWriteError(IndexError_):
     """Writing the index failed (disk full, read-only folder, I/O error); the previous version is intact."""
+
+
+class StoreUnavailableError(IndexError_):
+    """The vector store lives in a Milvus server that cannot be reached, or that refused an operation."""
 
 
 class SchemaTooNewError(IndexError_):

@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.errors import QueryError, UsageError
 from retrieval.metadata import MetadataStore
 from retrieval.search import Query, SearchHit
-from retrieval.vectorstore import VectorStore
+from retrieval.stores import Store
 
 PointRole = Literal["query", "result", "context"]
 P = ParamSpec("P")
@@ -311,7 +311,7 @@ def build_map(
     query: Query,
     query_vector: np.ndarray,
     hits: Sequence[SearchHit],
-    store: VectorStore,
+    store: Store,
     meta: MetadataStore,
     *,
     expand: int = 0,

@@ -12,7 +12,7 @@ import numpy as np
 
 from retrieval.errors import QueryError
 from retrieval.metadata import MetadataStore
-from retrieval.vectorstore import VectorStore
+from retrieval.stores import Store
 
 PartKind = Literal["text", "image", "id"]
 MAX_K = 10_000
@@ -92,7 +92,7 @@ def combine(vectors: Sequence[np.ndarray], signs: Sequence[int]) -> np.ndarray:
 
 def run_search(
     vector: np.ndarray,
-    store: VectorStore,
+    store: Store,
     meta: MetadataStore,
     *,
     k: int,
