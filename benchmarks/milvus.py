@@ -1,0 +1,246 @@
+"""Benchmark the Milvus Lite store next to the default store (hnswlib graph + int8 tail), in one run.
+
+    python benchmarks/milvus.py [--n 100000] [--queries 1000] [--rounds 2] [--no-write]
+
+Both stores are built through `retrieval.stores.create_store`, as an index would build them, from the same
+synthetic vectors (benchmarks/vectors.py, dim 512), adding in batches as ingest does and saving at the end.
+Build time runs from creating the store to a freshly opened store answering its first query (for Milvus Lite
+the reopen is where its indexes are loaded or built). Each store is then searched one query at a time on one
+thread, at its default and at a few other candidate counts (`ef`): recall@10 against exact float32 search,
+queries/s and p50/p99 latency, timed interleaved over `--rounds` rounds (each query keeps its best time).
+RAM is the growth of resident anonymous memory of a fresh process that opened the store and ran queries;
+disk is the store's folder. The script rewrites the section "## Milvus Lite store vs default store" of
+BENCHMARKS.md (other sections are kept). Needs the `milvus` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from _common import env_note, run_without_slow_numpy_env, write_section
+
+if __name__ == "__main__":
+    run_without_slow_numpy_env({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from vectors import exact_topk, make, recall_at_k  # noqa: E402
+
+from retrieval import milvus_store  # noqa: E402
+from retrieval.stores import Store, StoreSpec, create_store, open_store  # noqa: E402
+from retrieval.vectorstore import StoreParams  # noqa: E402
+
+HEADING = "## Milvus Lite store vs default store"
+DIM = 512
+K = 10
+ADD_BATCH = 2000  # vectors per add(), as an ingest of a big folder adds them (one batch of files at a time)
+SAVE_EVERY = 20  # add() calls between save()s, as ingest checkpoints
+DEFAULT_EFS = (128, 256, 384)
+MILVUS_EFS = (32, 64, 128, 256)
+RAM_QUERIES = 200
+INTERLEAVE = 50
+SPECS = {"default": StoreSpec("hnswlib-int8"), "milvus-lite": StoreSpec("milvus", None, "bench")}
+
+
+@dataclass
+class Row:
+    store: str
+    setting: str
+    recall: float
+    qps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def rss_kb() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def measure_ram(kind: str, folder: str, queries_path: str) -> None:
+    """Child process: open a store, run queries, print resident-memory growth (bytes) as JSON."""
+    queries = np.load(queries_path)
+    import pymilvus  # noqa: F401 - imported before the baseline, as the server process has it loaded
+
+    before = rss_kb()
+    with open_store(SPECS[kind], Path(folder)) as store:
+        for q in queries:
+            store.search(q, K)
+        after = rss_kb()
+    print(json.dumps({k: (after[k] - before[k]) * 1024 for k in after}))
+
+
+def build(kind: str, base: np.ndarray, folder: Path) -> tuple[float, float, dict]:
+    """Build a store as ingest would; returns (build s, of which reopen s, stats)."""
+    t = time.perf_counter()
+    store = create_store(SPECS[kind], folder, DIM)
+    for i, start in enumerate(range(0, len(base), ADD_BATCH)):
+        store.add(np.arange(start, min(start + ADD_BATCH, len(base))), base[start : start + ADD_BATCH])
+        if (i + 1) % SAVE_EVERY == 0:
+            store.save()
+    store.save()
+    store.close()
+    t_open = time.perf_counter()
+    store = open_store(SPECS[kind], folder)
+    store.search(base[0], K)
+    done = time.perf_counter()
+    stats = store.stats()
+    store.close()
+    return done - t, done - t_open, stats
+
+
+def run_interleaved(
+    contenders: list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    rounds: int,
+) -> list[Row]:
+    lat = [np.full(len(queries), np.inf) for _ in contenders]
+    ids = [np.empty((len(queries), K), dtype=np.int64) for _ in contenders]
+    for _ in range(rounds):
+        for start in range(0, len(queries), INTERLEAVE):
+            for (_, _, search), c_lat, c_ids in zip(contenders, lat, ids, strict=True):
+                for i in range(start, min(start + INTERLEAVE, len(queries))):
+                    t = time.perf_counter()
+                    c_ids[i] = search(queries[i])
+                    c_lat[i] = min(c_lat[i], time.perf_counter() - t)
+    return [
+        Row(
+            store,
+            setting,
+            recall_at_k(c_ids, truth, K),
+            1.0 / c_lat.mean(),
+            float(np.percentile(c_lat, 50) * 1e3),
+            float(np.percentile(c_lat, 99) * 1e3),
+        )
+        for (store, setting, _), c_lat, c_ids in zip(contenders, lat, ids, strict=True)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each query keeps its best time")
+    ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    ap.add_argument("--measure-ram", nargs=3, metavar=("KIND", "FOLDER", "QUERIES"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.measure_ram:
+        measure_ram(*a.measure_ram)
+        return
+
+    t0 = time.perf_counter()
+    base, queries = make(a.n, DIM, a.queries, seed=0)
+    truth = exact_topk(base, queries, K)
+    with tempfile.TemporaryDirectory(prefix="bench-milvus-") as tmp:
+        work = Path(tmp)
+        queries_path = work / "queries.npy"
+        np.save(queries_path, queries[:RAM_QUERIES])
+        built: dict[str, dict] = {}
+        for kind in SPECS:
+            folder = work / kind
+            build_s, open_s, stats = build(kind, base, folder)
+            child = [sys.executable, __file__, "--measure-ram", kind, str(folder), str(queries_path)]
+            ram = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+            built[kind] = {
+                "build_s": build_s,
+                "open_s": open_s,
+                "ram_b": ram["RssAnon"] / a.n,
+                "disk_b": folder_bytes(folder) / a.n,
+                "stats": stats,
+            }
+            print(f"{kind}: built in {build_s:.1f} s (reopen {open_s:.1f} s)", flush=True)
+        del base
+        stores: dict[str, Store] = {kind: open_store(SPECS[kind], work / kind) for kind in SPECS}
+        default_ef = StoreParams().ef_search
+
+        def at(kind: str, ef: int) -> Callable[[np.ndarray], np.ndarray]:
+            return lambda q: stores[kind].search(q, K, ef=ef)[0][0]
+
+        contenders = [
+            ("default", f"ef={ef}" + (" (default)" if ef == default_ef else ""), at("default", ef))
+            for ef in DEFAULT_EFS
+        ] + [
+            (
+                "milvus-lite",
+                f"ef={ef}" + (" (default)" if ef == milvus_store.EF_SEARCH else ""),
+                at("milvus-lite", ef),
+            )
+            for ef in MILVUS_EFS
+        ]
+        rows = run_interleaved(contenders, queries, truth, a.rounds)
+        for store in stores.values():
+            store.close()
+
+    table = (
+        "| store | setting | recall@10 | queries/s | p50 ms | p99 ms |\n|---|---|---:|---:|---:|---:|\n"
+        + "\n".join(
+            f"| {r.store} | {r.setting} | {r.recall:.4f} | {r.qps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+            for r in rows
+        )
+    )
+    builds = (
+        "| store | index | build s | of which reopen s | RAM B/vec | disk B/vec |\n"
+        "|---|---|---:|---:|---:|---:|\n"
+        + "\n".join(
+            f"| {kind} | {b['stats'].get('index', 'hnswlib graph + int8 tail')} | {b['build_s']:.1f} "
+            f"| {b['open_s']:.1f} | {b['ram_b']:.0f} | {b['disk_b']:.0f} |"
+            for kind, b in built.items()
+        )
+    )
+    ours = {r.store: r for r in rows if "(default)" in r.setting}
+    d, m = ours["default"], ours["milvus-lite"]
+    summary = (
+        f"- at their defaults: default store recall@10 {d.recall:.4f} at {d.qps:.0f} queries/s; Milvus "
+        f"Lite {m.recall:.4f} at {m.qps:.0f} queries/s (**{m.qps / d.qps:.2f}x** the default store's speed); "
+        f"build {built['milvus-lite']['build_s']:.0f} s vs {built['default']['build_s']:.0f} s "
+        f"(**{built['milvus-lite']['build_s'] / built['default']['build_s']:.1f}x**)."
+    )
+    cmd = "python benchmarks/milvus.py " + " ".join(sys.argv[1:])
+    body = (
+        f"{HEADING}\n\n"
+        f"Command: `{cmd}` ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores shared with other jobs; contenders timed interleaved, {INTERLEAVE} queries "
+        f"at a time, best of {a.rounds} rounds per query). n = {a.n:,} vectors of dim {DIM} from "
+        f"`benchmarks/vectors.py` `make`, {len(queries)} queries, k = {K}; recall@10 against exact float32 "
+        "search. "
+        f"Both stores are made by `retrieval.stores.create_store` and filled by `add()` in batches of "
+        f"{ADD_BATCH} with a `save()` every {SAVE_EVERY} batches, as ingest does; build time ends when a "
+        f"freshly opened store has answered a query. Queries one at a time through `Store.search`, BLAS and "
+        f"OpenMP pinned to one thread ({env_note()}); Milvus Lite answers over gRPC from a server thread in "
+        "the same process. RAM B/vec: growth of resident anonymous memory of a fresh process that opened "
+        f"the store and ran {RAM_QUERIES} queries.\n\n"
+        f"{builds}\n\n{table}\n\n{summary}\n\n(total wall time {time.perf_counter() - t0:.0f} s)\n"
+    )
+    print(body, flush=True)
+    if not a.no_write:
+        write_section(body, a.output)
+
+
+if __name__ == "__main__":
+    main()
