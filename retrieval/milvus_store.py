@@ -64,7 +64,16 @@ def _pymilvus() -> Any:
         import pymilvus
     except ImportError:
         raise UsageError(f"the Milvus vector store needs pymilvus and milvus-lite: {EXTRA_HINT}") from None
+    # pymilvus prints its own warnings and errors to stderr (it configures a console handler); here every
+    # failure reaches the user once, as one line, through retrieval's errors.
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return pymilvus
+
+
+# milvus_lite logs server-side failures with tracebacks and has no handler: Python's last-resort handler
+# would print them. An application's own logging configuration still receives them.
+logging.getLogger("milvus_lite").addHandler(logging.NullHandler())
 
 
 def require_client(*, lite: bool) -> None:
@@ -433,7 +442,7 @@ class MilvusStore:
             limit=limit,
             anns_field=VECTOR,
             search_params={"metric_type": "IP", "params": params},
-            output_fields=[],
+            output_fields=[ID],  # an empty list would mean every field to Milvus Lite, vectors included
         )
         for row, hits in enumerate(results):
             for col, hit in enumerate(hits):
