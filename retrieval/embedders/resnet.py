@@ -96,8 +96,8 @@ class ResNetEmbedder(TorchEmbedder):
         if state is not None:
             _apply_state_dict(model, state, weights if weights is not None else spec.pretrained)
         self.dim = int(model.fc.in_features)
-        # On a CPU a ResNet-50 runs 1.6x faster in slices of 8 images than in one batch of 32: the activations
-        # of 8 stay in cache (BENCHMARKS.md, "Ingest throughput"). A GPU takes the whole batch.
+        # On a CPU a ResNet-50 runs 1.25-1.6x faster (two runs) in slices of 8 images than in one batch of 32:
+        # the activations of 8 stay in cache (BENCHMARKS.md, batch sweep). A GPU takes the whole batch.
         self.forward_batch = 8 if device == "cpu" else None
         model.fc = torch.nn.Identity()
         model.eval()
