@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch/torchvision pinned to the builds this machine keeps on disk (see README).
 	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install --quiet -e ".[dev,milvus]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,milvus]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -88,12 +89,21 @@ def _engine(index: str, home: Path | None, **kwargs: Any) -> Iterator[Engine]:
         with Engine(index, home=home, **kwargs) as engine:
             yield engine
     except RetrievalError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets ("pip install 'retrieval[ray]'") that are not markup
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
 
 def _pretrained(value: str) -> str | None:
     return None if value.lower() == "none" else value
+
+
+def _ray_address(ray: bool | None, address: str | None) -> str | None:
+    """--no-ray: ingest here; an address (option or $RETRIEVAL_RAY_ADDRESS): that cluster; --ray alone: a
+    runtime on this machine."""
+    if ray is False:
+        return None
+    return address or ("local" if ray else None)
 
 
 class _RateColumn(ProgressColumn):
@@ -167,7 +177,29 @@ def ingest(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 32,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Decode threads.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, max=64, help="Decode threads; with --ray, Ray actors (a model each)."
+        ),
+    ] = None,
+    ray: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Decode and embed on Ray (pip install 'retrieval[ray]'): a runtime started on this machine, "
+            "or the cluster at --ray-address. --no-ray ingests here even when an address is set.",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RETRIEVAL_RAY_ADDRESS",
+            help="Ray cluster to ingest on (implies --ray): ray://HOST:10001 (Ray Client), HOST:6379, or "
+            "auto (the one `ray start` runs on this machine).",
+        ),
+    ] = None,
     prune: Annotated[
         bool, typer.Option("--prune/--no-prune", help="Forget files deleted from the folder.")
     ] = True,
@@ -192,7 +224,12 @@ def ingest(
         with _progress_bar(progress and not as_json) as update:
             try:
                 report = engine.ingest(
-                    folder, prune=prune, progress=update, workers=workers, retry_failed=retry_failed
+                    folder,
+                    prune=prune,
+                    progress=update,
+                    workers=workers,
+                    retry_failed=retry_failed,
+                    ray_address=_ray_address(ray, ray_address),
                 )
             except KeyboardInterrupt:
                 err.print("interrupted: work done so far is saved; run the same command to finish")

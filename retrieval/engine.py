@@ -33,7 +33,15 @@ from retrieval.errors import (
     UsageError,
 )
 from retrieval.evaluation import embed_labelled, load_labelled_folder
-from retrieval.ingest import Ingestor, IngestProgress, IngestReport, ProgressFn, reconcile, remove_paths
+from retrieval.ingest import (
+    Ingestor,
+    IngestProgress,
+    IngestReport,
+    PrepareStage,
+    ProgressFn,
+    reconcile,
+    remove_paths,
+)
 from retrieval.locations import DEFAULT_INDEX, index_dir
 from retrieval.map_render import ColourBy, RenderedMap, render_map
 from retrieval.maps import NeighbourhoodMap, build_map
@@ -368,18 +376,28 @@ class Engine:
         progress: ProgressFn | None = None,
         workers: int | None = None,
         retry_failed: bool = False,
+        ray_address: str | None = None,
     ) -> IngestReport:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
+
+        `ray_address` decodes and embeds on Ray (`retrieval.distributed`; the `ray` extra): "local" starts a
+        runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
+        `workers` then counts Ray actors (one model each) instead of decode threads.
 
         Raises:
             IndexBusyError: another process is writing to this index.
             IndexMismatchError: the index was built with another model.
+            ClusterError: the Ray cluster cannot be reached or failed (what was recorded is saved).
         """
         lock = self._lock()
         self._acquire(lock)
         try:
             self.embedder  # noqa: B018 - loaded first: a model that fails to load is not a write error
-            with _write_errors(self.dir), _stop_between_files(progress) as checked_progress:
+            with (
+                _stop_between_files(progress) as checked_progress,
+                self._ray_stage(ray_address, workers, checked_progress) as stage,
+                _write_errors(self.dir),
+            ):
                 store = self._open_for_writing()
                 ingestor = Ingestor(
                     self.meta,
@@ -389,6 +407,7 @@ class Engine:
                     workers=workers,
                     progress=checked_progress,
                     retry_failed=retry_failed,
+                    stage=stage,
                 )
                 return ingestor.run(Path(root), prune=prune)
         except BaseException:
@@ -396,6 +415,32 @@ class Engine:
             raise
         finally:
             lock.release()
+
+    @contextmanager
+    def _ray_stage(
+        self, address: str | None, workers: int | None, progress: ProgressFn | None
+    ) -> Iterator[PrepareStage | None]:
+        """The Ray stage for an ingest at `address`; None (the local stage) without one. Ray is imported only
+        here, only when asked for."""
+        if address is None:
+            yield None
+            return
+        from retrieval.distributed import EmbedderArgs, ray_stage
+
+        name, pretrained, weights = self._embedder_args()
+        emb = self.embedder
+        base = emb.base if isinstance(emb, ProjectedEmbedder) else emb  # a projection is applied here
+        args = EmbedderArgs(name, pretrained, str(weights) if weights else None, base.id)
+        with ray_stage(
+            address,
+            emb,
+            args,
+            device=self.device,
+            batch_size=self.batch_size,
+            workers=workers,
+            progress=progress,
+        ) as stage:
+            yield stage
 
     def remove(self, paths: list[Path | str]) -> int:
         """Forget these files (the files themselves stay on disk); returns how many were indexed."""

@@ -16,7 +16,8 @@ catches that base once, prints `str(error)` as one line and exits with
     │   ├── IndexWriteError                    saving failed (disk full, read-only); the last version stands
     │   ├── StoreUnavailableError              the Milvus server holding the vectors cannot be reached
     │   └── SchemaTooNewError                  database written by a newer `retrieval`
-    └── DecodeError                   exit 7   one file is not a readable image (data during bulk work)
+    ├── DecodeError                   exit 7   one file is not a readable image (data during bulk work)
+    └── ClusterError                  exit 8   a Ray cluster cannot be reached or lost its workers
 """
 
 from __future__ import annotations
@@ -91,3 +92,10 @@ class DecodeError(RetrievalError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class ClusterError(RetrievalError):
+    """A distributed ingest cannot reach its Ray cluster, or the cluster failed during the run (what was
+    recorded before is saved)."""
+
+    exit_code = 8

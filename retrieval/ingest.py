@@ -1,7 +1,9 @@
 """Ingest: bring an index up to date with a folder (new, changed, moved, duplicate, deleted files).
 
-Pipeline: the main thread lists files and plans the work; worker threads read, hash, decode and
-preprocess (Pillow and the hash release the GIL); the main thread embeds in batches and writes.
+Pipeline: the main thread lists files and plans the work; a stage turns the files into what the model
+needs and the model into vectors: by default (`LocalStage`) worker threads read, hash, decode and preprocess
+(Pillow and the hash release the GIL) and the main thread embeds in batches; `retrieval.distributed` has
+a Ray cluster do it. Either way the main thread writes, in the files' order, through the same code.
 Crash safety rests on one ordering: vectors are saved (atomically) before the database rows that
 call them embedded are committed, and `reconcile` repairs the one gap a crash can leave.
 """
@@ -15,16 +17,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from retrieval.decoding import decode_image
+from retrieval.decoding import DecodedImage, decode_image
 from retrieval.discovery import FoundFile, Skipped, content_hash, discover
 from retrieval.embedders import Embedder
-from retrieval.errors import DecodeError, UsageError
+from retrieval.errors import ClusterError, DecodeError, UsageError
 from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
 from retrieval.vectorstore import VectorStore
 
@@ -60,11 +62,14 @@ class IngestReport:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """One file ready to record: a failure (`error`), content already embedded (`known_id`), or new content
+    whose `payload` the stage's `vectors` turns into its vector."""
+
     found: FoundFile
     hash: str
     known_id: int | None = None
-    tensor: Any = None
+    payload: Any = None
     width: int = 0
     height: int = 0
     format: str = ""
@@ -81,6 +86,28 @@ def _path_key(path: Path) -> str:
     """A path as stored in the database: itself, or for a name that is not valid UTF-8 (which SQLite text
     cannot hold) its bytes with the bad ones written as \\xNN, so the file can still be named in failures."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def read_file(path: Path) -> bytes:
+    """A file's bytes; one that cannot be read raises DecodeError with the reason ingest records."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DecodeError(path, "file disappeared before it could be read") from None
+    except OSError as exc:
+        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def decode_for(embedder: Embedder, data: bytes) -> tuple[Any, DecodedImage]:
+    """Decode a file's bytes and preprocess them for `embedder`: (what `embed_preprocessed` takes, the decoded
+    image). Every failure is a DecodeError whose reason ingest records."""
+    try:
+        decoded = decode_image(data, min_side=embedder.input_size)
+        return embedder.preprocess(decoded.image), decoded
+    except DecodeError:
+        raise
+    except Exception as exc:  # a decoder bug must not end a long ingest
+        raise DecodeError("<bytes>", f"cannot decode: {type(exc).__name__}: {exc}") from exc
 
 
 def default_workers() -> int:
@@ -110,8 +137,74 @@ def reconcile(meta: MetadataStore, store: VectorStore) -> tuple[int, int]:
     return len(extra), len(missing)
 
 
+LookupFn = Callable[[str], int | None]
+
+
+class PrepareStage(Protocol):
+    """Where files become vectors. The ingestor lists and plans, then records what `prepared` yields, in
+    order, and calls `vectors` once per batch of new content."""
+
+    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Iterator[Prepared]:
+        """One `Prepared` per file of `todo`, in `todo`'s order. `lookup(hash)` is the id of content already
+        embedded (in the index or earlier in this run), so that its file is linked, not embedded again."""
+        ...
+
+    def vectors(self, payloads: list[Any]) -> np.ndarray:
+        """The (n, dim) float32 unit vectors of the `payload`s of n prepared files."""
+        ...
+
+
+class LocalStage:
+    """The default stage: decode threads on this machine, the model in the ingest's own thread."""
+
+    def __init__(self, embedder: Embedder, *, workers: int, batch_size: int) -> None:
+        self.embedder = embedder
+        self.workers = workers
+        self.batch_size = batch_size
+
+    def _prepare(self, found: FoundFile, lookup: LookupFn) -> Prepared:
+        try:
+            data = read_file(found.path)
+        except DecodeError as exc:
+            return Prepared(found, "", error=exc.reason)
+        digest = content_hash(data)
+        known = lookup(digest)
+        if known is not None:
+            return Prepared(found, digest, known_id=known)
+        try:
+            payload, decoded = decode_for(self.embedder, data)
+        except DecodeError as exc:
+            return Prepared(found, digest, error=exc.reason)
+        return Prepared(
+            found,
+            digest,
+            payload=payload,
+            width=decoded.width,
+            height=decoded.height,
+            format=decoded.format,
+            captured_at=decoded.captured_at,
+        )
+
+    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Iterator[Prepared]:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-decode")
+        try:
+            window: deque[Future[Prepared]] = deque()
+            ahead = self.workers * 2 + self.batch_size
+            for found in todo:
+                window.append(pool.submit(self._prepare, found, lookup))
+                if len(window) >= ahead:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def vectors(self, payloads: list[Any]) -> np.ndarray:
+        return self.embedder.embed_preprocessed(payloads)
+
+
 class Ingestor:
-    """One ingest run over one root; use `run()`."""
+    """One ingest run over one root; use `run()`. `stage` decodes and embeds (default: `LocalStage`)."""
 
     def __init__(
         self,
@@ -125,6 +218,7 @@ class Ingestor:
         checkpoint_seconds: float = 120.0,
         progress: ProgressFn | None = None,
         retry_failed: bool = False,
+        stage: PrepareStage | None = None,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -135,14 +229,15 @@ class Ingestor:
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = progress or (lambda _p: None)
         self.retry_failed = retry_failed
+        self.stage = stage or LocalStage(embedder, workers=self.workers, batch_size=batch_size)
         self._run_hashes: dict[str, int] = {}
         self._unembedded: dict[str, int] = {}
         self._pending_ids: list[int] = []
         self._pending_contents: list[Content] = []
-        self._pending_tensors: list[Any] = []
+        self._pending_payloads: list[Any] = []
         self._next_content_id = 0
 
-    # -- worker side ------------------------------------------------------------------------------
+    # -- stage side -------------------------------------------------------------------------------
 
     def _lookup_hash(self, digest: str) -> int | None:
         if digest in self._run_hashes:
@@ -153,51 +248,12 @@ class Ingestor:
             ).first()
         return row[0] if row else None
 
-    def _prepare(self, found: FoundFile) -> _Prepared:
-        try:
-            data = found.path.read_bytes()
-        except FileNotFoundError:
-            return _Prepared(found, "", error="file disappeared before it could be read")
-        except OSError as exc:
-            return _Prepared(found, "", error=f"cannot read: {exc.strerror or exc}")
-        digest = content_hash(data)
-        known = self._lookup_hash(digest)
-        if known is not None:
-            return _Prepared(found, digest, known_id=known)
-        try:
-            decoded = decode_image(data, min_side=self.embedder.input_size)
-            tensor = self.embedder.preprocess(decoded.image)
-        except DecodeError as exc:
-            return _Prepared(found, digest, error=exc.reason)
-        except Exception as exc:  # a decoder bug must not end a long ingest
-            return _Prepared(found, digest, error=f"cannot decode: {type(exc).__name__}: {exc}")
-        return _Prepared(
-            found,
-            digest,
-            tensor=tensor,
-            width=decoded.width,
-            height=decoded.height,
-            format=decoded.format,
-            captured_at=decoded.captured_at,
-        )
-
-    def _prepared_in_order(self, todo: list[FoundFile], pool: ThreadPoolExecutor) -> Iterator[_Prepared]:
-        window: deque[Future[_Prepared]] = deque()
-        it = iter(todo)
-        ahead = self.workers * 2 + self.batch_size
-        for found in it:
-            window.append(pool.submit(self._prepare, found))
-            if len(window) >= ahead:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-
     # -- main thread ------------------------------------------------------------------------------
 
     def _flush_batch(self, s: Session) -> None:
         if not self._pending_ids:
             return
-        vectors = self.embedder.embed_preprocessed(self._pending_tensors)
+        vectors = self.stage.vectors(self._pending_payloads)
         ids = np.asarray(self._pending_ids, dtype=np.int64)
         self.store.add(ids, np.asarray(vectors, dtype=np.float32))
         now = utcnow()
@@ -207,7 +263,7 @@ class Ingestor:
         s.flush()  # the batch's rows in one go; committed at the next checkpoint
         self._pending_ids.clear()
         self._pending_contents.clear()
-        self._pending_tensors.clear()
+        self._pending_payloads.clear()
 
     def _checkpoint(self, s: Session) -> None:
         self._flush_batch(s)
@@ -273,7 +329,7 @@ class Ingestor:
                     report.failed.append((key, failure.reason))
                     continue
                 if key != str(item.path):
-                    failed = _Prepared(item, "", error=_NOT_UTF8)
+                    failed = Prepared(item, "", error=_NOT_UTF8)
                     self._apply(s, failed, root_id, known_files, known_failures, report)
                     continue
                 todo.append(item)
@@ -283,9 +339,9 @@ class Ingestor:
             done = 0
             since_checkpoint = 0
             last_checkpoint = time.monotonic()
-            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-decode")
+            stream = self.stage.prepared(todo, self._lookup_hash)
             try:
-                for prep in self._prepared_in_order(todo, pool):
+                for prep in stream:
                     self._apply(s, prep, root_id, known_files, known_failures, report)
                     if len(self._pending_ids) >= self.batch_size:
                         self._flush_batch(s)
@@ -299,14 +355,15 @@ class Ingestor:
                         self._checkpoint(s)
                         since_checkpoint = 0
                         last_checkpoint = time.monotonic()
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, ClusterError):
+                # Ctrl-C, or a cluster that lost its workers: save every file recorded so far, then stop.
                 report.interrupted = True
-                pool.shutdown(wait=True, cancel_futures=True)
+                stream.close()
                 self._checkpoint(s)
                 report.seconds = time.monotonic() - started
                 raise
             finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+                stream.close()
 
             self._flush_batch(s)
             seen = {_path_key(f.path) for f in found}
@@ -323,7 +380,7 @@ class Ingestor:
     def _apply(
         self,
         s: Session,
-        prep: _Prepared,
+        prep: Prepared,
         root_id: int,
         known_files: dict[str, tuple[File, bool]],
         known_failures: dict[str, Failure],
@@ -368,7 +425,7 @@ class Ingestor:
             self._run_hashes[prep.hash] = content_id
             self._pending_ids.append(content_id)
             self._pending_contents.append(content)
-            self._pending_tensors.append(prep.tensor)
+            self._pending_payloads.append(prep.payload)
             report.embedded += 1
         else:
             report.linked += 1

@@ -1,0 +1,243 @@
+"""Distributed ingest on Ray (retrieval/distributed.py), on one local Ray runtime for the module.
+
+A Ray ingest must build the index a local ingest builds from the same folder: the same content ids, file
+rows and failure records, vectors equal to float tolerance, and it must resume after an interruption like a
+local one. The tests that need Ray are skipped only where the `ray` extra is not installed; the clear errors
+(no extra, no cluster) and the local path's independence from Ray are tested everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import draw_photo
+from index_checks import assert_consistent
+from PIL import Image
+from retrieval_cli.main import app
+from typer.testing import CliRunner
+
+from retrieval.distributed import CHANGED, EmbedderArgs, RayStage
+from retrieval.engine import Engine
+from retrieval.errors import ClusterError
+from retrieval.ingest import IngestProgress
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::retrieval.embedders.RandomWeightsWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),  # Ray Data's own settings, not ours
+]
+runner = CliRunner()
+MODEL = "clip:tiny-test"  # random weights: the vectors mean nothing, they only have to agree
+
+
+def write_folder(folder: Path, n: int = 14) -> dict[str, str]:
+    """Photos of several sizes and formats (one with a capture time), a byte-identical copy, and broken
+    files; returns broken file name -> a word its failure reason contains."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        size = (160 + 24 * (i % 4), 120 + 16 * (i % 3))
+        fmt, ext = (("PNG", "png"), ("WEBP", "webp"), ("JPEG", "jpg"))[i % 3]
+        draw_photo(i, size).save(folder / f"p{i:02d}.{ext}", fmt)
+    exif = Image.Exif()
+    exif[0x0132] = "2021:06:01 12:30:00"  # DateTime
+    draw_photo(40).save(folder / "dated.jpg", "JPEG", exif=exif)
+    shutil.copy(folder / "p01.webp", folder / "p01-copy.webp")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not a photo\n")
+    (folder / "truncated.jpg").write_bytes((folder / "p02.jpg").read_bytes()[:700])
+    return {"empty.jpg": "empty", "notes.jpg": "not an image", "truncated.jpg": "truncated"}
+
+
+def snapshot(index_dir: Path) -> dict[str, Any]:
+    """Everything an index records about its images, read straight from its database and vectors."""
+    db = sqlite3.connect(index_dir / "meta.sqlite")
+    try:
+        tables = {
+            "contents": "SELECT id, hash, width, height, format, captured_at, embedded FROM contents",
+            "files": "SELECT id, path, content_id, size, mtime_ns FROM files",
+            "failures": "SELECT path, reason, size, mtime_ns FROM failures",
+        }
+        rows = {name: sorted(db.execute(sql).fetchall()) for name, sql in tables.items()}
+    finally:
+        db.close()
+    with Engine(index_dir.name, home=index_dir.parent) as engine:
+        ids = sorted(int(i) for i in engine.store.ids())
+        rows["vectors"] = dict(zip(ids, engine.store.vectors(ids), strict=True))
+    return rows
+
+
+def assert_same_index(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for table in ("contents", "files", "failures"):
+        assert a[table] == b[table], table
+    assert a["vectors"].keys() == b["vectors"].keys()
+    for i, vector in a["vectors"].items():
+        assert np.allclose(vector, b["vectors"][i], atol=1e-5), i
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- without a runtime: clear errors, and a local ingest that never imports Ray ------------------------------
+
+
+def test_without_the_ray_extra_a_ray_ingest_says_what_to_install(make_photos, home, monkeypatch):
+    photos = make_photos(2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    result = runner.invoke(
+        app, ["ingest", str(photos[0].parent), "--ray", "--model", "classic", "--no-progress"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1
+    assert "needs Ray Data, which is not installed" in result.output
+    assert "pip install 'retrieval[ray]'" in result.output
+    assert not (home / "default" / "meta.sqlite").exists()  # nothing was written
+
+
+def test_an_unreachable_ray_address_is_one_line_with_exit_8(make_photos, home, monkeypatch):
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()  # this module's runtime starts with the first test that asks for it
+    photos = make_photos(2)
+    address = f"ray://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("RETRIEVAL_RAY_ADDRESS", address)  # the setting alone asks for Ray
+    result = runner.invoke(app, ["ingest", str(photos[0].parent), "--model", "classic", "--no-progress"])
+    assert result.exit_code == 8, result.output
+    assert result.output.count("\n") == 1
+    assert f"cannot reach a Ray cluster at {address}" in result.output
+    assert not (home / "default" / "meta.sqlite").exists()
+    malformed = runner.invoke(
+        app, ["ingest", str(photos[0].parent), "--ray-address", "head-node", "--model", "classic"]
+    )
+    assert malformed.exit_code == 2, malformed.output
+    assert "Ray address 'head-node' is not HOST:PORT" in malformed.output
+    # --no-ray overrides the setting: the same command ingests here.
+    local = runner.invoke(
+        app, ["ingest", str(photos[0].parent), "--no-ray", "--model", "classic", "--no-progress"]
+    )
+    assert local.exit_code == 0, local.output
+    assert "2 added" in local.output
+
+
+def test_a_local_ingest_never_imports_ray(make_photos, tmp_path):
+    photos = make_photos(2)
+    script = (
+        "import sys\n"
+        "from retrieval_cli.main import app\n"
+        "try:\n"
+        f"    app(['ingest', {str(photos[0].parent)!r}, '--model', 'classic', '--no-progress'])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print('ray imported' if 'ray' in sys.modules else 'no ray')\n"
+    )
+    env = {**os.environ, "RETRIEVAL_HOME": str(tmp_path / "sub-home")}
+    env.pop("RETRIEVAL_RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("no ray"), done.stdout
+
+
+# -- on a local Ray runtime -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_runtime() -> Any:
+    """One local runtime for the module: two CPUs, so two actors of one CPU each."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        object_store_memory=100 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
+    yield ray
+    ray.shutdown()
+
+
+def test_a_ray_ingest_records_the_ids_vectors_and_failures_of_a_local_ingest(ray_runtime, tmp_path, home):
+    folder = tmp_path / "photos"
+    broken = write_folder(folder)
+    common = ["--model", MODEL, "--pretrained", "none", "--device", "cpu", "--batch-size", "4", "--json"]
+    local = runner.invoke(app, ["ingest", str(folder), "--index", "local", *common])
+    ray = runner.invoke(app, ["ingest", str(folder), "--index", "ray", "--ray", "--workers", "2", *common])
+    assert local.exit_code == ray.exit_code == 1, ray.output  # some files failed
+    local_report, ray_report = json.loads(local.stdout), json.loads(ray.stdout)
+    del local_report["seconds"], ray_report["seconds"]
+    assert ray_report == local_report
+    counts = ("added", "updated", "removed", "unchanged", "embedded", "linked")
+    assert [ray_report[c] for c in counts] == [16, 0, 0, 0, 15, 1]
+    failed = {Path(path).name: reason for path, reason in ray_report["failed"]}
+    assert failed.keys() == broken.keys()
+    assert all(word in failed[name] for name, word in broken.items()), failed
+
+    ray_index = snapshot(home / "ray")
+    assert_same_index(snapshot(home / "local"), ray_index)
+    assert any(row[5] is not None for row in ray_index["contents"])  # the capture time came back too
+    assert_consistent(home / "ray", files=16)
+
+
+def test_an_interrupted_ray_ingest_resumes_like_a_local_one(ray_runtime, make_photos, home):
+    photos = make_photos(24)
+    folder = photos[0].parent
+
+    def stop_after_ten(p: IngestProgress) -> None:
+        if p.phase == "ingest" and p.done == 10:
+            raise KeyboardInterrupt  # what the engine does on Ctrl-C, between two files
+
+    with Engine("ray", model="classic") as engine, pytest.raises(KeyboardInterrupt):
+        engine.ingest(folder, ray_address="local", workers=1, progress=stop_after_ten)
+    assert_consistent(home / "ray", files=10)  # every file recorded before the stop is saved
+
+    with Engine("ray") as engine:
+        rest = engine.ingest(folder, ray_address="local", workers=1)
+    assert (rest.embedded, rest.unchanged, rest.failed) == (14, 10, [])
+    with Engine("local", model="classic") as engine:
+        engine.ingest(folder)
+    assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
+
+
+def test_a_file_changed_after_hashing_is_a_failure_that_the_next_ingest_retries(
+    ray_runtime, make_photos, home
+):
+    photos = make_photos(6)
+    victim = photos[3]
+
+    def change_once_hashed(p: IngestProgress) -> None:
+        if p.phase == "hash" and p.done == p.total:  # hashed here, not yet read by a worker
+            draw_photo(99, (200, 150)).save(victim, "JPEG", quality=80)
+            os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+
+    with Engine("ray", model="classic") as engine:
+        first = engine.ingest(victim.parent, ray_address="local", workers=1, progress=change_once_hashed)
+        assert first.failed == [(str(victim), CHANGED)]
+        assert first.embedded == 5
+        second = engine.ingest(victim.parent)  # any next ingest, local or on Ray
+        assert (second.embedded, second.unchanged, second.failed) == (1, 5, [])
+        assert engine.search_image(victim, k=1)[0].path == str(victim)
+
+
+def test_a_worker_that_cannot_start_is_one_line_naming_why(ray_runtime, make_photos):
+    photos = make_photos(1)
+    with Engine("ray", model="classic") as engine:
+        args = EmbedderArgs("classic", None, None, "classic:v0")  # not the model a worker builds
+        stage = RayStage(ray_runtime, engine.embedder, args, workers=1)
+        with pytest.raises(ClusterError) as raised:
+            list(stage._results([{"seq": 0, "path": str(photos[0]), "hash": "x"}]))
+    message = str(raised.value)
+    assert message.startswith(
+        "a Ray worker could not start: IndexMismatchError: a Ray worker built classic:v1"
+    )
+    assert "\n" not in message and "\x1b" not in message
