@@ -119,7 +119,7 @@ def ray_runtime(address: str) -> Iterator[ModuleType]:
         yield ray
         return
     _check_reachable(address)
-    options: dict[str, Any] = {"logging_level": logging.WARNING}
+    options: dict[str, Any] = {"logging_level": logging.ERROR}
     if address == LOCAL:
         options |= {"include_dashboard": False, "log_to_driver": False}
     try:
