@@ -28,7 +28,7 @@ from retrieval.discovery import FoundFile, Skipped, content_hash, discover
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
 from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
-from retrieval.vectorstore import VectorStore
+from retrieval.stores import Store
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def reconcile(meta: MetadataStore, store: VectorStore) -> tuple[int, int]:
+def reconcile(meta: MetadataStore, store: Store) -> tuple[int, int]:
     """Make the store and the database agree after a crash; return (vectors dropped, rows reset).
 
     Vectors whose rows were never committed are dropped; rows marked embedded whose vector is
@@ -209,7 +209,7 @@ class Ingestor:
     def __init__(
         self,
         meta: MetadataStore,
-        store: VectorStore,
+        store: Store,
         embedder: Embedder,
         *,
         batch_size: int = 32,
@@ -469,7 +469,7 @@ class Ingestor:
             s.execute(delete(Failure).where(Failure.path.in_(stale[start : start + 500])))
 
 
-def remove_paths(meta: MetadataStore, store: VectorStore, paths: Iterable[Path]) -> int:
+def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> int:
     """Forget files (not delete them from disk); vectors go when no copy is left. Returns files removed."""
     removed = 0
     with meta.session() as s:
