@@ -15,7 +15,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,8 @@ from PIL import Image
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
-from retrieval.distributed import CHANGED, EmbedderArgs, RayStage
+from retrieval import distributed
+from retrieval.distributed import CHANGED, EmbedderArgs, EmbedWorker, RayStage
 from retrieval.engine import Engine
 from retrieval.errors import ClusterError
 from retrieval.ingest import IngestProgress
@@ -147,6 +151,34 @@ def test_a_local_ingest_never_imports_ray(make_photos, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("no ray"), done.stdout
+
+
+def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_path, home, monkeypatch):
+    """The driver's reassembly alone, Ray replaced by EmbedWorker called here, its batches returned last
+    first: the index must still be the local ingest's."""
+    folder = tmp_path / "photos"
+    write_folder(folder)
+
+    @contextmanager
+    def no_cluster(_address: str) -> Iterator[Any]:
+        yield SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+
+    def last_first(stage: RayStage, rows: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
+        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1)
+        columns = [
+            {k: np.array([row[k] for row in rows[i : i + 3]]) for k in rows[0]}
+            for i in range(0, len(rows), 3)
+        ]
+        yield from reversed([worker(batch) for batch in columns])
+
+    monkeypatch.setattr(distributed, "ray_runtime", no_cluster)
+    monkeypatch.setattr(RayStage, "_results", last_first)
+    with Engine("local", model="classic") as engine:
+        local = engine.ingest(folder)
+    with Engine("ray", model="classic") as engine:
+        reordered = engine.ingest(folder, ray_address="local")
+    assert (reordered.embedded, reordered.linked, reordered.failed) == (local.embedded, 1, local.failed)
+    assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
 
 
 # -- on a local Ray runtime -------------------------------------------------------------------------------
