@@ -42,6 +42,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: option help holds brackets ("clip[:ARCH[/TAG]]", "retrieval[ray]") that Rich markup
+    # would take for tags ("--help" failed with MarkupError).
+    rich_markup_mode=None,
 )
 out = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
 err = Console(stderr=True, soft_wrap=True)

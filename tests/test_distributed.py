@@ -133,6 +133,14 @@ def test_an_unreachable_ray_address_is_one_line_with_exit_8(make_photos, home, m
     assert "2 added" in local.output
 
 
+def test_ingest_help_says_how_to_ingest_on_ray():
+    result = runner.invoke(app, ["ingest", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # as one line, however the help was wrapped
+    assert "--ray / --no-ray Decode and embed on Ray (pip install 'retrieval[ray]')" in text
+    assert "--ray-address" in text and "[env var: RETRIEVAL_RAY_ADDRESS]" in text
+
+
 def test_a_local_ingest_never_imports_ray(make_photos, tmp_path):
     photos = make_photos(2)
     script = (
