@@ -48,7 +48,7 @@ from retrieval.maps import NeighbourhoodMap, build_map
 from retrieval.metadata import DB_NAME, MetadataStore, utcnow
 from retrieval.projections import ProjectedEmbedder, Projection, fit_projection
 from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
-from retrieval.stores import Store, StoreSpec, check_available, create_store, open_store
+from retrieval.stores import Store, StoreSpec, check_available, create_store, open_store, parse_kind
 from retrieval.thumbnails import ThumbnailCache
 from retrieval.vectorstore import VectorStore
 
@@ -180,6 +180,8 @@ class Engine:
         self._weights_arg = Path(weights).expanduser().resolve() if weights else None
         if self._weights_arg is not None and not self._weights_arg.is_file():
             raise UsageError(f"weights file {self._weights_arg} does not exist")
+        if store is not None:
+            parse_kind(store)  # an unknown store is a usage error before any model loads
         self._store_arg, self._milvus_uri_arg = store, milvus_uri
         self._new_store_spec: StoreSpec | None = None
         self._embedder: Embedder | None = None

@@ -86,6 +86,19 @@ def require_client(*, lite: bool) -> None:
             raise UsageError(f"Milvus Lite is not installed: {EXTRA_HINT}") from None
 
 
+def probe_server(spec: StoreSpec) -> None:
+    """Connect to the Milvus server `spec` names and hang up: a new index records its URI only once it
+    answers. Milvus Lite (no URI) needs no probe.
+
+    Raises:
+        StoreUnavailableError: the server cannot be reached.
+    """
+    if spec.milvus_uri is None:
+        return
+    client, _label, _lite = MilvusStore._connect(spec, Path("."), create=True)
+    client.close()
+
+
 class _Capture(logging.Handler):
     """Keeps the records milvus_lite logs while its server starts (it logs a failure and returns None)."""
 

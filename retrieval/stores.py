@@ -141,11 +141,13 @@ def check_available(spec: StoreSpec) -> None:
 
     Raises:
         UsageError: a Milvus store is asked for and the `milvus` extra is not installed.
+        StoreUnavailableError: the Milvus server it names does not answer.
     """
     if spec.kind == "milvus":
-        from retrieval.milvus_store import require_client
+        from retrieval.milvus_store import probe_server, require_client
 
         require_client(lite=spec.milvus_uri is None)
+        probe_server(spec)
 
 
 def open_store(spec: StoreSpec, folder: Path, *, writable: bool = False) -> Store:

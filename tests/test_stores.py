@@ -181,6 +181,18 @@ def test_an_unreachable_milvus_server_is_one_clear_line(make_photos, monkeypatch
     unreachable = pytest.raises(StoreUnavailableError, match=r"cannot reach Milvus at http://127\.0\.0\.1:9")
     with Engine(model="classic", milvus_uri="http://127.0.0.1:9") as engine, unreachable:
         engine.ingest(paths[0].parent)
+    with Engine(model="classic") as engine:  # nothing recorded: the index can still be made another way
+        engine.ingest(paths[0].parent)
+        assert engine.manifest["store"] == "hnswlib-int8" and len(engine.store) == 1
+
+
+def test_an_unknown_store_is_a_usage_error_before_any_model_loads(monkeypatch):
+    def no_model(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("retrieval.engine.create_embedder", no_model)
+    with pytest.raises(UsageError, match="unknown store 'faiss'"):
+        Engine(model="classic", store="faiss")
 
 
 def test_milvus_lite_open_in_another_process_is_index_busy(make_photos, home):
