@@ -255,7 +255,7 @@ def fit_head(
     seed: int = 0,
 ) -> Projection:
     """A small MLP head with a linear skip, trained with batch-hard triplet loss on frozen vectors (CPU)."""
-    import torch
+    from retrieval.embedders.base import torch_threads
 
     x, labels = _check_fit_data(x, labels)
     assert labels is not None
@@ -266,13 +266,9 @@ def fit_head(
         raise UsageError(f"head dims must be positive, got {dims}")
     params = params or HeadParams()
     mean = x.mean(axis=0)
-    threads = torch.get_num_threads()
     # Matrices this small train several times faster on one thread than on several spin-waiting ones.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         weights = _train_head(x - mean, labels, dims, params, seed)
-    finally:
-        torch.set_num_threads(threads)
     return Projection(
         "head", {"mean": mean.astype(np.float32), **weights}, {"params": {**asdict(params), "seed": seed}}
     )
