@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -61,3 +64,38 @@ def write_section(body: str, path: Path = BENCHMARKS_MD) -> None:
         nxt = text.find("\n## ", start + len(heading) + 1)
         new = text[: start + 1] + body.rstrip("\n") + "\n" + (text[nxt:] if nxt >= 0 else "")
     path.write_text(new.rstrip("\n") + "\n")
+
+
+# Queries each contender answers before the next one takes its turn.
+INTERLEAVE = 50
+
+
+def rss_kb() -> dict[str, int]:
+    """This process's resident anonymous and file-backed memory, in KiB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def interleaved_best_times(
+    searches: Sequence[Callable[[Any], Any]], counts: Sequence[int], queries: Any, k: int, rounds: int
+) -> list[tuple[Any, Any]]:
+    """Time every search on each block of INTERLEAVE queries in turn, `rounds` times, keeping each query's
+    fastest time: load from other jobs on a shared machine then falls on all contenders alike and is mostly
+    filtered out. Search i answers the first counts[i] queries, one per call. Returns, per search, the
+    seconds per query and the (count, k) ids it returned."""
+    import numpy as np
+
+    lat = [np.full(n, np.inf) for n in counts]
+    ids = [np.empty((n, k), dtype=np.int64) for n in counts]
+    for _ in range(rounds):
+        for start in range(0, len(queries), INTERLEAVE):
+            for search, n, c_lat, c_ids in zip(searches, counts, lat, ids, strict=True):
+                for i in range(start, min(start + INTERLEAVE, n)):
+                    t = time.perf_counter()
+                    c_ids[i] = search(queries[i])
+                    c_lat[i] = min(c_lat[i], time.perf_counter() - t)
+    return list(zip(lat, ids, strict=True))

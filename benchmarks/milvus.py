@@ -18,7 +18,14 @@ from __future__ import annotations
 import os
 import sys
 
-from _common import env_note, run_without_slow_numpy_env, write_section
+from _common import (
+    INTERLEAVE,
+    env_note,
+    interleaved_best_times,
+    rss_kb,
+    run_without_slow_numpy_env,
+    write_section,
+)
 
 if __name__ == "__main__":
     run_without_slow_numpy_env({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -55,7 +62,6 @@ DEFAULT_EFS = (128, 256, 384)
 MILVUS_EFS = (64, 128, 256)
 BATCH = 100  # queries per call in the batched measurement
 RAM_QUERIES = 200
-INTERLEAVE = 50
 SPECS = {"default": StoreSpec("hnswlib-int8"), "milvus-lite": StoreSpec("milvus", None, "bench")}
 
 
@@ -87,15 +93,6 @@ class Row:
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def rss_kb() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def measure_ram(kind: str, folder: str, queries_path: str) -> None:
@@ -136,15 +133,8 @@ def run_interleaved(
     truth: np.ndarray,
     rounds: int,
 ) -> list[Row]:
-    lat = [np.full(len(queries), np.inf) for _ in contenders]
-    ids = [np.empty((len(queries), K), dtype=np.int64) for _ in contenders]
-    for _ in range(rounds):
-        for start in range(0, len(queries), INTERLEAVE):
-            for (_, _, search), c_lat, c_ids in zip(contenders, lat, ids, strict=True):
-                for i in range(start, min(start + INTERLEAVE, len(queries))):
-                    t = time.perf_counter()
-                    c_ids[i] = search(queries[i])
-                    c_lat[i] = min(c_lat[i], time.perf_counter() - t)
+    counts = [len(queries)] * len(contenders)
+    timed = interleaved_best_times([search for _, _, search in contenders], counts, queries, K, rounds)
     return [
         Row(
             store,
@@ -154,7 +144,7 @@ def run_interleaved(
             float(np.percentile(c_lat, 50) * 1e3),
             float(np.percentile(c_lat, 99) * 1e3),
         )
-        for (store, setting, _), c_lat, c_ids in zip(contenders, lat, ids, strict=True)
+        for (store, setting, _), (c_lat, c_ids) in zip(contenders, timed, strict=True)
     ]
 
 

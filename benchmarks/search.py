@@ -21,7 +21,14 @@ from __future__ import annotations
 import os
 import sys
 
-from _common import env_note, run_without_slow_numpy_env, write_section
+from _common import (
+    INTERLEAVE,
+    env_note,
+    interleaved_best_times,
+    rss_kb,
+    run_without_slow_numpy_env,
+    write_section,
+)
 
 if __name__ == "__main__":
     run_without_slow_numpy_env({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -57,7 +64,6 @@ PLAIN_EFS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
 STORE_EFS = (32, 64, 96, 128, 192, 256, 384, 512)
 ADD_BATCH = 10_000
 RAM_QUERIES = 200
-INTERLEAVE = 50
 VARIANT_EFS = (128, 256, 384)
 VARIANTS = (
     ("graph_dims=96 m=16", StoreParams(graph_dims=96, m=16)),
@@ -92,15 +98,6 @@ class Contender:
     queries: int  # how many of the queries it answers (exact search is slow: a prefix)
 
 
-def rss_kb() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile"):
-            out[key] = int(value.split()[0])
-    return out
-
-
 def measure_ram(kind: str, path: str, queries_path: str) -> None:
     """Child process: open an index, run queries, print resident-memory growth (bytes) as JSON."""
     queries = np.load(queries_path)
@@ -128,18 +125,11 @@ def ram_of(kind: str, path: Path, queries_path: Path) -> dict[str, int]:
 def run_interleaved(
     contenders: list[Contender], queries: np.ndarray, truth: np.ndarray, rounds: int
 ) -> list[Row]:
-    """Time every contender on each block of queries in turn, `rounds` times, keeping each query's
-    fastest time: load from other jobs on a shared machine then falls on all contenders alike and
-    is mostly filtered out. One query per call, one thread."""
-    lat = [np.full(c.queries, np.inf) for c in contenders]
-    ids = [np.empty((c.queries, K), dtype=np.int64) for c in contenders]
-    for _ in range(rounds):
-        for start in range(0, len(queries), INTERLEAVE):
-            for c, c_lat, c_ids in zip(contenders, lat, ids, strict=True):
-                for i in range(start, min(start + INTERLEAVE, c.queries)):
-                    t = time.perf_counter()
-                    c_ids[i] = c.search(queries[i])
-                    c_lat[i] = min(c_lat[i], time.perf_counter() - t)
+    """Each contender's recall and latency, timed interleaved (see `interleaved_best_times`); one query
+    per call, one thread."""
+    timed = interleaved_best_times(
+        [c.search for c in contenders], [c.queries for c in contenders], queries, K, rounds
+    )
     return [
         Row(
             c.method,
@@ -152,7 +142,7 @@ def run_interleaved(
             c.ram_b,
             c.disk_b,
         )
-        for c, c_lat, c_ids in zip(contenders, lat, ids, strict=True)
+        for c, (c_lat, c_ids) in zip(contenders, timed, strict=True)
     ]
 
 
