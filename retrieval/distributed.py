@@ -45,6 +45,7 @@ from retrieval.ingest import (
     ProgressFn,
     decode_for,
     default_workers,
+    read_and_hash,
     read_file,
 )
 from retrieval.projections import ProjectedEmbedder
@@ -263,12 +264,7 @@ class RayStage:
     # -- driver side: read and hash, in order -----------------------------------------------------------
 
     def _hash(self, found: FoundFile, lookup: LookupFn) -> Prepared:
-        try:
-            data = read_file(found.path)
-        except DecodeError as exc:
-            return Prepared(found, "", error=exc.reason)
-        digest = content_hash(data)
-        return Prepared(found, digest, known_id=lookup(digest))
+        return read_and_hash(found, lookup)[0]
 
     def _hashed(self, todo: list[FoundFile], lookup: LookupFn) -> list[Prepared]:
         workers = default_workers()

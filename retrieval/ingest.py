@@ -98,6 +98,17 @@ def read_file(path: Path) -> bytes:
         raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
 
 
+def read_and_hash(found: FoundFile, lookup: LookupFn) -> tuple[Prepared, bytes | None]:
+    """Read a file and identify its content: the Prepared of a file that cannot be read (error) or whose
+    content is already embedded (known_id), else one that still needs embedding, with the file's bytes."""
+    try:
+        data = read_file(found.path)
+    except DecodeError as exc:
+        return Prepared(found, "", error=exc.reason), None
+    digest = content_hash(data)
+    return Prepared(found, digest, known_id=lookup(digest)), data
+
+
 def decode_for(embedder: Embedder, data: bytes) -> tuple[Any, DecodedImage]:
     """Decode a file's bytes and preprocess them for `embedder`: (what `embed_preprocessed` takes, the decoded
     image). Every failure is a DecodeError whose reason ingest records."""
@@ -163,14 +174,10 @@ class LocalStage:
         self.batch_size = batch_size
 
     def _prepare(self, found: FoundFile, lookup: LookupFn) -> Prepared:
-        try:
-            data = read_file(found.path)
-        except DecodeError as exc:
-            return Prepared(found, "", error=exc.reason)
-        digest = content_hash(data)
-        known = lookup(digest)
-        if known is not None:
-            return Prepared(found, digest, known_id=known)
+        hashed, data = read_and_hash(found, lookup)
+        if data is None or hashed.known_id is not None:
+            return hashed
+        digest = hashed.hash
         try:
             payload, decoded = decode_for(self.embedder, data)
         except DecodeError as exc:
