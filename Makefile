@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check retrieval cli tests benchmarks migrations
-	$(BIN)/ruff format --check retrieval cli tests benchmarks migrations
+	$(BIN)/ruff check retrieval cli tests benchmarks
+	$(BIN)/ruff format --check retrieval cli tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -58,11 +58,11 @@ import torch  # noqa: E402
 from photos import DEFAULT_CACHE, baseline_set, describe, library_set, lossless_set  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval.decoding import decode_image  # noqa: E402
-from retrieval.discovery import content_hash  # noqa: E402
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder  # noqa: E402
 from retrieval.engine import Engine  # noqa: E402
-from retrieval.ingest import default_workers  # noqa: E402
+from retrieval.files.decoding import decode_image  # noqa: E402
+from retrieval.files.discovery import content_hash  # noqa: E402
+from retrieval.ingest.pipeline import default_workers  # noqa: E402
 
 
 def files_of(folder: Path) -> list[Path]:

@@ -42,14 +42,14 @@ from conftest import draw_photo  # noqa: E402
 from vectors import make  # noqa: E402
 
 started = time.perf_counter()
-from retrieval.map_render import save_map  # noqa: E402
-from retrieval.maps import (  # noqa: E402
+from retrieval.maps.layout import (  # noqa: E402
     MapPoint,
     NeighbourhoodMap,
     cluster_points,
     compute_layout,
 )
-from retrieval.thumbnails import make_thumbnail  # noqa: E402
+from retrieval.maps.render import save_map  # noqa: E402
+from retrieval.maps.thumbnails import make_thumbnail  # noqa: E402
 
 DIM = 512
 

@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vectors import exact_topk, make, recall_at_k  # noqa: E402
 
-from retrieval import milvus_store  # noqa: E402
-from retrieval.stores import Store, StoreSpec, create_store, open_store  # noqa: E402
-from retrieval.vectorstore import StoreParams  # noqa: E402
+from retrieval.vectors import Store, StoreSpec, create_store, open_store  # noqa: E402
+from retrieval.vectors import milvus as milvus_store  # noqa: E402
+from retrieval.vectors.hnsw.store import StoreParams  # noqa: E402
 
 HEADING = "## Milvus Lite store vs default store"
 DIM = 512

@@ -33,7 +33,7 @@ from sklearn.datasets import load_digits
 
 from retrieval.embedders import create_embedder
 from retrieval.engine import Engine
-from retrieval.evaluation import embed_labelled, evaluate, load_labelled_folder
+from retrieval.quality.evaluation import embed_labelled, evaluate, load_labelled_folder
 
 METHODS = ("raw", "pca", "lda", "head")
 TILE = (192, 144)

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vectors import exact_topk, make, recall_at_k  # noqa: E402
 
-from retrieval.vectorstore import StoreParams, VectorStore  # noqa: E402
+from retrieval.vectors.hnsw.store import StoreParams, VectorStore  # noqa: E402
 
 HEADING = "## Search: quantized store vs exact float32"
 DIM = 512

@@ -47,7 +47,7 @@ from conftest import draw_photo  # noqa: E402
 from index_checks import assert_consistent  # noqa: E402
 
 from retrieval.engine import Engine  # noqa: E402
-from retrieval.ingest import IngestReport  # noqa: E402
+from retrieval.ingest.pipeline import IngestReport  # noqa: E402
 
 SAMPLE = 100  # photos that must find themselves after each step
 

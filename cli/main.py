@@ -28,13 +28,14 @@ from rich.table import Table
 from rich.text import Text
 
 from retrieval.embedders import create_embedder
+from retrieval.embedders.projections import KINDS, HeadParams
 from retrieval.engine import DEFAULT_MODEL, Engine
 from retrieval.errors import IndexCorruptError, RetrievalError, UsageError
-from retrieval.evaluation import METHODS, EvalReport, evaluate_folder
-from retrieval.ingest import IngestProgress, IngestReport
-from retrieval.map_render import map_format
-from retrieval.projections import KINDS, HeadParams
-from retrieval.search import Query, QueryPart, SearchHit
+from retrieval.ingest.pipeline import IngestProgress, IngestReport
+from retrieval.maps.render import map_format
+from retrieval.quality.evaluation import METHODS, EvalReport, evaluate_folder
+from retrieval.search.queries import Query, QueryPart, SearchHit
+from retrieval.settings import ray_address_from_env
 
 app = typer.Typer(
     name="retrieval",
@@ -106,7 +107,7 @@ def _ray_address(ray: bool | None, address: str | None) -> str | None:
     runtime on this machine."""
     if ray is False:
         return None
-    return address or ("local" if ray else None)
+    return address or ray_address_from_env() or ("local" if ray else None)
 
 
 class _RateColumn(ProgressColumn):
@@ -198,9 +199,8 @@ def ingest(
         str | None,
         typer.Option(
             "--ray-address",
-            envvar="RETRIEVAL_RAY_ADDRESS",
             help="Ray cluster to ingest on (implies --ray): ray://HOST:10001 (Ray Client), HOST:6379, or "
-            "auto (the one `ray start` runs on this machine).",
+            "auto (the one `ray start` runs on this machine). Default: $RETRIEVAL_RAY_ADDRESS.",
         ),
     ] = None,
     prune: Annotated[
@@ -400,7 +400,7 @@ def serve(
     try:
         import uvicorn
 
-        from retrieval.server import create_app, warm_up
+        from retrieval.serve.app import create_app, warm_up
     except ImportError as exc:
         err.print(f"[red]error:[/] serving needs {exc.name}: pip install 'retrieval[serve]'", highlight=False)
         raise typer.Exit(2) from None

@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
 
         return Engine
     if name in {"Query", "QueryPart", "SearchHit"}:
-        from retrieval import search
+        from retrieval.search import queries as search
 
         return getattr(search, name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from retrieval.decoding import SUPPORTED_EXTENSIONS
 from retrieval.embedders import RandomWeightsWarning, create_embedder
 from retrieval.engine import Engine
 from retrieval.errors import UsageError, WeightsUnavailableError
-from retrieval.locations import resolve_home
-from retrieval.maps import MIN_POINTS
-from retrieval.search import Query, SearchHit
+from retrieval.files.decoding import SUPPORTED_EXTENSIONS
+from retrieval.maps.layout import MIN_POINTS
+from retrieval.search.queries import Query, SearchHit
+from retrieval.settings import resolve_home
 
 # scikit-image ships these photographs (and a few test patterns) with its wheel: no network needed.
 SAMPLE_PHOTOS = (

@@ -19,9 +19,8 @@ import numpy as np
 from filelock import FileLock, Timeout
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from retrieval.decoding import decode_image
-from retrieval.duplicates import DEFAULT_NEIGHBOURS, DuplicateReport, default_threshold, find_duplicates
 from retrieval.embedders import Embedder, create_embedder, parse_embedder_name
+from retrieval.embedders.projections import ProjectedEmbedder, Projection, fit_projection
 from retrieval.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -32,8 +31,8 @@ from retrieval.errors import (
     RetrievalError,
     UsageError,
 )
-from retrieval.evaluation import embed_labelled, load_labelled_folder
-from retrieval.ingest import (
+from retrieval.files.decoding import decode_image
+from retrieval.ingest.pipeline import (
     Ingestor,
     IngestProgress,
     IngestReport,
@@ -42,15 +41,21 @@ from retrieval.ingest import (
     reconcile,
     remove_paths,
 )
-from retrieval.locations import DEFAULT_INDEX, index_dir
-from retrieval.map_render import ColourBy, RenderedMap, render_map
-from retrieval.maps import NeighbourhoodMap, build_map
-from retrieval.metadata import DB_NAME, MetadataStore, utcnow
-from retrieval.projections import ProjectedEmbedder, Projection, fit_projection
-from retrieval.search import Query, QueryPart, SearchHit, query_vector, run_search
-from retrieval.stores import Store, StoreSpec, check_available, create_store, open_store, parse_kind
-from retrieval.thumbnails import ThumbnailCache
-from retrieval.vectorstore import VectorStore
+from retrieval.maps.layout import NeighbourhoodMap, build_map
+from retrieval.maps.render import ColourBy, RenderedMap, render_map
+from retrieval.maps.thumbnails import ThumbnailCache
+from retrieval.metadata.store import DB_NAME, MetadataStore, utcnow
+from retrieval.quality.evaluation import embed_labelled, load_labelled_folder
+from retrieval.search.duplicates import (
+    DEFAULT_NEIGHBOURS,
+    DuplicateReport,
+    default_threshold,
+    find_duplicates,
+)
+from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
+from retrieval.settings import DEFAULT_INDEX, index_dir
+from retrieval.vectors import Store, StoreSpec, check_available, create_store, open_store, parse_kind
+from retrieval.vectors.hnsw.store import VectorStore
 
 DEFAULT_MODEL = "clip"
 MANIFEST_FORMAT = 1
@@ -382,7 +387,7 @@ class Engine:
     ) -> IngestReport:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
 
-        `ray_address` decodes and embeds on Ray (`retrieval.distributed`; the `ray` extra): "local" starts a
+        `ray_address` decodes and embeds on Ray (`retrieval.ingest.ray`; the `ray` extra): "local" starts a
         runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
         `workers` then counts Ray actors (one model each) instead of decode threads.
 
@@ -427,7 +432,7 @@ class Engine:
         if address is None:
             yield None
             return
-        from retrieval.distributed import EmbedderArgs, ray_stage
+        from retrieval.ingest.ray import EmbedderArgs, ray_stage
 
         name, pretrained, weights = self._embedder_args()
         emb = self.embedder

@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 import retrieval.engine
-import retrieval.vectorstore
-from retrieval.ingest import Ingestor, IngestProgress
+import retrieval.vectors.hnsw.store
+from retrieval.ingest.pipeline import Ingestor, IngestProgress
 
 
 def _say(line: str) -> None:
@@ -60,7 +60,7 @@ def run(
         def _checkpoint(self, s: Any) -> None:
             self.checkpoints += 1
             if pause == "manifest" and self.checkpoints == pause_at:
-                retrieval.vectorstore._write_manifest = lambda *_a: _wait_to_be_killed("manifest")
+                retrieval.vectors.hnsw.store._write_manifest = lambda *_a: _wait_to_be_killed("manifest")
             elif pause == "commit" and self.checkpoints == pause_at:
                 save = self.store.save
                 self.store.save = lambda: (save(), _wait_to_be_killed("commit"))  # type: ignore[method-assign]

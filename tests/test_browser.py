@@ -32,8 +32,8 @@ if not Path(CHROMIUM).is_file():
 import uvicorn  # noqa: E402
 
 from retrieval.engine import Engine  # noqa: E402
-from retrieval.server import create_app  # noqa: E402
-from retrieval.vectorstore import StoreParams, VectorStore  # noqa: E402
+from retrieval.serve.app import create_app  # noqa: E402
+from retrieval.vectors.hnsw.store import StoreParams, VectorStore  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",

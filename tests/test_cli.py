@@ -178,10 +178,10 @@ def test_the_wheel_ships_the_cli_migrations_and_web_page(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("retrieval-*.whl"))).namelist()
     assert "retrieval_cli/main.py" in names
     assert (
-        "retrieval/migrations/env.py" in names
-        and "retrieval/migrations/versions/0002_failures_and_capture_time.py" in names
+        "retrieval/metadata/migrations/env.py" in names
+        and "retrieval/metadata/migrations/versions/0002_failures_and_capture_time.py" in names
     )
-    assert "retrieval/web/index.html" in names and "retrieval/embedders/tiny-clip.json" in names
+    assert "retrieval/serve/web/index.html" in names and "retrieval/embedders/tiny-clip.json" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert (
         "retrieval = retrieval_cli.main:run"

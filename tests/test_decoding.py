@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageDraw, ImageOps, features
 
-from retrieval import decoding
-from retrieval.decoding import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, DecodedImage, decode_image
 from retrieval.errors import DecodeError
+from retrieval.files import decoding
+from retrieval.files.decoding import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, DecodedImage, decode_image
 
 
 def scene(size: tuple[int, int] = (96, 64)) -> Image.Image:

@@ -29,11 +29,11 @@ from PIL import Image
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
-from retrieval import distributed
-from retrieval.distributed import CHANGED, EmbedderArgs, EmbedWorker, RayStage
 from retrieval.engine import Engine
 from retrieval.errors import ClusterError
-from retrieval.ingest import IngestProgress
+from retrieval.ingest import ray as distributed
+from retrieval.ingest.pipeline import IngestProgress
+from retrieval.ingest.ray import CHANGED, EmbedderArgs, EmbedWorker, RayStage
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::retrieval.embedders.RandomWeightsWarning"),
@@ -138,7 +138,7 @@ def test_ingest_help_says_how_to_ingest_on_ray():
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # as one line, however the help was wrapped
     assert "--ray / --no-ray Decode and embed on Ray (pip install 'retrieval[ray]')" in text
-    assert "--ray-address" in text and "[env var: RETRIEVAL_RAY_ADDRESS]" in text
+    assert "--ray-address" in text and "$RETRIEVAL_RAY_ADDRESS" in text
 
 
 def test_a_local_ingest_never_imports_ray(make_photos, tmp_path):

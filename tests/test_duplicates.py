@@ -12,8 +12,8 @@ from PIL import Image, ImageEnhance
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
-from retrieval.duplicates import union_groups
 from retrieval.engine import Engine
+from retrieval.search.duplicates import union_groups
 
 ORIGINALS = 20
 SINGLES = 20

@@ -14,7 +14,6 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageFilter
 
-from retrieval.decoding import decode_image
 from retrieval.embedders import (
     Embedder,
     EmbedderSpec,
@@ -26,6 +25,7 @@ from retrieval.embedders import (
 from retrieval.embedders import clip as clip_module
 from retrieval.embedders import resnet as resnet_module
 from retrieval.errors import QueryError, UsageError, WeightsUnavailableError
+from retrieval.files.decoding import decode_image
 
 
 def picture(seed: int, size: tuple[int, int] = (256, 192)) -> Image.Image:

@@ -17,7 +17,7 @@ from retrieval.errors import (
     IndexNotFoundError,
     QueryError,
 )
-from retrieval.search import Query, QueryPart
+from retrieval.search.queries import Query, QueryPart
 
 
 def test_resized_recompressed_copy_finds_its_original_at_rank_1(make_photos, tmp_path):

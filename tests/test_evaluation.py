@@ -12,8 +12,9 @@ from retrieval_cli.main import app
 from typer.testing import CliRunner
 
 from retrieval.embedders import create_embedder
+from retrieval.embedders.projections import HeadParams
 from retrieval.errors import UsageError
-from retrieval.evaluation import (
+from retrieval.quality.evaluation import (
     embed_labelled,
     evaluate,
     evaluate_folder,
@@ -22,7 +23,6 @@ from retrieval.evaluation import (
     nearest_centroid,
     stratified_split,
 )
-from retrieval.projections import HeadParams
 
 QUICK_HEAD = HeadParams(steps=100)
 

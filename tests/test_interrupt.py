@@ -23,8 +23,8 @@ from retrieval_cli.main import app
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine
-from retrieval.ingest import Ingestor
-from retrieval.metadata import DB_NAME, MetadataStore
+from retrieval.ingest.pipeline import Ingestor
+from retrieval.metadata.store import DB_NAME, MetadataStore
 
 N = 120
 EVERY = 12  # files per checkpoint in the children: the first comes at 10 %

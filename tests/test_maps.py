@@ -15,20 +15,20 @@ from PIL import Image, ImageEnhance
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
-from retrieval import maps
 from retrieval.engine import Engine
 from retrieval.errors import QueryError, UsageError
-from retrieval.maps import (
+from retrieval.maps import layout as maps
+from retrieval.maps.layout import (
     LargeMapWarning,
     NeighbourhoodMap,
     choose_perplexity,
     cluster_points,
     compute_layout,
 )
-from retrieval.search import Query, QueryPart
+from retrieval.search.queries import Query, QueryPart
 
 GROUPS = 3
-PER_GROUP = 8
+PER_GROUP = 12
 runner = CliRunner()
 
 

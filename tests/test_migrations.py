@@ -9,7 +9,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from retrieval.errors import IndexCorruptError, SchemaTooNewError
-from retrieval.metadata import MetadataStore, _alembic_config, head_revision
+from retrieval.metadata.store import MetadataStore, _alembic_config, head_revision
 
 
 def tables(path) -> set[str]:

@@ -25,15 +25,15 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 import retrieval.engine as engine_module
-from retrieval.decoding import decode_image
 from retrieval.embedders import create_embedder
 from retrieval.embedders.base import PillowPreprocess
 from retrieval.embedders.classic import ClassicEmbedder
 from retrieval.embedders.clip import encode_text
 from retrieval.engine import Engine
-from retrieval.ingest import Ingestor
-from retrieval.metadata import MetadataStore
-from retrieval.vectorstore import VectorStore
+from retrieval.files.decoding import decode_image
+from retrieval.ingest.pipeline import Ingestor
+from retrieval.metadata.store import MetadataStore
+from retrieval.vectors.hnsw.store import VectorStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::retrieval.embedders.RandomWeightsWarning")
 

@@ -11,18 +11,18 @@ from labelled_folders import write_digits
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
-from retrieval.decoding import decode_image
 from retrieval.embedders import create_embedder
-from retrieval.engine import Engine
-from retrieval.errors import IndexCorruptError, IndexMismatchError, UsageError
-from retrieval.evaluation import leave_one_out
-from retrieval.projections import (
+from retrieval.embedders.projections import (
     HeadParams,
     Projection,
     batch_hard_triplet_loss,
     fit_head,
     fit_projection,
 )
+from retrieval.engine import Engine
+from retrieval.errors import IndexCorruptError, IndexMismatchError, UsageError
+from retrieval.files.decoding import decode_image
+from retrieval.quality.evaluation import leave_one_out
 
 
 def _classes_hidden_in_a_quiet_plane(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

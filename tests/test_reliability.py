@@ -25,11 +25,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-import retrieval.ingest as ingest_module
-import retrieval.vectorstore as vectorstore
+import retrieval.ingest.pipeline as ingest_module
+import retrieval.vectors.hnsw.store as vectorstore
 from retrieval.engine import Engine
 from retrieval.errors import IndexCorruptError, IndexWriteError
-from retrieval.vectorstore import VectorStore
+from retrieval.vectors.hnsw.store import VectorStore
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ from retrieval_cli.main import app as cli_app
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine
-from retrieval.server import MAX_K, MAX_QUERY_CHARS, create_app
+from retrieval.serve.app import MAX_K, MAX_QUERY_CHARS, create_app
 
 N_PHOTOS = 12
 SECRET = "TOP-SECRET-NOT-IN-THE-INDEX"

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from retrieval.engine import Engine
 from retrieval.errors import IndexMismatchError, StoreUnavailableError, UsageError
-from retrieval.server import create_app
-from retrieval.stores import MILVUS_URI_ENV, StoreSpec
+from retrieval.serve.app import create_app
+from retrieval.settings import MILVUS_URI_ENV
+from retrieval.vectors import StoreSpec
 
 runner = CliRunner()
 
@@ -174,7 +175,7 @@ def test_a_missing_milvus_extra_is_one_clear_line_and_records_nothing(make_photo
 
 def test_an_unreachable_milvus_server_is_one_clear_line(make_photos, monkeypatch):
     pytest.importorskip("pymilvus")
-    import retrieval.milvus_store as milvus_store
+    import retrieval.vectors.milvus as milvus_store
 
     monkeypatch.setattr(milvus_store, "CONNECT_TIMEOUT", 1.0)
     paths = make_photos(1)

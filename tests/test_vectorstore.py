@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from retrieval.errors import IndexCorruptError, IndexNotFoundError, UsageError
-from retrieval.quantizer import Quantizer
-from retrieval.vectorstore import MANIFEST, StoreParams, VectorStore
+from retrieval.vectors.hnsw.quantizer import Quantizer
+from retrieval.vectors.hnsw.store import MANIFEST, StoreParams, VectorStore
 
 DIM = 64
 SMALL = StoreParams(graph_dims=16, m=12, ef_construction=64, ef_search=64, rescore=16)
@@ -363,7 +363,7 @@ def test_unsaved_additions_are_not_seen_after_reopening(folder: Path) -> None:
 def test_rows_flushed_by_a_session_that_never_saved_are_trimmed(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import retrieval.vectorstore as vectorstore
+    import retrieval.vectors.hnsw.store as vectorstore
 
     store, _ = make_store(folder, 100)
     store.save()

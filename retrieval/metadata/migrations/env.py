@@ -21,6 +21,9 @@ if connection is not None:
 else:  # `alembic -x db=PATH ...` from the command line
     db = context.get_x_argument(as_dictionary=True).get("db")
     if not db:
-        raise SystemExit("pass the database with: alembic -c migrations/alembic.ini -x db=PATH upgrade head")
+        raise SystemExit(
+            "pass the database with: "
+            "alembic -c retrieval/metadata/migrations/alembic.ini -x db=PATH upgrade head"
+        )
     with create_engine(f"sqlite:///{db}").connect() as conn:
         _run(conn)

@@ -1,4 +1,4 @@
-"""The one place that decides where index data lives."""
+"""The one place that reads the environment and decides where index data lives."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 from retrieval.errors import UsageError
 
 HOME_ENV = "RETRIEVAL_HOME"
+MILVUS_URI_ENV = "RETRIEVAL_MILVUS_URI"
+RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
 DEFAULT_INDEX = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -25,3 +27,13 @@ def index_dir(name: str = DEFAULT_INDEX, home: Path | str | None = None) -> Path
     if not _NAME.match(name) or name in {".", ".."}:
         raise UsageError(f"invalid index name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
     return resolve_home(home) / name
+
+
+def milvus_uri_from_env() -> str | None:
+    """The Milvus server a new Milvus index uses when no URI is given (None: Milvus Lite in the index)."""
+    return os.environ.get(MILVUS_URI_ENV) or None
+
+
+def ray_address_from_env() -> str | None:
+    """The Ray cluster `ingest --ray` joins when no address is given (None: start one here)."""
+    return os.environ.get(RAY_ADDRESS_ENV) or None

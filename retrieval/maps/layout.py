@@ -7,7 +7,7 @@ gives one map. Its `trustworthiness` (sklearn.manifold.trustworthiness; 1.0 = ev
 true one) says how far the picture can be believed. Clusters are k-means on the same reduced vectors; their
 number is given or chosen by silhouette.
 
-Everything here returns typed results; drawing them is `retrieval.map_render`'s job."""
+Everything here returns typed results; drawing them is `retrieval.maps.render`'s job."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from typing import Literal, ParamSpec, TypeVar
 import numpy as np
 
 from retrieval.errors import QueryError, UsageError
-from retrieval.metadata import MetadataStore
-from retrieval.search import Query, SearchHit
-from retrieval.stores import Store
+from retrieval.metadata.store import MetadataStore
+from retrieval.search.queries import Query, SearchHit
+from retrieval.vectors.base import Store
 
 PointRole = Literal["query", "result", "context"]
 P = ParamSpec("P")

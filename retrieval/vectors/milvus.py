@@ -37,7 +37,7 @@ from retrieval.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from retrieval.stores import StoreSpec
+from retrieval.vectors.base import StoreSpec
 
 #: Milvus Lite's data folder inside the index's `vectors/` folder.
 LITE_DIR = "milvus.db"

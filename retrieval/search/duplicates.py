@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from retrieval.errors import UsageError
-from retrieval.metadata import File, MetadataStore
-from retrieval.stores import Store
+from retrieval.metadata.store import File, MetadataStore
+from retrieval.vectors.base import Store
 
 DEFAULT_THRESHOLDS = {"classic": 0.82}
 UNMEASURED_THRESHOLD = 0.95

@@ -35,10 +35,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from retrieval.discovery import FoundFile, content_hash
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
+from retrieval.embedders.projections import ProjectedEmbedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
-from retrieval.ingest import (
+from retrieval.files.discovery import FoundFile, content_hash
+from retrieval.ingest.pipeline import (
     IngestProgress,
     LookupFn,
     Prepared,
@@ -48,7 +49,6 @@ from retrieval.ingest import (
     read_and_hash,
     read_file,
 )
-from retrieval.projections import ProjectedEmbedder
 
 LOCAL = "local"
 INSTALL_HINT = "pip install 'retrieval[ray]'"

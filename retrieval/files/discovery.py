@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.decoding import SUPPORTED_EXTENSIONS
+from retrieval.files.decoding import SUPPORTED_EXTENSIONS
 
 HASH_CHUNK = 1 << 20
 

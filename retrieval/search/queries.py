@@ -11,8 +11,8 @@ from typing import Literal
 import numpy as np
 
 from retrieval.errors import QueryError
-from retrieval.metadata import MetadataStore
-from retrieval.stores import Store
+from retrieval.metadata.store import MetadataStore
+from retrieval.vectors.base import Store
 
 PartKind = Literal["text", "image", "id"]
 MAX_K = 10_000

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from retrieval.errors import UsageError
-from retrieval.maps import MapPoint, NeighbourhoodMap
-from retrieval.metadata import MetadataStore
-from retrieval.thumbnails import ThumbnailCache
+from retrieval.maps.layout import MapPoint, NeighbourhoodMap
+from retrieval.maps.thumbnails import ThumbnailCache
+from retrieval.metadata.store import MetadataStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -2,7 +2,7 @@
 
 Pipeline: the main thread lists files and plans the work; a stage turns the files into what the model
 needs and the model into vectors: by default (`LocalStage`) worker threads read, hash, decode and preprocess
-(Pillow and the hash release the GIL) and the main thread embeds in batches; `retrieval.distributed` has
+(Pillow and the hash release the GIL) and the main thread embeds in batches; `retrieval.ingest.ray` has
 a Ray cluster do it. Either way the main thread writes, in the files' order, through the same code.
 Crash safety rests on one ordering: vectors are saved (atomically) before the database rows that
 call them embedded are committed, and `reconcile` repairs the one gap a crash can leave.
@@ -23,12 +23,12 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from retrieval.decoding import DecodedImage, decode_image
-from retrieval.discovery import FoundFile, Skipped, content_hash, discover
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
-from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
-from retrieval.stores import Store
+from retrieval.files.decoding import DecodedImage, decode_image
+from retrieval.files.discovery import FoundFile, Skipped, content_hash, discover
+from retrieval.metadata.store import Content, Failure, File, MetadataStore, Root, utcnow
+from retrieval.vectors.base import Store
 
 
 @dataclass(frozen=True)

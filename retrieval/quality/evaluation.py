@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.decoding import decode_image
-from retrieval.discovery import FoundFile, discover
 from retrieval.embedders import Embedder
+from retrieval.embedders.projections import HeadParams, Projection, fit_projection
 from retrieval.errors import DecodeError, UsageError
-from retrieval.projections import HeadParams, Projection, fit_projection
+from retrieval.files.decoding import decode_image
+from retrieval.files.discovery import FoundFile, discover
 
 METHODS = ("raw", "pca", "lda", "head")
 DEFAULT_KS = (1, 5, 10)

@@ -49,7 +49,7 @@ from retrieval.errors import (
     SchemaTooNewError,
     UsageError,
 )
-from retrieval.quantizer import Quantizer
+from retrieval.vectors.hnsw.quantizer import Quantizer
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1

@@ -111,12 +111,8 @@ class ImageRecord:
 
 
 def migrations_dir() -> Path:
-    """Locate the Alembic scripts: packaged as `retrieval/migrations`, or `migrations/` in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError("Alembic migrations not found next to the retrieval package")
+    """The Alembic scripts, shipped inside this package."""
+    return Path(__file__).resolve().parent / "migrations"
 
 
 def _alembic_config() -> Config:

@@ -19,9 +19,9 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retrieval.decoding import decode_image
 from retrieval.errors import DecodeError
-from retrieval.metadata import Content, MetadataStore
+from retrieval.files.decoding import decode_image
+from retrieval.metadata.store import Content, MetadataStore
 
 THUMB_SIDE = 96
 JPEG_QUALITY = 82

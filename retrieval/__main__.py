@@ -1,0 +1,5 @@
+"""`python -m retrieval` runs the command-line interface."""
+
+from retrieval_cli.main import run
+
+run()

@@ -1,0 +1,4 @@
+"""Maps: t-SNE layouts of a result's neighbourhood, drawn as a picture or a page, with cached thumbnails.
+
+`layout` computes positions and clusters, `render` draws them, `thumbnails` makes the small JPEGs both use.
+"""

@@ -1,0 +1,128 @@
+"""The `Store` interface every vector store implements, and `StoreSpec`: which store an index uses and where.
+
+Ingest, search, maps, duplicates, doctor and the engine only call what `Store` lists, so they work unchanged
+over any implementation.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Self
+
+import numpy as np
+
+from retrieval.errors import IndexMismatchError, UsageError
+from retrieval.settings import milvus_uri_from_env
+
+#: What users type (`--store`) → what the manifest records.
+KINDS = {"hnswlib": "hnswlib-int8", "hnswlib-int8": "hnswlib-int8", "milvus": "milvus"}
+DEFAULT_KIND = "hnswlib-int8"
+
+
+class Store(Protocol):
+    """Int64 id → L2-normalised float32 vector, searched by inner product. Ids are the database's content ids.
+
+    `save()` makes every change durable (the database commits after it); `reload_if_changed()` picks up
+    changes saved by another process; `garbled_ids()` lists stored vectors that are damaged.
+    """
+
+    dim: int
+
+    def __len__(self) -> int: ...
+    def __contains__(self, id: object) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
+    @property
+    def generation(self) -> int: ...
+    def ids(self) -> np.ndarray: ...
+    def vectors(self, ids: Sequence[int]) -> np.ndarray: ...
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, ids: Iterable[int]) -> int: ...
+    def search(
+        self, queries: np.ndarray, k: int, *, ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def save(self) -> int: ...
+    def reload_if_changed(self) -> bool: ...
+    def garbled_ids(self) -> np.ndarray: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Which store an index uses and where: `kind` as recorded in the manifest; for Milvus, the server's URI
+    (None = Milvus Lite inside the index folder) and the collection's name."""
+
+    kind: str = DEFAULT_KIND
+    milvus_uri: str | None = None
+    milvus_collection: str | None = None
+
+    @classmethod
+    def for_new_index(cls, index: str, store: str | None, milvus_uri: str | None) -> StoreSpec:
+        """The spec of a new index from what the caller asked for. A URI alone means Milvus; for Milvus
+        without one, $RETRIEVAL_MILVUS_URI names the server, else Milvus Lite runs inside the index folder.
+
+        Raises:
+            UsageError: an unknown store name, or a Milvus URI with another store.
+        """
+        kind = parse_kind(store) if store else None
+        if milvus_uri and kind not in (None, "milvus"):
+            raise UsageError(f"--milvus-uri goes with --store milvus, not --store {store}")
+        if kind == "milvus" or milvus_uri:
+            uri = milvus_uri or milvus_uri_from_env()
+            safe = re.sub(r"[^A-Za-z0-9_]", "_", index)[:64]
+            return cls("milvus", uri, f"retrieval_{safe}_{secrets.token_hex(4)}")
+        return cls(kind or DEFAULT_KIND)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> StoreSpec:
+        kind = manifest.get("store") or DEFAULT_KIND
+        if kind not in KINDS.values():
+            raise UsageError(
+                f"this index keeps its vectors in a {kind!r} store, which this version of retrieval does "
+                f"not know ({', '.join(sorted(set(KINDS.values())))}); upgrade retrieval to open it"
+            )
+        return cls(kind, manifest.get("milvus_uri"), manifest.get("milvus_collection"))
+
+    def to_manifest(self) -> dict[str, Any]:
+        if self.kind == "milvus":
+            return {
+                "store": self.kind,
+                "milvus_uri": self.milvus_uri,
+                "milvus_collection": self.milvus_collection,
+            }
+        return {"store": self.kind}
+
+    def check_request(self, index: str, store: str | None, milvus_uri: str | None) -> None:
+        """Refuse a store or URI asked for an existing index that records another one.
+
+        Raises:
+            IndexMismatchError: the index was created with another store or Milvus URI.
+        """
+        if store and parse_kind(store) != self.kind:
+            raise IndexMismatchError(
+                f"index {index!r} keeps its vectors in the {self.kind} store, not {parse_kind(store)}; "
+                "drop --store (an index keeps the store it was created with) or choose another --index"
+            )
+        if milvus_uri and (self.kind != "milvus" or milvus_uri != self.milvus_uri):
+            where = f"Milvus at {self.milvus_uri}" if self.milvus_uri else f"the {self.kind} store"
+            if self.kind == "milvus" and not self.milvus_uri:
+                where = "Milvus Lite inside the index folder"
+            raise IndexMismatchError(
+                f"index {index!r} keeps its vectors in {where}, not at {milvus_uri}; drop --milvus-uri"
+            )
+
+
+def parse_kind(name: str) -> str:
+    """The manifest's name for a `--store` value.
+
+    Raises:
+        UsageError: an unknown store.
+    """
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UsageError(f"unknown store {name!r}; choose hnswlib (the default) or milvus") from None
