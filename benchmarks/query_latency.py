@@ -48,7 +48,7 @@ from sqlalchemy import insert
 
 from retrieval.embedders import RandomWeightsWarning
 from retrieval.engine import Engine
-from retrieval.metadata.store import Content, File, Root, utcnow
+from retrieval.metadata import Content, File, Root, utcnow
 
 MODEL = "clip:ViT-B-32"
 DEFAULT_CACHE = Path("~/.cache/retrieval-bench").expanduser()

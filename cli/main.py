@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,13 +28,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from retrieval.embedders import create_embedder
-from retrieval.embedders.projections import KINDS, HeadParams
-from retrieval.engine import DEFAULT_MODEL, Engine
-from retrieval.errors import IndexCorruptError, RetrievalError, UsageError
+from retrieval.embedders.projections import HeadParams
+from retrieval.engine import Engine, evaluate, parse_cutoffs
+from retrieval.errors import IndexCorruptError, RetrievalError
 from retrieval.ingest.pipeline import IngestProgress, IngestReport
 from retrieval.maps.render import map_format
-from retrieval.quality.evaluation import METHODS, EvalReport, evaluate_folder
+from retrieval.quality.evaluation import EvalReport
 from retrieval.search.queries import Query, QueryPart, SearchHit
 from retrieval.settings import ray_address_from_env
 
@@ -82,20 +82,41 @@ MinScoreOpt = Annotated[
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kw: Any) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {_safe(message)}", highlight=False)
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe(text: object) -> str:
+    """Untrusted text (a file name, a library message) made safe for the terminal: control characters,
+    escape sequences and bidi overrides shown as visible escapes (`\\x1b`, `\\n`, `\\u202e`), Rich
+    markup escaped. Every path and message reaches the terminal through this; `--json` keeps exact names."""
+    shown = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    return escape(shown)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """The one way a command ends with an error: one line on stderr, the exit code."""
+    err.print(f"[red]error:[/] {_safe(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Library errors become one line and their exit code (see retrieval.errors)."""
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    except RetrievalError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 @contextmanager
 def _engine(index: str, home: Path | None, **kwargs: Any) -> Iterator[Engine]:
     """Open the engine; any library error becomes one line on stderr and its exit code."""
-    warnings.showwarning = _show_warning
-    try:
-        with Engine(index, home=home, **kwargs) as engine:
-            yield engine
-    except RetrievalError as exc:
-        # escaped: a message may hold brackets ("pip install 'retrieval[ray]'") that are not markup
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+    with _one_line_errors(), Engine(index, home=home, **kwargs) as engine:
+        yield engine
 
 
 def _pretrained(value: str) -> str | None:
@@ -341,7 +362,11 @@ def map_command(
         typer.Option("--clusters", help="Number of k-means clusters [default: chosen by silhouette].", min=1),
     ] = None,
     perplexity: Annotated[
-        float | None, typer.Option("--perplexity", help="t-SNE perplexity [default: sqrt(points), 5..50].")
+        float | None,
+        typer.Option(
+            "--perplexity",
+            help="t-SNE perplexity [default: points/10 within 5..30, points/100 beyond 3,000, at most 50].",
+        ),
     ] = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
@@ -400,12 +425,11 @@ def serve(
     try:
         import uvicorn
 
-        from retrieval.serve.app import create_app, warm_up
-    except ImportError as exc:
-        err.print(f"[red]error:[/] serving needs {exc.name}: pip install 'retrieval[serve]'", highlight=False)
-        raise typer.Exit(2) from None
+        from retrieval.serve.app import create_app
+    except ImportError as exc:  # a broken install: the server's packages are dependencies of retrieval
+        _fail(f"serving needs {exc.name}, which is missing: reinstall retrieval (pip install retrieval)", 2)
     with _engine(index, home, device=device, weights=weights) as engine:
-        warm_up(engine)  # a missing index or model fails here, in one line, not on the first request
+        engine.warm_up()  # a missing index or model fails here, in one line, not on the first request
         if host not in {"127.0.0.1", "localhost", "::1"}:
             err.print(
                 f"warning: listening on {host}: anyone who can reach it can search and download these photos",
@@ -500,22 +524,8 @@ def demo(
     """Build an index from sample photos and run a text and an image query on it."""
     from retrieval.demo import run_demo
 
-    warnings.showwarning = _show_warning
-    try:
+    with _one_line_errors():
         run_demo(home=home, index=index, photos=photos, say=_say)
-    except RetrievalError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    warnings.showwarning = _show_warning
-    try:
-        yield
-    except RetrievalError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def _print_eval(report: EvalReport, as_json: bool) -> None:
@@ -624,64 +634,32 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure retrieval on a labelled FOLDER: precision/recall/mAP@k and a nearest-centroid report."""
-    with _one_line_errors(), ExitStack() as stack:
-        try:
-            ks = [int(part) for part in k.split(",") if part.strip()]
-        except ValueError:
-            raise UsageError(f"-k takes comma-separated integers such as 1,5,10, not {k!r}") from None
-        methods = ["raw", *(METHODS[1:] if compare else []), *(projection or [])]
-        if save_projection:
-            if save_projection not in KINDS:
-                raise UsageError(
-                    f"--save-projection takes one of {', '.join(KINDS)}, not {save_projection!r}"
-                )
-            if index is None:
-                raise UsageError("--save-projection starts a new index: name it with --index NAME")
-            engine = stack.enter_context(
-                Engine(
-                    index,
-                    home=home,
-                    model=model,
-                    pretrained=_pretrained(pretrained),
-                    weights=weights,
-                    device=device,
-                    batch_size=batch_size,
-                )
-            )
-            if engine.exists:
-                raise UsageError(f"index {index!r} already exists; --save-projection starts a new index")
-            embedder = engine.embedder
-            methods.append(save_projection)
-        else:
-            embedder = stack.enter_context(
-                create_embedder(
-                    model or DEFAULT_MODEL,
-                    pretrained=_pretrained(pretrained),
-                    weights=weights,
-                    device=device,
-                    batch_size=batch_size,
-                )
-            )
+    with _one_line_errors():
         with _progress_bar(progress and not as_json) as update:
-            report = evaluate_folder(
+            report = evaluate(
                 folder,
-                embedder,
-                ks=ks,
-                test_fraction=split,
+                model=model,
+                pretrained=_pretrained(pretrained),
+                weights=weights,
+                device=device,
+                ks=parse_cutoffs(k),
+                split=split,
                 seed=seed,
-                methods=methods,
-                dims={"pca": dims, "head": dims} if dims else None,
-                head=HeadParams(steps=head_steps),
+                compare=compare,
+                projections=projection,
+                dims=dims,
+                head_steps=head_steps,
+                save_projection=save_projection,
+                index=index,
+                home=home,
                 batch_size=batch_size,
                 progress=lambda done, total: update(IngestProgress("embed", done, total)),
             )
-        if save_projection:
-            engine.set_projection(report.projections[save_projection])
         _print_eval(report, as_json)
         if save_projection and not as_json:
             out.print(
                 f"index {index!r} starts with this {save_projection} projection; "
-                f"fill it with `retrieval ingest DIR --index {index}`",
+                f"fill it with `retrieval ingest DIR --index {_safe(index)}`",
                 highlight=False,
                 soft_wrap=True,
             )

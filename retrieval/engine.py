@@ -6,11 +6,10 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 
 from __future__ import annotations
 
-import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from retrieval.embedders import Embedder, create_embedder, parse_embedder_name
-from retrieval.embedders.projections import ProjectedEmbedder, Projection, fit_projection
+from retrieval.embedders.projections import KINDS, HeadParams, ProjectedEmbedder, Projection, fit_projection
 from retrieval.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -44,8 +43,14 @@ from retrieval.ingest.pipeline import (
 from retrieval.maps.layout import NeighbourhoodMap, build_map
 from retrieval.maps.render import ColourBy, RenderedMap, render_map
 from retrieval.maps.thumbnails import ThumbnailCache
-from retrieval.metadata.store import DB_NAME, MetadataStore, utcnow
-from retrieval.quality.evaluation import embed_labelled, load_labelled_folder
+from retrieval.metadata import DB_NAME, ImageRecord, MetadataStore, utcnow
+from retrieval.quality.evaluation import (
+    METHODS,
+    EvalReport,
+    embed_labelled,
+    evaluate_folder,
+    load_labelled_folder,
+)
 from retrieval.search.duplicates import (
     DEFAULT_NEIGHBOURS,
     DuplicateReport,
@@ -54,8 +59,33 @@ from retrieval.search.duplicates import (
 )
 from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
 from retrieval.settings import DEFAULT_INDEX, index_dir
-from retrieval.vectors import Store, StoreSpec, check_available, create_store, open_store, parse_kind
-from retrieval.vectors.hnsw.store import VectorStore
+from retrieval.vectors import (
+    Store,
+    StoreSpec,
+    check_available,
+    create_store,
+    open_store,
+    parse_kind,
+    rebuild_store,
+    vectors_present,
+)
+
+__all__ = [
+    "DEFAULT_INDEX",
+    "DEFAULT_MODEL",
+    "DoctorReport",
+    "Engine",
+    "EvalReport",
+    "ImageRecord",
+    "IndexStats",
+    "IndexStatus",
+    "NeighbourhoodMap",
+    "Query",
+    "QueryPart",
+    "SearchHit",
+    "evaluate",
+    "parse_cutoffs",
+]
 
 DEFAULT_MODEL = "clip"
 MANIFEST_FORMAT = 1
@@ -73,6 +103,17 @@ class IndexStats:
     bytes_on_disk: dict[str, int]
     store: dict[str, Any]
     failures: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """What a front end shows about the index it serves: its stats, the vector generation being searched,
+    whether text queries work and whether the model has random weights (results are then meaningless)."""
+
+    stats: IndexStats
+    generation: int
+    text_search: bool
+    random_weights: bool
 
 
 @dataclass(frozen=True)
@@ -192,6 +233,12 @@ class Engine:
         self._embedder: Embedder | None = None
         self._store: Store | None = None
         self._meta: MetadataStore | None = None
+        # Reads share the embedder, the vector store's reload and hnswlib's search settings, none of which
+        # is made for concurrent use: a server's threads take turns through this lock.
+        self._reads = threading.RLock()
+        self._thumbs: dict[int, ThumbnailCache] = {}
+        # Two requests making the same thumbnail would write the same temporary file: one lock per id stripe.
+        self._thumb_locks = tuple(threading.Lock() for _ in range(64))
         if self.exists:
             self._meta = MetadataStore(self.dir / DB_NAME)
             self._refuse_emptied_database()
@@ -273,7 +320,7 @@ class Engine:
 
     def _refuse_emptied_database(self) -> None:
         """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
-        if "model" not in self.meta.get_manifest() and VectorStore.exists(self.dir / "vectors"):
+        if "model" not in self.meta.get_manifest() and vectors_present(self.dir / "vectors"):
             path = self.meta.path
             self.close()
             raise IndexCorruptError(
@@ -463,16 +510,6 @@ class Engine:
         finally:
             lock.release()
 
-    def drop(self) -> None:
-        """Delete the whole index folder (never the photos)."""
-        lock = self._lock()
-        self._acquire(lock)
-        try:
-            self.close()
-            shutil.rmtree(self.dir)
-        finally:
-            lock.release()
-
     def _refuse_existing(self) -> None:
         if self.exists:
             raise UsageError(
@@ -575,11 +612,12 @@ class Engine:
         self, query: Query, *, k: int = 10, min_score: float | None = None, ef: int | None = None
     ) -> list[SearchHit]:
         """Top-k images for a query of text/image/id parts, each added or subtracted."""
-        self.store.reload_if_changed()
-        vector = self.query_vector(query)
-        return run_search(
-            vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
-        )
+        with self._reads:
+            self.store.reload_if_changed()
+            vector = self.query_vector(query)
+            return run_search(
+                vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
+            )
 
     def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
         return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score)
@@ -607,21 +645,22 @@ class Engine:
         clusters: int | None = None,
     ) -> NeighbourhoodMap:
         """A t-SNE map of the query and its top-n results; with expand > 0, also each result's `expand`
-        nearest neighbours. Draw it with `render_map`. See retrieval/maps.py."""
-        self.store.reload_if_changed()
-        vector = self.query_vector(query)
-        hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
-        return build_map(
-            query,
-            vector,
-            hits,
-            self.store,
-            self.meta,
-            expand=expand,
-            seed=seed,
-            perplexity=perplexity,
-            clusters=clusters,
-        )
+        nearest neighbours. Draw it with `render_map`. See retrieval/maps/layout.py."""
+        with self._reads:
+            self.store.reload_if_changed()
+            vector = self.query_vector(query)
+            hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+            return build_map(
+                query,
+                vector,
+                hits,
+                self.store,
+                self.meta,
+                expand=expand,
+                seed=seed,
+                perplexity=perplexity,
+                clusters=clusters,
+            )
 
     def render_map(
         self, m: NeighbourhoodMap, out: Path | str, *, colour_by: ColourBy = "cluster"
@@ -634,10 +673,75 @@ class Engine:
     ) -> DuplicateReport:
         """Groups of near-duplicate images found through the index (each image's nearest neighbours);
         `threshold` is a cosine, by default the one measured for this index's model."""
-        self.store.reload_if_changed()
         if threshold is None:
             threshold = default_threshold(self.manifest.get("embedder_id"))
-        return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours)
+        with self._reads:
+            self.store.reload_if_changed()
+            return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours)
+
+    # -- serving: what a front end needs, each call safe from many threads -------------------------
+
+    def warm_up(self) -> None:
+        """Load what searches need (database, vector store, model) now rather than on the first request.
+
+        Raises:
+            IndexNotFoundError: the index does not exist or has no vectors yet.
+            WeightsUnavailableError, IndexMismatchError: the model cannot be loaded.
+        """
+        with self._reads:
+            self.meta  # noqa: B018 - each property loads its part once
+            self.store  # noqa: B018
+            if self.embedder.supports_text:
+                self.embedder.embed_texts(["warm-up"])
+
+    def refresh(self) -> bool:
+        """Switch to the newest vector generation if another process (an ingest) saved one."""
+        with self._reads:
+            return self.store.reload_if_changed()
+
+    def record(self, image_id: int) -> ImageRecord | None:
+        """The indexed image `image_id` (its first path, size, format, copies), or None."""
+        return self.meta.records([image_id]).get(image_id)
+
+    def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """`record` for many ids at once; unknown ids are left out."""
+        return self.meta.records(list(ids))
+
+    def has_vector(self, image_id: int) -> bool:
+        """Whether `image_id` can be searched from ("more like this"), in the newest generation."""
+        with self._reads:
+            self.store.reload_if_changed()
+            return image_id in self.store
+
+    def thumbnail(self, image_id: int, side: int) -> tuple[bytes | None, str]:
+        """A JPEG thumbnail of an indexed image at most `side` pixels across, made once and cached in the
+        index's `thumbs/` folder, and its content hash (ids of deleted images are reused: the hash tells
+        their thumbnails apart). (None, "") for an unknown id; (None, hash) when the file cannot be read."""
+        record = self.record(image_id)
+        if record is None:
+            return None, ""
+        digest = self.meta.content_hashes([image_id]).get(image_id, "")
+        cache = self._thumbnail_cache(side)
+        with self._thumb_locks[image_id % len(self._thumb_locks)]:
+            return cache.get_many(self.meta, [(image_id, record.path)])[0], digest
+
+    def _thumbnail_cache(self, side: int) -> ThumbnailCache:
+        if side not in self._thumbs:
+            folder = self.dir / "thumbs"
+            default = ThumbnailCache(folder)
+            self._thumbs[side] = default if default.side == side else ThumbnailCache(folder / str(side), side)
+        return self._thumbs[side]
+
+    def status(self) -> IndexStatus:
+        """Stats of the index as served now (after switching to its newest vector generation)."""
+        with self._reads:
+            self.store.reload_if_changed()
+            return IndexStatus(
+                stats=self.stats(),
+                generation=self.store.generation,
+                text_search=bool(self.embedder.supports_text),
+                random_weights=self.manifest.get("pretrained") is None,
+            )
 
     def stats(self) -> IndexStats:
         manifest = self.manifest
@@ -725,21 +829,118 @@ class Engine:
             repairs=repairs,
         )
 
-    def _rebuilt(self, repairs: list[str]) -> VectorStore:
+    def _rebuilt(self, repairs: list[str]) -> Store:
         """The damaged vector store rebuilt from its stored vectors or, when none can be trusted, set aside
         and replaced by an empty one (every image is then embedded again)."""
-        if self.store_spec.kind != "hnswlib-int8":
-            raise UsageError(f"a {self.store_spec.kind} vector store is repaired by its own server, not here")
         folder = self.dir / "vectors"
         dim = self.manifest.get("dim")
         try:
-            store, lost = VectorStore.rebuild(folder, dim=dim)
+            store, lost = rebuild_store(self.store_spec, folder, dim=dim)
         except IndexCorruptError as exc:
             if dim is None:
                 raise
             aside = folder.with_name(f"vectors.damaged-{utcnow():%Y%m%dT%H%M%S}")
             folder.rename(aside)
             repairs.append(f"nothing could be recovered ({exc}): moved the vector index to {aside.name}")
-            return VectorStore.create(folder, int(dim))
+            return create_store(self.store_spec, folder, int(dim))
         repairs.append(f"rebuilt the vector index from {len(store)} stored vectors ({lost} lost)")
         return store
+
+
+def parse_cutoffs(text: str) -> list[int]:
+    """The k's of `eval -k 1,5,10`.
+
+    Raises:
+        UsageError: anything but comma-separated positive integers.
+    """
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"-k takes comma-separated integers such as 1,5,10, not {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise UsageError(f"-k takes comma-separated integers of at least 1, not {text!r}")
+    return ks
+
+
+def evaluate(
+    folder: Path | str,
+    *,
+    model: str | None = None,
+    pretrained: str | None = "default",
+    weights: Path | None = None,
+    device: str = "auto",
+    ks: list[int] | None = None,
+    split: float | None = None,
+    seed: int = 0,
+    compare: bool = False,
+    projections: list[str] | None = None,
+    dims: int | None = None,
+    head_steps: int = HeadParams.steps,
+    save_projection: str | None = None,
+    index: str | None = None,
+    home: Path | str | None = None,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Measure retrieval on a labelled folder (one sub-folder per class): what `retrieval eval` runs.
+
+    With `compare`, PCA, LDA and the triplet head are measured beside the raw vectors; `projections` adds
+    some of them. With `save_projection` ("pca", "lda" or "head"), that projection is fitted on the
+    training part and starts the new index `index` (see `Engine.set_projection`).
+
+    Raises:
+        UsageError: an unknown projection, --save-projection without a new index name, or bad cut-offs.
+        WeightsUnavailableError, IndexMismatchError: as `Engine`.
+    """
+    methods = ["raw", *(METHODS[1:] if compare else []), *(projections or [])]
+    unknown = [m for m in [*methods, *([save_projection] if save_projection else [])] if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown projection {unknown[0]!r}: choose one of {', '.join(KINDS)}")
+    if save_projection and save_projection not in KINDS:
+        raise UsageError(f"--save-projection takes one of {', '.join(KINDS)}, not {save_projection!r}")
+    if save_projection and index is None:
+        raise UsageError("--save-projection starts a new index: name it with --index NAME")
+    with ExitStack() as stack:
+        engine: Engine | None = None
+        if save_projection:
+            assert index is not None
+            engine = stack.enter_context(
+                Engine(
+                    index,
+                    home=home,
+                    model=model,
+                    pretrained=pretrained,
+                    weights=weights,
+                    device=device,
+                    batch_size=batch_size,
+                )
+            )
+            if engine.exists:
+                raise UsageError(f"index {index!r} already exists; --save-projection starts a new index")
+            embedder = engine.embedder
+            methods.append(save_projection)
+        else:
+            embedder = stack.enter_context(
+                create_embedder(
+                    model or DEFAULT_MODEL,
+                    pretrained=pretrained,
+                    weights=weights,
+                    device=device,
+                    batch_size=batch_size,
+                )
+            )
+        report = evaluate_folder(
+            folder,
+            embedder,
+            ks=ks or [1, 5, 10],
+            test_fraction=split,
+            seed=seed,
+            methods=list(dict.fromkeys(methods)),
+            dims={"pca": dims, "head": dims} if dims else None,
+            head=HeadParams(steps=head_steps),
+            batch_size=batch_size,
+            progress=progress,
+        )
+        if engine is not None and save_projection:
+            engine.set_projection(report.projections[save_projection])
+        return report

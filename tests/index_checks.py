@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from retrieval.metadata.store import DB_NAME, Content, File, MetadataStore
+from retrieval.metadata import DB_NAME, Content, File, MetadataStore
 from retrieval.vectors.hnsw.store import VectorStore
 
 

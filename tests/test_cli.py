@@ -187,3 +187,13 @@ def test_the_wheel_ships_the_cli_migrations_and_web_page(tmp_path):
         "retrieval = retrieval_cli.main:run"
         in zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry).decode()
     )
+
+
+def test_eval_with_an_unknown_model_is_one_line_and_exit_2(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "labelled" / name).mkdir(parents=True)
+    result = runner.invoke(app, ["eval", str(tmp_path / "labelled"), "--model", "bogus"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "bogus" in lines[0]
+    assert "Traceback" not in result.output and "MarkupError" not in result.output

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from retrieval.engine import Engine
 from retrieval.ingest.pipeline import Ingestor
-from retrieval.metadata.store import DB_NAME, MetadataStore
+from retrieval.metadata import DB_NAME, MetadataStore
 
 N = 120
 EVERY = 12  # files per checkpoint in the children: the first comes at 10 %

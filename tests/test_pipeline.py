@@ -32,7 +32,7 @@ from retrieval.embedders.clip import encode_text
 from retrieval.engine import Engine
 from retrieval.files.decoding import decode_image
 from retrieval.ingest.pipeline import Ingestor
-from retrieval.metadata.store import MetadataStore
+from retrieval.metadata import MetadataStore
 from retrieval.vectors.hnsw.store import VectorStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::retrieval.embedders.RandomWeightsWarning")

@@ -20,7 +20,7 @@ from retrieval_cli.main import app
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine
-from retrieval.errors import IndexMismatchError, StoreUnavailableError, UsageError
+from retrieval.errors import IndexCorruptError, IndexMismatchError, StoreUnavailableError, UsageError
 from retrieval.serve.app import create_app
 from retrieval.settings import MILVUS_URI_ENV
 from retrieval.vectors import StoreSpec
@@ -261,3 +261,12 @@ def test_an_existing_index_refuses_another_store_or_uri():
     with pytest.raises(UsageError, match="upgrade retrieval"):
         StoreSpec.from_manifest({"store": "qdrant"})
     assert StoreSpec.from_manifest({}) == StoreSpec("hnswlib-int8")  # indexes from before the choice
+
+
+def test_an_emptied_database_is_refused_whichever_store_holds_the_vectors(store, make_photos, home):
+    photos = make_photos(3)
+    with Engine(model="classic", store=store) as engine:
+        engine.ingest(photos[0].parent)
+    (home / "default" / "meta.sqlite").write_bytes(b"")
+    with pytest.raises(IndexCorruptError, match="is empty but the index has vectors"):
+        Engine()

@@ -27,7 +27,7 @@ from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
 from retrieval.files.decoding import DecodedImage, decode_image
 from retrieval.files.discovery import FoundFile, Skipped, content_hash, discover
-from retrieval.metadata.store import Content, Failure, File, MetadataStore, Root, utcnow
+from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
 from retrieval.vectors.base import Store
 
 

@@ -22,7 +22,7 @@ from typing import Literal, ParamSpec, TypeVar
 import numpy as np
 
 from retrieval.errors import QueryError, UsageError
-from retrieval.metadata.store import MetadataStore
+from retrieval.metadata import MetadataStore
 from retrieval.search.queries import Query, SearchHit
 from retrieval.vectors.base import Store
 

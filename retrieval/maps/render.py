@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from retrieval.errors import UsageError
 from retrieval.maps.layout import MapPoint, NeighbourhoodMap
 from retrieval.maps.thumbnails import ThumbnailCache
-from retrieval.metadata.store import MetadataStore
+from retrieval.metadata import MetadataStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

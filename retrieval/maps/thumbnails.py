@@ -16,12 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from retrieval.errors import DecodeError
 from retrieval.files.decoding import decode_image
-from retrieval.metadata.store import Content, MetadataStore
+from retrieval.metadata import MetadataStore
 
 THUMB_SIDE = 96
 JPEG_QUALITY = 82
@@ -38,17 +36,6 @@ def make_thumbnail(source: Path | str | bytes, side: int = THUMB_SIDE) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
     return buf.getvalue()
-
-
-def content_hashes(meta: MetadataStore, ids: Sequence[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    ids = list(ids)
-    with Session(meta.engine) as s:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = s.execute(select(Content.id, Content.hash).where(Content.id.in_(chunk)))
-            out.update((int(i), str(h)) for i, h in rows)
-    return out
 
 
 class ThumbnailCache:
@@ -72,7 +59,7 @@ class ThumbnailCache:
         uncached thumbnail. None where there is no path, or the file can't be read (moved, deleted or damaged
         since it was indexed).
         """
-        hashes = content_hashes(meta, [i for i, _ in items if i is not None])
+        hashes = meta.content_hashes([i for i, _ in items if i is not None])
         out: list[bytes | None] = [None] * len(items)
         todo: list[tuple[int, Path | None, str]] = []
         for n, (content_id, path) in enumerate(items):

@@ -2,3 +2,22 @@
 
 Every SQL query of the project lives in this package.
 """
+
+from retrieval.metadata.models import DB_NAME, Base, Content, Failure, File, Manifest, Root, utcnow
+from retrieval.metadata.store import IN_CHUNK, ImageRecord, MetadataStore, chunked, head_revision
+
+__all__ = [
+    "DB_NAME",
+    "IN_CHUNK",
+    "Base",
+    "Content",
+    "Failure",
+    "File",
+    "ImageRecord",
+    "Manifest",
+    "MetadataStore",
+    "Root",
+    "chunked",
+    "head_revision",
+    "utcnow",
+]

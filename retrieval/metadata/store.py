@@ -11,89 +11,37 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    delete,
-    event,
-    func,
-    select,
-)
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from retrieval.errors import IndexCorruptError, SchemaTooNewError
+from retrieval.metadata.models import Content, Failure, File, Manifest, Root
 
-DB_NAME = "meta.sqlite"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    pass
+#: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
+IN_CHUNK = 500
+T = TypeVar("T")
 
 
-class Manifest(Base):
-    __tablename__ = "manifest"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-class Root(Base):
-    __tablename__ = "roots"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    added_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class Content(Base):
-    __tablename__ = "contents"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    format: Mapped[str] = mapped_column(String(16))
-    embedded: Mapped[bool] = mapped_column(Boolean, default=False)
-    embedded_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    captured_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-class File(Base):
-    __tablename__ = "files"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    content_id: Mapped[int] = mapped_column(ForeignKey("contents.id"))
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-
-
-class Failure(Base):
-    __tablename__ = "failures"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id", ondelete="CASCADE"))
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    reason: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    failed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """`values` in lists of at most `size`, for `IN (...)` clauses."""
+    batch: list[T] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True)
@@ -272,9 +220,7 @@ class MetadataStore:
             return [(p, r) for p, r in s.execute(q)]
 
     def mark_not_embedded(self, session: Session, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in chunked(ids):
             for content in session.scalars(select(Content).where(Content.id.in_(chunk))):
                 content.embedded = False
                 content.embedded_at = None
@@ -286,6 +232,34 @@ class MetadataStore:
                 select(Content.id).where(~select(File.id).where(File.content_id == Content.id).exists())
             )
         )
-        for start in range(0, len(orphan_ids), 500):
-            session.execute(delete(Content).where(Content.id.in_(orphan_ids[start : start + 500])))
+        for chunk in chunked(orphan_ids):
+            session.execute(delete(Content).where(Content.id.in_(chunk)))
         return orphan_ids
+
+    def content_hashes(self, ids: Iterable[int]) -> dict[int, str]:
+        """Content id -> content hash (what thumbnails and ETags are keyed on)."""
+        out: dict[int, str] = {}
+        with Session(self.engine) as s:
+            for chunk in chunked(ids):
+                rows = s.execute(select(Content.id, Content.hash).where(Content.id.in_(chunk)))
+                out.update((int(i), str(h)) for i, h in rows)
+        return out
+
+    def paths_of(self, ids: Iterable[int]) -> dict[int, list[str]]:
+        """Content id -> every file path holding it, in path order."""
+        out: dict[int, list[str]] = {}
+        with Session(self.engine) as s:
+            for chunk in chunked(ids):
+                rows = s.execute(
+                    select(File.content_id, File.path).where(File.content_id.in_(chunk)).order_by(File.path)
+                )
+                for content_id, path in rows:
+                    out.setdefault(int(content_id), []).append(str(path))
+        return out
+
+    def copied_ids(self) -> list[int]:
+        """Contents stored under more than one file path (byte-identical copies)."""
+        with Session(self.engine) as s:
+            return list(
+                s.scalars(select(File.content_id).group_by(File.content_id).having(func.count(File.id) > 1))
+            )

@@ -15,10 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-
 from retrieval.errors import UsageError
-from retrieval.metadata.store import File, MetadataStore
+from retrieval.metadata import MetadataStore
 from retrieval.vectors.base import Store
 
 DEFAULT_THRESHOLDS = {"classic": 0.82}
@@ -125,26 +123,6 @@ def union_groups(pairs: Sequence[tuple[int, int, float]]) -> list[tuple[list[int
     return [(sorted(ids), weakest[r]) for r, ids in members.items()]
 
 
-def _paths(meta: MetadataStore, ids: Sequence[int]) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    with meta.session() as s:
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start : start + 500])
-            for content_id, path in s.execute(
-                select(File.content_id, File.path).where(File.content_id.in_(chunk)).order_by(File.path)
-            ):
-                out.setdefault(content_id, []).append(path)
-    return out
-
-
-def _copied_ids(meta: MetadataStore) -> list[int]:
-    """Images stored under more than one file path (byte-identical copies)."""
-    with meta.session() as s:
-        return list(
-            s.scalars(select(File.content_id).group_by(File.content_id).having(func.count(File.id) > 1))
-        )
-
-
 def find_duplicates(
     store: Store,
     meta: MetadataStore,
@@ -160,8 +138,8 @@ def find_duplicates(
     components = union_groups(similar_pairs(store, threshold, k))
     grouped = {i for ids, _ in components for i in ids}
     if exact_copies:
-        components += [([i], 1.0) for i in _copied_ids(meta) if i not in grouped and i in store]
-    paths = _paths(meta, sorted({i for ids, _ in components for i in ids}))
+        components += [([i], 1.0) for i in meta.copied_ids() if i not in grouped and i in store]
+    paths = meta.paths_of(sorted({i for ids, _ in components for i in ids}))
     groups = []
     for ids, weakest in components:
         members = [DuplicateMember(i, paths[i]) for i in ids if i in paths]

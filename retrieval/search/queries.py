@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 
 from retrieval.errors import QueryError
-from retrieval.metadata.store import MetadataStore
+from retrieval.metadata import MetadataStore
 from retrieval.vectors.base import Store
 
 PartKind = Literal["text", "image", "id"]
@@ -71,11 +71,6 @@ class SearchHit:
             return str(Path(self.path).relative_to(self.root))
         except ValueError:
             return self.path
-
-    def to_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["captured_at"] = self.captured_at.isoformat() if self.captured_at else None
-        return out
 
 
 def combine(vectors: Sequence[np.ndarray], signs: Sequence[int]) -> np.ndarray:

@@ -1,10 +1,8 @@
 """HTTP API and search page over one index: `create_app(engine)` is an ASGI app that `retrieval serve` runs.
 
 The engine (database, vector store, model) is opened once when the app starts and kept warm. Route
-handlers are plain functions, so Starlette runs them in its threadpool; every call into the engine holds
-one lock, because the embedder, the vector store's reload and hnswlib's search settings are not made for
-concurrent use. What needs no engine state runs outside it: metadata reads (SQLAlchemy's pool, SQLite in
-WAL mode) and thumbnails (written under a temporary name and renamed). Each search first switches to the
+handlers are plain functions, so Starlette runs them in its threadpool; they call only `Engine`'s public
+methods, which take care of their own locking (see `Engine`). Each search first switches to the
 newest generation of the vector store if another process (an ingest) saved one; generations are written
 atomically, so a request sees the old index or the new one, never a half-written file.
 
@@ -15,13 +13,12 @@ JSON, `{"error": "..."}`, with a 4xx status for what the client can fix.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Request, UploadFile
 from fastapi import Path as PathParam
@@ -33,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from retrieval.engine import Engine
+from retrieval.engine import DEFAULT_INDEX, Engine, ImageRecord, NeighbourhoodMap, Query, QueryPart, SearchHit
 from retrieval.errors import (
     DecodeError,
     IndexError_,
@@ -41,11 +38,6 @@ from retrieval.errors import (
     UsageError,
     WeightsUnavailableError,
 )
-from retrieval.maps.layout import NeighbourhoodMap
-from retrieval.maps.thumbnails import ThumbnailCache, content_hashes
-from retrieval.metadata.store import ImageRecord
-from retrieval.search.queries import Query, QueryPart, SearchHit
-from retrieval.settings import DEFAULT_INDEX
 
 MAX_K = 200
 DEFAULT_K = 40
@@ -71,8 +63,6 @@ MEDIA_TYPES = {
     "HEIF": "image/heif",
     "AVIF": "image/avif",
 }
-
-T = TypeVar("T")
 
 
 # -- response models ----------------------------------------------------------------------------------
@@ -131,6 +121,7 @@ class StatsOut(BaseModel):
     embedder_id: str | None
     dim: int | None
     text_search: bool = Field(description="Whether the index's model can embed text queries.")
+    random_weights: bool = Field(description="The model has random weights: results mean nothing.")
     images: int = Field(description="Distinct embedded images.")
     files: int
     folders: int
@@ -152,45 +143,22 @@ class HealthOut(BaseModel):
 
 @dataclass
 class _Served:
-    """The engine behind an app, its lock and its thumbnail caches."""
+    """The engine behind an app and the app's limits."""
 
     engine: Engine
     max_upload_bytes: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    thumbs: dict[str, ThumbnailCache] = field(default_factory=dict)
-    # Two requests making the same thumbnail would write the same temporary file: one lock per id stripe.
-    thumb_locks: tuple[threading.Lock, ...] = field(
-        default_factory=lambda: tuple(threading.Lock() for _ in range(64))
-    )
-
-    def __post_init__(self) -> None:
-        folder = self.engine.dir / "thumbs"
-        self.thumbs = {"small": ThumbnailCache(folder, THUMB_SIDES["small"])}
-        self.thumbs["large"] = ThumbnailCache(folder / str(THUMB_SIDES["large"]), THUMB_SIDES["large"])
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self.lock:
-            return fn(*args, **kwargs)
 
     def record(self, image_id: int) -> ImageRecord:
         """The indexed image `image_id`, or a 404."""
-        record = self.engine.meta.records([image_id]).get(image_id)
+        record = self.engine.record(image_id)
         if record is None:
             raise HTTPException(404, f"no image with id {image_id} in index {self.engine.name!r}")
         return record
 
 
 def warm_up(engine: Engine) -> None:
-    """Load what searches need (database, vector store, model) now rather than on the first request.
-
-    Raises:
-        IndexNotFoundError: the index does not exist or has no vectors yet.
-        WeightsUnavailableError, IndexMismatchError: the model cannot be loaded.
-    """
-    engine.meta  # noqa: B018 - each property loads its part once
-    engine.store  # noqa: B018
-    if engine.embedder.supports_text:
-        engine.embedder.embed_texts(["warm-up"])
+    """Kept for callers of earlier versions: `Engine.warm_up`."""
+    engine.warm_up()
 
 
 def _served(request: Request) -> _Served:
@@ -256,7 +224,7 @@ def _relative(record: ImageRecord | None) -> str | None:
 
 
 def _map_out(served: _Served, m: NeighbourhoodMap) -> MapOut:
-    records = served.engine.meta.records([p.id for p in m.points if p.id is not None])
+    records = served.engine.records([p.id for p in m.points if p.id is not None])
     return MapOut(
         title=m.title,
         trustworthiness=round(m.trustworthiness, 4),
@@ -290,38 +258,33 @@ def _read_upload(upload: UploadFile, limit: int) -> bytes:
 def _known(served: _Served, image_id: int) -> QueryPart:
     """The query part for an indexed image: 404 unless both its row and its vector exist."""
     served.record(image_id)
-    with served.lock:
-        served.engine.store.reload_if_changed()
-        if image_id not in served.engine.store:
-            raise HTTPException(404, f"no image with id {image_id} in index {served.engine.name!r}")
+    if not served.engine.has_vector(image_id):
+        raise HTTPException(404, f"no image with id {image_id} in index {served.engine.name!r}")
     return QueryPart("id", image_id)
 
 
 @router.get("/health", summary="Liveness: the index is loaded")
 def health(served: Served) -> HealthOut:
-    return HealthOut(status="ok", index=served.engine.name, vectors=len(served.engine.store))
+    return HealthOut(status="ok", index=served.engine.name, vectors=served.engine.status().stats.vectors)
 
 
 @router.get("/stats", summary="Counts, model and sizes of the served index")
 def stats(served: Served) -> StatsOut:
-    engine = served.engine
-    with served.lock:
-        engine.store.reload_if_changed()
-        st = engine.stats()
-        generation = engine.store.generation
-        text = bool(engine.embedder.supports_text)
+    status = served.engine.status()
+    st = status.stats
     return StatsOut(
         index=st.name,
         model=st.model,
         embedder_id=st.embedder_id,
         dim=st.dim,
-        text_search=text,
+        text_search=status.text_search,
+        random_weights=status.random_weights,
         images=st.counts["embedded"],
         files=st.counts["files"],
         folders=st.counts["roots"],
         failed_files=st.counts["failures"],
         vectors=st.vectors,
-        generation=generation,
+        generation=status.generation,
         bytes_on_disk=st.bytes_on_disk,
         limits={
             "max_k": MAX_K,
@@ -336,19 +299,19 @@ def stats(served: Served) -> StatsOut:
 @router.get("/search", summary="Search by text (CLIP indexes)")
 def search_text(served: Served, q: Text, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(QueryPart("text", q))
-    return _hits(query, k, served.call(served.engine.search, query, k=k))
+    return _hits(query, k, served.engine.search(query, k=k))
 
 
 @router.post("/search/image", summary="Search by an uploaded example image")
 def search_image(served: Served, image: Upload, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(QueryPart("image", _read_upload(image, served.max_upload_bytes)))
-    return _hits(query, k, served.call(served.engine.search, query, k=k))
+    return _hits(query, k, served.engine.search(query, k=k))
 
 
 @router.get("/similar/{image_id}", summary="More like an indexed image (itself left out)")
 def similar(served: Served, image_id: ImageId, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(_known(served, image_id))
-    return _hits(query, k, served.call(served.engine.search, query, k=k))
+    return _hits(query, k, served.engine.search(query, k=k))
 
 
 @router.get(
@@ -366,7 +329,7 @@ def map_query(
     if (q is None) == (like is None):
         raise HTTPException(422, "give exactly one of q (text) or like (an image id)")
     part = QueryPart("text", q) if q is not None else _known(served, int(like))  # type: ignore[arg-type]
-    m = served.call(served.engine.map, Query.of(part), n=n, expand=expand, seed=seed)
+    m = served.engine.map(Query.of(part), n=n, expand=expand, seed=seed)
     return _map_out(served, m)
 
 
@@ -375,7 +338,7 @@ def map_image(
     served: Served, image: Upload, n: MapN = DEFAULT_K, expand: MapExpand = 0, seed: Seed = 0
 ) -> MapOut:
     part = QueryPart("image", _read_upload(image, served.max_upload_bytes))
-    m = served.call(served.engine.map, Query.of(part), n=n, expand=expand, seed=seed)
+    m = served.engine.map(Query.of(part), n=n, expand=expand, seed=seed)
     return _map_out(served, m)
 
 
@@ -411,15 +374,13 @@ def thumbnail(
     image_id: ImageId,
     size: Literal["small", "large"] = "large",
 ) -> Response:
-    record = served.record(image_id)
-    digest = content_hashes(served.engine.meta, [image_id]).get(image_id, "")
+    served.record(image_id)
+    data, digest = served.engine.thumbnail(image_id, THUMB_SIDES[size])
     # A deleted image's id can be reused by a new one: the content hash tells their thumbnails apart.
     etag = f'"{image_id}-{size}-{digest[:16]}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    with served.thumb_locks[image_id % len(served.thumb_locks)]:
-        data = served.thumbs[size].get_many(served.engine.meta, [(image_id, record.path)])[0]
     if data is None:
         raise HTTPException(404, f"the file of image {image_id} can no longer be read; re-run ingest")
     return Response(data, media_type="image/jpeg", headers=headers)
@@ -516,7 +477,7 @@ def create_app(
         owned = not isinstance(engine, Engine)
         opened = Engine(engine, home=home, device=device) if isinstance(engine, str) else engine
         try:
-            warm_up(opened)
+            opened.warm_up()
             app.state.served = _Served(opened, max_upload_bytes)
             yield
         finally:

@@ -11,8 +11,10 @@ pymilvus is imported only when a Milvus store is opened.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from retrieval.errors import UsageError
 from retrieval.vectors.base import DEFAULT_KIND, KINDS, Store, StoreSpec, parse_kind
 
 __all__ = [
@@ -24,7 +26,13 @@ __all__ = [
     "create_store",
     "open_store",
     "parse_kind",
+    "rebuild_store",
+    "vectors_present",
 ]
+
+#: Written by `create_store` into every store's folder: says that vectors were saved there, whichever store
+#: holds them (a Milvus server keeps nothing else locally).
+MARKER = "store.json"
 
 
 def check_available(spec: StoreSpec) -> None:
@@ -67,7 +75,44 @@ def create_store(spec: StoreSpec, folder: Path, dim: int) -> Store:
     if spec.kind == "milvus":
         from retrieval.vectors.milvus import MilvusStore
 
-        return MilvusStore.create(spec, folder, dim)
-    from retrieval.vectors.hnsw.store import StoreParams, VectorStore
+        store: Store = MilvusStore.create(spec, folder, dim)
+    else:
+        from retrieval.vectors.hnsw.store import StoreParams, VectorStore
 
-    return VectorStore.create(folder, dim, StoreParams())
+        store = VectorStore.create(folder, dim, StoreParams())
+    _write_marker(spec, folder)
+    return store
+
+
+def _write_marker(spec: StoreSpec, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"store": spec.kind}))
+    tmp.replace(folder / MARKER)
+
+
+def vectors_present(folder: Path) -> bool:
+    """Whether a store was ever created in `folder` (its database may have been lost since).
+
+    Indexes made before the marker existed are recognised by the default store's manifest or by Milvus
+    Lite's data folder."""
+    from retrieval.vectors.hnsw.store import VectorStore
+    from retrieval.vectors.milvus import LITE_DIR
+
+    return (folder / MARKER).is_file() or VectorStore.exists(folder) or (folder / LITE_DIR).exists()
+
+
+def rebuild_store(spec: StoreSpec, folder: Path, *, dim: int | None) -> tuple[Store, int]:
+    """Rebuild a damaged store from the vectors it keeps, open for writing; returns it and how many vectors
+    were lost. A Milvus collection is repaired by its server, not here.
+
+    Raises:
+        IndexCorruptError: nothing could be recovered.
+        UsageError: the store repairs itself elsewhere (Milvus).
+    """
+    if spec.kind != DEFAULT_KIND:
+        raise UsageError(f"a {spec.kind} vector store is repaired by its own server, not here")
+    from retrieval.vectors.hnsw.store import VectorStore
+
+    store, lost = VectorStore.rebuild(folder, dim=dim)
+    return store, lost
