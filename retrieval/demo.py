@@ -107,8 +107,8 @@ def run_demo(
         query_dir = home / f"{index}-queries"
         query_dir.mkdir(parents=True, exist_ok=True)
         query_img = query_dir / f"{query_src.stem}-small.jpg"
-        with Image.open(query_src) as im:
-            im = im.convert("RGB")
+        with Image.open(query_src) as opened:
+            im = opened.convert("RGB")
             w, h = im.size
             im.crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w // 2, h // 2)).save(
                 query_img, quality=70

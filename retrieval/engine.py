@@ -483,7 +483,7 @@ class Engine:
 
         name, pretrained, weights = self._embedder_args()
         emb = self.embedder
-        base = emb.base if isinstance(emb, ProjectedEmbedder) else emb  # a projection is applied here
+        base = emb.unprojected()  # the workers run the model; the projection is applied here
         args = EmbedderArgs(name, pretrained, str(weights) if weights else None, base.id)
         with ray_stage(
             address,
@@ -795,7 +795,7 @@ class Engine:
             problems.append(
                 f"{len(missing)} images marked embedded have no vector (they will be re-embedded)"
             )
-        fixed, repairs = False, []
+        fixed, repairs = False, list[str]()
         if fix and problems:
             lock = self._lock()
             self._acquire(lock)

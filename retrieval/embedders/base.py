@@ -95,6 +95,14 @@ class Embedder(ABC):
     def close(self) -> None:  # noqa: B027 - weight-free embedders have nothing to free
         """Free the model; the embedder cannot be used afterwards."""
 
+    def unprojected(self) -> Embedder:
+        """The model itself, without any projection applied after it (see `ProjectedEmbedder`)."""
+        return self
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """What this embedder applies after `unprojected()`'s vectors: nothing, unless it is projected."""
+        return vectors
+
     def __enter__(self) -> Embedder:
         return self
 

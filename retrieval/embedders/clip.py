@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import numpy as np
@@ -189,7 +189,7 @@ class ClipEmbedder(TorchEmbedder):
         return self._preprocess(image)
 
     def _encode_images(self, model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        return model.encode_image(pixels)
+        return cast(Any, model).encode_image(pixels)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed text queries into the same space as the images."""
@@ -237,7 +237,7 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         and getattr(model, "text_pool_type", None) == "argmax"
         and getattr(model, "attn_mask", None) is not None
     ):
-        return model.encode_text(tokens)
+        return cast(Any, model).encode_text(tokens)
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()

@@ -21,10 +21,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from PIL import Image
 
+from retrieval.embedders.base import Embedder
 from retrieval.errors import IndexCorruptError, IndexMismatchError, UsageError
 
 KINDS = ("pca", "lda", "head")
@@ -81,7 +83,7 @@ class Projection:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / (ARRAYS_NAME + ".tmp")
         with tmp.open("wb") as fh:
-            np.savez(fh, **self.arrays)
+            np.savez(fh, **self.arrays)  # type: ignore[arg-type]  # numpy's stub reads **kw as allow_pickle
         os.replace(tmp, folder / ARRAYS_NAME)
         tmp = folder / (JSON_NAME + ".tmp")
         tmp.write_text(json.dumps({"format": FORMAT, **self.describe()}, indent=2))
@@ -150,8 +152,9 @@ def fit_lda(x: np.ndarray, labels: np.ndarray, dims: int | None = None) -> Proje
     from scipy.linalg import eigh
     from sklearn.covariance import ledoit_wolf_shrinkage
 
-    x, labels = _check_fit_data(x, labels)
-    assert labels is not None
+    x, checked = _check_fit_data(x, labels)
+    assert checked is not None
+    labels = checked
     classes = np.unique(labels)
     most = min(len(classes) - 1, x.shape[1])
     if most < 1:
@@ -243,7 +246,7 @@ def _train_head(
             "w2": inner[2].weight.T,
             "b2": inner[2].bias,
         }
-        return {k: v.numpy().astype(np.float32) for k, v in weights.items()}
+        return {k: cast(Any, v).numpy().astype(np.float32) for k, v in weights.items()}
 
 
 def fit_head(
@@ -257,8 +260,9 @@ def fit_head(
     """A small MLP head with a linear skip, trained with batch-hard triplet loss on frozen vectors (CPU)."""
     from retrieval.embedders.base import torch_threads
 
-    x, labels = _check_fit_data(x, labels)
-    assert labels is not None
+    x, checked = _check_fit_data(x, labels)
+    assert checked is not None
+    labels = checked
     if len(np.unique(labels)) < 2:
         raise UsageError("a triplet head needs vectors of at least two classes")
     dims = DEFAULT_HEAD_DIMS if dims is None else dims
@@ -312,10 +316,11 @@ def fit_projection(
     return Projection(projection.kind, projection.arrays, info)
 
 
-class ProjectedEmbedder:
-    """An embedder followed by a projection; everything else (preprocessing, id, ...) is the embedder's."""
+class ProjectedEmbedder(Embedder):
+    """An embedder followed by a projection: the vectors are the projection's, everything else (preprocessing,
+    id, text support) is the base embedder's, so the index records the model it was built with."""
 
-    def __init__(self, base: Any, projection: Projection) -> None:
+    def __init__(self, base: Embedder, projection: Projection) -> None:
         if base.dim != projection.input_dim:
             raise IndexMismatchError(
                 f"the index's {projection.kind} projection takes {projection.input_dim}-dim vectors, "
@@ -323,21 +328,32 @@ class ProjectedEmbedder:
             )
         self.base = base
         self.projection = projection
+        self.spec = base.spec
+        self.id = base.id
+        self.dim = projection.output_dim
+        self.input_size = base.input_size
+        self.supports_text = base.supports_text
+        self.preprocess_id = base.preprocess_id
+        self.device = base.device
+        self.batch_size = base.batch_size
 
-    @property
-    def dim(self) -> int:
-        return self.projection.output_dim
+    def preprocess(self, image: Image.Image) -> Any:
+        return self.base.preprocess(image)
 
-    def embed_preprocessed(self, batch: Any) -> np.ndarray:
+    def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
         return self.projection.apply(self.base.embed_preprocessed(batch))
 
-    def embed_images(self, images: Any) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.projection.apply(self.base.embed_images(images))
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.projection.apply(self.base.embed_texts(texts))
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("base", "projection"):  # not set yet: no delegation loop
-            raise AttributeError(name)
-        return getattr(self.base, name)
+    def unprojected(self) -> Embedder:
+        return self.base
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        return self.projection.apply(vectors)
+
+    def close(self) -> None:
+        self.base.close()

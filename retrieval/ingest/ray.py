@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
-from retrieval.embedders.projections import ProjectedEmbedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
 from retrieval.files.discovery import FoundFile, content_hash
 from retrieval.ingest.pipeline import (
@@ -244,7 +243,7 @@ class RayStage:
         progress: ProgressFn | None = None,
     ) -> None:
         self.ray = ray
-        self.projection = embedder.projection if isinstance(embedder, ProjectedEmbedder) else None
+        self.embedder = embedder
         self.args = args
         self.batch_size = batch_size
         self.progress = progress or (lambda _p: None)
@@ -372,7 +371,7 @@ class RayStage:
 
     def vectors(self, payloads: list[Any]) -> np.ndarray:
         vectors = np.stack(payloads).astype(np.float32, copy=False)
-        return self.projection.apply(vectors) if self.projection is not None else vectors
+        return self.embedder.project(vectors)
 
 
 def _share(cpus: float, workers: int) -> float:

@@ -298,12 +298,13 @@ def map_title(query: Query, picture: str | None = None) -> str:
     """A short name for the query: the text in quotes, 'image NAME', 'more like NAME'."""
     if len(query.parts) == 1 and query.parts[0].sign > 0:
         part = query.parts[0]
+        value = "<upload>" if isinstance(part.value, bytes) else part.value
         if part.kind == "text":
-            return f'"{part.value}"'
+            return f'"{value}"'
         name = Path(picture).name if picture else None
         if part.kind == "image":
             return f"image {name}" if name else "an uploaded image"
-        return f"more like {name or f'#{part.value}'}"
+        return f"more like {name or f'#{value}'}"
     return query.describe()
 
 

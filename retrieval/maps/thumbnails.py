@@ -80,9 +80,9 @@ class ThumbnailCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             with ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-thumbs") as pool:
                 made = list(pool.map(lambda job: self._make(job[1], job[2]), todo))
-            for (n, cached, _), data in zip(todo, made, strict=True):
+            for (n, target, _), data in zip(todo, made, strict=True):
                 out[n] = data
-                self.made += cached is not None and data is not None
+                self.made += target is not None and data is not None
         return out
 
     def _make(self, cached: Path | None, source: str) -> bytes | None:

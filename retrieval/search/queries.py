@@ -28,9 +28,8 @@ class QueryPart:
 
     def describe(self) -> str:
         op = "+" if self.sign > 0 else "-"
-        if self.kind == "image" and isinstance(self.value, bytes):
-            return f"{op}image:<upload>"
-        return f"{op}{self.kind}:{self.value}"
+        value = "<upload>" if isinstance(self.value, bytes) else self.value
+        return f"{op}{self.kind}:{value}"
 
 
 @dataclass(frozen=True)

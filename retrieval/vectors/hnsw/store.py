@@ -174,7 +174,7 @@ class _Originals:
             return
         with open(self.path, "r+b") as f:
             f.seek(self._disk_rows * self._row_bytes)
-            f.write(memoryview(self._pending[: self._pending_rows]))
+            f.write(self._pending[: self._pending_rows].data)
             f.flush()
             os.fsync(f.fileno())
         self._disk_rows += self._pending_rows
@@ -678,15 +678,15 @@ class VectorStore:
         gen = st.generation + 1
         files: dict[str, dict[str, Any]] = {}
         files["slots"] = _write_file(
-            self.folder, _gen_name(gen, "slots"), memoryview(st.slot_ids[: st.n_slots])
+            self.folder, _gen_name(gen, "slots"), np.ascontiguousarray(st.slot_ids[: st.n_slots]).data
         )
         if st.quantizer is not None and st.graph is not None:
             buf = io.BytesIO()
-            np.savez(buf, **st.quantizer.to_arrays())
+            np.savez(buf, **st.quantizer.to_arrays())  # type: ignore[arg-type]  # numpy's stub: **kw as allow_pickle
             files["quantizer"] = _write_file(self.folder, _gen_name(gen, "quantizer.npz"), buf.getbuffer())
             codes = np.ascontiguousarray(st.codes[: st.n_slots])
             # A store whose vectors fit entirely in the graph head has an empty int8 tail.
-            code_bytes = memoryview(codes).cast("B") if codes.size else memoryview(b"")
+            code_bytes = codes.data.cast("B") if codes.size else memoryview(b"")
             files["codes"] = _write_file(self.folder, _gen_name(gen, "codes"), code_bytes)
             files["graph"] = _write_graph(self.folder, _gen_name(gen, "graph"), st.graph)
         _fsync_dir(self.folder)
