@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import retrieval.engine
-import retrieval.vectors.hnsw.store
+import retrieval.vectors.hnsw.fileformat
 from retrieval.ingest.pipeline import Ingestor, IngestProgress
 
 
@@ -60,7 +60,7 @@ def run(
         def _checkpoint(self, s: Any) -> None:
             self.checkpoints += 1
             if pause == "manifest" and self.checkpoints == pause_at:
-                retrieval.vectors.hnsw.store._write_manifest = lambda *_a: _wait_to_be_killed("manifest")
+                retrieval.vectors.hnsw.fileformat.write_manifest = lambda *_a: _wait_to_be_killed("manifest")
             elif pause == "commit" and self.checkpoints == pause_at:
                 save = self.store.save
                 self.store.save = lambda: (save(), _wait_to_be_killed("commit"))  # type: ignore[method-assign]

@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 import retrieval.ingest.pipeline as ingest_module
-import retrieval.vectors.hnsw.store as vectorstore
 from retrieval.engine import Engine
 from retrieval.errors import IndexCorruptError, IndexWriteError
+from retrieval.vectors.hnsw import fileformat
 from retrieval.vectors.hnsw.store import VectorStore
 
 runner = CliRunner()
@@ -309,7 +309,7 @@ def fail_vector_save(monkeypatch: pytest.MonkeyPatch) -> None:
         (folder / (name + ".tmp")).write_bytes(bytes(data)[: data.nbytes // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / (name + ".tmp")))
 
-    monkeypatch.setattr(vectorstore, "_write_file", full)
+    monkeypatch.setattr(fileformat, "write_file", full)
 
 
 def fail_database_commit(monkeypatch: pytest.MonkeyPatch) -> None:

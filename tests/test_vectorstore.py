@@ -363,11 +363,11 @@ def test_unsaved_additions_are_not_seen_after_reopening(folder: Path) -> None:
 def test_rows_flushed_by_a_session_that_never_saved_are_trimmed(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import retrieval.vectors.hnsw.store as vectorstore
+    import retrieval.vectors.hnsw.originals as originals_module
 
     store, _ = make_store(folder, 100)
     store.save()
-    monkeypatch.setattr(vectorstore, "PENDING_FLUSH_BYTES", 1)  # every add goes straight to disk
+    monkeypatch.setattr(originals_module, "PENDING_FLUSH_BYTES", 1)  # every add goes straight to disk
     store.add(np.arange(5) + 10_000, unit_vectors(5, seed=4))
     originals = folder / "originals-000000.f32"
     assert originals.stat().st_size == 105 * DIM * 4

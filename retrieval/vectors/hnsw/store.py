@@ -30,10 +30,6 @@ deleted. A crash at any moment leaves the last complete generation usable.
 from __future__ import annotations
 
 import io
-import json
-import os
-import re
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -45,22 +41,17 @@ import numpy as np
 
 from retrieval.errors import (
     IndexCorruptError,
-    IndexNotFoundError,
-    SchemaTooNewError,
     UsageError,
 )
+from retrieval.vectors.hnsw import fileformat
+from retrieval.vectors.hnsw.fileformat import MANIFEST
+from retrieval.vectors.hnsw.originals import Originals as _Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
 
-MANIFEST = "MANIFEST.json"
-FORMAT = 1
 #: The quantizer is refitted (and the graph rebuilt) when the collection reaches
 #: REFIT_GROWTH times the size it was fitted on, until it was fitted on FIT_SAMPLE_CAP.
 FIT_SAMPLE_CAP = 50_000
 REFIT_GROWTH = 2
-#: New originals wait in RAM until save() or until they exceed this many bytes.
-PENDING_FLUSH_BYTES = 64 << 20
-_GEN_FILE = re.compile(r"^g\d{8}\.(slots|codes|graph|quantizer\.npz)(\.tmp)?$")
-_ORIGINALS_FILE = re.compile(r"^originals-\d{6}\.f32$")
 _ROW_BLOCK = 16384
 _OPEN_ATTEMPTS = 5
 
@@ -105,82 +96,6 @@ class StoreParams:
         if unknown:
             raise UsageError(f"unknown store parameters {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
-
-
-class _Originals:
-    """Float32 rows in an append-only file, memory-mapped; appended rows wait in RAM until flush()."""
-
-    def __init__(self, path: Path, dim: int, rows: int, *, writable: bool) -> None:
-        self.path = path
-        self.dim = dim
-        self._row_bytes = dim * 4
-        size = path.stat().st_size  # FileNotFoundError: the caller decides (retry or corrupt)
-        expected = rows * self._row_bytes
-        if size < expected:
-            raise IndexCorruptError(
-                f"{path.name} is truncated: {size} bytes, the manifest needs at least {expected}"
-            )
-        if writable and size > expected:
-            # Rows appended by a session that never saved: no generation refers to them.
-            os.truncate(path, expected)
-        self._disk_rows = rows
-        self._map = self._mapped(rows)
-        self._pending = np.empty((0, dim), dtype=np.float32)
-        self._pending_rows = 0
-
-    @classmethod
-    def create(cls, path: Path, dim: int) -> _Originals:
-        path.write_bytes(b"")
-        return cls(path, dim, 0, writable=True)
-
-    def _mapped(self, rows: int) -> np.ndarray:
-        if rows == 0:
-            return np.empty((0, self.dim), dtype=np.float32)
-        # A plain ndarray view: indexing np.memmap itself costs extra Python work per call.
-        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(rows, self.dim)).view(np.ndarray)
-
-    @property
-    def rows(self) -> int:
-        return self._disk_rows + self._pending_rows
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending.nbytes
-
-    def append(self, x: np.ndarray) -> None:
-        need = self._pending_rows + len(x)
-        if need > len(self._pending):
-            grown = np.empty((max(need, 2 * len(self._pending), 256), self.dim), dtype=np.float32)
-            grown[: self._pending_rows] = self._pending[: self._pending_rows]
-            self._pending = grown
-        self._pending[self._pending_rows : need] = x
-        self._pending_rows = need
-        if self._pending_rows * self._row_bytes >= PENDING_FLUSH_BYTES:
-            self.flush()
-
-    def get(self, slots: np.ndarray) -> np.ndarray:
-        """Rows for `slots` (any shape); returns slots.shape + (dim,)."""
-        if self._pending_rows == 0:
-            return self._map.take(slots, axis=0)  # take: several times faster than fancy indexing
-        out = np.empty((*slots.shape, self.dim), dtype=np.float32)
-        on_disk = slots < self._disk_rows
-        out[on_disk] = self._map[slots[on_disk]]
-        out[~on_disk] = self._pending[slots[~on_disk] - self._disk_rows]
-        return out
-
-    def flush(self) -> None:
-        """Write pending rows after the valid part of the file, fsync, and map them."""
-        if self._pending_rows == 0:
-            return
-        with open(self.path, "r+b") as f:
-            f.seek(self._disk_rows * self._row_bytes)
-            f.write(self._pending[: self._pending_rows].data)
-            f.flush()
-            os.fsync(f.fileno())
-        self._disk_rows += self._pending_rows
-        self._pending = np.empty((0, self.dim), dtype=np.float32)
-        self._pending_rows = 0
-        self._map = self._mapped(self._disk_rows)
 
 
 class _IdIndex:
@@ -284,7 +199,7 @@ class VectorStore:
             raise UsageError(f"{folder} already holds a vector store; open it instead")
         folder.mkdir(parents=True, exist_ok=True)
         params = params or StoreParams()
-        originals = _Originals.create(folder / _originals_name(0), dim)
+        originals = _Originals.create(folder / fileformat.originals_name(0), dim)
         state = _State(
             generation=-1,
             quantizer=None,
@@ -322,78 +237,10 @@ class VectorStore:
 
     @classmethod
     def rebuild(cls, folder: Path, *, dim: int | None = None) -> tuple[VectorStore, int]:
-        """Rebuild a damaged store from what it keeps of each vector: its id and its float32 original.
+        """Rebuild a damaged store from its ids and float32 originals: see `repair.rebuild`."""
+        from retrieval.vectors.hnsw.repair import rebuild
 
-        The quantizer, codes and graph derive from those and are made afresh. Ids come from the current
-        generation's slots file if it checks out, else from the newest older one on disk (`dim` is needed
-        when the manifest itself is unreadable). Vectors that are missing (originals cut short) or garbled
-        (not finite, not unit length) are dropped: their images must be embedded again. Returns the store,
-        saved as a new generation and open for writing, and how many vectors were dropped.
-
-        Raises:
-            IndexCorruptError: no usable ids or originals are left; the index must be built again.
-        """
-        folder = Path(folder)
-        params, generation, slot_ids, originals_name = StoreParams(), -1, None, None
-        # Older slots files may stand in for a bad current one only if they index the same originals file.
-        older_ok, current_slots, expected = True, None, None
-        try:
-            manifest = _read_manifest(folder)
-            older_ok = False
-            expected = int(manifest["n_alive"])
-            dim, generation = int(manifest["dim"]), int(manifest["generation"])
-            originals_name = str(manifest["originals"]["name"])
-            older_ok = originals_name in manifest.get("previous", [])
-            params = StoreParams.from_dict(manifest["params"])
-            current_slots = manifest["files"]["slots"]["name"]
-            slot_ids = np.fromfile(_verified(folder, manifest["files"]["slots"]), dtype=np.int64)
-        except (IndexCorruptError, UsageError, OSError, KeyError, TypeError, ValueError):
-            pass  # keep what was read; look for the rest on disk
-        gen_files = sorted(p for p in folder.iterdir() if _GEN_FILE.match(p.name) and p.suffix == ".slots")
-        if gen_files:
-            generation = max(generation, int(gen_files[-1].name[1:9]))
-        candidates = [p for p in reversed(gen_files) if p.name != current_slots] if older_ok else []
-        for path in candidates if slot_ids is None else []:
-            ids = np.fromfile(path, dtype=np.int64)
-            alive = ids[ids >= 0]
-            if (ids >= -1).all() and len(np.unique(alive)) == len(alive):
-                slot_ids = ids
-                break
-        if dim is None or slot_ids is None:
-            raise IndexCorruptError(f"{folder} cannot be rebuilt: no readable vector ids are left")
-        row_bytes = dim * 4
-        if originals_name is None:  # the newest file holding a row for every slot
-            need = len(slot_ids) * row_bytes
-            fits = [p for p in folder.glob("originals-*.f32") if p.stat().st_size >= need]
-            originals_name = max(fits).name if fits else None
-        path = folder / (originals_name or _originals_name(0))
-        if not path.is_file():
-            raise IndexCorruptError(f"{folder} cannot be rebuilt: the file of original vectors is missing")
-        if expected is None:
-            expected = int((slot_ids >= 0).sum())
-        rows = min(len(slot_ids), path.stat().st_size // row_bytes)
-        slot_ids = slot_ids[:rows].copy()
-        originals = _Originals(path, dim, rows, writable=True)
-        for block in _blocks(np.flatnonzero(slot_ids >= 0), _ROW_BLOCK):
-            slot_ids[block[_unusable(originals.get(block))]] = -1
-        state = _State(
-            generation=generation,
-            quantizer=None,
-            graph=None,
-            codes=np.empty((0, 0), dtype=np.int8),
-            slot_ids=slot_ids,
-            n_slots=rows,
-            n_alive=int((slot_ids >= 0).sum()),
-            originals=originals,
-            originals_epoch=int(path.stem.split("-")[1]),
-            id_index=None,
-            files={},
-        )
-        store = cls(folder, dim, params, state, writable=True)
-        store._rebuild(state, refit=True, compact=False)
-        store._dirty = True
-        store.save()  # also deletes the damaged generation's files
-        return store, max(expected - state.n_alive, 0)
+        return rebuild(folder, dim=dim)
 
     @staticmethod
     def exists(folder: Path) -> bool:
@@ -550,7 +397,7 @@ class VectorStore:
         alive = st.alive_slots()
         if compact:
             epoch = st.originals_epoch + 1
-            fresh = _Originals.create(self.folder / _originals_name(epoch), self.dim)
+            fresh = _Originals.create(self.folder / fileformat.originals_name(epoch), self.dim)
             for block in _blocks(alive, _ROW_BLOCK):
                 fresh.append(st.originals.get(block))
             fresh.flush()
@@ -677,19 +524,23 @@ class VectorStore:
         st.originals.flush()
         gen = st.generation + 1
         files: dict[str, dict[str, Any]] = {}
-        files["slots"] = _write_file(
-            self.folder, _gen_name(gen, "slots"), np.ascontiguousarray(st.slot_ids[: st.n_slots]).data
+        files["slots"] = fileformat.write_file(
+            self.folder,
+            fileformat.gen_name(gen, "slots"),
+            np.ascontiguousarray(st.slot_ids[: st.n_slots]).data,
         )
         if st.quantizer is not None and st.graph is not None:
             buf = io.BytesIO()
             np.savez(buf, **st.quantizer.to_arrays())  # type: ignore[arg-type]  # numpy's stub: **kw as allow_pickle
-            files["quantizer"] = _write_file(self.folder, _gen_name(gen, "quantizer.npz"), buf.getbuffer())
+            files["quantizer"] = fileformat.write_file(
+                self.folder, fileformat.gen_name(gen, "quantizer.npz"), buf.getbuffer()
+            )
             codes = np.ascontiguousarray(st.codes[: st.n_slots])
             # A store whose vectors fit entirely in the graph head has an empty int8 tail.
             code_bytes = codes.data.cast("B") if codes.size else memoryview(b"")
-            files["codes"] = _write_file(self.folder, _gen_name(gen, "codes"), code_bytes)
-            files["graph"] = _write_graph(self.folder, _gen_name(gen, "graph"), st.graph)
-        _fsync_dir(self.folder)
+            files["codes"] = fileformat.write_file(self.folder, fileformat.gen_name(gen, "codes"), code_bytes)
+            files["graph"] = fileformat.write_graph(self.folder, fileformat.gen_name(gen, "graph"), st.graph)
+        fileformat.fsync_dir(self.folder)
         previous = st.file_names() if st.generation >= 0 else set()
         body = {
             "generation": gen,
@@ -701,10 +552,10 @@ class VectorStore:
             "files": files,
             "previous": sorted(previous),
         }
-        _write_manifest(self.folder, body)
+        fileformat.write_manifest(self.folder, body)
         st.generation, st.files = gen, files
         self._dirty = False
-        _remove_unreferenced(self.folder, st.file_names() | previous)
+        fileformat.remove_unreferenced(self.folder, st.file_names() | previous)
         return gen
 
     def reload_if_changed(self) -> bool:
@@ -715,7 +566,7 @@ class VectorStore:
             IndexCorruptError: the newer generation is damaged (the current one stays in use).
         """
         st = self._live()
-        if _read_manifest(self.folder)["generation"] == st.generation:
+        if fileformat.read_manifest(self.folder)["generation"] == st.generation:
             return False
         if self._dirty:
             raise UsageError(
@@ -819,108 +670,16 @@ def _graph_ram(count: int, capacity: int, dims: int, m: int) -> int:
     return int(count * (level0 + upper + label_map) + capacity * bookkeeping + label_locks)
 
 
-def _gen_name(gen: int, kind: str) -> str:
-    return f"g{gen:08d}.{kind}"
-
-
-def _originals_name(epoch: int) -> str:
-    return f"originals-{epoch:06d}.f32"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(folder: Path, name: str, data: memoryview) -> dict[str, Any]:
-    """Write `data` to folder/name via a fsynced temporary; returns its manifest entry."""
-    tmp = folder / (name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / name)
-    return {"name": name, "size": data.nbytes, "crc32": zlib.crc32(data)}
-
-
-def _write_graph(folder: Path, name: str, graph: hnswlib.Index) -> dict[str, Any]:
-    tmp = folder / (name + ".tmp")
-    graph.save_index(str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    size, crc = _checksum(tmp)
-    os.replace(tmp, folder / name)
-    return {"name": name, "size": size, "crc32": crc}
-
-
-def _checksum(path: Path) -> tuple[int, int]:
-    crc, size = 0, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-    return size, crc
-
-
-def _manifest_checksum(body: dict[str, Any]) -> int:
-    return zlib.crc32(json.dumps(body, sort_keys=True).encode())
-
-
-def _write_manifest(folder: Path, body: dict[str, Any]) -> None:
-    doc = {"format": FORMAT, "kind": "retrieval.vectorstore", "crc32": _manifest_checksum(body), "body": body}
-    tmp = folder / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MANIFEST)
-    _fsync_dir(folder)
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise IndexNotFoundError(f"no vector store in {folder}; create one first") from None
-    try:
-        doc = json.loads(raw)
-        fmt = doc["format"]
-        body = doc["body"]
-        crc = doc["crc32"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IndexCorruptError(f"{path} is garbled: {exc}") from None
-    if not isinstance(fmt, int) or fmt > FORMAT:
-        raise SchemaTooNewError(f"{path} has format {fmt}, newer than {FORMAT}; upgrade retrieval to open it")
-    if crc != _manifest_checksum(body):
-        raise IndexCorruptError(f"{path} is garbled: checksum mismatch")
-    return body
-
-
 def _load_current(folder: Path, *, writable: bool) -> tuple[dict[str, Any], _State]:
     """Read the pointer and load its generation, retrying if a writer deletes it meanwhile."""
     for _ in range(_OPEN_ATTEMPTS):
-        manifest = _read_manifest(folder)
+        manifest = fileformat.read_manifest(folder)
         try:
             return manifest, _load_state(folder, manifest, writable=writable)
         except FileNotFoundError as exc:
-            if _read_manifest(folder)["generation"] == manifest["generation"]:
+            if fileformat.read_manifest(folder)["generation"] == manifest["generation"]:
                 raise IndexCorruptError(f"{Path(exc.filename).name} is missing from {folder}") from None
     raise IndexCorruptError(f"{folder} changes faster than it can be opened; retry")
-
-
-def _verified(folder: Path, entry: dict[str, Any]) -> Path:
-    """Path of a generation file after checking its size and checksum against the manifest."""
-    path = folder / entry["name"]
-    size, crc = _checksum(path)
-    if size != entry["size"]:
-        raise IndexCorruptError(f"{path.name} is truncated or padded: {size} bytes, expected {entry['size']}")
-    if crc != entry["crc32"]:
-        raise IndexCorruptError(f"{path.name} is garbled: checksum mismatch")
-    return path
 
 
 def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _State:
@@ -932,14 +691,14 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
         generation = int(manifest["generation"])
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexCorruptError(f"{folder / MANIFEST} lacks {exc}") from None
-    slots_path = _verified(folder, files["slots"])
+    slots_path = fileformat.verified(folder, files["slots"])
     slot_ids = np.fromfile(slots_path, dtype=np.int64)
     if len(slot_ids) != n_slots:
         raise IndexCorruptError(f"{slots_path.name} holds {len(slot_ids)} slots, the manifest says {n_slots}")
     quantizer, graph = None, None
     codes = np.empty((0, 0), dtype=np.int8)
     if "quantizer" in files:
-        q_path = _verified(folder, files["quantizer"])
+        q_path = fileformat.verified(folder, files["quantizer"])
         try:
             with np.load(q_path, allow_pickle=False) as arrays:
                 quantizer = Quantizer.from_arrays(arrays)
@@ -947,12 +706,12 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
             raise IndexCorruptError(f"{q_path.name} is unreadable: {exc}") from None
         if quantizer.dim != dim:
             raise IndexCorruptError(f"{q_path.name} is for dim {quantizer.dim}, the manifest says {dim}")
-        codes_path = _verified(folder, files["codes"])
+        codes_path = fileformat.verified(folder, files["codes"])
         codes = np.fromfile(codes_path, dtype=np.int8)
         if codes.size != n_slots * quantizer.tail_dims:
             raise IndexCorruptError(f"{codes_path.name} has {codes.size} bytes, expected {n_slots} rows")
         codes = codes.reshape(n_slots, quantizer.tail_dims)
-        graph_path = _verified(folder, files["graph"])
+        graph_path = fileformat.verified(folder, files["graph"])
         graph = hnswlib.Index(space="ip", dim=quantizer.graph_dims)
         try:
             graph.load_index(str(graph_path))
@@ -975,13 +734,3 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
         id_index=None,
         files=files,
     )
-
-
-def _remove_unreferenced(folder: Path, keep: set[str]) -> None:
-    """Delete generation files, originals and temporaries that neither kept generation names."""
-    for path in folder.iterdir():
-        name = path.name
-        if name in keep:
-            continue
-        if _GEN_FILE.match(name) or _ORIGINALS_FILE.match(name) or name == MANIFEST + ".tmp":
-            path.unlink(missing_ok=True)
