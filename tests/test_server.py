@@ -119,6 +119,7 @@ def test_health_and_stats_describe_the_served_index(client):
     stats = client.get("/api/stats").json()
     assert stats["index"] == "clip" and stats["model"] == "clip:tiny-test" and stats["dim"] == 64
     assert stats["text_search"] is True
+    assert stats["random_weights"] is True  # the page warns that these results mean nothing
     assert stats["images"] == stats["files"] == stats["vectors"] == N_PHOTOS
     assert stats["limits"]["max_k"] == MAX_K
     assert "path" not in stats  # no server paths in answers
@@ -217,7 +218,9 @@ def test_query_text_is_bounded_and_required(client):
 
 def test_text_search_on_an_index_without_a_text_model_says_so(small):
     c = small[0]
-    assert c.get("/api/stats").json()["text_search"] is False
+    stats = c.get("/api/stats").json()
+    assert stats["text_search"] is False
+    assert stats["random_weights"] is False  # the classic embedder has no weights to be random
     assert_error(c.get("/api/search", params={"q": "beach"}), 400, "no text encoder")
 
 

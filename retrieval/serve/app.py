@@ -131,6 +131,9 @@ class StatsOut(BaseModel):
     embedder_id: str | None
     dim: int | None
     text_search: bool = Field(description="Whether the index's model can embed text queries.")
+    random_weights: bool = Field(
+        description="The model runs on random weights (a test index): its results mean nothing."
+    )
     images: int = Field(description="Distinct embedded images.")
     files: int
     folders: int
@@ -310,12 +313,14 @@ def stats(served: Served) -> StatsOut:
         st = engine.stats()
         generation = engine.store.generation
         text = bool(engine.embedder.supports_text)
+        random_weights = engine.embedder.spec.random_weights
     return StatsOut(
         index=st.name,
         model=st.model,
         embedder_id=st.embedder_id,
         dim=st.dim,
         text_search=text,
+        random_weights=random_weights,
         images=st.counts["embedded"],
         files=st.counts["files"],
         folders=st.counts["roots"],
