@@ -42,6 +42,7 @@ from retrieval.errors import (
     WeightsUnavailableError,
 )
 from retrieval.maps.layout import NeighbourhoodMap
+from retrieval.maps.render import VIEWER_FILES
 from retrieval.maps.thumbnails import ThumbnailCache, content_hashes
 from retrieval.metadata.store import ImageRecord
 from retrieval.search.queries import Query, QueryPart, SearchHit
@@ -542,6 +543,14 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
+
+    # The map viewer lives with the maps (the .html map inlines it); routed before the /static mount.
+    @app.get("/static/map/{name}", include_in_schema=False)
+    def viewer_file(name: str) -> FileResponse:
+        if name not in VIEWER_FILES:
+            raise HTTPException(404, "Not Found")
+        return FileResponse(VIEWER_FILES[name])
+
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
