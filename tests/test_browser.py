@@ -161,6 +161,9 @@ def test_search_page_types_drops_clicks_and_maps_under_a_strict_csp(served, brow
     page = open_page(browser, base, problems)
     try:
         expect(page.locator("#stats")).to_contain_text(f"web · {N_PHOTOS} images")
+        # The index runs on random weights: the page says its results mean nothing.
+        expect(page.locator("#banner")).to_be_visible()
+        expect(page.locator("#banner")).to_contain_text("random weights")
 
         # Type a query: a grid of thumbnails with scores.
         page.fill("#q", "a red square")
@@ -320,6 +323,32 @@ def test_thumbnails_show_a_placeholder_until_they_load_and_say_so_when_they_fail
         page.screenshot(path=str(ARTIFACTS / "browser-map-failed-thumbnail.png"))
         # The two held thumbnails that failed on purpose are the only problems.
         assert [p for p in problems if "404" not in p and "Failed to load resource" not in p] == []
+    finally:
+        page.close()
+
+
+def test_banner_shows_only_for_an_index_on_random_weights(served, browser):
+    base, _, _ = served
+    expect = sync_api.expect
+    problems: list[str] = []
+    page = browser.new_page()
+
+    def trained(route):
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "random_weights": False})
+
+    page.route(base + "/api/stats", trained)
+    try:
+        page.goto(base + "/")
+        expect(page.locator("#stats")).to_contain_text(f"web · {N_PHOTOS} images")
+        expect(page.locator("#banner")).to_be_hidden()
+    finally:
+        page.close()
+    page = open_page(browser, base, problems)
+    try:
+        expect(page.locator("#banner")).to_be_visible()
+        expect(page.locator("#banner")).to_contain_text("clip:tiny-test")
+        assert not problems, problems
     finally:
         page.close()
 

@@ -299,6 +299,12 @@ async function loadStats() {
     const stats = await api("/api/stats");
     state.stats = stats;
     $("stats").textContent = `${stats.index} · ${stats.images.toLocaleString()} images · ${stats.embedder_id}`;
+    const banner = $("banner");
+    banner.hidden = !stats.random_weights;
+    banner.textContent = stats.random_weights
+      ? `This index's model, ${stats.model}, runs on random weights: its results mean nothing. ` +
+        "Build the index again with pretrained weights for real search."
+      : "";
     if (!stats.text_search) {
       $("q").disabled = true;
       $("q").placeholder = "This index's model has no text search: drop an image instead";
