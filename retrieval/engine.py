@@ -41,6 +41,7 @@ from retrieval.ingest.pipeline import (
     remove_paths,
 )
 from retrieval.maps.layout import NeighbourhoodMap, build_map
+from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
 from retrieval.maps.render import ColourBy, RenderedMap, render_map
 from retrieval.maps.thumbnails import ThumbnailCache
 from retrieval.metadata import DB_NAME, ImageRecord, MetadataStore, utcnow
@@ -73,6 +74,7 @@ from retrieval.vectors import (
 __all__ = [
     "DEFAULT_INDEX",
     "DEFAULT_MODEL",
+    "MAP_VIEWER_FILES",
     "DoctorReport",
     "Engine",
     "EvalReport",
@@ -740,7 +742,7 @@ class Engine:
                 stats=self.stats(),
                 generation=self.store.generation,
                 text_search=bool(self.embedder.supports_text),
-                random_weights=self.manifest.get("pretrained") is None,
+                random_weights=self.embedder.spec.random_weights,
             )
 
     def stats(self) -> IndexStats:

@@ -215,3 +215,31 @@ def test_ctrl_c_in_the_middle_of_a_file_takes_effect_once_that_file_is_recorded(
         engine.ingest(paths[0].parent)
     assert_consistent(home / "default", files=5)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is itself again
+
+
+@pytest.mark.slow
+def test_ten_kills_at_random_moments_each_leave_a_repairable_index_and_a_rerun_finishes(photos, home, tmp_path):
+    import random
+
+    rng = random.Random(20261201)  # seeded: a failure names the moment it happened at
+    args, index = ingest_args(photos, home, "kill-loop"), home / "kill-loop"
+    embedded: set[int] = set()
+    for round_ in range(10):
+        child = Child(tmp_path / f"loop{round_}.log", args, every=EVERY, delay=0.002)
+        try:
+            todo = total(child)
+            if todo == 0:
+                break
+            target = rng.randrange(0, todo)
+            child.wait_for(lambda line, t=target: done(line) >= t)
+            time.sleep(rng.uniform(0, 0.02))  # anywhere between two files, inside a save or a commit
+            child.signal(signal.SIGKILL)
+        finally:
+            child.stop()
+        state = assert_repairable(index)
+        assert state.embedded >= embedded, f"round {round_}: a kill lost work already saved"
+        embedded = state.embedded
+    with Engine("kill-loop") as engine:
+        report = engine.ingest(photos[0].parent)
+    assert report.failed == [] and report.embedded == N - len(embedded)
+    assert_consistent(index, files=N)

@@ -20,11 +20,14 @@ from retrieval.errors import QueryError, UsageError
 from retrieval.maps import layout as maps
 from retrieval.maps.layout import (
     LargeMapWarning,
+    LayoutParams,
+    MapPoint,
     NeighbourhoodMap,
     choose_perplexity,
     cluster_points,
     compute_layout,
 )
+from retrieval.maps.render import fill_template, render_html, script_json
 from retrieval.search.queries import Query, QueryPart
 
 GROUPS = 3
@@ -206,7 +209,9 @@ def test_svg_map_is_written(grouped, tmp_path):
 
 
 def _html_data(page: str) -> dict:
-    return json.loads(re.search(r"const MAP = (\{.*?\});</script>", page, re.S).group(1))
+    return json.loads(
+        re.search(r'<script type="application/json" id="map-data">(.*?)</script>', page, re.S)[1]
+    )
 
 
 def test_html_map_stands_alone_with_every_point_and_no_external_url(grouped, tmp_path):
@@ -219,8 +224,60 @@ def test_html_map_stands_alone_with_every_point_and_no_external_url(grouped, tmp
     data = _html_data(page)
     assert len(data["points"]) == len(m.points)
     assert [p["path"] for p in data["points"]] == [p.path for p in m.points]
-    assert len(data["thumbs"]) == len(m.points)  # every picture embedded, the query's too
-    assert all(p["thumb"] is not None for p in data["points"])
+    # every picture embedded, the query's too
+    assert all(p["thumbnail"].startswith("data:image/jpeg;base64,") for p in data["points"])
+
+
+def synthetic_map(coords, paths=None, title: str = "a test") -> NeighbourhoodMap:
+    """A map of the given 2-D points, the first the query, without any index behind it."""
+    paths = paths or [f"/photos/p{i}.jpg" for i in range(len(coords))]
+    points = tuple(
+        MapPoint(
+            role="query" if i == 0 else "result",
+            id=i + 1,
+            path=path,
+            x=float(x),
+            y=float(y),
+            score=1.0 if i == 0 else 1 - i / len(coords),
+            rank=None if i == 0 else i,
+            cluster=-1 if i == 0 else i % 2,
+        )
+        for i, ((x, y), path) in enumerate(zip(coords, paths, strict=True))
+    )
+    params = LayoutParams(perplexity=3, max_iter=250, pca_dims=8, seed=0, trust_neighbors=2, trust_points=5)
+    return NeighbourhoodMap(title, points, params, 0.9, 2, True, {})
+
+
+ODD_NAMES = [
+    "/photos/__DATA__.jpg",
+    "/photos/__TITLE__.jpg",
+    "/photos/{{data}}.jpg",
+    "/photos/{{viewer_js}}.jpg",
+    "/photos/</script><script>alert(1)</script>.jpg",
+    "/photos/<!--a&b>\u2028\u2029.jpg",
+]
+
+
+def test_html_map_keeps_file_names_that_look_like_placeholders_or_markup_as_they_are():
+    m = synthetic_map([(i, -i) for i in range(len(ODD_NAMES))], ODD_NAMES, title="more like __DATA__.jpg")
+    page = render_html(m, [None] * len(ODD_NAMES))
+    data = _html_data(page)
+    assert [p["path"] for p in data["points"]] == ODD_NAMES
+    assert data["title"] == "more like __DATA__.jpg"
+    assert "<title>Neighbourhood map of more like __DATA__.jpg</title>" in page
+    # Nothing the names bring can open or close an element: the page's scripts are the template's three.
+    assert page.count("<script") == page.count("</script>") == 3
+    assert "<!--" not in page and "\u2028" not in page and "\u2029" not in page
+
+
+def test_templates_are_filled_in_one_pass_and_json_is_safe_inside_a_script():
+    assert fill_template("{{a}}|{{b}}", {"a": "{{b}}", "b": "__b__"}) == "{{b}}|__b__"
+    with pytest.raises(KeyError):
+        fill_template("{{missing}}", {})
+    value = {"s": "</script><!-- & \u2028\u2029 é"}
+    text = script_json(value)
+    assert json.loads(text) == value
+    assert not any(c in text for c in "<>&\u2028\u2029") and "é" in text
 
 
 def test_bad_output_name_is_refused_before_any_work(grouped, tmp_path):
@@ -282,54 +339,99 @@ def test_map_of_an_index_with_nothing_else_is_an_empty_result_error(make_photos,
 
 # -- the HTML page in a browser -----------------------------------------------------------------------
 
-FIND_A_PICTURE = """() => {
-  const canvas = document.getElementById("map"), tip = document.getElementById("tip");
-  for (let y = 80; y < innerHeight; y += 8)
-    for (let x = 8; x < innerWidth - 240; x += 8) {
-      canvas.dispatchEvent(new MouseEvent("mousemove", {clientX: x, clientY: y, bubbles: true}));
-      if (tip.style.display === "block" && tip.querySelector("img")) return [x, y];
-    }
-  return null;
-}"""
+POSITIONS = "() => RetrievalMap.viewerOf(document.getElementById('map')).positions()"
+SETTLED = "() => document.getElementById('map').dataset.loading === '0'"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).is_file():
+        pytest.skip("no Chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"], headless=True)
+        try:
+            yield sync_api, browser
+        finally:
+            browser.close()
+
+
+def _open(browser, path: Path, problems: list[str]):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url))
+    page.goto(path.as_uri())
+    page.wait_for_function(SETTLED)
+    return page
 
 
 @pytest.mark.browser
-def test_html_map_hovers_zooms_and_opens_the_original_in_chromium(grouped, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).is_file():
-        pytest.skip("no Chromium (apt-get install chromium)")
+def test_html_map_hovers_zooms_and_opens_the_original_in_chromium(grouped, tmp_path, chromium):
+    sync_api, browser = chromium
     engine, _ = grouped
     m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g2-0"))), n=10, expand=2)
-    page_path = engine.render_map(m, tmp_path / "map.html").path
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"], headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            problems: list[str] = []
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            page.on(
-                "request", lambda r: None if r.url.startswith(("file:", "data:")) else problems.append(r.url)
-            )
-            page.goto(page_path.as_uri())
-            page.evaluate("() => { window.open = (url) => { window.opened = url; }; }")
-            page.wait_for_timeout(200)  # thumbnails decode
-            spot = page.evaluate(FIND_A_PICTURE)
-            assert spot is not None
-            page.mouse.move(*spot)
-            tip = page.locator("#tip")
-            sync_api.expect(tip).to_be_visible()
-            hovered = tip.locator(".path").inner_text()
-            assert hovered.startswith("query: ") or hovered in {p.path for p in m.points}
-            page.mouse.click(*spot)
-            opened = page.evaluate("() => window.opened")
-            assert opened == Path(hovered.removeprefix("query: ")).as_uri()
+    problems: list[str] = []
+    page = _open(browser, engine.render_map(m, tmp_path / "map.html").path, problems)
+    try:
+        page.evaluate("() => { window.open = (url) => { window.opened = url; }; }")
+        canvas = page.locator("#map")
+        assert canvas.get_attribute("data-thumbs") == str(len(m.points))  # every picture drawn
+        spots = page.evaluate(POSITIONS)
+        result = next(s for s in spots if s["role"] == "result")
+        page.mouse.move(result["x"], result["y"])
+        tip = page.locator("#tip")
+        sync_api.expect(tip).to_be_visible()
+        assert tip.locator(".path").inner_text() == result["path"]
+        assert tip.locator("img").count() == 1
+        page.mouse.click(result["x"], result["y"])
+        assert page.evaluate("() => window.opened") == Path(result["path"]).as_uri()
 
-            canvas = page.locator("#map")
-            before = canvas.screenshot()
-            page.mouse.wheel(0, -500)
-            page.wait_for_timeout(100)
-            assert canvas.screenshot() != before
-            assert not problems, problems
-        finally:
-            browser.close()
+        before = canvas.screenshot()
+        page.mouse.wheel(0, -500)
+        page.wait_for_timeout(100)
+        assert canvas.screenshot() != before
+        assert not problems, problems
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_html_map_draws_y_up_like_the_png(tmp_path, chromium):
+    _, browser = chromium
+    m = synthetic_map([(0, 0), (-1, -1), (1, -1), (1, 1), (-1, 1), (0, 2)])
+    path = tmp_path / "map.html"
+    path.write_text(render_html(m, [None] * len(m.points)))
+    problems: list[str] = []
+    page = _open(browser, path, problems)
+    try:
+        spots = page.evaluate(POSITIONS)
+        for i in range(len(spots) - 1):
+            a, b = m.points[i], m.points[i + 1]
+            assert np.sign(spots[i + 1]["x"] - spots[i]["x"]) == np.sign(b.x - a.x)
+            assert np.sign(spots[i + 1]["y"] - spots[i]["y"]) == -np.sign(b.y - a.y)  # y up, pixels down
+        assert not problems, problems
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_html_map_fits_the_central_points_and_leaves_a_far_outlier_out_of_view(tmp_path, chromium):
+    _, browser = chromium
+    grid = [(i % 15 / 14, i // 15 / 9) for i in range(150)]  # a 15 x 10 grid in the unit square
+    m = synthetic_map([*grid, (1000.0, -1000.0)])
+    path = tmp_path / "map.html"
+    path.write_text(render_html(m, [None] * len(m.points)))
+    problems: list[str] = []
+    page = _open(browser, path, problems)
+    try:
+        spots = page.evaluate(POSITIONS)
+        box = page.locator("#map").bounding_box()
+        xs = [s["x"] for s in spots[:-1]]
+        ys = [s["y"] for s in spots[:-1]]
+        assert max(xs) - min(xs) > 0.4 * box["width"]  # all but the outlier fill the canvas
+        assert max(ys) - min(ys) > 0.4 * box["height"]
+        assert spots[-1]["x"] > box["x"] + box["width"]  # the outlier is off to the right
+        assert not problems, problems
+    finally:
+        page.close()

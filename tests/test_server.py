@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import struct
 import threading
 import time
@@ -119,6 +120,7 @@ def test_health_and_stats_describe_the_served_index(client):
     stats = client.get("/api/stats").json()
     assert stats["index"] == "clip" and stats["model"] == "clip:tiny-test" and stats["dim"] == 64
     assert stats["text_search"] is True
+    assert stats["random_weights"] is True  # the page warns that these results mean nothing
     assert stats["images"] == stats["files"] == stats["vectors"] == N_PHOTOS
     assert stats["limits"]["max_k"] == MAX_K
     assert "path" not in stats  # no server paths in answers
@@ -153,7 +155,14 @@ def test_page_and_its_assets_are_served_without_anything_from_elsewhere(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/static/app.js"' in page.text and 'href="/static/style.css"' in page.text
-    for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+    assert '<script src="/static/map/viewer.js"' in page.text  # the map viewer the .html maps inline
+    assets = {
+        "/static/app.js": "javascript",
+        "/static/style.css": "text/css",
+        "/static/map/viewer.js": "javascript",
+        "/static/map/viewer.css": "text/css",
+    }
+    for asset, kind in assets.items():
         response = client.get(asset)
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert (
@@ -162,6 +171,11 @@ def test_page_and_its_assets_are_served_without_anything_from_elsewhere(client):
             and "//cdn" not in response.text
         )
     assert "http://" not in page.text and "https://" not in page.text
+    # Nothing a strict Content-Security-Policy (default-src 'self') refuses: no inline script or style.
+    assert not re.search(
+        r"<script(?![^>]*\ssrc=)|<style|\son[a-z]+=|\sstyle=|(src|href)=\"(data|blob):", page.text
+    )
+    assert client.get("/static/map/render.py").status_code == 404  # only the viewer's files, no code
     # FastAPI's own docs pages load scripts from a CDN: they are off; the schema is served.
     assert client.get("/docs").status_code == client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").json()["info"]["title"] == "retrieval"
@@ -217,7 +231,9 @@ def test_query_text_is_bounded_and_required(client):
 
 def test_text_search_on_an_index_without_a_text_model_says_so(small):
     c = small[0]
-    assert c.get("/api/stats").json()["text_search"] is False
+    stats = c.get("/api/stats").json()
+    assert stats["text_search"] is False
+    assert stats["random_weights"] is False  # the classic embedder has no weights to be random
     assert_error(c.get("/api/search", params={"q": "beach"}), 400, "no text encoder")
 
 

@@ -126,7 +126,7 @@ def create_embedder(
             raise UsageError("the classic embedder has no weights; drop --weights")
         return ClassicEmbedder(batch_size=batch_size)
     embedder = _CREATORS[spec.family](spec, weights_path, resolve_device(device), batch_size)
-    if embedder.spec.pretrained is None:
+    if embedder.spec.random_weights:
         warn_random_weights(embedder.id)
     return embedder
 

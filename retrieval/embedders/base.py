@@ -51,6 +51,12 @@ class EmbedderSpec:
             return f"{self.family}:{self.arch}"
         return f"{self.family}:{self.arch}/{self.pretrained}"
 
+    @property
+    def random_weights(self) -> bool:
+        """A learnt model left at its seeded random init: its vectors mean nothing (the classic embedder has
+        no weights at all)."""
+        return self.family != "classic" and self.pretrained is None
+
 
 class Embedder(ABC):
     """Images (and maybe texts) in, (n, dim) float32 unit vectors out.

@@ -3,8 +3,9 @@
 Both show each image's thumbnail at its point, framed in its cluster's colour (or a colour for its score),
 best results drawn last so they stay on top, and the query marked with a star. The thumbnails of a PNG are
 composed into one raster with Pillow and shown as a single image: drawing hundreds of matplotlib artists
-would cost seconds. The HTML page holds its data, code, style and thumbnails inline, so it opens from disk
-with no server and no network; clicking a picture opens the original through a file:// link.
+would cost seconds. The HTML page is the template map.html holding its data, thumbnails and the map viewer
+(viewer.js, viewer.css: the same files the search page's map tab runs) inline, so it opens from disk with no
+server and no network; clicking a picture opens the original through a file:// link.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import html
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -361,292 +363,81 @@ def render_figure(
 def render_html(
     m: NeighbourhoodMap, thumbs: Sequence[bytes | None], *, colour_by: ColourBy = "cluster"
 ) -> str:
-    """One page holding everything: points, thumbnails (base64 JPEG), style and code; no external URL."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+    """One page holding everything: points, thumbnails (base64 JPEG), style and the viewer; no external URL.
 
-    by_cluster = point_colours(m, "cluster")
-    by_score = point_colours(m, "score")
-    encoded: list[str] = []
-    points = []
-    for i, p in enumerate(m.points):
-        thumb = None
-        if thumbs[i] is not None:
-            thumb = len(encoded)
-            encoded.append(base64.b64encode(thumbs[i]).decode("ascii"))  # type: ignore[arg-type]
-        points.append(
-            {
-                "x": round(p.x, 4),
-                "y": round(p.y, 4),
-                "role": p.role,
-                "id": p.id,
-                "path": p.path,
-                "score": round(p.score, 4),
-                "rank": p.rank,
-                "cluster": p.cluster,
-                "thumb": thumb,
-                "cc": by_cluster[i],
-                "sc": by_score[i],
-            }
-        )
-    lo, hi = _score_range(m.points)
-    cmap = colormaps[SCORE_COLOURMAP]
-    sizes = np.bincount([p.cluster for p in m.points if p.role != "query"], minlength=m.clusters)
+    The page is the template map.html with the viewer that the search page's map tab runs (viewer.js,
+    viewer.css) inlined, and the points in the JSON shape of the server's /api/map.
+    """
+    points = [
+        {
+            "role": p.role,
+            "id": p.id,
+            "path": p.path,
+            "x": round(p.x, 4),
+            "y": round(p.y, 4),
+            "score": round(p.score, 4),
+            "rank": p.rank,
+            "cluster": p.cluster,
+            "thumbnail": _data_url(thumb),
+        }
+        for p, thumb in zip(m.points, thumbs, strict=True)
+    ]
     data = {
+        "title": m.title,
+        "clusters": m.clusters,
+        "note": _clusters_note(m),
         "colourBy": colour_by,
-        "side": thumb_side(len(m.points), 1200 * 850, largest=80),
-        "order": draw_order(m.points),
         "points": points,
-        "thumbs": encoded,
-        "clusters": [
-            {"colour": c, "count": int(n)} for c, n in zip(cluster_colours(m.clusters), sizes, strict=True)
-        ],
-        "clustersNote": _clusters_note(m),
-        "score": {"min": lo, "max": hi, "stops": [to_hex(cmap(t)) for t in np.linspace(0, 1, 7)]},
     }
-    # "<" occurs only inside JSON strings, where \u003c means the same: no "</script>" can end the block.
-    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
-    return (
-        _HTML.replace("__TITLE__", html.escape(f"Neighbourhood map of {m.title}"))
-        .replace("__SUBTITLE__", html.escape(_subtitle(m)))
-        .replace("__DATA__", payload)
+    return fill_template(
+        _asset("map.html"),
+        {
+            "title": html.escape(f"Neighbourhood map of {m.title}"),
+            "subtitle": html.escape(_subtitle(m)),
+            "data": script_json(data),
+            "viewer_css": _inlined(_asset("viewer.css"), "</style"),
+            "viewer_js": _inlined(_asset("viewer.js"), "</script", "<!--"),
+        },
     )
 
 
-_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-html, body { margin: 0; height: 100%; overflow: hidden; background: #f6f6f3; color: #222;
-  font: 14px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-header { position: fixed; top: 0; left: 0; right: 0; z-index: 2; padding: 8px 14px;
-  background: rgba(255,255,255,0.93); border-bottom: 1px solid #ddd; }
-header h1 { font-size: 17px; margin: 0; }
-header p { margin: 3px 0 0; font-size: 12.5px; color: #555; }
-#legend { position: fixed; right: 12px; top: 72px; z-index: 2; max-height: 75vh; overflow: auto;
-  background: rgba(255,255,255,0.93); border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px;
-  font-size: 12.5px; min-width: 170px; }
-#legend .key { display: flex; align-items: center; gap: 7px; margin: 4px 0; }
-#legend .swatch { width: 14px; height: 14px; border-radius: 2px; flex: none; }
-#legend .ramp { height: 12px; border-radius: 2px; margin: 4px 0 2px; }
-#legend .ends { display: flex; justify-content: space-between; color: #555; }
-#legend .help { color: #666; margin: 8px 0 0; max-width: 190px; }
-#tip { position: fixed; z-index: 3; display: none; pointer-events: none; max-width: 340px;
-  background: #fff; border: 1px solid #bbb; border-radius: 6px; padding: 7px;
-  box-shadow: 0 3px 10px rgba(0,0,0,0.18); font-size: 12px; }
-#tip img { display: block; max-width: 192px; max-height: 192px; margin-bottom: 5px; }
-#tip .path { word-break: break-all; }
-#tip .meta { color: #555; margin-top: 3px; }
-canvas { display: block; cursor: grab; }
-canvas.dragging { cursor: grabbing; }
-canvas.over { cursor: pointer; }
-</style>
-</head>
-<body>
-<header><h1>__TITLE__</h1><p>__SUBTITLE__</p></header>
-<div id="legend">
-  <label>frame colour <select id="colour"><option value="cluster">cluster</option>
-  <option value="score">score</option></select></label>
-  <div id="keys"></div>
-  <p class="help">scroll to zoom, drag to pan, double-click to reset; hover a picture for details,
-  click it to open the original.</p>
-</div>
-<div id="tip"></div>
-<canvas id="map"></canvas>
-<script>const MAP = __DATA__;</script>
-<script>
-(function () {
-  "use strict";
-  const P = MAP.points, canvas = document.getElementById("map"), ctx = canvas.getContext("2d");
-  const tip = document.getElementById("tip"), keys = document.getElementById("keys");
-  const select = document.getElementById("colour");
-  const TOP = 64, MARGIN = 50;
-  let W = 0, H = 0, dpr = 1, scale = 1, fitScale = 1, tx = 0, ty = 0, hover = -1, mode = MAP.colourBy;
-  let drag = null, queued = false, touched = false;
-  const images = P.map(function (p) {
-    if (p.thumb === null) return null;
-    const im = new Image();
-    im.onload = redraw;
-    im.src = "data:image/jpeg;base64," + MAP.thumbs[p.thumb];
-    return im;
-  });
-  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-  P.forEach(function (p) {
-    x0 = Math.min(x0, p.x); x1 = Math.max(x1, p.x); y0 = Math.min(y0, p.y); y1 = Math.max(y1, p.y);
-  });
+_ASSETS = Path(__file__).resolve().parent
+#: The map viewer, shipped as package data: the search page loads these files, the .html map inlines them.
+VIEWER_FILES = {name: _ASSETS / name for name in ("viewer.js", "viewer.css")}
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+# Inside a JSON string these mean the same escaped; escaped, no "</script>" or "<!--" can end or bend the
+# block, and U+2028/2029 stay strings in any JavaScript parser.
+_SCRIPT_SAFE = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
-  function fit() {
-    // Keep the legend's column free when the window is wide enough to spare it.
-    const right = W > 900 ? document.getElementById("legend").offsetWidth + 12 : 0;
-    const fx = (W - right - 2 * MARGIN) / Math.max(x1 - x0, 1e-9);
-    const fy = (H - TOP - 2 * MARGIN) / Math.max(y1 - y0, 1e-9);
-    scale = fitScale = Math.min(fx, fy);
-    tx = (W - right) / 2 - (x0 + x1) / 2 * scale;
-    ty = TOP + (H - TOP) / 2 + (y0 + y1) / 2 * scale;
-  }
-  function resize() {
-    dpr = window.devicePixelRatio || 1; W = window.innerWidth; H = window.innerHeight;
-    canvas.width = W * dpr; canvas.height = H * dpr;
-    canvas.style.width = W + "px"; canvas.style.height = H + "px";
-    if (!touched) fit();  // once the reader has zoomed or panned, a resize keeps their view
-    redraw();
-  }
-  function sx(p) { return tx + p.x * scale; }
-  function sy(p) { return ty - p.y * scale; }
-  function side(p) {
-    const s = MAP.side * Math.min(Math.max(Math.sqrt(scale / fitScale), 0.6), 2.6);
-    return p.role === "context" ? s * 0.7 : s;
-  }
-  function box(i) {
-    const p = P[i], s = side(p), im = images[i];
-    let w = s, h = s;
-    if (im && im.naturalWidth) {
-      const r = im.naturalWidth / im.naturalHeight;
-      if (r >= 1) { h = s / r; } else { w = s * r; }
-    }
-    return [sx(p) - w / 2, sy(p) - h / 2, w, h];
-  }
-  function colour(p) { return mode === "score" ? p.sc : p.cc; }
-  function star(x, y, r) {
-    ctx.beginPath();
-    for (let k = 0; k < 10; k++) {
-      const a = -Math.PI / 2 + k * Math.PI / 5, rr = k % 2 ? r * 0.45 : r;
-      ctx.lineTo(x + rr * Math.cos(a), y + rr * Math.sin(a));
-    }
-    ctx.closePath(); ctx.fillStyle = "#ffd21f"; ctx.fill();
-    ctx.lineWidth = 1.5; ctx.strokeStyle = "#000"; ctx.stroke();
-  }
-  function draw() {
-    queued = false;
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.fillStyle = "#f6f6f3"; ctx.fillRect(0, 0, W, H);
-    MAP.order.forEach(function (i) {
-      const p = P[i], b = box(i), im = images[i];
-      if (p.role === "query" && !im) return;
-      const edge = p.role === "query" ? 4 : (p.role === "context" ? 2 : 3);
-      ctx.fillStyle = colour(p);
-      ctx.fillRect(b[0] - edge, b[1] - edge, b[2] + 2 * edge, b[3] + 2 * edge);
-      if (im && im.complete && im.naturalWidth) {
-        ctx.globalAlpha = p.role === "context" ? 0.65 : 1;
-        ctx.fillStyle = "#fff"; ctx.fillRect(b[0], b[1], b[2], b[3]);
-        ctx.drawImage(im, b[0], b[1], b[2], b[3]);
-        ctx.globalAlpha = 1;
-      } else {
-        ctx.fillStyle = "#cdcdcd"; ctx.fillRect(b[0], b[1], b[2], b[3]);
-      }
-    });
-    const q = P.findIndex(function (p) { return p.role === "query"; });
-    const qb = box(q);
-    if (images[q]) { star(qb[0] + qb[2] / 2, qb[1] - 4, 13); } else { star(sx(P[q]), sy(P[q]), 15); }
-    if (hover >= 0) {
-      const b = box(hover);
-      ctx.lineWidth = 3; ctx.strokeStyle = "#ff3b30";
-      ctx.strokeRect(b[0] - 5, b[1] - 5, b[2] + 10, b[3] + 10);
-    }
-  }
-  function redraw() { if (!queued) { queued = true; window.requestAnimationFrame(draw); } }
 
-  function pick(mx, my) {
-    for (let k = MAP.order.length - 1; k >= 0; k--) {
-      const i = MAP.order[k], b = box(i);
-      if (P[i].role === "query" && !images[i]) {
-        if (Math.hypot(mx - sx(P[i]), my - sy(P[i])) < 15) return i;
-        continue;
-      }
-      if (mx >= b[0] - 3 && mx <= b[0] + b[2] + 3 && my >= b[1] - 3 && my <= b[1] + b[3] + 3) return i;
-    }
-    return -1;
-  }
-  function line(cls, text) {
-    const d = document.createElement("div"); d.className = cls; d.textContent = text; return d;
-  }
-  function showTip(i, mx, my) {
-    const p = P[i];
-    tip.replaceChildren();
-    if (images[i]) { const im = document.createElement("img"); im.src = images[i].src; tip.appendChild(im); }
-    tip.appendChild(line("path", p.role === "query" ? "query" + (p.path ? ": " + p.path : "") : p.path));
-    if (p.role !== "query") {
-      let meta = "score " + p.score.toFixed(4) + " · cluster " + (p.cluster + 1);
-      meta += p.role === "result" ? " · rank " + p.rank : " · neighbour of a result";
-      if (p.id !== null) meta += " · id " + p.id;
-      tip.appendChild(line("meta", meta));
-    }
-    tip.style.display = "block";
-    const r = tip.getBoundingClientRect();
-    tip.style.left = Math.min(mx + 16, W - r.width - 8) + "px";
-    tip.style.top = Math.min(my + 16, H - r.height - 8) + "px";
-  }
-  function fileUrl(path) {
-    let p = path.replace(/\\\\/g, "/");
-    if (p.charAt(0) !== "/") p = "/" + p;
-    return "file://" + p.split("/").map(encodeURIComponent).join("/");
-  }
-  function legend() {
-    keys.replaceChildren();
-    if (mode === "cluster") {
-      keys.appendChild(line("meta", MAP.clustersNote));
-      MAP.clusters.forEach(function (c, k) {
-        const row = document.createElement("div"); row.className = "key";
-        const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = c.colour;
-        row.appendChild(sw);
-        row.appendChild(document.createTextNode("cluster " + (k + 1) + ": " + c.count + " images"));
-        keys.appendChild(row);
-      });
-    } else {
-      keys.appendChild(line("meta", "cosine with the query"));
-      const ramp = document.createElement("div"); ramp.className = "ramp";
-      ramp.style.background = "linear-gradient(to right, " + MAP.score.stops.join(", ") + ")";
-      keys.appendChild(ramp);
-      const ends = document.createElement("div"); ends.className = "ends";
-      ends.appendChild(line("", MAP.score.min.toFixed(3)));
-      ends.appendChild(line("", MAP.score.max.toFixed(3)));
-      keys.appendChild(ends);
-    }
-  }
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """Each `{{name}}` of `template` replaced by `values[name]`, in one pass: text that a value brings in (a
+    file named `{{data}}.jpg`) is never read for placeholders.
 
-  canvas.addEventListener("wheel", function (e) {
-    e.preventDefault();
-    const f = Math.exp(-e.deltaY * 0.0015);
-    tx = e.clientX - (e.clientX - tx) * f; ty = e.clientY - (e.clientY - ty) * f; scale *= f;
-    touched = true; redraw();
-  }, { passive: false });
-  canvas.addEventListener("mousedown", function (e) {
-    drag = { x: e.clientX, y: e.clientY, tx: tx, ty: ty, moved: false };
-    canvas.classList.add("dragging");
-  });
-  window.addEventListener("mouseup", function () {
-    canvas.classList.remove("dragging");
-    setTimeout(function () { drag = null; }, 0);  // after the click event that ends this drag
-  });
-  canvas.addEventListener("mousemove", function (e) {
-    if (drag && (e.buttons & 1)) {
-      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-      if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-      tx = drag.tx + dx; ty = drag.ty + dy; touched = true; tip.style.display = "none"; redraw();
-      return;
-    }
-    const i = pick(e.clientX, e.clientY);
-    if (i !== hover) { hover = i; redraw(); }
-    canvas.classList.toggle("over", i >= 0 && !!P[i].path);
-    if (i >= 0) showTip(i, e.clientX, e.clientY); else tip.style.display = "none";
-  });
-  canvas.addEventListener("mouseleave", function () { hover = -1; tip.style.display = "none"; redraw(); });
-  canvas.addEventListener("click", function (e) {
-    if (drag && drag.moved) return;
-    const i = pick(e.clientX, e.clientY);
-    if (i >= 0 && P[i].path) window.open(fileUrl(P[i].path), "_blank");
-  });
-  canvas.addEventListener("dblclick", function () { touched = false; fit(); redraw(); });
-  select.value = mode;
-  select.addEventListener("change", function () { mode = select.value; legend(); redraw(); });
-  window.addEventListener("resize", resize);
-  legend();
-  resize();
-})();
-</script>
-</body>
-</html>
-"""
+    Raises:
+        KeyError: a placeholder that `values` lacks.
+    """
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+def script_json(value: object) -> str:
+    """`value` as JSON that can sit inside a <script> element of an HTML page."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_SCRIPT_SAFE)
+
+
+def _data_url(jpeg: bytes | None) -> str | None:
+    return None if jpeg is None else f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}"
+
+
+def _asset(name: str) -> str:
+    return (_ASSETS / name).read_text(encoding="utf-8")
+
+
+def _inlined(text: str, *forbidden: str) -> str:
+    """`text` checked for what would end its <script> or <style> element early."""
+    for bad in forbidden:
+        if bad in text.lower():
+            raise RuntimeError(f"the viewer's code contains {bad!r}: it cannot be inlined into a page")
+    return text

@@ -30,7 +30,16 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from retrieval.engine import DEFAULT_INDEX, Engine, ImageRecord, NeighbourhoodMap, Query, QueryPart, SearchHit
+from retrieval.engine import (
+    DEFAULT_INDEX,
+    MAP_VIEWER_FILES,
+    Engine,
+    ImageRecord,
+    NeighbourhoodMap,
+    Query,
+    QueryPart,
+    SearchHit,
+)
 from retrieval.errors import (
     DecodeError,
     IndexError_,
@@ -121,7 +130,9 @@ class StatsOut(BaseModel):
     embedder_id: str | None
     dim: int | None
     text_search: bool = Field(description="Whether the index's model can embed text queries.")
-    random_weights: bool = Field(description="The model has random weights: results mean nothing.")
+    random_weights: bool = Field(
+        description="The model runs on random weights (a test index): its results mean nothing."
+    )
     images: int = Field(description="Distinct embedded images.")
     files: int
     folders: int
@@ -498,6 +509,14 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
+
+    # The map viewer lives with the maps (the .html map inlines it); routed before the /static mount.
+    @app.get("/static/map/{name}", include_in_schema=False)
+    def viewer_file(name: str) -> FileResponse:
+        if name not in MAP_VIEWER_FILES:
+            raise HTTPException(404, "Not Found")
+        return FileResponse(MAP_VIEWER_FILES[name])
+
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -1,12 +1,12 @@
 // The search page: talks to the JSON API under /api; no framework, no build step, nothing from elsewhere.
+// It runs under a strict Content-Security-Policy (default-src 'self'): no inline code, no eval, and no blob:
+// or data: URLs, so a dropped image is decoded with createImageBitmap and drawn on canvases.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-  "#9c755f", "#bab0ac"];
-const MAP_BG = "#f6f6f3";
 
-// query: {kind: "text", text} | {kind: "image", file, url} | {kind: "similar", id, path}
+// query: {kind: "text", text} | {kind: "image", file, bitmap} | {kind: "similar", id, path}
+// (bitmap: a promise of the decoded file, null when the browser cannot decode it)
 const state = { query: null, hits: [], view: "grid", seq: 0, map: null, stats: null };
 
 async function api(url, options) {
@@ -39,29 +39,77 @@ function baseName(path) {
   return path ? path.split(/[\\/]/).pop() : "";
 }
 
+// A file name that shortens in the middle: the start gives way (ellipsis), the extension always shows.
+function nameElement(tag, name) {
+  const element = document.createElement(tag);
+  element.classList.add("filename");
+  const dot = name.lastIndexOf(".");
+  const keep = Math.min(name.length, dot > 0 ? name.length - dot + 4 : 6);
+  const head = document.createElement("span");
+  head.className = "head";
+  head.textContent = name.slice(0, name.length - keep);
+  const tail = document.createElement("span");
+  tail.className = "tail";
+  tail.textContent = name.slice(name.length - keep);
+  element.append(head, tail);
+  return element;
+}
+
+// A thumbnail that shows a placeholder (class "loading") until it loads, and says so (class "failed") if not.
+function thumbnailImage(holder, src, alt) {
+  const img = document.createElement("img");
+  img.alt = alt;
+  holder.classList.add("loading");
+  img.addEventListener("load", () => holder.classList.remove("loading"));
+  img.addEventListener("error", () => {
+    holder.classList.remove("loading");
+    holder.classList.add("failed");
+  });
+  img.src = src;
+  return img;
+}
+
 function showQuery(query) {
   const label = $("query-label");
   label.replaceChildren();
-  const text = document.createElement("span");
   if (query.kind === "text") {
+    const text = document.createElement("span");
+    text.className = "text";
     text.textContent = `“${query.text}”`;
-  } else {
-    const img = document.createElement("img");
-    img.alt = "";
-    img.src = query.kind === "image" ? query.url : `/api/images/${query.id}/thumbnail?size=small`;
-    label.append(img);
-    text.textContent = query.kind === "image"
-      ? `like ${query.file.name || "the dropped image"}`
-      : `more like ${baseName(query.path) || "#" + query.id}`;
+    label.title = query.text;
+    label.append(text);
+    return;
   }
-  label.append(text);
+  const picture = document.createElement("span");
+  picture.className = "picture";
+  if (query.kind === "image") {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 64;
+    picture.classList.add("loading");
+    picture.append(canvas);
+    query.bitmap.then((bitmap) => {
+      picture.classList.remove("loading");
+      if (!bitmap) {
+        picture.classList.add("failed");
+        return;
+      }
+      const side = Math.min(bitmap.width, bitmap.height); // a centred square, as object-fit: cover
+      canvas.getContext("2d").drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2,
+        side, side, 0, 0, canvas.width, canvas.height);
+    });
+  } else {
+    picture.append(thumbnailImage(picture, `/api/images/${query.id}/thumbnail?size=small`, ""));
+  }
+  const name = query.kind === "image" ? query.file.name || "the dropped image" : baseName(query.path);
+  label.title = query.kind === "image" ? name : query.path || `#${query.id}`;
+  label.append(picture, query.kind === "image" ? "like " : "more like ",
+    nameElement("span", name || `#${query.id}`));
 }
 
 // -- searching -------------------------------------------------------------------------------------------
 
 async function search(query) {
   const seq = ++state.seq;
-  if (state.query && state.query.kind === "image" && state.query !== query) URL.revokeObjectURL(state.query.url);
   state.query = query;
   state.map = null;
   if (query.kind !== "text") $("q").value = "";
@@ -105,9 +153,7 @@ function renderGrid() {
     button.type = "button";
     button.className = "thumb";
     button.title = `More like ${hit.path}`;
-    const img = document.createElement("img");
-    img.src = hit.thumbnail;
-    img.alt = hit.path;
+    const img = thumbnailImage(button, hit.thumbnail, hit.path);
     img.loading = "lazy";
     img.width = 256;
     img.height = 256;
@@ -119,12 +165,12 @@ function renderGrid() {
     score.className = "score";
     score.textContent = hit.score.toFixed(3);
     score.title = "cosine similarity with the query";
-    const name = document.createElement("a");
-    name.className = "name";
+    const name = nameElement("a", baseName(hit.path));
+    name.classList.add("name");
+    name.setAttribute("aria-label", baseName(hit.path)); // one name, not its two halves
     name.href = hit.image;
     name.target = "_blank";
     name.rel = "noopener";
-    name.textContent = baseName(hit.path);
     const when = hit.captured_at ? ` · taken ${hit.captured_at.replace("T", " ")}` : "";
     name.title = `${hit.path} · ${hit.width}×${hit.height}${when} · open the original`;
     caption.append(score, name);
@@ -144,23 +190,31 @@ function showView(view) {
   if (view === "map") loadMap();
 }
 
-// -- the map -------------------------------------------------------------------------------------------------
+// -- the map: drawn by the map viewer (/static/map/viewer.js), the one the .html maps also run ---------------
+
+const viewer = RetrievalMap.create({
+  canvas: $("map"),
+  tip: $("map-tip"),
+  legend: $("legend"),
+  hint: "click it for more like it",
+  canOpen: (p) => p.id !== null && p.role !== "query",
+  onOpen: (p) => search({ kind: "similar", id: p.id, path: p.path }),
+});
 
 async function loadMap() {
-  resizeCanvas();
   if (!state.query || state.hits.length === 0) {
     state.map = null;
     $("map-info").textContent = "Search first: the map shows the neighbourhood of the results.";
-    $("legend").replaceChildren();
-    drawMap();
+    viewer.clear();
     return;
   }
   if (state.map && state.map.query === state.query) {
-    drawMap();
+    viewer.resize();
     return;
   }
   const seq = state.seq;
   const query = state.query;
+  state.map = { query, data: null };
   const n = Math.max(4, Math.min(state.hits.length, 200));
   const expand = n <= 100 ? 2 : 0; // each result's own neighbours, for context
   $("map-info").textContent = "Laying out the map…";
@@ -174,271 +228,23 @@ async function loadMap() {
     } else {
       data = await api(`/api/map?like=${query.id}&n=${n}&expand=${expand}`);
     }
+    const queryImage = query.kind === "image" ? await query.bitmap : null;
     if (seq !== state.seq) return;
-    state.map = { query, data, images: new Map(), view: null, hover: null };
-    for (const point of data.points) {
-      const src = point.thumbnail || (point.role === "query" && query.kind === "image" ? query.url : null);
-      if (!src) continue;
-      const img = new Image();
-      img.onload = scheduleDraw;
-      img.src = src;
-      state.map.images.set(point, img);
-    }
+    state.map.data = data;
     const ms = Math.round(performance.now() - started);
     $("map-info").textContent = `${data.points.length} points · ${data.clusters} clusters · ` +
       `trustworthiness ${data.trustworthiness.toFixed(2)} · ${ms} ms`;
-    renderLegend(data);
-    fitMap();
-    drawMap();
+    viewer.show(data, queryImage);
   } catch (error) {
     if (seq !== state.seq) return;
     state.map = null;
     $("map-info").textContent = error.message;
-    $("legend").replaceChildren();
-    drawMap();
+    viewer.clear();
   }
-}
-
-function renderLegend(data) {
-  const legend = $("legend");
-  legend.replaceChildren();
-  const counts = new Map();
-  for (const p of data.points) if (p.cluster >= 0) counts.set(p.cluster, (counts.get(p.cluster) || 0) + 1);
-  const star = document.createElement("li");
-  star.textContent = `★ query: ${data.title}`;
-  legend.append(star);
-  for (const [cluster, count] of [...counts].sort((a, b) => a[0] - b[0])) {
-    const item = document.createElement("li");
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = PALETTE[cluster % PALETTE.length];
-    item.append(swatch, `cluster ${cluster + 1} · ${count}`);
-    legend.append(item);
-  }
-  const note = document.createElement("li");
-  note.className = "muted";
-  note.textContent = "drag to pan · scroll to zoom · click for more like it";
-  legend.append(note);
-}
-
-function resizeCanvas() {
-  const canvas = $("map");
-  const ratio = window.devicePixelRatio || 1;
-  const width = Math.round(canvas.clientWidth * ratio);
-  const height = Math.round(canvas.clientHeight * ratio);
-  if (width && height && (canvas.width !== width || canvas.height !== height)) {
-    canvas.width = width;
-    canvas.height = height;
-  }
-}
-
-function fitMap() {
-  const m = state.map;
-  if (!m) return;
-  const canvas = $("map");
-  const xs = m.data.points.map((p) => p.x);
-  const ys = m.data.points.map((p) => p.y);
-  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  const pad = 60;
-  const w = canvas.clientWidth || 800;
-  const h = canvas.clientHeight || 600;
-  const scale = Math.min((w - 2 * pad) / Math.max(x1 - x0, 1e-6), (h - 2 * pad) / Math.max(y1 - y0, 1e-6));
-  m.view = { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, scale, fit: scale };
-}
-
-function toScreen(view, p) {
-  const canvas = $("map");
-  return [
-    (p.x - view.cx) * view.scale + canvas.clientWidth / 2,
-    (p.y - view.cy) * view.scale + canvas.clientHeight / 2,
-  ];
-}
-
-function pointSize(view, p) {
-  const zoom = Math.min(3, Math.max(0.7, Math.sqrt(view.scale / view.fit)));
-  const base = p.role === "query" ? 60 : p.role === "result" ? 46 : 30;
-  return base * zoom;
-}
-
-// Points in drawing order: context first, then results from worst to best, the query on top.
-function drawOrder(points) {
-  const rank = (p) => (p.role === "query" ? 2 : p.role === "result" ? 1 : 0);
-  return [...points].sort((a, b) => rank(a) - rank(b) || a.score - b.score);
-}
-
-let drawPending = false;
-function scheduleDraw() {
-  if (drawPending) return;
-  drawPending = true;
-  requestAnimationFrame(() => {
-    drawPending = false;
-    drawMap();
-  });
-}
-
-function drawMap() {
-  const canvas = $("map");
-  const ctx = canvas.getContext("2d");
-  const ratio = canvas.width / (canvas.clientWidth || 1);
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.fillStyle = MAP_BG;
-  ctx.fillRect(0, 0, canvas.clientWidth, canvas.clientHeight);
-  const m = state.map;
-  canvas.dataset.points = m ? m.data.points.length : 0;
-  if (!m || !m.view) {
-    canvas.dataset.thumbs = 0;
-    return;
-  }
-  let thumbs = 0;
-  for (const p of drawOrder(m.data.points)) {
-    const [x, y] = toScreen(m.view, p);
-    const size = pointSize(m.view, p);
-    const colour = p.role === "query" ? "#111" : PALETTE[p.cluster % PALETTE.length];
-    const img = m.images.get(p);
-    const left = x - size / 2;
-    const top = y - size / 2;
-    ctx.globalAlpha = p.role === "context" ? 0.8 : 1;
-    ctx.fillStyle = colour;
-    ctx.fillRect(left - 3, top - 3, size + 6, size + 6);
-    if (img && img.complete && img.naturalWidth > 0) {
-      const side = Math.min(img.naturalWidth, img.naturalHeight); // crop to a centred square
-      ctx.drawImage(img, (img.naturalWidth - side) / 2, (img.naturalHeight - side) / 2, side, side,
-        left, top, size, size);
-      thumbs += 1;
-    } else if (p.role === "query") {
-      ctx.fillStyle = "#fff";
-      ctx.fillRect(left, top, size, size);
-    }
-    if (p.role === "query") drawStar(ctx, x, top - 14, 11);
-    if (m.hover === p) {
-      ctx.globalAlpha = 1;
-      ctx.strokeStyle = "#111";
-      ctx.lineWidth = 2;
-      ctx.strokeRect(left - 5, top - 5, size + 10, size + 10);
-    }
-  }
-  ctx.globalAlpha = 1;
-  canvas.dataset.thumbs = thumbs;
-}
-
-function drawStar(ctx, x, y, r) {
-  ctx.beginPath();
-  for (let i = 0; i < 10; i++) {
-    const radius = i % 2 ? r * 0.45 : r;
-    const angle = -Math.PI / 2 + (i * Math.PI) / 5;
-    ctx.lineTo(x + radius * Math.cos(angle), y + radius * Math.sin(angle));
-  }
-  ctx.closePath();
-  ctx.fillStyle = "#111";
-  ctx.fill();
-  ctx.strokeStyle = "#fff";
-  ctx.lineWidth = 1.5;
-  ctx.stroke();
-}
-
-function pointAt(clientX, clientY) {
-  const m = state.map;
-  if (!m || !m.view) return null;
-  const rect = $("map").getBoundingClientRect();
-  const mx = clientX - rect.left;
-  const my = clientY - rect.top;
-  const order = drawOrder(m.data.points);
-  for (let i = order.length - 1; i >= 0; i--) {
-    const p = order[i];
-    const [x, y] = toScreen(m.view, p);
-    const half = pointSize(m.view, p) / 2 + 3;
-    if (Math.abs(mx - x) <= half && Math.abs(my - y) <= half) return p;
-  }
-  return null;
-}
-
-function showTip(p, clientX, clientY) {
-  const tip = $("map-tip");
-  if (!p) {
-    tip.hidden = true;
-    return;
-  }
-  const rect = $("mapview").getBoundingClientRect();
-  const what = p.role === "query" ? `query: ${state.map.data.title}` : p.path;
-  const rank = p.rank ? ` · #${p.rank}` : p.role === "context" ? " · neighbour" : "";
-  const cluster = p.cluster >= 0 ? ` · cluster ${p.cluster + 1}` : "";
-  tip.textContent = `${what} · ${p.score.toFixed(3)}${rank}${cluster}`;
-  tip.style.left = `${Math.min(clientX - rect.left + 14, rect.width - 260)}px`;
-  tip.style.top = `${clientY - rect.top + 14}px`;
-  tip.hidden = false;
 }
 
 function setupMapInput() {
-  const canvas = $("map");
-  let drag = null;
-  canvas.addEventListener("pointerdown", (event) => {
-    if (!state.map || !state.map.view) return;
-    drag = { x: event.clientX, y: event.clientY, cx: state.map.view.cx, cy: state.map.view.cy, moved: false };
-    canvas.setPointerCapture(event.pointerId);
-  });
-  canvas.addEventListener("pointermove", (event) => {
-    const m = state.map;
-    if (!m || !m.view) return;
-    if (drag) {
-      const dx = event.clientX - drag.x;
-      const dy = event.clientY - drag.y;
-      if (Math.abs(dx) + Math.abs(dy) > 4) drag.moved = true;
-      if (drag.moved) {
-        canvas.classList.add("panning");
-        m.view.cx = drag.cx - dx / m.view.scale;
-        m.view.cy = drag.cy - dy / m.view.scale;
-        showTip(null);
-        scheduleDraw();
-        return;
-      }
-    }
-    const p = pointAt(event.clientX, event.clientY);
-    if (p !== m.hover) {
-      m.hover = p;
-      scheduleDraw();
-    }
-    canvas.classList.toggle("over", Boolean(p && p.id !== null));
-    showTip(p, event.clientX, event.clientY);
-  });
-  canvas.addEventListener("pointerup", (event) => {
-    const wasClick = drag && !drag.moved;
-    drag = null;
-    canvas.classList.remove("panning");
-    if (!wasClick) return;
-    const p = pointAt(event.clientX, event.clientY);
-    if (p && p.id !== null && p.role !== "query") {
-      showTip(null);
-      search({ kind: "similar", id: p.id, path: p.path });
-    }
-  });
-  canvas.addEventListener("pointerleave", () => {
-    if (state.map) state.map.hover = null;
-    showTip(null);
-    scheduleDraw();
-  });
-  canvas.addEventListener("wheel", (event) => {
-    const m = state.map;
-    if (!m || !m.view) return;
-    event.preventDefault();
-    const rect = canvas.getBoundingClientRect();
-    const sx = event.clientX - rect.left - canvas.clientWidth / 2;
-    const sy = event.clientY - rect.top - canvas.clientHeight / 2;
-    const factor = Math.exp(-event.deltaY * 0.0015);
-    const scale = Math.min(m.view.fit * 40, Math.max(m.view.fit * 0.2, m.view.scale * factor));
-    // keep the world point under the cursor where it is
-    m.view.cx += sx / m.view.scale - sx / scale;
-    m.view.cy += sy / m.view.scale - sy / scale;
-    m.view.scale = scale;
-    scheduleDraw();
-  }, { passive: false });
-  $("map-fit").addEventListener("click", () => {
-    fitMap();
-    drawMap();
-  });
-  new ResizeObserver(() => {
-    resizeCanvas();
-    drawMap();
-  }).observe(canvas);
+  $("map-fit").addEventListener("click", () => viewer.fit());
 }
 
 // -- input ---------------------------------------------------------------------------------------------------
@@ -449,7 +255,7 @@ function searchFile(file) {
     setStatus(`${file.name} is not an image`, true);
     return;
   }
-  search({ kind: "image", file, url: URL.createObjectURL(file) });
+  search({ kind: "image", file, bitmap: createImageBitmap(file).catch(() => null) });
 }
 
 function setupInput() {
@@ -493,6 +299,12 @@ async function loadStats() {
     const stats = await api("/api/stats");
     state.stats = stats;
     $("stats").textContent = `${stats.index} · ${stats.images.toLocaleString()} images · ${stats.embedder_id}`;
+    const banner = $("banner");
+    banner.hidden = !stats.random_weights;
+    banner.textContent = stats.random_weights
+      ? `This index's model, ${stats.model}, runs on random weights: its results mean nothing. ` +
+        "Build the index again with pretrained weights for real search."
+      : "";
     if (!stats.text_search) {
       $("q").disabled = true;
       $("q").placeholder = "This index's model has no text search: drop an image instead";
