@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (subprocesses, kills, Ray, fresh interpreters) and the browser tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check retrieval cli tests benchmarks

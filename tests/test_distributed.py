@@ -36,6 +36,7 @@ from retrieval.ingest.pipeline import IngestProgress
 from retrieval.ingest.ray import CHANGED, EmbedderArgs, EmbedWorker, RayStage
 
 pytestmark = [
+    pytest.mark.slow,  # Ray runtimes, actors and fresh interpreters
     pytest.mark.filterwarnings("ignore::retrieval.embedders.RandomWeightsWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),  # Ray Data's own settings, not ours
 ]

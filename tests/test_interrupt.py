@@ -28,6 +28,7 @@ from retrieval.metadata import DB_NAME, MetadataStore
 
 N = 120
 EVERY = 12  # files per checkpoint in the children: the first comes at 10 %
+pytestmark = pytest.mark.slow  # child processes killed and interrupted
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["retrieval_cli.main", "ingest_child"])
 
@@ -217,7 +218,6 @@ def test_ctrl_c_in_the_middle_of_a_file_takes_effect_once_that_file_is_recorded(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is itself again
 
 
-@pytest.mark.slow
 def test_ten_kills_at_random_moments_each_leave_a_repairable_index_and_a_rerun_finishes(photos, home, tmp_path):
     import random
 

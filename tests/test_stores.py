@@ -196,6 +196,7 @@ def test_an_unknown_store_is_a_usage_error_before_any_model_loads(monkeypatch):
         Engine(model="classic", store="faiss")
 
 
+@pytest.mark.slow
 def test_milvus_lite_open_in_another_process_is_index_busy(make_photos, home):
     _needs_milvus()
     paths = make_photos(2)
@@ -221,6 +222,7 @@ def test_milvus_lite_open_in_another_process_is_index_busy(make_photos, home):
         holder.communicate("", timeout=60)
 
 
+@pytest.mark.slow
 def test_the_default_store_never_imports_pymilvus(make_photos, home):
     folder = make_photos(2)[0].parent
     code = (
