@@ -218,7 +218,9 @@ def test_ctrl_c_in_the_middle_of_a_file_takes_effect_once_that_file_is_recorded(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is itself again
 
 
-def test_ten_kills_at_random_moments_each_leave_a_repairable_index_and_a_rerun_finishes(photos, home, tmp_path):
+def test_ten_kills_at_random_moments_each_leave_a_repairable_index_and_a_rerun_finishes(
+    photos, home, tmp_path
+):
     import random
 
     rng = random.Random(20261201)  # seeded: a failure names the moment it happened at
