@@ -51,13 +51,15 @@ def png_declaring(width: int, height: int, *, bit_depth: int = 8, colour_type: i
 
 
 def png16_bomb(side: int) -> bytes:
-    """A real side x side 16-bit greyscale PNG of zeros: a third of a megabyte for 13000 x 13000, which
-    decodes to 338 MB of pixels."""
+    """A real side x side 16-bit greyscale PNG of zeros: 1.5 MB for 13000 x 13000 (the fastest zlib level;
+    a third of that at the best), which decodes to 338 MB of pixels."""
     row = b"\x00" * (1 + 2 * side)
-    packer = zlib.compressobj(9)
-    rows_at_once = 256
-    parts = [packer.compress(row * min(rows_at_once, side - top)) for top in range(0, side, rows_at_once)]
-    idat = b"".join(parts) + packer.flush()
+    packer = zlib.compressobj(1)
+    step = 1000
+    idat = (
+        b"".join(packer.compress(row * min(step, side - top)) for top in range(0, side, step))
+        + packer.flush()
+    )
     header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 

@@ -377,22 +377,19 @@ def _open(
 ) -> tuple[Image.Image, int, datetime | None]:
     """Parse the header with an allowed decoder only, and read EXIF: (image, orientation, capture time).
 
-    Pillow's decompression-bomb checks become DecodeError; its warnings go to `notes`."""
+    Pillow's hard decompression-bomb limit becomes DecodeError; its warnings go to `notes`."""
     formats = _formats()
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    # Pillow warns above its limit; when ours is at least as strict the warning is a refusal, otherwise our
-    # (larger, explicit) budget wins and the warning is noise.
-    action = "error" if pillow_limit is not None and max_pixels <= pillow_limit else "ignore"
     try:
         with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            warnings.simplefilter(action, Image.DecompressionBombWarning)
+            # Pillow warns above its own limit; the caller's `max_pixels`, checked next, decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 im = Image.open(fp, formats=formats)
                 orientation, captured_at = _read_exif(im)
             finally:
                 _note(notes, *(str(w.message) for w in caught))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise DecodeError(label, f"declared size is above the decompression-bomb limit ({error})") from None
     except UnidentifiedImageError:
         raise DecodeError(label, _unidentified_reason(head)) from None
