@@ -59,7 +59,7 @@ from retrieval.search.duplicates import (
     find_duplicates,
 )
 from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
-from retrieval.settings import DEFAULT_INDEX, index_dir
+from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir
 from retrieval.vectors import (
     Store,
     StoreSpec,
@@ -579,7 +579,9 @@ class Engine:
     def _embed_image(self, source: Path | bytes) -> np.ndarray:
         if isinstance(source, Path) and not source.is_file():
             raise QueryError(f"query image {source} does not exist")
-        decoded = decode_image(source, min_side=self.embedder.input_size)
+        # Bytes are an upload (the server's or a caller's): the lower pixel budget of untrusted input.
+        limit = UPLOAD_MAX_PIXELS if isinstance(source, bytes) else DEFAULT_MAX_PIXELS
+        decoded = decode_image(source, min_side=self.embedder.input_size, max_pixels=limit)
         return self.embedder.embed_images([decoded.image])[0]
 
     def _stored_vector(self, content_id: int) -> np.ndarray:

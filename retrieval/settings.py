@@ -11,7 +11,23 @@ from retrieval.errors import UsageError
 HOME_ENV = "RETRIEVAL_HOME"
 MILVUS_URI_ENV = "RETRIEVAL_MILVUS_URI"
 RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
+MAX_FILE_MB_ENV = "RETRIEVAL_MAX_FILE_MB"
+DECODE_SECONDS_ENV = "RETRIEVAL_DECODE_SECONDS"
 DEFAULT_INDEX = "default"
+
+# -- decoding budgets (retrieval.files.decoding) ----------------------------------------------------------
+
+#: Pixels an image file may declare (ingest, queries by path): just under Pillow's own hard limit (2 x
+#: Image.MAX_IMAGE_PIXELS, about 179 MP) so that the two never disagree; every camera sensor fits.
+DEFAULT_MAX_PIXELS = 178_000_000
+#: Pixels an uploaded query image may declare: a query needs 224 pixels a side, not a panorama, and the
+#: server decodes uploads from anyone.
+UPLOAD_MAX_PIXELS = 40_000_000
+#: Largest image file read at all; a bigger one is a recorded failure. $RETRIEVAL_MAX_FILE_MB overrides.
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
+#: Seconds one file may take to decode before it is a recorded failure. $RETRIEVAL_DECODE_SECONDS overrides.
+DEFAULT_DECODE_SECONDS = 30.0
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -37,3 +53,31 @@ def milvus_uri_from_env() -> str | None:
 def ray_address_from_env() -> str | None:
     """The Ray cluster `ingest --ray` joins when no address is given (None: start one here)."""
     return os.environ.get(RAY_ADDRESS_ENV) or None
+
+
+def max_file_bytes() -> int:
+    """The largest image file decoded: $RETRIEVAL_MAX_FILE_MB megabytes, else 512 MB."""
+    megabytes = _positive_env(MAX_FILE_MB_ENV, "megabytes")
+    return DEFAULT_MAX_FILE_BYTES if megabytes is None else max(1, int(megabytes * 1024 * 1024))
+
+
+def decode_seconds() -> float:
+    """The time budget of one decode: $RETRIEVAL_DECODE_SECONDS, else 30 s."""
+    seconds = _positive_env(DECODE_SECONDS_ENV, "seconds")
+    return DEFAULT_DECODE_SECONDS if seconds is None else seconds
+
+
+def _positive_env(name: str, unit: str) -> float | None:
+    """A positive, finite number from the environment; None when unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UsageError(
+            f"${name} must be a positive number of {unit}, got {text!r}; unset it for the default"
+        )
+    return value

@@ -65,3 +65,20 @@ def make_photos(tmp_path: Path) -> Callable[..., list[Path]]:
         return paths
 
     return make
+
+
+@pytest.fixture
+def ghostscript_runs(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every attempt to run Ghostscript (Pillow's EPS plugin) is recorded here instead of run; Ghostscript
+    counts as installed, so a decoder that would use it does."""
+    from PIL import EpsImagePlugin
+
+    runs: list[object] = []
+
+    def ghostscript(*args: object, **kwargs: object) -> None:
+        runs.append(args)
+        raise OSError("ghostscript must never run")
+
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    return runs

@@ -1,9 +1,14 @@
-"""decode_image: every odd file becomes an upright RGB image or a DecodeError with a short reason."""
+"""decode_image: every odd file becomes an upright RGB image or a DecodeError with a short reason.
+
+tests/test_corpus.py runs the same promise over a generated corpus of damaged and hostile files.
+"""
 
 from __future__ import annotations
 
 import io
 import struct
+import time
+import tracemalloc
 import warnings
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -11,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from odd_images import REFUSED, png_declaring
 from PIL import ExifTags, Image, ImageDraw, ImageOps, features
 
-from retrieval.errors import DecodeError
+from retrieval.errors import DecodeError, UsageError
 from retrieval.files import decoding
 from retrieval.files.decoding import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, DecodedImage, decode_image
 
@@ -236,3 +242,137 @@ def test_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(Path, "open", deny)  # tests may run as root, where chmod 000 would not stop a read
     assert reason_for(path) == "permission denied"
+
+
+# -- the decoder allow-list ---------------------------------------------------------------------------------
+
+
+def test_an_eps_file_named_jpg_is_refused_by_name_and_ghostscript_never_runs(
+    tmp_path: Path, ghostscript_runs: list[object]
+) -> None:
+    path = tmp_path / "holiday.jpg"
+    path.write_bytes(REFUSED["EPS"]())
+    reason = reason_for(path)
+    assert "EPS" in reason and "JPEG, PNG" in reason
+    assert ghostscript_runs == []
+
+
+@pytest.mark.parametrize("fmt", sorted(REFUSED))
+def test_formats_pillow_reads_but_photos_never_use_are_refused(
+    fmt: str, ghostscript_runs: list[object]
+) -> None:
+    data = REFUSED[fmt]()
+    reason = reason_for(data)
+    assert "refused" in reason or "not an image" in reason
+    assert ghostscript_runs == []
+
+
+def test_an_open_file_is_decoded_from_its_start_and_named_by_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    path.write_bytes(encoded(scene(), "PNG"))
+    with path.open("rb") as fp:
+        fp.read(5)
+        assert decode_image(fp).image.size == (96, 64)
+    path.write_bytes(b"not a picture at all")
+    with path.open("rb") as fp, pytest.raises(DecodeError) as caught:
+        decode_image(fp)
+    assert caught.value.path == str(path)
+
+
+# -- budgets: pixels, decoded bytes, file size, time --------------------------------------------------------
+
+
+def test_pixels_that_decode_to_more_bytes_than_the_budget_are_refused_before_decoding() -> None:
+    # 49 MP is within a 50 MP budget, but four 8-bit channels are 196 MB: more than 50 MP of RGB (150 MB).
+    rgba = png_declaring(7000, 7000, colour_type=6)
+    reason = reason_for(rgba, max_pixels=50_000_000)
+    assert "7000x7000 RGBA" in reason and "decompression bomb" in reason
+    rgb = reason_for(png_declaring(7000, 7000), max_pixels=50_000_000)
+    assert "truncated" in rgb  # three channels fit the budget: decoded, and found short
+
+
+def test_a_deep_picture_is_shrunk_and_scaled_without_a_wide_copy_of_it() -> None:
+    ramp = np.linspace(0, 65535, 4000)[None, :].repeat(4000, axis=0).astype(np.uint16)
+    data = encoded(Image.fromarray(ramp), "PNG")  # 16 MP of 16-bit grey: 32 MB of pixels
+    tracemalloc.start()
+    try:
+        decoded = decode_image(data, min_side=224)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Pillow's own pixels are not traced; a float64 copy of the picture (128 MB) and its temporaries were.
+    assert peak < 48 * 2**20, f"{peak / 2**20:.0f} MB"
+    grey = np.asarray(decoded.image, dtype=int)[..., 0]
+    assert decoded.image.size == (1000, 1000) and (decoded.width, decoded.height) == (4000, 4000)
+    assert grey[0, 0] <= 1 and grey[0, -1] >= 254 and abs(grey[0, 500] - 128) <= 2
+
+
+def test_a_file_above_the_size_limit_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(encoded(Image.effect_noise((256, 256), 60), "PNG"))
+    assert "limit for an image" in reason_for(path, max_file_bytes=10_000)
+    assert "limit for an image" in reason_for(path.read_bytes(), max_file_bytes=10_000)
+    monkeypatch.setenv("RETRIEVAL_MAX_FILE_MB", "0.01")
+    assert "RETRIEVAL_MAX_FILE_MB" in reason_for(path)
+    monkeypatch.setenv("RETRIEVAL_MAX_FILE_MB", "1")
+    assert decode_image(path).image.size == (256, 256)
+
+
+@pytest.mark.parametrize("name", ["RETRIEVAL_MAX_FILE_MB", "RETRIEVAL_DECODE_SECONDS"])
+@pytest.mark.parametrize("value", ["lots", "0", "-3", "inf"])
+def test_a_bad_budget_in_the_environment_names_the_variable(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UsageError, match=f"\\${name} must be a positive number"):
+        decode_image(encoded(scene(), "PNG"))
+
+
+def test_a_decode_over_its_time_budget_stops_and_is_a_failure() -> None:
+    noise = Image.effect_noise((1500, 1500), 80).convert("RGB")
+    data = encoded(noise, "PNG", compress_level=1)  # 7 MB, which Pillow reads in 64 KB blocks
+    started = time.monotonic()
+    reason = reason_for(data, max_seconds=0.001)
+    assert "took longer than 0.001 s" in reason and "RETRIEVAL_DECODE_SECONDS" in reason
+    assert time.monotonic() - started < 5
+    assert decode_image(data, max_seconds=60).image.size == (1500, 1500)
+
+
+def test_the_time_budget_is_checked_between_stages_as_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+
+    def slow_clock() -> float:  # every look at the clock finds another 10 seconds gone
+        now[0] += 10.0
+        return now[0]
+
+    monkeypatch.setattr(decoding, "_clock", slow_clock)
+    assert "took longer than 30 s" in reason_for(encoded(scene(), "PNG"), max_seconds=30)
+
+
+# -- warnings: kept per file, never printed -------------------------------------------------------------
+
+
+def test_libtiff_complaints_go_into_the_reason_not_onto_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    data = bytearray(
+        encoded(Image.effect_noise((200, 100), 60).convert("RGB"), "TIFF", compression="tiff_lzw")
+    )
+    for at in range(60, 100):  # Pillow writes the strips right after the 8-byte header: break the LZW codes
+        data[at] ^= 0xFF
+    reason = reason_for(bytes(data))
+    assert reason.startswith("corrupt image data") and "decoder error" not in reason, reason
+    assert capfd.readouterr().err == ""
+
+
+def test_pillow_warnings_stay_with_the_image_instead_of_being_printed() -> None:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "camera"
+    exif[ExifTags.Base.DateTime] = "2020:01:01 00:00:00"
+    data = encoded(scene(), "JPEG", exif=exif.tobytes()[:-6])  # EXIF cut short
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped would fail the test
+        decoded = decode_image(data)
+    assert decoded.image.size == (96, 64)
+    assert decoded.warnings and all("\n" not in line for line in decoded.warnings)
+    assert decode_image(encoded(scene(), "PNG")).warnings == ()

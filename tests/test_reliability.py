@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -154,19 +155,57 @@ def test_the_cli_lists_each_failure_and_exits_1(make_photos):
     assert again.exit_code == 1 and f"{len(reasons)} failed" in again.output
 
 
+def test_a_file_above_the_size_limit_is_a_recorded_failure_and_is_never_opened(make_photos, monkeypatch):
+    photos = make_photos(3)
+    big = photos[0].parent / "panorama.jpg"
+    big.write_bytes(jpeg_bytes(draw_photo(70)) + bytes(2 * 2**20))  # a photo, then 2 MB of padding
+    monkeypatch.setenv("RETRIEVAL_MAX_FILE_MB", "1")
+    opened: list[Path] = []
+    real_open = Path.open
+
+    def watched(self: Path, *args: object, **kwargs: object) -> object:
+        if self == big:
+            opened.append(self)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", watched)
+    with Engine(model="classic") as engine:
+        report = engine.ingest(photos[0].parent)
+    [(path, reason)] = report.failed
+    assert path == str(big) and "above the 1 MB limit" in reason and "$RETRIEVAL_MAX_FILE_MB" in reason
+    assert report.embedded == 3 and opened == []
+
+
+def test_ingest_hashes_a_file_as_a_stream_instead_of_reading_it_whole(make_photos):
+    photos = make_photos(2)
+    long = photos[0].parent / "long.jpg"
+    with long.open("wb") as out:  # a photo, then 64 MB of (sparse) padding that the hash must read
+        out.write(jpeg_bytes(draw_photo(71)))
+        out.truncate(out.tell() + 64 * 2**20)
+    with Engine(model="classic") as engine:
+        tracemalloc.start()
+        try:
+            report = engine.ingest(photos[0].parent)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert report.failed == [] and report.embedded == 3
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MB held at once"  # read whole, it was 64 MB more
+
+
 def test_an_unreadable_file_is_a_failure(make_photos, monkeypatch):
     photos = make_photos(3)
     victim = photos[1]
     victim.chmod(0)
     if os.access(victim, os.R_OK):  # running as root: permissions do not stop a read, so simulate one
-        real = Path.read_bytes
+        real = Path.open
 
-        def denied(self: Path) -> bytes:
+        def denied(self: Path, *args: object, **kwargs: object) -> object:
             if self == victim:
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
-            return real(self)
+            return real(self, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "read_bytes", denied)
+        monkeypatch.setattr(Path, "open", denied)
     with Engine(model="classic") as engine:
         report = engine.ingest(victim.parent)
     assert report.failed == [(str(victim), "cannot read: Permission denied")]

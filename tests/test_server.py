@@ -282,6 +282,12 @@ def test_uploads_above_the_limit_are_refused_before_decoding(collection):
         ).is_success
 
 
+def test_uploads_get_a_lower_pixel_budget_than_ingest(client):
+    # 7000x7000 (49 MP) is within what ingest decodes from a folder, above what the server decodes for anyone.
+    upload = {"image": ("big.png", png_bomb(7000, 7000), "image/png")}
+    assert_error(client.post("/api/search/image", files=upload), 413, "decompression", "40,000,000 pixels")
+
+
 def test_similar_leaves_the_image_itself_out(client, ids):
     target = ids["photo004.jpg"]
     body = client.get(f"/api/similar/{target}", params={"k": N_PHOTOS}).json()

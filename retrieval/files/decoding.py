@@ -1,39 +1,78 @@
 """Safe image decoding shared by ingest, queries and the HTTP server.
 
-Every image that enters `retrieval` goes through `decode_image`, so the rules live in one place: the
-declared size is checked against a pixel budget before any pixel is decoded, every failure becomes a
-`DecodeError` with a short human reason (ingest records it and goes on), and the result is always an upright
-RGB picture, optionally shrunk while loading so that a 24-megapixel JPEG costs what a 1-megapixel one does.
+Every image that enters `retrieval` goes through `decode_image`, so the rules live in one place:
+
+- Decoders: only those of `DECODERS` (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF), chosen by the file's
+  content, never by its name or by Pillow's plugin discovery, and none that runs an external program (Pillow's
+  EPS plugin starts Ghostscript). Any other format is refused, by name when its header says which it is.
+- Budgets, each a `DecodeError` rather than a hang or a process killed for memory: the file's size
+  (`settings.max_file_bytes()`); the pixels its header declares (`max_pixels`; uploads get a lower one);
+  the bytes those pixels decode to (channels x bit depth, at most those of an 8-bit RGB picture of
+  `max_pixels`), checked before any pixel is decoded; and time (`settings.decode_seconds()`).
+- Memory: a picture is shrunk in its own mode before it is converted (DCT scaling for JPEG, `Image.reduce`
+  for the rest; 16-bit and float pictures are reduced and scaled to 8 bits one band of rows at a time), so
+  no full-size copy in a wider type is ever made.
+- Warnings: what Pillow and libtiff would print about a damaged file is captured per file, into
+  `DecodedImage.warnings` or the failure's reason, and never written to stderr.
+- Result: an upright RGB picture, optionally shrunk while loading so that a 24-megapixel JPEG costs what a
+  1-megapixel one does.
+
+How the time budget is kept: a thread cannot be killed, so the budget is enforced cooperatively. The file
+is read through a wrapper that raises once the deadline has passed (Pillow feeds its decoders the file
+64 KB at a time, so a slow decode stops within a block), and the clock is checked again between stages
+(header, pixels, shrinking, conversion) and between the bands of a deep picture. What a single call into a
+C decoder does is bounded instead by the budgets above: with external programs excluded and the decoded
+bytes capped, no one call has unbounded work. A process per decode would give a hard guarantee, but would
+cost a process start and a copy of the pixels for every photo, to guard a case the budgets already bound.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import re
 import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageMode, UnidentifiedImageError, features
 
+from retrieval import settings
 from retrieval.errors import DecodeError, UsageError
+from retrieval.settings import DEFAULT_MAX_PIXELS
 
 SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
 
-# Just under Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS, about 179 MP) so that, by default, the two
-# never disagree: every camera sensor fits, a forged header announcing gigapixels does not.
-DEFAULT_MAX_PIXELS: int = 178_000_000
+#: The only decoders ever tried: Pillow's format id -> the name users know. The file's content picks one.
+DECODERS: dict[str, str] = {
+    "JPEG": "JPEG",  # multi-picture JPEGs (MPO) too: Pillow's JPEG opener returns them
+    "PNG": "PNG",
+    "WEBP": "WebP",
+    "GIF": "GIF",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "HEIF": "HEIC/HEIF",  # pillow-heif
+    "AVIF": "AVIF",  # Pillow >= 11.3
+}
+_READS = ", ".join(DECODERS.values())
 
 UPLOAD_LABEL = "<upload>"
 
 # A box reduction (Image.reduce) stops while the shorter side is still this many times `min_side`.
 REDUCE_MARGIN = 4
+
+# 16-bit, 32-bit integer and float pictures are scaled to 8 bits this many pixels at a time.
+BAND_PIXELS = 1 << 22
 
 _WHITE = (255, 255, 255)
 
@@ -52,14 +91,29 @@ _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 # Multi-picture JPEGs (phones, 3D cameras) open as "MPO" but are .jpg files to their owners.
 _FORMAT_NAMES = {"MPO": "JPEG"}
 
+_HIGH_DEPTH = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_ALPHA = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
+# Modes whose pixels cannot be averaged as they are (palette indices, bits): expanded before shrinking.
+_EXPAND_FIRST = frozenset({"P", "PA", "1"})
+
 # ISO-BMFF brands (bytes 8..12 of the file) of the HEIF family.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
-# Serialises only Image.open (header parsing), whose warning filter must not interleave between threads.
+# At most this many warnings are kept per file.
+_MAX_NOTES = 20
+_PRINTF = re.compile(r"%[-#0 +']*\d*(?:\.\d+)?(?:hh|h|ll|l|j|z|t|L|q|I64)?[diouxXeEfFgGaAcsp]")
+
+# Serialises only the header stage (Image.open and EXIF), whose warning capture must not interleave.
 _OPEN_LOCK = threading.Lock()
 _HEIF_LOCK = threading.Lock()
 _heif_registered: bool | None = None
+_LIBTIFF_LOCK = threading.Lock()
+_libtiff_handlers: tuple[Any, ...] | None = None
+_local = threading.local()
+
+# The decode clock; tests replace it.
+_clock = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -67,7 +121,8 @@ class DecodedImage:
     """An upright RGB picture plus what the file says about itself.
 
     `width`/`height` are the original size after orientation (what the user sees in a viewer), even when
-    `image` was shrunk while loading.
+    `image` was shrunk while loading. `warnings` holds what the decoders said about a damaged but readable
+    file (one line each), instead of printing it.
     """
 
     image: Image.Image
@@ -75,30 +130,46 @@ class DecodedImage:
     height: int
     format: str
     captured_at: datetime | None
+    warnings: tuple[str, ...] = ()
 
 
 def decode_image(
-    source: Path | str | bytes,
+    source: Path | str | bytes | IO[bytes],
     *,
     min_side: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_seconds: float | None = None,
+    max_file_bytes: int | None = None,
 ) -> DecodedImage:
-    """Decode a file or an uploaded byte string into an upright RGB image.
+    """Decode a file, an open binary file or an uploaded byte string into an upright RGB image.
 
     Args:
-        source: a path, or the raw bytes of an upload (reported as "<upload>").
+        source: a path, an open binary file (read from the start; named by its `name`), or the raw bytes of
+            an upload (reported as "<upload>").
         min_side: the shorter side the caller needs (an embedder's `input_size`); the image is shrunk while
             loading but its shorter side never ends below this. None keeps full resolution.
-        max_pixels: refuse images whose header declares more pixels (decompression bombs) before decoding.
+        max_pixels: refuse images whose header declares more pixels, or whose pixels decode to more bytes than
+            an 8-bit RGB picture of this many pixels (decompression bombs), before decoding. Ingest keeps the
+            default (`settings.DEFAULT_MAX_PIXELS`); the server passes `settings.UPLOAD_MAX_PIXELS`.
+        max_seconds: the time budget of this decode (default `settings.decode_seconds()`, 30 s).
+        max_file_bytes: refuse larger files unread (default `settings.max_file_bytes()`, 512 MB).
 
     Raises:
-        DecodeError: with a short reason (empty, not an image, truncated, too large, unreadable, vanished).
+        DecodeError: with a short reason (empty, not an image, a refused format, truncated, too large, too
+            slow, unreadable, vanished).
     """
+    seconds = settings.decode_seconds() if max_seconds is None else max_seconds
+    file_limit = settings.max_file_bytes() if max_file_bytes is None else max_file_bytes
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if not data:
             raise DecodeError(UPLOAD_LABEL, "empty file")
-        return _decode(io.BytesIO(data), UPLOAD_LABEL, min_side, max_pixels)
+        check_file_size(UPLOAD_LABEL, len(data), file_limit)
+        return _decode(io.BytesIO(data), UPLOAD_LABEL, min_side, max_pixels, seconds)
+    if not isinstance(source, Path | str):
+        label = str(getattr(source, "name", "<stream>"))
+        _check_stream_size(source, label, file_limit)
+        return _decode(source, label, min_side, max_pixels, seconds)
 
     path = Path(source)
     label = str(path)
@@ -113,22 +184,100 @@ def decode_image(
     except OSError as error:
         raise DecodeError(label, f"cannot open: {error.strerror or error}") from None
     with fp:
+        _check_stream_size(fp, label, file_limit)
+        return _decode(fp, label, min_side, max_pixels, seconds)
+
+
+def check_file_size(label: object, size: int, limit: int) -> None:
+    """Refuse an image file of `size` bytes above `limit`, with the reason ingest records."""
+    if size > limit:
+        raise DecodeError(
+            label,
+            f"file is {_bytes_text(size)}, above the {_bytes_text(limit)} limit for an image "
+            f"(${settings.MAX_FILE_MB_ENV} raises it)",
+        )
+
+
+def _check_stream_size(fp: IO[bytes], label: str, limit: int) -> None:
+    try:
         try:
-            empty = os.fstat(fp.fileno()).st_size == 0
-        except OSError as error:
-            raise DecodeError(label, f"cannot read: {error.strerror or error}") from None
-        if empty:
-            raise DecodeError(label, "empty file")
-        return _decode(fp, label, min_side, max_pixels)
+            size = os.fstat(fp.fileno()).st_size
+        except (AttributeError, io.UnsupportedOperation):
+            size = fp.seek(0, io.SEEK_END)
+            fp.seek(0)
+    except OSError as error:
+        raise DecodeError(label, f"cannot read: {error.strerror or error}") from None
+    if size == 0:
+        raise DecodeError(label, "empty file")
+    check_file_size(label, size, limit)
 
 
-def _decode(fp: IO[bytes], label: str, min_side: int | None, max_pixels: int) -> DecodedImage:
+class _Overtime(Exception):
+    """The decode ran past its deadline (raised inside Pillow by `_TimedFile`, or between stages)."""
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = _clock() + seconds
+
+    def check(self) -> None:
+        if _clock() > self.end:
+            raise _Overtime
+
+
+class _TimedFile:
+    """The file as Pillow sees it: every read first checks the decode's deadline (see the module docstring).
+
+    Anything else (`fileno` for libtiff, `getvalue`) goes to the file itself."""
+
+    def __init__(self, raw: IO[bytes], deadline: _Deadline) -> None:
+        self.raw = raw
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.deadline.check()
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def _decode(fp: IO[bytes], label: str, min_side: int | None, max_pixels: int, seconds: float) -> DecodedImage:
     if min_side is not None and min_side < 1:
         raise UsageError(f"min_side must be positive, got {min_side}")
     head = _peek(fp, label)
     _refuse_unsupported_container(head, label)
+    deadline = _Deadline(seconds)
+    notes: list[str] = []
+    try:
+        with _captured(notes):
+            return _decode_pixels(
+                _TimedFile(fp, deadline), head, label, min_side, max_pixels, deadline, notes
+            )
+    except _Overtime:
+        raise DecodeError(
+            label,
+            f"took longer than {seconds:g} s to decode (a pathological file?); "
+            f"${settings.DECODE_SECONDS_ENV} raises the limit",
+        ) from None
 
-    im = _open(fp, label, max_pixels)
+
+def _decode_pixels(
+    fp: _TimedFile,
+    head: bytes,
+    label: str,
+    min_side: int | None,
+    max_pixels: int,
+    deadline: _Deadline,
+    notes: list[str],
+) -> DecodedImage:
+    im, orientation, captured_at = _open(fp, head, label, max_pixels, notes)
     width, height = im.size
     if width * height > max_pixels:
         raise DecodeError(
@@ -137,36 +286,47 @@ def _decode(fp: IO[bytes], label: str, min_side: int | None, max_pixels: int) ->
             f"{max_pixels:,} pixels (decompression bomb?)",
         )
     image_format = _FORMAT_NAMES.get(im.format or "", im.format or "UNKNOWN")
-    orientation, captured_at = _read_exif(im)
+    deadline.check()
 
     try:
         if min_side is not None and image_format == "JPEG":
             # DCT scaling: libjpeg decodes straight to 1/2, 1/4 or 1/8 size; shorter side stays >= min_side.
             im.draft(None, (min_side, min_side))
+        _check_decoded_bytes(im, label, max_pixels)
         im.load()
-        rgb = _to_rgb(im)
-    except MemoryError:
-        raise DecodeError(label, "not enough memory to decode") from None
-    except Exception as error:  # hostile input makes Pillow raise almost anything
-        raise DecodeError(label, _load_failure_reason(error)) from None
-
-    if min_side is not None:
-        factor = min(rgb.size) // (REDUCE_MARGIN * min_side)
-        if factor >= 2:
+        deadline.check()
+        factor = 1
+        if min_side is not None:
             # A cheap box reduction; the embedder's own resize then antialiases from >= 4x its input size,
             # which keeps its result within a grey level of resizing the full picture (2x is not enough:
             # fine stripes alias by up to 10 levels on average). BENCHMARKS.md has the figures.
-            rgb = rgb.reduce(factor)
+            factor = max(1, min(im.size) // (REDUCE_MARGIN * min_side))
+        rgb = _to_rgb(im, factor, deadline)
+    except (DecodeError, _Overtime):
+        raise
+    except MemoryError:
+        raise DecodeError(label, "not enough memory to decode") from None
+    except Exception as error:  # hostile input makes Pillow raise almost anything
+        raise DecodeError(label, _load_failure_reason(error, notes)) from None
+
     fix = _ORIENTATION_FIX.get(orientation)
     if fix is not None:
         rgb = rgb.transpose(fix)
     if orientation in _SWAPS_SIDES:
         width, height = height, width
-    return DecodedImage(image=rgb, width=width, height=height, format=image_format, captured_at=captured_at)
+    return DecodedImage(
+        image=rgb,
+        width=width,
+        height=height,
+        format=image_format,
+        captured_at=captured_at,
+        warnings=tuple(dict.fromkeys(notes)),
+    )
 
 
 def _peek(fp: IO[bytes], label: str) -> bytes:
     try:
+        fp.seek(0)
         head = fp.read(16)
         fp.seek(0)
     except OSError as error:
@@ -205,25 +365,76 @@ def _avif_support() -> bool:
     return bool(features.check("avif"))
 
 
-def _open(fp: IO[bytes], label: str, max_pixels: int) -> Image.Image:
-    """Parse the header only; turn Pillow's own decompression-bomb checks into DecodeError."""
+def _formats() -> list[str]:
+    """The allow-list as Pillow format ids this installation can open (a missing one would be a KeyError)."""
     _heif_support()
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    # Pillow warns above its limit; when ours is at least as strict the warning is a refusal, otherwise our
-    # (larger, explicit) budget wins and the warning is noise.
-    action = "error" if pillow_limit is not None and max_pixels <= pillow_limit else "ignore"
+    Image.init()
+    return [name for name in DECODERS if name in Image.OPEN]
+
+
+def _open(
+    fp: _TimedFile, head: bytes, label: str, max_pixels: int, notes: list[str]
+) -> tuple[Image.Image, int, datetime | None]:
+    """Parse the header with an allowed decoder only, and read EXIF: (image, orientation, capture time).
+
+    Pillow's hard decompression-bomb limit becomes DecodeError; its warnings go to `notes`."""
+    formats = _formats()
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter(action, Image.DecompressionBombWarning)
-            return Image.open(fp)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Pillow warns above its own limit; the caller's `max_pixels`, checked next, decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(fp, formats=formats)
+                orientation, captured_at = _read_exif(im)
+            finally:
+                _note(notes, *(str(w.message) for w in caught))
+    except Image.DecompressionBombError as error:
         raise DecodeError(label, f"declared size is above the decompression-bomb limit ({error})") from None
     except UnidentifiedImageError:
-        raise DecodeError(label, "not an image (unrecognised format)") from None
+        raise DecodeError(label, _unidentified_reason(head)) from None
     except MemoryError:
         raise DecodeError(label, "not enough memory to read the header") from None
+    except _Overtime:
+        raise
     except Exception as error:  # broken headers raise SyntaxError, struct.error, ValueError, ...
+        if isinstance(error, EOFError) or "truncated" in str(error).lower():
+            raise DecodeError(label, "truncated image header") from None
         raise DecodeError(label, f"corrupt image header ({_short(error)})") from None
+    return im, orientation, captured_at
+
+
+def _unidentified_reason(head: bytes) -> str:
+    """Why no allowed decoder took the file, named from its first bytes by Pillow's `accept` checks, which
+    only compare bytes (no plugin opens the file)."""
+    Image.init()
+    for name in Image.ID:
+        accept = Image.OPEN.get(name, (None, None))[1]
+        try:
+            accepted = accept is not None and accept(head)
+        except Exception:
+            continue
+        if not accepted or isinstance(accepted, str):
+            continue
+        if name in DECODERS or name == "MPO":
+            return f"{DECODERS.get(name, 'JPEG')} file with an unreadable header (truncated or corrupt)"
+        return f"refused: looks like {name}, not one of the formats retrieval decodes ({_READS})"
+    return "not an image (unrecognised format)"
+
+
+def _check_decoded_bytes(im: Image.Image, label: str, max_pixels: int) -> None:
+    """Refuse pixels that decode to more bytes (channels x bit depth) than an 8-bit RGB picture of
+    `max_pixels`: a 16-bit or alpha picture counts for more than its pixel count."""
+    width, height = im.size
+    mode = ImageMode.getmode(im.mode)
+    needed = width * height * len(mode.bands) * int(mode.typestr[-1])
+    budget = 3 * max_pixels
+    if needed > budget:
+        raise DecodeError(
+            label,
+            f"{width}x{height} {im.mode} pixels decode to {_bytes_text(needed)}, above the "
+            f"{_bytes_text(budget)} budget of {max_pixels:,} RGB pixels (decompression bomb?)",
+        )
 
 
 def _read_exif(im: Image.Image) -> tuple[int, datetime | None]:
@@ -268,40 +479,137 @@ def _exif_text(value: object) -> str:
     return value.strip("\x00 ").strip()
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Flatten any mode to 8-bit RGB: alpha composited on white, 16-bit and float scaled, not clipped."""
+def _to_rgb(im: Image.Image, factor: int, deadline: _Deadline) -> Image.Image:
+    """Shrink by `factor` (a box reduction) in the picture's own mode, then flatten it to 8-bit RGB: alpha
+    composited on white, 16-bit and float scaled, not clipped. Shrinking first keeps every copy small."""
     mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode in {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}:
-        return _high_depth_to_rgb(im)
-    has_alpha = mode in {"RGBA", "LA", "La", "RGBa", "PA"} or "transparency" in im.info
+    if mode in _HIGH_DEPTH:
+        return _high_depth_to_rgb(im, factor, deadline)
+    has_alpha = mode in _ALPHA or "transparency" in im.info
+    if mode in _EXPAND_FIRST or (has_alpha and mode not in {"RGBA", "LA"}):
+        # A palette index, a bit or a colour key cannot be averaged: expand to real colours first.
+        im = im.convert("RGBA" if has_alpha else "L" if mode == "1" else "RGB")
+        deadline.check()
+    if factor >= 2:
+        im = im.reduce(factor)  # RGBA and LA: Pillow averages the colours premultiplied by alpha
+        deadline.check()
     if has_alpha:
-        rgba = im if mode == "RGBA" else im.convert("RGBA")
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
         # Pasting through the alpha channel onto white is alpha_composite's result (to the grey level) in one
         # pass instead of four: a fifth of the time on a 2-megapixel wallpaper.
         out = Image.new("RGB", rgba.size, _WHITE)
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
-    values = np.asarray(im, dtype=np.float64)
-    top = float(values.max()) if values.size else 0.0
-    if im.mode == "F" and float(values.min()) >= 0.0 and top <= 1.0:
+def _high_depth_to_rgb(im: Image.Image, factor: int, deadline: _Deadline) -> Image.Image:
+    """Reduce and scale a 16-bit, 32-bit or float picture to 8 bits a band of rows at a time (the old way, a
+    float64 copy of the whole picture and two more temporaries, took 5 GB for a 13000x13000 16-bit PNG)."""
+    width, height = im.size
+    out_w, out_h = max(1, width // factor), max(1, height // factor)
+    used_w, used_h = min(width, out_w * factor), min(height, out_h * factor)
+    rows = factor * max(1, BAND_PIXELS // (used_w * factor))
+    floats = im.mode == "F"
+
+    def bands() -> Iterator[tuple[int, np.ndarray]]:
+        for top in range(0, used_h, rows):
+            deadline.check()
+            band = np.array(im.crop((0, top, used_w, min(top + rows, used_h))), dtype=np.float32)
+            if floats:
+                np.nan_to_num(band, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            yield top, band
+
+    low, high = np.inf, -np.inf
+    for _top, band in bands():
+        low, high = min(low, float(band.min())), max(high, float(band.max()))
+    if floats and low >= 0.0 and high <= 1.0:
         scale = 255.0
-    elif top <= 255.0:
+    elif high <= 255.0:
         scale = 1.0
-    elif top <= 65535.0:
+    elif high <= 65535.0:
         scale = 255.0 / 65535.0
     else:
-        scale = 255.0 / top
-    grey = np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
+        scale = 255.0 / high
+    grey = np.empty((out_h, out_w), dtype=np.uint8)
+    for top, band in bands():
+        if factor > 1:
+            band = band.reshape(band.shape[0] // factor, factor, out_w, factor).mean(axis=(1, 3))
+        np.clip(band * scale + 0.5, 0, 255, out=band)
+        grey[top // factor : top // factor + band.shape[0]] = band
     return Image.fromarray(grey).convert("RGB")
 
 
-def _load_failure_reason(error: Exception) -> str:
+@contextmanager
+def _captured(notes: list[str]) -> Iterator[None]:
+    """Send what libtiff says while this thread decodes to `notes` instead of stderr."""
+    _install_libtiff_handlers()
+    outer = getattr(_local, "notes", None)
+    _local.notes = notes
+    try:
+        yield
+    finally:
+        _local.notes = outer
+
+
+def _note(notes: list[str], *messages: str) -> None:
+    for message in messages:
+        text = " ".join(message.split())
+        if text and len(notes) < _MAX_NOTES:
+            notes.append(text)
+
+
+def _install_libtiff_handlers() -> None:
+    """Replace libtiff's warning and error printers (process-wide, once) by ones that keep the message for
+    the file being decoded in this thread. Pillow offers no hook; without one, a damaged TIFF writes lines
+    like "TIFFReadDirectory: Warning, Unknown field with tag ..." to stderr with no file name. The message is
+    kept as its format string (the C varargs are not read), which is enough to say what went wrong."""
+    global _libtiff_handlers
+    if _libtiff_handlers is not None:
+        return
+    with _LIBTIFF_LOCK:
+        if _libtiff_handlers is not None:
+            return
+        handlers: tuple[Any, ...] = ()
+        try:
+            from PIL import _imaging
+
+            library = ctypes.CDLL(_imaging.__file__)  # its libtiff is found through its dependencies
+            set_warning, set_error = library.TIFFSetWarningHandler, library.TIFFSetErrorHandler
+        except (ImportError, OSError, AttributeError):  # no libtiff, or a platform without dlsym
+            pass
+        else:
+            handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+            on_warning, on_error = handler(_libtiff_warning), handler(_libtiff_error)
+            for setter, callback in ((set_warning, on_warning), (set_error, on_error)):
+                setter.argtypes, setter.restype = [handler], ctypes.c_void_p
+                setter(callback)
+            handlers = (on_warning, on_error)  # kept alive for as long as libtiff may call them
+        _libtiff_handlers = handlers
+
+
+def _libtiff_warning(module: bytes | None, fmt: bytes | None, _args: int | None) -> None:
+    _libtiff_message("libtiff", module, fmt)
+
+
+def _libtiff_error(module: bytes | None, fmt: bytes | None, _args: int | None) -> None:
+    _libtiff_message("libtiff error", module, fmt)
+
+
+def _libtiff_message(kind: str, module: bytes | None, fmt: bytes | None) -> None:
+    try:
+        notes = getattr(_local, "notes", None)
+        if notes is None:  # libtiff used outside a decode: say nothing, as before on Pillow's own writes
+            return
+        where = (module or b"").decode("ascii", "replace")
+        text = _PRINTF.sub("?", (fmt or b"").decode("ascii", "replace")).strip()
+        # Pillow names every file it hands libtiff "tempfile.tif": not worth repeating.
+        _note(notes, f"{kind}: {where}: {text}" if where and where != "tempfile.tif" else f"{kind}: {text}")
+    except Exception:  # an exception must not escape into C
+        pass
+
+
+def _load_failure_reason(error: Exception, notes: list[str]) -> str:
     message = str(error).lower()
     if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return f"a frame is above the decompression-bomb limit ({_short(error)})"
@@ -309,7 +617,11 @@ def _load_failure_reason(error: Exception) -> str:
         return "truncated image data"
     if isinstance(error, ValueError) and "conversion" in message:
         return f"unsupported colour mode ({_short(error)})"
-    return f"corrupt image data ({_short(error)})"
+    detail = _short(error)
+    tiff_errors = [note for note in notes if note.startswith("libtiff error: ")]
+    if message.startswith("decoder error") and tiff_errors:  # Pillow's code alone says nothing
+        detail = _short(ValueError(tiff_errors[-1].removeprefix("libtiff error: ")))
+    return f"corrupt image data ({detail})"
 
 
 def _short(error: Exception, limit: int = 80) -> str:
@@ -317,9 +629,18 @@ def _short(error: Exception, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _bytes_text(count: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} bytes"
+
+
 __all__: list[str] = [
+    "DECODERS",
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_EXTENSIONS",
     "DecodedImage",
+    "check_file_size",
     "decode_image",
 ]

@@ -12,10 +12,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from retrieval.files.decoding import SUPPORTED_EXTENSIONS
-
-HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -93,3 +92,8 @@ def discover(root: Path) -> Iterator[FoundFile | Skipped]:
 def content_hash(data: bytes) -> str:
     """Identity of an image's bytes: a moved or copied file keeps it, any edit changes it."""
     return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def file_hash(fp: BinaryIO) -> str:
+    """`content_hash` of an open file's bytes from its position on, read in chunks: memory stays flat."""
+    return hashlib.file_digest(fp, lambda: hashlib.blake2b(digest_size=20)).hexdigest()

@@ -17,16 +17,17 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
-from retrieval.files.decoding import DecodedImage, decode_image
-from retrieval.files.discovery import FoundFile, Skipped, content_hash, discover
+from retrieval.files.decoding import DecodedImage, check_file_size, decode_image
+from retrieval.files.discovery import FoundFile, Skipped, discover, file_hash
 from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
 from retrieval.vectors.base import Store
 
@@ -88,32 +89,52 @@ def _path_key(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def read_file(path: Path) -> bytes:
-    """A file's bytes; one that cannot be read raises DecodeError with the reason ingest records."""
+def open_and_hash(path: Path, max_bytes: int) -> tuple[BinaryIO, str]:
+    """Open an image file and hash it as a stream: (the file, open at its start for decoding, which the
+    caller closes; its content hash). The file is read twice, to hash and to decode, rather than held in
+    memory (read whole, a 1.5 GB file took 2.1 GB). One decoded from the same open file as it was hashed
+    cannot be swapped in between. Raises DecodeError with the reason ingest records: cannot be read,
+    vanished, or larger than `max_bytes`."""
     try:
-        return path.read_bytes()
+        fp = path.open("rb")
     except FileNotFoundError:
         raise DecodeError(path, "file disappeared before it could be read") from None
     except OSError as exc:
         raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
-
-
-def read_and_hash(found: FoundFile, lookup: LookupFn) -> tuple[Prepared, bytes | None]:
-    """Read a file and identify its content: the Prepared of a file that cannot be read (error) or whose
-    content is already embedded (known_id), else one that still needs embedding, with the file's bytes."""
     try:
-        data = read_file(found.path)
+        check_file_size(path, os.fstat(fp.fileno()).st_size, max_bytes)
+        digest = file_hash(fp)
+        fp.seek(0)
+    except OSError as exc:
+        fp.close()
+        raise DecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+    except BaseException:
+        fp.close()
+        raise
+    return fp, digest
+
+
+def read_and_hash(found: FoundFile, lookup: LookupFn, max_bytes: int) -> tuple[Prepared, BinaryIO | None]:
+    """Identify a file's content: the Prepared of a file that cannot be read or is too large (error) or whose
+    content is already embedded (known_id), else one that still needs embedding, with the file open for
+    decoding (the caller closes it)."""
+    try:
+        check_file_size(found.path, found.size, max_bytes)  # as listed: refused before a byte is read
+        fp, digest = open_and_hash(found.path, max_bytes)
     except DecodeError as exc:
         return Prepared(found, "", error=exc.reason), None
-    digest = content_hash(data)
-    return Prepared(found, digest, known_id=lookup(digest)), data
+    known_id = lookup(digest)
+    if known_id is not None:
+        fp.close()
+        return Prepared(found, digest, known_id=known_id), None
+    return Prepared(found, digest), fp
 
 
-def decode_for(embedder: Embedder, data: bytes) -> tuple[Any, DecodedImage]:
-    """Decode a file's bytes and preprocess them for `embedder`: (what `embed_preprocessed` takes, the decoded
-    image). Every failure is a DecodeError whose reason ingest records."""
+def decode_for(embedder: Embedder, source: BinaryIO | bytes) -> tuple[Any, DecodedImage]:
+    """Decode an open image file (or its bytes) and preprocess it for `embedder`: (what `embed_preprocessed`
+    takes, the decoded image). Every failure is a DecodeError whose reason ingest records."""
     try:
-        decoded = decode_image(data, min_side=embedder.input_size)
+        decoded = decode_image(source, min_side=embedder.input_size)
         return embedder.preprocess(decoded.image), decoded
     except DecodeError:
         raise
@@ -168,18 +189,22 @@ class PrepareStage(Protocol):
 class LocalStage:
     """The default stage: decode threads on this machine, the model in the ingest's own thread."""
 
-    def __init__(self, embedder: Embedder, *, workers: int, batch_size: int) -> None:
+    def __init__(
+        self, embedder: Embedder, *, workers: int, batch_size: int, max_file_bytes: int | None = None
+    ) -> None:
         self.embedder = embedder
         self.workers = workers
         self.batch_size = batch_size
+        self.max_file_bytes = settings.max_file_bytes() if max_file_bytes is None else max_file_bytes
 
     def _prepare(self, found: FoundFile, lookup: LookupFn) -> Prepared:
-        hashed, data = read_and_hash(found, lookup)
-        if data is None or hashed.known_id is not None:
+        hashed, fp = read_and_hash(found, lookup, self.max_file_bytes)
+        if fp is None:
             return hashed
         digest = hashed.hash
         try:
-            payload, decoded = decode_for(self.embedder, data)
+            with fp:
+                payload, decoded = decode_for(self.embedder, fp)
         except DecodeError as exc:
             return Prepared(found, digest, error=exc.reason)
         return Prepared(

@@ -35,9 +35,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from retrieval import settings
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
-from retrieval.files.discovery import FoundFile, content_hash
+from retrieval.files.discovery import FoundFile
 from retrieval.ingest.pipeline import (
     IngestProgress,
     LookupFn,
@@ -45,8 +46,8 @@ from retrieval.ingest.pipeline import (
     ProgressFn,
     decode_for,
     default_workers,
+    open_and_hash,
     read_and_hash,
-    read_file,
 )
 
 LOCAL = "local"
@@ -187,10 +188,11 @@ class EmbedWorker:
 
     def _prepare(self, path: str, digest: str) -> tuple[Any, Any] | str:
         try:
-            data = read_file(Path(path))
-            if content_hash(data) != digest:
-                return CHANGED
-            return decode_for(self.embedder, data)
+            fp, current = open_and_hash(Path(path), settings.max_file_bytes())
+            with fp:
+                if current != digest:
+                    return CHANGED
+                return decode_for(self.embedder, fp)
         except DecodeError as exc:
             return exc.reason
 
@@ -263,7 +265,10 @@ class RayStage:
     # -- driver side: read and hash, in order -----------------------------------------------------------
 
     def _hash(self, found: FoundFile, lookup: LookupFn) -> Prepared:
-        return read_and_hash(found, lookup)[0]
+        prepared, fp = read_and_hash(found, lookup, settings.max_file_bytes())
+        if fp is not None:
+            fp.close()  # the cluster reads it again
+        return prepared
 
     def _hashed(self, todo: list[FoundFile], lookup: LookupFn) -> list[Prepared]:
         workers = default_workers()
