@@ -11,6 +11,7 @@ from retrieval.errors import UsageError
 HOME_ENV = "RETRIEVAL_HOME"
 MILVUS_URI_ENV = "RETRIEVAL_MILVUS_URI"
 RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
+TOKEN_ENV = "RETRIEVAL_TOKEN"
 DEFAULT_INDEX = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -37,3 +38,8 @@ def milvus_uri_from_env() -> str | None:
 def ray_address_from_env() -> str | None:
     """The Ray cluster `ingest --ray` joins when no address is given (None: start one here)."""
     return os.environ.get(RAY_ADDRESS_ENV) or None
+
+
+def token_from_env() -> str | None:
+    """The token `retrieval serve` requires on API calls when --token is not given (None: no token)."""
+    return os.environ.get(TOKEN_ENV) or None
