@@ -35,7 +35,7 @@ from retrieval.ingest.pipeline import IngestProgress, IngestReport
 from retrieval.maps.render import map_format
 from retrieval.quality.evaluation import EvalReport
 from retrieval.search.queries import Query, QueryPart, SearchHit
-from retrieval.settings import ray_address_from_env
+from retrieval.settings import ray_address_from_env, token_from_env
 
 app = typer.Typer(
     name="retrieval",
@@ -420,27 +420,68 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 8000,
     device: DeviceOpt = "auto",
     weights: WeightsOpt = None,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Also answer to this host name, as clients type it (repeatable); requests naming any other "
+            "host are refused (DNS rebinding). Loopback names and the --host address are always answered.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Require this token on every API call [default: $RETRIEVAL_TOKEN]; open the printed "
+            "address (/?token=...) in a browser, or send Authorization: Bearer TOKEN.",
+        ),
+    ] = None,
+    max_heavy: Annotated[
+        int | None,
+        typer.Option(
+            "--max-heavy", min=1, max=64, help="Image searches and maps at once; more get 503 [default: 2]."
+        ),
+    ] = None,
+    heavy_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--heavy-timeout", min=1, help="Seconds one image search or map may take [default: 60]."
+        ),
+    ] = None,
 ) -> None:
     """Serve an index over HTTP: a search page at /, a JSON API under /api (schema at /openapi.json)."""
     try:
         import uvicorn
 
-        from retrieval.serve.app import create_app
+        from retrieval.serve.app import create_app, uvicorn_options
     except ImportError as exc:  # a broken install: the server's packages are dependencies of retrieval
         _fail(f"serving needs {exc.name}, which is missing: reinstall retrieval (pip install retrieval)", 2)
+    token = token or token_from_env()
     with _engine(index, home, device=device, weights=weights) as engine:
+        # Refuses an exposed address without allowed names or a token before the model loads.
+        served = create_app(
+            engine,
+            host=host,
+            allowed_hosts=allowed_hosts or [],
+            token=token,
+            max_heavy=max_heavy,
+            heavy_timeout=heavy_timeout,
+        )
         engine.warm_up()  # a missing index or model fails here, in one line, not on the first request
         if host not in {"127.0.0.1", "localhost", "::1"}:
-            err.print(
-                f"warning: listening on {host}: anyone who can reach it can search and download these photos",
-                highlight=False,
+            risk = (
+                "the token and the photos travel unencrypted: put a reverse proxy with TLS in front"
+                if token
+                else "anyone who can reach it can search and download these photos"
             )
+            err.print(f"warning: listening on {host}: {risk}", highlight=False)
         shown = f"[{host}]" if ":" in host else host
+        address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         out.print(
-            f"serving index {index!r} on http://{shown}:{port}/ (API schema at /openapi.json); Ctrl-C stops",
+            f"serving index {index!r} on {address} (API schema at /openapi.json); Ctrl-C stops",
             highlight=False,
         )
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+        uvicorn.run(served, host=host, port=port, log_level="warning", **uvicorn_options())
 
 
 @app.command()

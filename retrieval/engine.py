@@ -6,13 +6,15 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -44,7 +46,7 @@ from retrieval.maps.layout import NeighbourhoodMap, build_map
 from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
 from retrieval.maps.render import ColourBy, RenderedMap, render_map
 from retrieval.maps.thumbnails import ThumbnailCache
-from retrieval.metadata import DB_NAME, ImageRecord, MetadataStore, utcnow
+from retrieval.metadata import DB_NAME, ImageRecord, IndexedFile, MetadataStore, utcnow
 from retrieval.quality.evaluation import (
     METHODS,
     EvalReport,
@@ -70,6 +72,9 @@ from retrieval.vectors import (
     rebuild_store,
     vectors_present,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "DEFAULT_INDEX",
@@ -189,6 +194,48 @@ def _stop_between_files(progress: ProgressFn | None) -> Iterator[ProgressFn | No
         yield checked
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _unchanged(file: IndexedFile) -> Path | None:
+    """The real path of `file` if it is still the file that was indexed: inside its indexed folder once every
+    symlink is resolved (a link put there later to /etc/passwd is not), a regular file, with the size and
+    modification time the ingest recorded (a file swapped or edited since is not). None otherwise."""
+    real = Path(os.path.realpath(file.path))
+    if not real.is_relative_to(os.path.realpath(file.root)):
+        return None
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (file.size, file.mtime_ns):
+        return None
+    return real
+
+
+def _whole_jpeg(data: bytes) -> bool:
+    """Cheap check that cached thumbnail bytes are a whole JPEG (start and end markers): a write cut short by
+    a crash or a full disk leaves a file without its end."""
+    return data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9")
+
+
+class _TakingTurns:
+    """The vector-store reads a map makes, each taking the engine's read lock: the layout (seconds of t-SNE)
+    then runs outside the lock while its few reads still take turns with searches."""
+
+    def __init__(self, store: Store, lock: threading.RLock) -> None:
+        self._store, self._lock = store, lock
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._store)
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        with self._lock:
+            return self._store.vectors(ids)
+
+    def search(self, queries: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._store.search(queries, k, ef=ef)
 
 
 class Engine:
@@ -685,6 +732,10 @@ class Engine:
 
     # -- serving: what a front end needs, each call safe from many threads -------------------------
 
+    #: Largest picture, in pixels as its header declares them, decoded from a client's upload (ingest takes
+    #: up to DEFAULT_MAX_PIXELS). 40 MP holds any phone photo and keeps one upload's decode within ~120 MB.
+    upload_pixel_budget: int = UPLOAD_MAX_PIXELS
+
     def warm_up(self) -> None:
         """Load what searches need (database, vector store, model) now rather than on the first request.
 
@@ -720,14 +771,76 @@ class Engine:
     def thumbnail(self, image_id: int, side: int) -> tuple[bytes | None, str]:
         """A JPEG thumbnail of an indexed image at most `side` pixels across, made once and cached in the
         index's `thumbs/` folder, and its content hash (ids of deleted images are reused: the hash tells
-        their thumbnails apart). (None, "") for an unknown id; (None, hash) when the file cannot be read."""
+        their thumbnails apart). (None, "") for an unknown id; (None, hash) when the file cannot be read or
+        is no longer the one indexed (see `original`). A damaged cached thumbnail is made again."""
         record = self.record(image_id)
         if record is None:
             return None, ""
         digest = self.meta.content_hashes([image_id]).get(image_id, "")
         cache = self._thumbnail_cache(side)
+        cached = cache.path_for(image_id, digest)
         with self._thumb_locks[image_id % len(self._thumb_locks)]:
-            return cache.get_many(self.meta, [(image_id, record.path)])[0], digest
+            try:
+                data = cached.read_bytes()
+            except FileNotFoundError:
+                data = None
+            if data is not None and _whole_jpeg(data):
+                return data, digest
+            cached.unlink(missing_ok=True)
+            source = self.original(image_id)
+            if source is None:
+                return None, digest
+            return cache.get_many(self.meta, [(image_id, str(source))])[0], digest
+
+    def original(self, image_id: int) -> Path | None:
+        """The file to send for an indexed image: the real path of its first file (in path order) that is
+        still the file indexed, inside its indexed folder (see `_unchanged`); None when none is, because the
+        files have gone, changed, or were replaced by links to elsewhere (`retrieval ingest` catches up)."""
+        for file in self.meta.files_of(image_id):
+            real = _unchanged(file)
+            if real is not None:
+                return real
+        return None
+
+    def serve_search(self, query: Query, *, k: int = 10) -> list[SearchHit]:
+        """`search` for a server: the query's uploaded images are decoded before the read lock is taken,
+        within `upload_pixel_budget`, so one large upload does not hold up everyone else's searches."""
+        uploads = self._decode_uploads(query)
+        with self._reads:
+            self.store.reload_if_changed()
+            vector = self._served_vector(query, uploads)
+            return run_search(vector, self.store, self.meta, k=k, exclude=query.exclude_ids)
+
+    def serve_map(self, query: Query, *, n: int = 200, expand: int = 0, seed: int = 0) -> NeighbourhoodMap:
+        """`map` for a server: uploads decoded as in `serve_search`, and the layout made outside the read
+        lock, its store reads taking turns with searches. Should an ingest elsewhere drop some of the images
+        mid-layout, the map fails with UsageError (400) rather than showing a mix of two generations."""
+        uploads = self._decode_uploads(query)
+        with self._reads:
+            self.store.reload_if_changed()
+            vector = self._served_vector(query, uploads)
+            hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+            store = cast(Store, _TakingTurns(self.store, self._reads))
+        return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed)
+
+    def _decode_uploads(self, query: Query) -> dict[bytes, Image.Image]:
+        with self._reads:
+            min_side = self.embedder.input_size
+        return {
+            part.value: decode_image(part.value, min_side=min_side, max_pixels=self.upload_pixel_budget).image
+            for part in query.parts
+            if part.kind == "image" and isinstance(part.value, bytes)
+        }
+
+    def _served_vector(self, query: Query, uploads: dict[bytes, Image.Image]) -> np.ndarray:
+        def embed_image(source: Path | bytes) -> np.ndarray:
+            if isinstance(source, bytes) and source in uploads:
+                return self.embedder.embed_images([uploads[source]])[0]
+            return self._embed_image(source)
+
+        return query_vector(
+            query, embed_texts=self._embed_texts, embed_image=embed_image, stored_vector=self._stored_vector
+        )
 
     def _thumbnail_cache(self, side: int) -> ThumbnailCache:
         if side not in self._thumbs:

@@ -13,6 +13,7 @@ MILVUS_URI_ENV = "RETRIEVAL_MILVUS_URI"
 RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
 MAX_FILE_MB_ENV = "RETRIEVAL_MAX_FILE_MB"
 DECODE_SECONDS_ENV = "RETRIEVAL_DECODE_SECONDS"
+TOKEN_ENV = "RETRIEVAL_TOKEN"
 DEFAULT_INDEX = "default"
 
 # -- decoding budgets (retrieval.files.decoding) ----------------------------------------------------------
@@ -81,3 +82,8 @@ def _positive_env(name: str, unit: str) -> float | None:
             f"${name} must be a positive number of {unit}, got {text!r}; unset it for the default"
         )
     return value
+
+
+def token_from_env() -> str | None:
+    """The token `retrieval serve` requires on API calls when --token is not given (None: no token)."""
+    return os.environ.get(TOKEN_ENV) or None

@@ -26,6 +26,12 @@ from retrieval.serve.app import MAX_K, MAX_QUERY_CHARS, create_app
 
 N_PHOTOS = 12
 SECRET = "TOP-SECRET-NOT-IN-THE-INDEX"
+LOCAL = "http://127.0.0.1:8000"
+
+
+def local(app, **kwargs) -> TestClient:
+    """A client that names the server as a browser on this machine would (the app refuses other names)."""
+    return TestClient(app, base_url=LOCAL, **kwargs)
 
 
 def write_photos(folder: Path, n: int, start: int = 0) -> list[Path]:
@@ -59,7 +65,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engin
 
 @pytest.fixture(scope="module")
 def client(collection: tuple[Engine, list[Path]]) -> Iterator[TestClient]:
-    with TestClient(create_app(collection[0])) as test_client:
+    with local(create_app(collection[0])) as test_client:
         yield test_client
 
 
@@ -82,7 +88,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient
     draw_photo(3).save(root / "photos" / "dated.jpg", exif=exif.tobytes())
     with Engine("classic", home=root / "home", model="classic") as engine:
         engine.ingest(root / "photos")
-        with TestClient(create_app(engine)) as test_client:
+        with local(create_app(engine)) as test_client:
             yield test_client, engine, root
 
 
@@ -144,7 +150,7 @@ def test_openapi_schema_documents_every_endpoint(client):
 
 def test_an_app_made_from_an_index_name_opens_it_at_start_and_closes_it_at_stop(small):
     app = create_app("classic", home=small[2] / "home", device="cpu")
-    with TestClient(app) as c:
+    with local(app) as c:
         assert c.get("/api/health").json()["vectors"] == 4
         engine = app.state.served.engine
         assert engine.exists and engine._store is not None  # loaded at start, before any search
@@ -264,7 +270,7 @@ def test_upload_without_a_file_is_refused(client):
 
 
 def test_uploads_above_the_limit_are_refused_before_decoding(collection):
-    with TestClient(create_app(collection[0], max_upload_bytes=20_000)) as small:
+    with local(create_app(collection[0], max_upload_bytes=20_000)) as small:
         # Over the file limit but within the request allowance: refused after reading at most limit+1 bytes.
         big_file = {"image": ("big.jpg", b"\xff" * 40_000, "image/jpeg")}
         assert_error(small.post("/api/search/image", files=big_file), 413, "larger than")
@@ -484,7 +490,7 @@ def test_searches_during_an_ingest_by_another_writer_see_the_old_or_the_new_inde
     home = tmp_path / "home"
     with Engine("live", home=home, model="classic") as served:
         served.ingest(photos)
-        with TestClient(create_app(served)) as c:
+        with local(create_app(served, max_heavy=3)) as c:  # a slot for each of the 3 readers
             before = c.get("/api/stats").json()
             write_photos(photos, 6, start=6)
             done = threading.Event()
@@ -540,7 +546,9 @@ def test_serve_command_runs_uvicorn_on_loopback_by_default(small, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "http://127.0.0.1:8123/" in result.output
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8123
-    result = runner.invoke(cli_app, ["serve", "--index", "classic", "--home", home, "--host", "0.0.0.0"])
+    # Any other address needs the names clients will use, or a token (tests/test_security.py).
+    exposed = ["serve", "--index", "classic", "--home", home, "--host", "0.0.0.0"]
+    result = runner.invoke(cli_app, [*exposed, "--allowed-host", "photos.lan"])
     assert (
         result.exit_code == 0 and calls[1]["host"] == "0.0.0.0" and "anyone who can reach it" in result.output
     )

@@ -139,7 +139,7 @@ def test_the_server_searches_either_store(store, make_photos, home):
     with Engine("served", model="classic", store=store) as engine:
         engine.ingest(paths[0].parent)
         the_id = engine.meta.content_id_for_path(paths[1])
-        with TestClient(create_app(engine)) as client:
+        with TestClient(create_app(engine), base_url="http://127.0.0.1") as client:
             hits = client.get(f"/api/similar/{the_id}", params={"k": 4}).json()["results"]
             assert len(hits) == 4 and the_id not in {h["id"] for h in hits}
             assert client.get("/api/stats").status_code == 200

@@ -58,6 +58,17 @@ class ImageRecord:
     copies: int
 
 
+@dataclass(frozen=True)
+class IndexedFile:
+    """One file holding a content, as the last ingest saw it: its path, the indexed folder it lies in, and
+    its size and modification time then (what tells whether the file on disk is still that file)."""
+
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+
+
 def migrations_dir() -> Path:
     """The Alembic scripts, shipped inside this package."""
     return Path(__file__).resolve().parent / "migrations"
@@ -256,6 +267,17 @@ class MetadataStore:
                 for content_id, path in rows:
                     out.setdefault(int(content_id), []).append(str(path))
         return out
+
+    def files_of(self, content_id: int) -> list[IndexedFile]:
+        """Every file holding `content_id`, in path order, with its root folder and its recorded stat."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(File.path, Root.path, File.size, File.mtime_ns)
+                .join(Root, Root.id == File.root_id)
+                .where(File.content_id == content_id)
+                .order_by(File.path)
+            )
+            return [IndexedFile(str(p), str(r), int(size), int(mtime)) for p, r, size, mtime in rows]
 
     def copied_ids(self) -> list[int]:
         """Contents stored under more than one file path (byte-identical copies)."""

@@ -9,26 +9,45 @@ atomically, so a request sees the old index or the new one, never a half-written
 Images are addressed by their integer id only: the file to send is looked up in the index's database, never
 taken from the request. Paths in responses are relative to the indexed folder. Every error is one line of
 JSON, `{"error": "..."}`, with a 4xx status for what the client can fix.
+
+Who may ask: a request must name, in its Host header, a name the server answers to (loopback, the address it
+listens on, names given as `allowed_hosts`), so a page on another name that resolves here (DNS rebinding)
+reads nothing. With a token, every /api call carries it (`Authorization: Bearer`, or the HttpOnly SameSite
+cookie that opening `/?token=...` sets: an <img> cannot send a header). The file sent for an image must
+still be the one indexed (`Engine.original`). Heavy requests (uploads, maps) have a few slots and a time
+limit; `uvicorn_options` bounds connections, header size and the time to send headers (slowloris).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import hmac
+import ipaddress
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qs
 
+import h11
 from fastapi import APIRouter, Depends, FastAPI, File, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import cookie_parser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from retrieval.engine import (
     DEFAULT_INDEX,
@@ -61,6 +80,41 @@ MAX_MAP_EXPAND = 3
 THUMB_SIDES = {"small": 96, "large": 256}
 MAX_ID = 2**62
 WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: Heavy requests (an upload decoded and embedded, a map laid out) at once; more get a 503 at once. Each
+#: takes a core for up to seconds: two keep a small machine answering text searches meanwhile.
+MAX_HEAVY = 2
+#: Seconds a heavy request may take before it answers 503 (its work still holds its slot until it ends).
+HEAVY_TIMEOUT_S = 60.0
+RETRY_AFTER_S = 2
+#: uvicorn: keep-alive of an idle connection, open connections (beyond: 503), bytes of a request's headers.
+KEEP_ALIVE_S = 5
+MAX_CONNECTIONS = 128
+MAX_HEADER_BYTES = 16 * 1024
+#: Seconds a client has to send a request's line and headers once connected (or after the last answer).
+HEADER_TIMEOUT_S = 10.0
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
+TOKEN_COOKIE = "retrieval_token"
+#: Cookie-safe and long enough not to be guessed; `secrets.token_urlsafe(32)` makes one.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,512}")
+
+#: Pictures may stay in the browser's cache but are revalidated (thumbnails by ETag: a map asks for hundreds),
+#: and shared caches (proxies) keep none. JSON answers are not stored at all (see `_Headers`).
+_PICTURE_CACHING = "private, no-cache"
+SECURITY_HEADERS = {
+    # The page loads its script, style and pictures from here only; nothing may frame it.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'; "
+        "base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Another site's page cannot even embed the photos as <img> (and measure them).
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 MEDIA_TYPES = {
     "JPEG": "image/jpeg",
@@ -158,6 +212,7 @@ class _Served:
 
     engine: Engine
     max_upload_bytes: int
+    heavy: _HeavyGate
 
     def record(self, image_id: int) -> ImageRecord:
         """The indexed image `image_id`, or a 404."""
@@ -165,6 +220,47 @@ class _Served:
         if record is None:
             raise HTTPException(404, f"no image with id {image_id} in index {self.engine.name!r}")
         return record
+
+
+T = TypeVar("T")
+
+
+class _HeavyGate:
+    """At most `slots` heavy requests at once, each given at most `timeout` seconds.
+
+    The work runs in the gate's own threads; a request with no free slot, or whose work runs past its time,
+    gets a 503 with Retry-After at once. A slot is freed when its work really ends, not when its request
+    gave up, so slow work cannot pile up behind the clients that stopped waiting for it.
+    """
+
+    def __init__(self, slots: int, timeout: float) -> None:
+        self.slots, self.timeout = slots, timeout
+        self._free = threading.BoundedSemaphore(slots)
+        self._pool = ThreadPoolExecutor(slots, thread_name_prefix="retrieval-heavy")
+
+    def run(self, work: Callable[[], T]) -> T:
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        if not self._free.acquire(blocking=False):
+            raise HTTPException(
+                503, f"busy: {self.slots} image searches or maps are running; try again shortly", retry
+            )
+        try:
+            future = self._pool.submit(work)
+        except BaseException:
+            self._free.release()
+            raise
+        future.add_done_callback(lambda _done: self._free.release())
+        try:
+            return future.result(timeout=self.timeout)
+        except TimeoutError:
+            raise HTTPException(
+                503,
+                f"the request took longer than {self.timeout:g} s; ask for fewer results (n, expand)",
+                retry,
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def warm_up(engine: Engine) -> None:
@@ -176,30 +272,61 @@ def _served(request: Request) -> _Served:
     return request.app.state.served
 
 
+_DIGITS = re.compile(r"0|[1-9][0-9]*")
+
+
+def _decimal(value: object) -> object:
+    """Numbers in a URL are plain decimal digits: `01`, `+1`, `1.0` or ` 1` name no image, so they are
+    refused rather than read as 1 (one image, one URL)."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("write it in decimal digits (0, 1, 2, ...) without sign, leading zeros or fraction")
+    return value
+
+
+Digits = BeforeValidator(_decimal)
 Served = Annotated[_Served, Depends(_served)]
-ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="An image id from a search result.")]
-K = Annotated[int, QueryParam(ge=1, le=MAX_K, description="Number of results.")]
-Text = Annotated[str, QueryParam(min_length=1, max_length=MAX_QUERY_CHARS, description="Text query.")]
-MapN = Annotated[int, QueryParam(ge=4, le=MAX_MAP_RESULTS, description="Number of results to map.")]
-MapExpand = Annotated[
-    int, QueryParam(ge=0, le=MAX_MAP_EXPAND, description="Also map each result's nearest neighbours.")
+ImageId = Annotated[
+    int, PathParam(ge=0, le=MAX_ID, description="An image id from a search result.", examples=[1]), Digits
 ]
-Seed = Annotated[int, QueryParam(ge=0, le=2**31 - 1, description="Layout seed: one seed, one map.")]
+K = Annotated[int, QueryParam(ge=1, le=MAX_K, description="Number of results."), Digits]
+Text = Annotated[str, QueryParam(min_length=1, max_length=MAX_QUERY_CHARS, description="Text query.")]
+MapN = Annotated[int, QueryParam(ge=4, le=MAX_MAP_RESULTS, description="Number of results to map."), Digits]
+MapExpand = Annotated[
+    int,
+    QueryParam(ge=0, le=MAX_MAP_EXPAND, description="Also map each result's nearest neighbours."),
+    Digits,
+]
+Seed = Annotated[int, QueryParam(ge=0, le=2**31 - 1, description="Layout seed: one seed, one map."), Digits]
+MapText = Annotated[
+    str | None,
+    QueryParam(min_length=1, max_length=MAX_QUERY_CHARS, description="Text query; give q or like, not both."),
+]
+MapLike = Annotated[
+    int | None,
+    QueryParam(ge=0, le=MAX_ID, description="An indexed image's id; give like or q, not both.", examples=[1]),
+    Digits,
+]
 Upload = Annotated[
     UploadFile, File(description="An image file: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF.")
 ]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": text}
-    for status, text in {
-        400: "A query the index cannot answer",
-        404: "Unknown image id",
-        413: "Upload or image too large",
-        422: "Invalid parameter or unreadable image",
-    }.items()
+_ERROR_TEXT = {
+    400: "A Host header naming another server (see --allowed-host), or a query the index cannot answer",
+    401: "No token or a wrong one (a server started with --token)",
+    404: "Unknown image id, or its file has gone or changed since it was indexed",
+    411: "A chunked request body: send a Content-Length",
+    413: "Request, upload or image too large",
+    416: "A byte range outside the file",
+    422: "Invalid parameter or unreadable image",
+    503: "Busy with image searches or maps, or over the time limit (see Retry-After); or index unavailable",
 }
 
-router = APIRouter(prefix="/api", responses=_ERRORS)
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorOut, "description": _ERROR_TEXT[status]} for status in statuses}
+
+
+router = APIRouter(prefix="/api", responses=_errors(400, 401, 411, 413, 422, 503))
 
 
 def _hits(query: Query, k: int, hits: list[SearchHit]) -> SearchOut:
@@ -310,29 +437,34 @@ def stats(served: Served) -> StatsOut:
 @router.get("/search", summary="Search by text (CLIP indexes)")
 def search_text(served: Served, q: Text, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(QueryPart("text", q))
-    return _hits(query, k, served.engine.search(query, k=k))
+    return _hits(query, k, served.engine.serve_search(query, k=k))
 
 
 @router.post("/search/image", summary="Search by an uploaded example image")
 def search_image(served: Served, image: Upload, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(QueryPart("image", _read_upload(image, served.max_upload_bytes)))
-    return _hits(query, k, served.engine.search(query, k=k))
+    return _hits(query, k, served.heavy.run(lambda: served.engine.serve_search(query, k=k)))
 
 
-@router.get("/similar/{image_id}", summary="More like an indexed image (itself left out)")
+@router.get(
+    "/similar/{image_id}", summary="More like an indexed image (itself left out)", responses=_errors(404)
+)
 def similar(served: Served, image_id: ImageId, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(_known(served, image_id))
-    return _hits(query, k, served.engine.search(query, k=k))
+    return _hits(query, k, served.engine.serve_search(query, k=k))
 
 
 @router.get(
     "/map",
     summary="t-SNE map of a query's neighbourhood: give q (text) or like (an image id)",
+    description="Give exactly one of `q` (a text) and `like` (an indexed image's id): both, or neither, "
+    "is a 422. OpenAPI cannot state that two parameters exclude each other; this sentence does.",
+    responses=_errors(404),
 )
 def map_query(
     served: Served,
-    q: Annotated[str | None, QueryParam(min_length=1, max_length=MAX_QUERY_CHARS)] = None,
-    like: Annotated[int | None, QueryParam(ge=0, le=MAX_ID, description="An indexed image's id.")] = None,
+    q: MapText = None,
+    like: MapLike = None,
     n: MapN = DEFAULT_K,
     expand: MapExpand = 0,
     seed: Seed = 0,
@@ -340,7 +472,8 @@ def map_query(
     if (q is None) == (like is None):
         raise HTTPException(422, "give exactly one of q (text) or like (an image id)")
     part = QueryPart("text", q) if q is not None else _known(served, int(like))  # type: ignore[arg-type]
-    m = served.engine.map(Query.of(part), n=n, expand=expand, seed=seed)
+    query = Query.of(part)
+    m = served.heavy.run(lambda: served.engine.serve_map(query, n=n, expand=expand, seed=seed))
     return _map_out(served, m)
 
 
@@ -348,28 +481,31 @@ def map_query(
 def map_image(
     served: Served, image: Upload, n: MapN = DEFAULT_K, expand: MapExpand = 0, seed: Seed = 0
 ) -> MapOut:
-    part = QueryPart("image", _read_upload(image, served.max_upload_bytes))
-    m = served.engine.map(Query.of(part), n=n, expand=expand, seed=seed)
+    query = Query.of(QueryPart("image", _read_upload(image, served.max_upload_bytes)))
+    m = served.heavy.run(lambda: served.engine.serve_map(query, n=n, expand=expand, seed=seed))
     return _map_out(served, m)
 
 
 @router.get(
     "/images/{image_id}",
-    summary="The original file of an indexed image",
+    summary="The original file of an indexed image (byte ranges supported)",
     response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}}},
+    responses={200: {"content": {"image/*": {}}}, 206: {"description": "A byte range"}, **_errors(404, 416)},
 )
 def original(served: Served, image_id: ImageId) -> FileResponse:
     record = served.record(image_id)
-    path = Path(record.path)
-    if not path.is_file():
-        raise HTTPException(404, f"the file of image {image_id} has gone; re-run `retrieval ingest`")
+    path = served.engine.original(image_id)
+    if path is None:
+        raise HTTPException(
+            404,
+            f"the file of image {image_id} has gone or changed since it was indexed; run `retrieval ingest`",
+        )
     return FileResponse(
         path,
         media_type=MEDIA_TYPES.get(record.format, "application/octet-stream"),
-        filename=path.name,
+        filename=Path(record.path).name,
         content_disposition_type="inline",
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+        headers={"Cache-Control": _PICTURE_CACHING},
     )
 
 
@@ -377,7 +513,11 @@ def original(served: Served, image_id: ImageId) -> FileResponse:
     "/images/{image_id}/thumbnail",
     summary="A JPEG thumbnail of an indexed image (small: 96 px, large: 256 px)",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}},
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        304: {"description": "Unchanged since the ETag sent in If-None-Match"},
+        **_errors(404),
+    },
 )
 def thumbnail(
     request: Request,
@@ -389,7 +529,7 @@ def thumbnail(
     data, digest = served.engine.thumbnail(image_id, THUMB_SIDES[size])
     # A deleted image's id can be reused by a new one: the content hash tells their thumbnails apart.
     etag = f'"{image_id}-{size}-{digest[:16]}"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    headers = {"ETag": etag, "Cache-Control": _PICTURE_CACHING}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     if data is None:
@@ -459,6 +599,251 @@ class _BodyLimit:
         await self.app(scope, receive, send)
 
 
+# -- who may ask ----------------------------------------------------------------------------------------
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _host_name(value: str) -> str | None:
+    """The name in a Host header (`photos.lan:8000` -> `photos.lan`, IPv6 in brackets), lowercased; None
+    when it is no host name at all."""
+    match = _HOST.fullmatch(value.strip().lower())
+    return match.group(1) if match else None
+
+
+def _listen_name(host: str) -> str:
+    """An address to listen on, or a name to answer to, as a Host header carries it (IPv6 in brackets)."""
+    name = host.strip().lower()
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]" if _is_ip(name) else name
+    parsed = _host_name(name)
+    if parsed is None:
+        raise UsageError(f"{host!r} is not a host name or address")
+    return parsed
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip().lower().strip("[]")
+    return name == "localhost" or (_is_ip(name) and ipaddress.ip_address(name).is_loopback)
+
+
+@dataclass(frozen=True)
+class _Exposure:
+    """The Host names the app answers to and the token its API wants."""
+
+    names: frozenset[str]
+    #: Listening on every address (0.0.0.0, ::): any IP literal may be the one a client used. That is no
+    #: opening for DNS rebinding, which needs a page on a *name* the attacker controls.
+    any_ip: bool
+    token: str | None
+
+    @classmethod
+    def of(cls, host: str, allowed_hosts: Sequence[str], token: str | None) -> _Exposure:
+        """Raises UsageError: a non-loopback address with neither allowed names nor a token (anyone on the
+        network could read the photos, and nothing stops DNS rebinding), a bad name, or a weak token."""
+        if token is not None and not _TOKEN.fullmatch(token):
+            raise UsageError(
+                "the token must be 16 to 512 letters, digits or ._~+/=- (no spaces or ;); make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        wildcard = host.strip() in _WILDCARDS
+        if not _is_loopback(host) and not allowed_hosts and token is None:
+            raise UsageError(
+                f"listening on {host or 'every address'} lets anyone on the network in: give the names "
+                "clients use with --allowed-host NAME, or require a token with --token ($RETRIEVAL_TOKEN)"
+            )
+        names = set(LOOPBACK_NAMES) | {_listen_name(name) for name in allowed_hosts}
+        if not wildcard:
+            names.add(_listen_name(host))
+        return cls(frozenset(names), wildcard, token)
+
+    def answers(self, host: str | None) -> bool:
+        name = _host_name(host) if host else None
+        return name is not None and (name in self.names or (self.any_ip and _is_ip(name)))
+
+    def carries_token(self, headers: Headers) -> bool:
+        assert self.token is not None
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = cookie_parser(headers.get("cookie", "")).get(TOKEN_COOKIE, "")
+        return self.matches(given.strip())
+
+    def matches(self, given: str) -> bool:
+        assert self.token is not None
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+class _Guard:
+    """Before anything else: the Host header must name this server (else 400), and with a token every /api
+    call must carry it (else 401). `GET /?token=T` answers with the token as an HttpOnly, SameSite=Strict
+    cookie and a redirect to `/`, so the page, its fetches and its <img> all send it, no script can read it,
+    other sites' requests go without it, and the token leaves the address bar."""
+
+    def __init__(self, app: ASGIApp, exposure: _Exposure) -> None:
+        self.app = app
+        self.exposure = exposure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if not self.exposure.answers(host):
+            shown = (host or "")[:100]
+            refusal = _error(
+                400,
+                f"this server does not answer to the name {shown!r} in the Host header: open it by the "
+                "address it printed, or start it with --allowed-host NAME",
+            )
+            await refusal(scope, receive, send)
+            return
+        if self.exposure.token is not None:
+            refusal = self._token_refusal(scope, headers)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _token_refusal(self, scope: Scope, headers: Headers) -> Response | None:
+        path = scope["path"]
+        if path == "/":
+            given = parse_qs(scope["query_string"].decode("latin-1")).get("token")
+            if given is None:
+                return None
+            if not self.exposure.matches(given[0]):
+                return _error(401, "wrong token: open the address `retrieval serve` printed")
+            secure = "; Secure" if scope.get("scheme") == "https" else ""
+            cookie = f"{TOKEN_COOKIE}={given[0]}; Path=/; HttpOnly; SameSite=Strict{secure}"
+            return Response(status_code=303, headers={"Location": "/", "Set-Cookie": cookie})
+        if (path == "/api" or path.startswith("/api/")) and not self.exposure.carries_token(headers):
+            return _error(
+                401,
+                "this server needs its token: open the address `retrieval serve` printed (/?token=...), "
+                "or send Authorization: Bearer TOKEN",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+
+#: Headers of a text error kept when it is rewritten as JSON.
+_KEPT = frozenset({b"content-range", b"retry-after", b"www-authenticate", b"allow"})
+
+
+class _Headers:
+    """Outermost: security headers on every answer, `Cache-Control: no-store` on API answers that set no
+    caching of their own, and errors that Starlette renders as text (a bad Range) rewritten as one line of
+    JSON like every other error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        if scope["path"].startswith("/api/"):
+            extra.append((b"cache-control", b"no-store"))
+
+        async def secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                added = [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
+            await send(message)
+
+        text_error: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
+
+        async def checked(message: Message) -> None:
+            nonlocal text_error
+            if text_error is not None:
+                status, kept, chunks = text_error
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    text = b"".join(chunks).decode("utf-8", "replace").strip()
+                    reason = text if text and len(text) <= 200 else HTTPStatus(status).phrase
+                    headers = {name.decode(): value.decode("latin-1") for name, value in kept}
+                    await _error(status, reason, headers)(scope, receive, secured)
+                return
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                headers = message.get("headers", [])
+                content_type = dict((k.lower(), v) for k, v in headers).get(b"content-type", b"")
+                if not content_type.startswith(b"application/json"):
+                    kept = [(k.lower(), v) for k, v in headers if k.lower() in _KEPT]
+                    text_error = (message["status"], kept, [])
+                    return
+            await secured(message)
+
+        await self.app(scope, receive, checked)
+
+
+# -- uvicorn ----------------------------------------------------------------------------------------------
+
+
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's line and headers: a client that
+    connects and sends nothing, or trickles its headers a byte at a time (slowloris), is disconnected after
+    `header_timeout` seconds. uvicorn itself times out only idle connections after an answer, and any byte
+    restarts that clock."""
+
+    header_timeout = HEADER_TIMEOUT_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request's line and headers are in
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm()  # the next request on this connection gets the same deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_options(*, header_timeout: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
+    """Keyword arguments for `uvicorn.run` / `uvicorn.Config` that bound what one client can hold: the time
+    to send a request's headers (`_HeaderDeadline`), their size (h11's limit: beyond, 400), idle keep-alive,
+    and open connections (beyond `MAX_CONNECTIONS`, uvicorn answers 503 itself, in plain text)."""
+    protocol = type("HeaderDeadline", (_HeaderDeadline,), {"header_timeout": header_timeout})
+    return {
+        "http": protocol,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "limit_concurrency": MAX_CONNECTIONS,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "timeout_graceful_shutdown": 5,
+        "server_header": False,
+    }
+
+
 # -- the app --------------------------------------------------------------------------------------------
 
 
@@ -468,6 +853,11 @@ def create_app(
     home: Path | str | None = None,
     device: str = "auto",
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+    token: str | None = None,
+    max_heavy: int | None = None,
+    heavy_timeout: float | None = None,
 ) -> FastAPI:
     """The ASGI app serving one index: JSON API under /api (its OpenAPI schema at /openapi.json), search page
     at /. FastAPI's /docs and /redoc pages are off: they load their scripts from a CDN.
@@ -478,20 +868,37 @@ def create_app(
         home: folder of the indexes, when `engine` is a name.
         device: "cpu", "cuda" or "auto", when `engine` is a name.
         max_upload_bytes: largest image upload accepted (413 above).
+        host: the address the app is served on: the app answers to it, to loopback names and to
+            `allowed_hosts` (names with or without a port) in the Host header, to nothing else (400).
+        token: when given, every /api call must carry it (401 without); see `_Guard`.
+        max_heavy: image searches and maps at once (default MAX_HEAVY); beyond, 503 with Retry-After.
+        heavy_timeout: seconds one of them may take (default HEAVY_TIMEOUT_S); beyond, 503.
+
+    Raises:
+        UsageError: `host` is not loopback and neither `allowed_hosts` nor `token` is given; a malformed
+            name; a token shorter than 16 characters or not cookie-safe; `max_heavy` below 1.
 
     The model, quantizer and vectors load at startup (`warm_up`), so a missing index or unavailable
     weights stop the server from starting rather than failing its first request.
     """
+    exposure = _Exposure.of(host, allowed_hosts, token)
+    slots = MAX_HEAVY if max_heavy is None else max_heavy
+    if slots < 1 or (heavy_timeout is not None and heavy_timeout <= 0):
+        raise UsageError(
+            f"max_heavy must be 1 or more and heavy_timeout positive, not {max_heavy}, {heavy_timeout}"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = not isinstance(engine, Engine)
         opened = Engine(engine, home=home, device=device) if isinstance(engine, str) else engine
+        heavy = _HeavyGate(slots, HEAVY_TIMEOUT_S if heavy_timeout is None else heavy_timeout)
         try:
             opened.warm_up()
-            app.state.served = _Served(opened, max_upload_bytes)
+            app.state.served = _Served(opened, max_upload_bytes, heavy)
             yield
         finally:
+            heavy.close()
             if owned:
                 opened.close()
 
@@ -508,7 +915,10 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
+    # Added last is outermost: headers on every answer, then who may ask, then the size of what they send.
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
+    app.add_middleware(_Guard, exposure=exposure)
+    app.add_middleware(_Headers)
 
     # The map viewer lives with the maps (the .html map inlines it); routed before the /static mount.
     @app.get("/static/map/{name}", include_in_schema=False)
@@ -521,6 +931,8 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+        return FileResponse(
+            WEB_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"}
+        )
 
     return app
