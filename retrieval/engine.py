@@ -224,7 +224,7 @@ class Engine:
 
     Args:
         index: index name (a folder under the home).
-        home: folder of all indexes; default $RETRIEVAL_HOME, else ./indexes.
+        home: folder of all indexes; default $RETRIEVAL_HOME, else the user data folder (resolve_home).
         model: embedder name for a new index (default "clip"); for an existing index it must match.
         pretrained: weights tag, or None / "none" for random init (testing only).
         weights: local checkpoint file instead of downloadable weights.
