@@ -429,13 +429,16 @@ class Engine:
             ) from None
 
     def _open_for_writing(self) -> Store:
-        """Create the index on first use, open its store writable and repair what a crash left."""
-        emb = self.embedder
+        """Create the index on first use, open its store writable and repair what a crash left.
+
+        Only a new index loads the model (for its id and dim); `remove` and `doctor --fix` on an existing
+        one work from the manifest, without torch."""
         if self._meta is None:
             self._meta = MetadataStore(self.dir / DB_NAME)
         manifest = self._meta.get_manifest()
         spec = self.store_spec
         if "model" not in manifest:
+            emb = self.embedder
             check_available(spec)
             name, pretrained, weights = self._embedder_args()
             with self._meta.session() as s:
@@ -451,15 +454,17 @@ class Engine:
                     **spec.to_manifest(),
                     created_at=utcnow().isoformat(timespec="seconds"),
                 )
+            manifest = self._meta.get_manifest()
+        dim = int(manifest["dim"])
         folder = self.dir / "vectors"
         self._drop_store()
         try:
             self._store = open_store(spec, folder, writable=True)
         except IndexNotFoundError:
-            self._store = create_store(spec, folder, emb.dim)
+            self._store = create_store(spec, folder, dim)
             self._store.save()
-        if self._store.dim != emb.dim:
-            raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}")
+        if self._store.dim != dim:
+            raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, the model gives {dim}")
         reconcile(self._meta, self._store)
         return self._store
 

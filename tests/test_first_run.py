@@ -38,6 +38,16 @@ with open(report, "w") as f:
 """
 
 
+def heavy_imports(tmp_path: Path, *argv: str) -> list[str]:
+    """The heavy packages `retrieval ARGV` imports in a fresh interpreter (it must exit with 0)."""
+    report = tmp_path / "imported.json"
+    probe = [sys.executable, "-c", _PROBE, str(report), json.dumps(HEAVY), *argv]
+    subprocess.run(probe, check=True, capture_output=True)
+    result = json.loads(report.read_text())
+    assert result["code"] in (0, None)
+    return result["heavy"]
+
+
 def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -59,13 +69,21 @@ def classic_index(make_photos) -> list[Path]:
     ids=lambda args: " ".join(args),
 )
 def test_commands_that_need_no_model_start_without_the_heavy_packages(args, classic_index, tmp_path):
-    report = tmp_path / "imported.json"
     argv = [str(classic_index[2]) if a == "IMAGE" else a for a in args]
-    probe = [sys.executable, "-c", _PROBE, str(report), json.dumps(HEAVY), *argv]
-    subprocess.run(probe, check=True, capture_output=True)
-    result = json.loads(report.read_text())
-    assert result["code"] in (0, None)
-    assert result["heavy"] == []
+    assert heavy_imports(tmp_path, *argv) == []
+
+
+def test_remove_and_stats_on_a_clip_index_do_not_load_the_model(make_photos, tmp_path):
+    paths = make_photos(3)
+    with (
+        pytest.warns(UserWarning, match="RANDOM"),
+        Engine("clip", model="clip:tiny-test", pretrained=None) as e,
+    ):
+        e.ingest(paths[0].parent)
+    assert heavy_imports(tmp_path, "stats", "--index", "clip") == []
+    assert heavy_imports(tmp_path, "remove", str(paths[0]), "--index", "clip") == []
+    with Engine("clip") as engine:
+        assert engine.stats().counts["files"] == 2
 
 
 def test_eval_help_states_the_head_default_it_uses():
