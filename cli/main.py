@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,14 +28,17 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from retrieval.embedders.projections import HeadParams
-from retrieval.engine import Engine, evaluate, parse_cutoffs
 from retrieval.errors import IndexCorruptError, RetrievalError
-from retrieval.ingest.pipeline import IngestProgress, IngestReport
-from retrieval.maps.render import map_format
-from retrieval.quality.evaluation import EvalReport
-from retrieval.search.queries import Query, QueryPart, SearchHit
 from retrieval.settings import ray_address_from_env, token_from_env
+
+# Only what every command needs is imported here: the engine (numpy, SQLAlchemy) loads when a command opens
+# an index, and a model's packages (torch, open_clip) when one embeds, so `--help` and `stats` start fast
+# (BENCHMARKS.md, "CLI start"; tests/test_first_run.py).
+if TYPE_CHECKING:
+    from retrieval.engine import Engine
+    from retrieval.ingest.pipeline import IngestProgress, IngestReport
+    from retrieval.quality.evaluation import EvalReport
+    from retrieval.search.queries import Query, SearchHit
 
 app = typer.Typer(
     name="retrieval",
@@ -54,7 +57,10 @@ IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (a fold
 HomeOpt = Annotated[
     Path | None,
     typer.Option(
-        "--home", help="Folder holding the indexes [default: $RETRIEVAL_HOME or ./indexes].", file_okay=False
+        "--home",
+        help="Folder holding the indexes [default: $RETRIEVAL_HOME, else the user data folder, "
+        "~/.local/share/retrieval on Linux].",
+        file_okay=False,
     ),
 ]
 ModelOpt = Annotated[
@@ -115,6 +121,8 @@ def _one_line_errors() -> Iterator[None]:
 @contextmanager
 def _engine(index: str, home: Path | None, **kwargs: Any) -> Iterator[Engine]:
     """Open the engine; any library error becomes one line on stderr and its exit code."""
+    from retrieval.engine import Engine
+
     with _one_line_errors(), Engine(index, home=home, **kwargs) as engine:
         yield engine
 
@@ -150,15 +158,23 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
-        tasks: dict[str, Any] = {}
+    # Started on the first report, so that a command failing before any (a missing folder, a bad model) prints
+    # its error alone, without the empty line of a bar that never ran.
+    bar = Progress(*columns, console=err, transient=False)
+    tasks: dict[str, Any] = {}
 
-        def update(p: IngestProgress) -> None:
-            if p.phase not in tasks:
-                tasks[p.phase] = bar.add_task(p.phase, total=p.total)
-            bar.update(tasks[p.phase], completed=p.done, total=p.total)
+    def update(p: IngestProgress) -> None:
+        if not tasks:
+            bar.start()
+        if p.phase not in tasks:
+            tasks[p.phase] = bar.add_task(p.phase, total=p.total)
+        bar.update(tasks[p.phase], completed=p.done, total=p.total)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def _print_report(report: IngestReport, as_json: bool) -> None:
@@ -166,9 +182,10 @@ def _print_report(report: IngestReport, as_json: bool) -> None:
         payload = {k: v for k, v in vars(report).items()}
         out.print_json(json.dumps(payload))
         return
+    unsupported = f", {report.unsupported} skipped (not a supported image type)" if report.unsupported else ""
     out.print(
         f"{report.root}: {report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged, {len(report.failed)} failed "
+        f"{report.unchanged} unchanged, {len(report.failed)} failed{unsupported} "
         f"({report.embedded} embedded, {report.linked} linked to an existing image) in {report.seconds:.1f}s",
         highlight=False,
     )
@@ -304,6 +321,8 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Search by text and/or example images; parts are added or (--minus) subtracted."""
+    from retrieval.search.queries import Query, QueryPart
+
     with _engine(index, home, model=model, weights=weights, device=device) as engine:
         parts = [QueryPart("text", t) for t in ([text] if text is not None else []) + (also_text or [])]
         parts += [QueryPart("image", p.expanduser().resolve()) for p in image or []]
@@ -326,6 +345,8 @@ def similar(
     as_json: JsonOpt = False,
 ) -> None:
     """More like this: images near an indexed image (itself left out) or near an image file."""
+    from retrieval.search.queries import Query
+
     with _engine(index, home, device=device) as engine:
         query = Query.of(engine.resolve_image_ref(ref))
         hits = engine.search(query, k=k, min_score=min_score)
@@ -379,6 +400,9 @@ def map_command(
             "[red]error:[/] give exactly one of QUERY, --image PATH or --similar PATH|ID", highlight=False
         )
         raise typer.Exit(2)
+    from retrieval.maps.render import map_format
+    from retrieval.search.queries import Query, QueryPart
+
     with _engine(index, home, device=device) as engine:
         map_format(out_path)  # a bad file name fails now, not after the layout
         if text is not None:
@@ -405,6 +429,12 @@ def map_command(
             f"wrote {rendered.path}: {m.n_results} results{context} and the query; t-SNE perplexity "
             f"{m.params.perplexity:g}, trustworthiness {m.trustworthiness:.3f}, {m.clusters} clusters; "
             f"layout {m.seconds['layout']:.1f}s, drawing {rendered.seconds:.1f}s",
+            highlight=False,
+            soft_wrap=True,
+        )
+        out.print(
+            "trustworthiness: how often images close on the map are also close for the model "
+            "(1 = always, about 0.5 = a random layout)",
             highlight=False,
             soft_wrap=True,
         )
@@ -492,8 +522,10 @@ def remove(
 ) -> None:
     """Forget files from the index without touching them on disk."""
     with _engine(index, home) as engine:
-        n = engine.remove(list(paths))
-        out.print(f"removed {n} of {len(paths)} files from index {index!r}")
+        report = engine.remove(list(paths))
+        out.print(f"removed {len(report.removed)} of {len(paths)} files from index {_safe(repr(index))}")
+        for path in report.not_indexed:
+            out.print(f"  not in the index: {_safe(path)}", highlight=False, soft_wrap=True)
 
 
 def _human(n: int) -> str:
@@ -515,6 +547,10 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
             return
         out.print(f"index      {st.name} ({st.path})", highlight=False)
         out.print(f"model      {st.embedder_id} (dim {st.dim})", highlight=False)
+        for number, folder in enumerate(st.folders):
+            out.print(
+                f"{'folders' if number == 0 else '':<10} {_safe(folder)}", highlight=False, soft_wrap=True
+            )
         c = st.counts
         out.print(
             f"files      {c['files']} in {c['roots']} folder(s); {c['images']} distinct images, "
@@ -528,6 +564,40 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
         )
         for path, reason in st.failures:
             out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+
+
+@app.command("list")
+def list_command(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Every index in the home: model, images, size on disk, indexed folders, last ingest."""
+    from retrieval.engine import list_indexes
+    from retrieval.settings import resolve_home
+
+    with _one_line_errors():
+        where = resolve_home(home)
+        found = list_indexes(where)
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"home": str(where), "indexes": [vars(s) for s in found]}, indent=2) + "\n"
+        )
+        return
+    if not found:
+        out.print(f"no indexes in {_safe(where)}; build one with `retrieval ingest DIR`", highlight=False)
+        return
+    out.print(f"{len(found)} indexes in {_safe(where)}", highlight=False, soft_wrap=True)
+    # A block per index, the folders one a line: whole paths, readable at 80 columns and in a pipe.
+    for s in found:
+        if s.problem is not None:
+            out.print(f"{_safe(s.name)}  cannot be read: {_safe(s.problem)}", highlight=False, soft_wrap=True)
+            continue
+        last = s.last_ingest.replace("T", " ") + " UTC" if s.last_ingest else "never"
+        out.print(
+            f"{_safe(s.name)}  {_safe(s.model)}, {s.images} images, {_human(s.bytes_on_disk)}, "
+            f"last ingest {last}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for folder in s.folders:
+            out.print(f"  {_safe(folder)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -569,6 +639,28 @@ def demo(
         run_demo(home=home, index=index, photos=photos, say=_say)
 
 
+def _print_grid(header: list[str], rows: list[list[str]]) -> None:
+    """A plain table that fits the terminal (80 columns in a pipe) without cutting a cell: columns right of
+    the first go in blocks as wide as the screen allows, each block repeating the first column."""
+    cells = [header, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    room = max(out.width, widths[0] + 2 + max(widths[1:], default=0))
+    blocks: list[list[int]] = [[]]
+    used = widths[0]
+    for i in range(1, len(header)):
+        if blocks[-1] and used + 2 + widths[i] > room:
+            blocks.append([])
+            used = widths[0]
+        blocks[-1].append(i)
+        used += 2 + widths[i]
+    for number, block in enumerate(blocks):
+        if number:
+            out.print()
+        for r, row in enumerate(cells):
+            line = row[0].ljust(widths[0]) + "".join("  " + row[i].rjust(widths[i]) for i in block)
+            out.print(_safe(line.rstrip()), style="bold" if r == 0 else None, highlight=False)
+
+
 def _print_eval(report: EvalReport, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -583,54 +675,39 @@ def _print_eval(report: EvalReport, as_json: bool) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    ks = report.ks
-    table = Table(
-        "method",
-        "dim",
-        *(f"precision@{k}" for k in ks),
-        *(f"recall@{k}" for k in ks),
-        *(f"mAP@{k}" for k in ks),
-        "centroid acc",
-        "mean P",
-        "mean R",
-        box=None,
-        header_style="bold",
-    )
-    for m in report.methods:
-        r, c = m.retrieval, m.centroid
-        rmark, cmark = ("" if r.held_out else "*"), ("" if c.held_out else "*")
-        table.add_row(
-            m.name,
-            str(m.dim),
-            *(f"{r.precision[k]:.3f}{rmark}" for k in ks),
-            *(f"{r.recall[k]:.3f}{rmark}" for k in ks),
-            *(f"{r.map[k]:.3f}{rmark}" for k in ks),
-            f"{c.accuracy:.3f}{cmark}",
-            f"{c.mean_precision:.3f}{cmark}",
-            f"{c.mean_recall:.3f}{cmark}",
-        )
-    out.print(table)
-    per_class = Table(
-        "class", "images", *(f"{m.name} {pr}" for m in report.methods for pr in ("P", "R")), box=None
-    )
-    for i, name in enumerate(report.classes):
-        cells = [f"{v[i]:.3f}" for m in report.methods for v in (m.centroid.precision, m.centroid.recall)]
-        per_class.add_row(name, str(report.class_sizes[i]), *cells)
+    # One row per measure, one column per method: it fits 80 columns however many cut-offs are asked for.
+    ks, methods = report.ks, report.methods
+
+    def marked(value: float, held_out: bool) -> str:
+        return f"{value:.3f}" + ("" if held_out else "*")
+
+    found, centroid = [m.retrieval for m in methods], [m.centroid for m in methods]
+    rows = [["dim", *(str(m.dim) for m in methods)]]
+    rows += [[f"precision@{k}", *(marked(r.precision[k], r.held_out) for r in found)] for k in ks]
+    rows += [[f"recall@{k}", *(marked(r.recall[k], r.held_out) for r in found)] for k in ks]
+    rows += [[f"mAP@{k}", *(marked(r.map[k], r.held_out) for r in found)] for k in ks]
+    rows.append(["centroid acc", *(marked(c.accuracy, c.held_out) for c in centroid)])
+    rows.append(["mean P", *(marked(c.mean_precision, c.held_out) for c in centroid)])
+    rows.append(["mean R", *(marked(c.mean_recall, c.held_out) for c in centroid)])
+    _print_grid(["", *(m.name for m in methods)], rows)
     out.print("\nnearest centroid, per class (precision, recall):")
-    out.print(per_class)
-    for m in report.methods:
+    per_class = []
+    for i, name in enumerate(report.classes):
+        cells = [f"{v[i]:.3f}" for m in methods for v in (m.centroid.precision, m.centroid.recall)]
+        per_class.append([name, str(report.class_sizes[i]), *cells])
+    _print_grid(["class", "images", *(f"{m.name} {pr}" for m in methods for pr in ("P", "R"))], per_class)
+    for m in methods:
         out.print(f"\nconfusion ({m.name}): rows are true classes, columns assigned classes")
-        confusion = Table("", *(name[:8] for name in report.classes), box=None)
-        for name, row in zip(report.classes, m.centroid.confusion, strict=True):
-            confusion.add_row(name[:12], *(str(v) for v in row))
-        out.print(confusion)
-    if any(not (m.retrieval.held_out and m.centroid.held_out) for m in report.methods):
-        out.print(
-            "\n* measured on the images it was fitted on, so optimistic; "
-            "pass --split 0.3 for held-out figures"
-        )
+        confusion = [
+            [name[:12], *(str(v) for v in row)]
+            for name, row in zip(report.classes, m.centroid.confusion, strict=True)
+        ]
+        _print_grid(["", *(name[:8] for name in report.classes)], confusion)
+    if any(not (m.retrieval.held_out and m.centroid.held_out) for m in methods):
+        out.print("\n* measured on the images it was fitted on, so optimistic;")
+        out.print("  pass --split 0.3 for held-out figures")
     for path, reason in report.failed[:20]:
-        out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -658,8 +735,12 @@ def eval_command(
         int | None, typer.Option("--dims", min=1, help="Output dims of PCA and head [default: 64].")
     ] = None,
     head_steps: Annotated[
-        int, typer.Option("--head-steps", min=1, max=100_000, help="Training steps of the triplet head.")
-    ] = HeadParams.steps,
+        int | None,
+        # The default is HeadParams.steps, written out so that `--help` need not import the library.
+        typer.Option(
+            "--head-steps", min=1, max=100_000, help="Training steps of the triplet head [default: 400]."
+        ),
+    ] = None,
     save_projection: Annotated[
         str | None,
         typer.Option(
@@ -675,6 +756,9 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure retrieval on a labelled FOLDER: precision/recall/mAP@k and a nearest-centroid report."""
+    from retrieval.engine import evaluate, parse_cutoffs
+    from retrieval.ingest.pipeline import IngestProgress
+
     with _one_line_errors():
         with _progress_bar(progress and not as_json) as update:
             report = evaluate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from retrieval.errors import UsageError, WeightsUnavailableError
 from retrieval.files.decoding import SUPPORTED_EXTENSIONS
 from retrieval.maps.layout import MIN_POINTS
 from retrieval.search.queries import Query, SearchHit
-from retrieval.settings import resolve_home
+from retrieval.settings import default_home, resolve_home
 
 # scikit-image ships these photographs (and a few test patterns) with its wheel: no network needed.
 SAMPLE_PHOTOS = (
@@ -67,6 +68,23 @@ def _copy_samples(dest: Path) -> Path:
 
 def _table(hits: list[SearchHit]) -> list[str]:
     return [f"  {h.rank:>2}  {h.score:.3f}  {Path(h.path).name}" for h in hits]
+
+
+def next_commands(home: Path, index: str, photo: Path, *, text: bool) -> list[str]:
+    """The commands to try on the demo's index, with its --home (unless it is the default) and --index."""
+    where = [] if home == default_home() else ["--home", str(home)]
+    where += [] if index == "default" else ["--index", index]
+
+    def command(*words: str) -> str:
+        return "  " + shlex.join(["retrieval", *words, *where])
+
+    lines = ["next, try:"]
+    if text:
+        lines.append(command("search", "a cat"))
+    lines.append(command("search", "--image", str(photo)))
+    lines.append(command("map", "--similar", str(photo), "--out", str(home / f"{index}-map.html")))
+    lines.append(command("serve") + "    # then open http://127.0.0.1:8000/")
+    return lines
 
 
 def run_demo(
@@ -134,6 +152,8 @@ def run_demo(
             say('text query: "a cat"')
             for line in _table(engine.search_text("a cat", k=5)):
                 say(line)
+            for line in next_commands(home, index, query_src, text=True):
+                say(line)
             return
 
     # Offline: show that the text path works end to end, on a random-weight model, and say so.
@@ -144,3 +164,5 @@ def run_demo(
             engine.ingest(folder)
             for line in _table(engine.search_text("a cat", k=3)):
                 say(line)
+    for line in next_commands(home, index, query_src, text=False):
+        say(line)

@@ -7,6 +7,7 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -61,7 +62,7 @@ from retrieval.search.duplicates import (
     find_duplicates,
 )
 from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
-from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir
+from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir, resolve_home
 from retrieval.vectors import (
     Store,
     StoreSpec,
@@ -86,11 +87,14 @@ __all__ = [
     "ImageRecord",
     "IndexStats",
     "IndexStatus",
+    "IndexSummary",
     "NeighbourhoodMap",
     "Query",
     "QueryPart",
+    "RemoveReport",
     "SearchHit",
     "evaluate",
+    "list_indexes",
     "parse_cutoffs",
 ]
 
@@ -110,6 +114,32 @@ class IndexStats:
     bytes_on_disk: dict[str, int]
     store: dict[str, Any]
     failures: list[tuple[str, str]]
+    folders: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """One line of `retrieval list`: an index under the home, read from its database only (the vectors and
+    the model are not loaded). `problem` says why an index could not be read; its other fields are then
+    empty."""
+
+    name: str
+    path: str
+    model: str | None
+    images: int
+    files: int
+    bytes_on_disk: int
+    folders: list[str]
+    last_ingest: str | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoveReport:
+    """What `Engine.remove` did: the paths it forgot, and those the index did not hold."""
+
+    removed: list[str]
+    not_indexed: list[str]
 
 
 @dataclass(frozen=True)
@@ -243,7 +273,7 @@ class Engine:
 
     Args:
         index: index name (a folder under the home).
-        home: folder of all indexes; default $RETRIEVAL_HOME, else ./indexes.
+        home: folder of all indexes; default $RETRIEVAL_HOME, else the user data folder (resolve_home).
         model: embedder name for a new index (default "clip"); for an existing index it must match.
         pretrained: weights tag, or None / "none" for random init (testing only).
         weights: local checkpoint file instead of downloadable weights.
@@ -360,6 +390,19 @@ class Engine:
             self._embedder = ProjectedEmbedder(emb, Projection.load(self.dir)) if projection else emb
         return self._embedder
 
+    def _load_embedder(self, progress: ProgressFn | None) -> Embedder:
+        """The embedder, loaded now; a model with weights is announced through `progress` (a phase named
+        "loading MODEL", 0 of unknown, then 1 of 1), since loading one takes seconds before any file moves."""
+        name, pretrained, _ = self._embedder_args()
+        spec = parse_embedder_name(name, pretrained)
+        if self._embedder is not None or progress is None or spec.family == "classic":
+            return self.embedder
+        phase = f"loading {spec.name}"
+        progress(IngestProgress(phase, 0, None))
+        embedder = self.embedder
+        progress(IngestProgress(phase, 1, 1))
+        return embedder
+
     def _embedder_args(self) -> tuple[str, str | None, Path | None]:
         manifest = self.manifest if self.exists else {}
         if "model" in manifest:
@@ -435,13 +478,16 @@ class Engine:
             ) from None
 
     def _open_for_writing(self) -> Store:
-        """Create the index on first use, open its store writable and repair what a crash left."""
-        emb = self.embedder
+        """Create the index on first use, open its store writable and repair what a crash left.
+
+        Only a new index loads the model (for its id and dim); `remove` and `doctor --fix` on an existing
+        one work from the manifest, without torch."""
         if self._meta is None:
             self._meta = MetadataStore(self.dir / DB_NAME)
         manifest = self._meta.get_manifest()
         spec = self.store_spec
         if "model" not in manifest:
+            emb = self.embedder
             check_available(spec)
             name, pretrained, weights = self._embedder_args()
             with self._meta.session() as s:
@@ -457,15 +503,17 @@ class Engine:
                     **spec.to_manifest(),
                     created_at=utcnow().isoformat(timespec="seconds"),
                 )
+            manifest = self._meta.get_manifest()
+        dim = int(manifest["dim"])
         folder = self.dir / "vectors"
         self._drop_store()
         try:
             self._store = open_store(spec, folder, writable=True)
         except IndexNotFoundError:
-            self._store = create_store(spec, folder, emb.dim)
+            self._store = create_store(spec, folder, dim)
             self._store.save()
-        if self._store.dim != emb.dim:
-            raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, model gives {emb.dim}")
+        if self._store.dim != dim:
+            raise IndexMismatchError(f"vectors in {folder} have dim {self._store.dim}, the model gives {dim}")
         reconcile(self._meta, self._store)
         return self._store
 
@@ -487,15 +535,24 @@ class Engine:
         runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
         `workers` then counts Ray actors (one model each) instead of decode threads.
 
+        A new index whose first ingest fails before it records a file (a missing folder, weights that
+        cannot be had, a bad model) is not left behind: its folder and lock are removed.
+
         Raises:
+            UsageError: `root` is not a folder; a bad model name or weights file.
             IndexBusyError: another process is writing to this index.
             IndexMismatchError: the index was built with another model.
             ClusterError: the Ray cluster cannot be reached or failed (what was recorded is saved).
         """
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder; pass the folder of photos to index")
+        fresh = not self.dir.exists()
+        failed = False
         lock = self._lock()
         self._acquire(lock)
         try:
-            self.embedder  # noqa: B018 - loaded first: a model that fails to load is not a write error
+            self._load_embedder(progress)  # first: a model that fails to load is not a write error
             with (
                 _stop_between_files(progress) as checked_progress,
                 self._ray_stage(ray_address, workers, checked_progress) as stage,
@@ -512,12 +569,25 @@ class Engine:
                     retry_failed=retry_failed,
                     stage=stage,
                 )
-                return ingestor.run(Path(root), prune=prune)
+                return ingestor.run(folder, prune=prune)
         except BaseException:
+            failed = True
             self._back_to_saved_version()
             raise
         finally:
             lock.release()
+            if fresh and failed:
+                self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """Delete the folder of an index that holds no file (its first ingest failed before recording one)."""
+        if self._meta is not None and self._meta.counts()["files"]:
+            return
+        self._drop_store()
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     @contextmanager
     def _ray_stage(
@@ -545,14 +615,24 @@ class Engine:
         ) as stage:
             yield stage
 
-    def remove(self, paths: list[Path | str]) -> int:
-        """Forget these files (the files themselves stay on disk); returns how many were indexed."""
+    def remove(self, paths: Sequence[Path | str]) -> RemoveReport:
+        """Forget these files (the files themselves stay on disk).
+
+        Raises:
+            IndexNotFoundError: there is no such index (none is created).
+        """
+        self.meta  # noqa: B018 - raises IndexNotFoundError before a lock or folder is made
+        wanted = [Path(p).expanduser().resolve() for p in paths]
         lock = self._lock()
         self._acquire(lock)
         try:
             with _write_errors(self.dir):
                 store = self._open_for_writing()
-                return remove_paths(self.meta, store, [Path(p).expanduser().resolve() for p in paths])
+                removed = set(remove_paths(self.meta, store, wanted))
+                return RemoveReport(
+                    removed=[str(p) for p in wanted if p in removed],
+                    not_indexed=[str(p) for p in wanted if p not in removed],
+                )
         except BaseException:
             self._back_to_saved_version()
             raise
@@ -881,6 +961,26 @@ class Engine:
             bytes_on_disk={"database": db_bytes, "vectors": _folder_size(self.dir / "vectors")},
             store=store_stats,
             failures=self.meta.failures(limit=20),
+            folders=self.meta.roots(),
+        )
+
+    def summary(self) -> IndexSummary:
+        """What `retrieval list` shows of this index, from its database alone.
+
+        Raises:
+            IndexNotFoundError: there is no such index.
+        """
+        manifest = self.manifest
+        counts = self.meta.counts()
+        return IndexSummary(
+            name=self.name,
+            path=str(self.dir),
+            model=manifest.get("embedder_id") or manifest.get("model"),
+            images=counts["images"],
+            files=counts["files"],
+            bytes_on_disk=_folder_size(self.dir),
+            folders=self.meta.roots(),
+            last_ingest=manifest.get("updated_at"),
         )
 
     def doctor(self, *, fix: bool = False) -> DoctorReport:
@@ -964,6 +1064,24 @@ class Engine:
         return store
 
 
+def list_indexes(home: Path | str | None = None) -> list[IndexSummary]:
+    """Every index under the home (default: see `retrieval.settings.resolve_home`), by name. An index that
+    cannot be opened (damaged, written by a newer retrieval) is listed with its `problem`."""
+    folder = resolve_home(home)
+    found = []
+    candidates = sorted(folder.iterdir()) if folder.is_dir() else []
+    for path in candidates:
+        if not (path / DB_NAME).is_file():
+            continue  # not an index: the demo's photos, a stray folder
+        try:
+            with Engine(path.name, home=folder) as engine:
+                found.append(engine.summary())
+        except RetrievalError as exc:
+            size = _folder_size(path)
+            found.append(IndexSummary(path.name, str(path), None, 0, 0, size, [], None, problem=str(exc)))
+    return found
+
+
 def parse_cutoffs(text: str) -> list[int]:
     """The k's of `eval -k 1,5,10`.
 
@@ -992,7 +1110,7 @@ def evaluate(
     compare: bool = False,
     projections: list[str] | None = None,
     dims: int | None = None,
-    head_steps: int = HeadParams.steps,
+    head_steps: int | None = None,
     save_projection: str | None = None,
     index: str | None = None,
     home: Path | str | None = None,
@@ -1054,7 +1172,7 @@ def evaluate(
             seed=seed,
             methods=list(dict.fromkeys(methods)),
             dims={"pca": dims, "head": dims} if dims else None,
-            head=HeadParams(steps=head_steps),
+            head=HeadParams() if head_steps is None else HeadParams(steps=head_steps),
             batch_size=batch_size,
             progress=progress,
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from retrieval.errors import UsageError
 
+APP_NAME = "retrieval"
 HOME_ENV = "RETRIEVAL_HOME"
 MILVUS_URI_ENV = "RETRIEVAL_MILVUS_URI"
 RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
@@ -32,10 +33,20 @@ DEFAULT_DECODE_SECONDS = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def default_home() -> Path:
+    """Where indexes live when nothing says otherwise: the user's data folder (on Linux
+    $XDG_DATA_HOME/retrieval, else ~/.local/share/retrieval), never the current directory, so that every
+    command finds the same indexes wherever it runs."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME, appauthor=False))
+
+
 def resolve_home(home: Path | str | None = None) -> Path:
-    """Return the folder holding all indexes: `home`, else $RETRIEVAL_HOME, else ./indexes."""
+    """Return the folder holding all indexes: `home`, else $RETRIEVAL_HOME, else `default_home()`.
+    Nothing is created here; a command that writes an index creates its folder."""
     if home is None:
-        home = os.environ.get(HOME_ENV) or Path.cwd() / "indexes"
+        home = os.environ.get(HOME_ENV) or default_home()
     return Path(home).expanduser().resolve()
 
 

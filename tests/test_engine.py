@@ -211,7 +211,9 @@ def test_remove_forgets_files_but_keeps_them_on_disk(make_photos):
     paths = make_photos(3)
     with Engine(model="classic") as engine:
         engine.ingest(paths[0].parent)
-        assert engine.remove([paths[0]]) == 1
+        report = engine.remove([paths[0], paths[0].parent / "never-indexed.jpg"])
+        assert report.removed == [str(paths[0])]
+        assert report.not_indexed == [str(paths[0].parent / "never-indexed.jpg")]
         assert paths[0].exists() and len(engine.store) == 2
         assert str(paths[0]) not in {h.path for h in engine.search_image(paths[0], k=3)}
 
@@ -238,4 +240,4 @@ def test_removing_a_file_with_a_non_utf8_name_is_not_a_crash(make_photos):
         assert [reason for _, reason in report.failed] == [
             "file name is not valid UTF-8; rename the file to index it"
         ]
-        assert engine.remove([odd]) == 0 and engine.remove([paths[0]]) == 1
+        assert engine.remove([odd]).removed == [] and engine.remove([paths[0]]).removed == [str(paths[0])]

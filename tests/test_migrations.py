@@ -9,7 +9,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from retrieval.errors import IndexCorruptError, SchemaTooNewError
-from retrieval.metadata.store import MetadataStore, _alembic_config, head_revision
+from retrieval.metadata.store import HEAD_REVISION, MetadataStore, _alembic_config, head_revision
 
 
 def tables(path) -> set[str]:
@@ -63,3 +63,7 @@ def test_a_garbled_database_is_reported_as_corrupt(tmp_path):
     db.write_bytes(b"this is not a database" * 100)
     with pytest.raises(IndexCorruptError, match="damaged"):
         MetadataStore(db)
+
+
+def test_the_revision_a_database_opens_at_without_alembic_is_alembics_head():
+    assert head_revision() == HEAD_REVISION

@@ -81,7 +81,7 @@ def test_removed_files_lose_their_vectors(store, make_photos):
     with Engine(model="classic", store=store) as engine:
         engine.ingest(paths[0].parent)
         gone = engine.meta.content_id_for_path(paths[0])
-        assert engine.remove([paths[0]]) == 1
+        assert engine.remove([paths[0]]).removed == [str(paths[0])]
         assert gone not in engine.store and len(engine.store) == 3
         assert paths[0].exists()
         assert str(paths[0]) not in {h.path for h in engine.search_image(paths[0], k=4)}

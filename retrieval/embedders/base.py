@@ -3,6 +3,9 @@
 An embedder turns decoded images (and, for CLIP, texts) into L2-normalised float32 vectors. Its `id` and
 `preprocess_id` go into an index manifest, so two embedders with the same `id` must produce the same vectors;
 that is why random initialisation is seeded and local weight files are named by their content hash.
+
+torch is imported inside the functions that run a model, so the classic embedder (and every command that
+does not embed) starts without it (BENCHMARKS.md, "CLI start").
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from retrieval.errors import QueryError, UsageError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 RANDOM_SEED = 0
 DIGEST_CHARS = 16  # hex characters of a weights file's sha256 kept in its id
@@ -137,6 +142,8 @@ class TorchEmbedder(Embedder):
         return model(pixels)
 
     def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
+        import torch
+
         model = self._live_model()
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -153,6 +160,8 @@ class TorchEmbedder(Embedder):
     def close(self) -> None:
         self._model = None
         if self.device.startswith("cuda"):
+            import torch
+
             torch.cuda.empty_cache()
 
 
@@ -172,6 +181,8 @@ class PillowPreprocess:
         self._offset = (-mean64 / std64).astype(np.float32)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torch
+
         for step in self.steps:
             image = step(image)
         if image.mode != "RGB":
@@ -201,13 +212,15 @@ class PillowPreprocess:
 def _autocast(device: str) -> AbstractContextManager[Any]:
     """fp16 on GPUs (CLIP and ResNet are trained for it); plain fp32 on CPU."""
     if device.startswith("cuda"):
+        import torch
+
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return nullcontext()
 
 
 def normalize_rows(features: torch.Tensor | np.ndarray) -> np.ndarray:
     """Return float32 rows of unit L2 norm (all-zero rows stay zero rather than becoming NaN)."""
-    if isinstance(features, torch.Tensor):
+    if not isinstance(features, np.ndarray) and hasattr(features, "detach"):  # a torch tensor
         features = features.detach().float().cpu().numpy()
     array = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(array, axis=1, keepdims=True)
@@ -217,21 +230,25 @@ def normalize_rows(features: torch.Tensor | np.ndarray) -> np.ndarray:
 def resolve_device(device: str) -> str:
     """Resolve "auto" to cuda when available, else cpu; asking for cuda without one is a usage error."""
     wanted = device.strip().lower()
-    if wanted == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
     if wanted == "cpu":
         return "cpu"
-    if wanted.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} asked for, but no CUDA device is available; use cpu")
-        return wanted
-    raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    if wanted != "auto" and not wanted.startswith("cuda"):
+        raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    import torch
+
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for, but no CUDA device is available; use cpu")
+    return wanted
 
 
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run a block on `count` intra-op threads, then restore the process's setting (a global one: callers
     that share the model serialise, as the engine does)."""
+    import torch
+
     before = torch.get_num_threads()
     if count == before:
         yield
@@ -246,6 +263,8 @@ def torch_threads(count: int) -> Iterator[None]:
 @contextmanager
 def seeded_init(seed: int = RANDOM_SEED) -> Iterator[None]:
     """Make random initialisation reproducible across processes without disturbing the caller's RNG."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         yield
@@ -274,14 +293,46 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
+# First bytes of files people pass as --weights by mistake, named in the refusal.
+_NOT_CHECKPOINTS = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+)
+
+
 def check_weights_file(path: Path) -> Path:
-    """Refuse a weights path that is not a readable file, naming it."""
+    """Refuse a weights path that is not a readable checkpoint file, naming it, before torch sees it.
+
+    A checkpoint is a zip (what `torch.save` writes), a pickle (older `torch.save`) or safetensors; anything
+    else is refused here in words, because torch's own message for it is a paragraph about `weights_only`.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"weights file {path} does not exist or is not a file")
     if not os.access(path, os.R_OK):
         raise UsageError(f"weights file {path} is not readable")
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if not _looks_like_checkpoint(head):
+        what = next((name for magic, name in _NOT_CHECKPOINTS if head.startswith(magic)), None)
+        what = what or "neither a torch.save file nor safetensors"
+        raise UsageError(
+            f"weights file {path} is not a checkpoint ({what}); "
+            "pass a .pt/.pth/.bin/.safetensors file of model weights"
+        )
     return path
+
+
+def _looks_like_checkpoint(head: bytes) -> bool:
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        return True
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle (legacy torch.save)
+        return True
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    return len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30
 
 
 def network_reachable(host: str) -> bool:

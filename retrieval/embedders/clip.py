@@ -167,8 +167,11 @@ class ClipEmbedder(TorchEmbedder):
         except Exception as error:  # torch.load and load_state_dict raise many types on a garbled file
             if checkpoint is None:
                 raise
-            reason = short_reason(error)
-            raise UsageError(f"cannot load {checkpoint} as clip {spec.arch} weights: {reason}") from error
+            # torch's text (a paragraph on weights_only, or hundreds of key names) stays in the traceback.
+            raise UsageError(
+                f"cannot load {checkpoint} as clip {spec.arch} weights ({type(error).__name__}): it is not "
+                f"an open_clip checkpoint of {spec.arch}"
+            ) from error
 
         model.eval()
         self._model = model.to(device)

@@ -144,7 +144,11 @@ def _load_state_dict_file(path: Path, arch: str) -> dict[str, Any]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch each raise their own on a garbled file
-        raise UsageError(f"cannot load {path} as {arch} weights: {short_reason(error)}") from error
+        # torch's text (a paragraph on weights_only) stays in the traceback.
+        raise UsageError(
+            f"cannot load {path} as {arch} weights ({type(error).__name__}): it is not a state_dict of "
+            "tensors saved with torch.save"
+        ) from error
     # Training scripts often wrap the weights: {"state_dict": ...} or {"model": ...}.
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
@@ -161,7 +165,10 @@ def _apply_state_dict(model: torch.nn.Module, state: dict[str, Any], source: obj
     try:
         missing, unexpected = model.load_state_dict(body, strict=False)
     except RuntimeError as error:  # shape mismatches: weights of another architecture
-        raise UsageError(f"cannot load {source} into this ResNet: {short_reason(error)}") from error
+        raise UsageError(
+            f"cannot load {source} into this ResNet: its tensor shapes differ; is it a state_dict of the "
+            "same architecture?"
+        ) from error
     missing = [key for key in missing if not key.startswith("fc.")]
     if missing or unexpected:
         sample = ", ".join((missing or unexpected)[:3])

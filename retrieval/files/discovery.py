@@ -28,10 +28,12 @@ class FoundFile:
 
 @dataclass(frozen=True)
 class Skipped:
-    """Something under the root that is not indexed, and why (reported, never fatal)."""
+    """Something under the root that is not indexed, and why (reported, never fatal). `unsupported`: a file
+    whose type is not an image format we read (`.svg`, `.mov`, sidecars), counted rather than listed."""
 
     path: Path
     reason: str
+    unsupported: bool = False
 
 
 def _is_inside(path: Path, root: Path) -> bool:
@@ -75,8 +77,11 @@ def discover(root: Path) -> Iterator[FoundFile | Skipped]:
                         continue
                 if entry.is_dir():
                     subdirs.append(path)
-                elif entry.is_file() and path.suffix.lower() in SUPPORTED_EXTENSIONS:
-                    files.append(entry)
+                elif entry.is_file():
+                    if path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                        files.append(entry)
+                    else:
+                        yield Skipped(path, f"unsupported file type {path.suffix or '(none)'}", True)
             except OSError as exc:
                 yield Skipped(path, f"cannot stat: {exc.strerror or exc}")
         for entry in reversed(files):

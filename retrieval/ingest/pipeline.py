@@ -43,7 +43,8 @@ class IngestProgress:
 
 @dataclass
 class IngestReport:
-    """What an ingest did; `failed` and `skipped` list (path, reason)."""
+    """What an ingest did; `failed` and `skipped` list (path, reason); `unsupported` counts files that are
+    not in an image format read here."""
 
     root: str
     added: int = 0
@@ -54,6 +55,7 @@ class IngestReport:
     linked: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unsupported: int = 0
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -315,7 +317,9 @@ class Ingestor:
 
         found: list[FoundFile] = []
         for item in discover(root):
-            if isinstance(item, Skipped):
+            if isinstance(item, Skipped) and item.unsupported:
+                report.unsupported += 1
+            elif isinstance(item, Skipped):
                 report.skipped.append((_path_key(item.path), item.reason))
             else:
                 found.append(item)
@@ -501,15 +505,16 @@ class Ingestor:
             s.execute(delete(Failure).where(Failure.path.in_(stale[start : start + 500])))
 
 
-def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> int:
-    """Forget files (not delete them from disk); vectors go when no copy is left. Returns files removed."""
-    removed = 0
+def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> list[Path]:
+    """Forget files (not delete them from disk); vectors go when no copy is left. Returns the paths that
+    were indexed (the others were not)."""
+    removed: list[Path] = []
     with meta.session() as s:
         for path in paths:
             row = s.scalar(select(File).where(File.path == _path_key(path)))
             if row is not None:
                 s.delete(row)
-                removed += 1
+                removed.append(path)
         s.flush()
         orphans = meta.delete_orphans(s)
         if orphans:

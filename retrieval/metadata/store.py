@@ -13,13 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
@@ -27,8 +24,15 @@ from sqlalchemy.orm import Session
 from retrieval.errors import IndexCorruptError, SchemaTooNewError
 from retrieval.metadata.models import Content, Failure, File, Manifest, Root
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 #: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
 IN_CHUNK = 500
+#: The newest revision in migrations/versions. A database already at it opens without Alembic, whose imports
+#: cost every command a third of a second (BENCHMARKS.md, "CLI start"); tests/test_migrations.py checks
+#: that it is Alembic's head.
+HEAD_REVISION = "0002"
 T = TypeVar("T")
 
 
@@ -75,12 +79,17 @@ def migrations_dir() -> Path:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
 
 
 def head_revision() -> str:
+    """Alembic's head, read from the migration scripts (`HEAD_REVISION` is the fast copy)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -93,6 +102,17 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _stored_revision(conn: Connection) -> str | None:
+    """The schema revision Alembic recorded in the database (None for a new database)."""
+    has_table = conn.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    ).first()
+    if has_table is None:
+        return None
+    row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return None if row is None else str(row[0])
 
 
 class MetadataStore:
@@ -119,14 +139,20 @@ class MetadataStore:
         )
 
     def _check_and_migrate(self, migrate: bool) -> None:
-        cfg = _alembic_config()
-        script = ScriptDirectory.from_config(cfg)
         with self.engine.begin() as conn:
             # quick_check reports damage as rows of text, not as an error: "ok" is the only good answer.
             verdict = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
             if verdict != ["ok"]:
                 lines = [line for row in verdict for line in str(row).splitlines() if "***" not in line]
                 raise self._damaged((lines or ["quick_check failed"])[0])
+            if _stored_revision(conn) == HEAD_REVISION:
+                return
+            from alembic import command
+            from alembic.runtime.migration import MigrationContext
+            from alembic.script import ScriptDirectory
+
+            cfg = _alembic_config()
+            script = ScriptDirectory.from_config(cfg)
             current = MigrationContext.configure(conn).get_current_revision()
             known = {rev.revision for rev in script.walk_revisions()}
             if current is not None and current not in known:
@@ -141,7 +167,7 @@ class MetadataStore:
     @property
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return _stored_revision(conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -222,6 +248,11 @@ class MetadataStore:
                 "embedded": s.scalar(select(func.count(Content.id)).where(Content.embedded.is_(True))) or 0,
                 "failures": s.scalar(select(func.count(Failure.id))) or 0,
             }
+
+    def roots(self) -> list[str]:
+        """The folders ingested into this index, sorted."""
+        with Session(self.engine) as s:
+            return list(s.scalars(select(Root.path).order_by(Root.path)))
 
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         with Session(self.engine) as s:

@@ -69,7 +69,7 @@ def load_labelled_folder(root: Path | str) -> LabelledSet:
         for item in discover(entry):
             if isinstance(item, FoundFile):
                 found.append(item.path)
-            else:
+            elif not item.unsupported:
                 skipped.append((str(item.path), item.reason))
         if not found:
             skipped.append((str(entry), "class folder without images"))

@@ -149,7 +149,7 @@ def query_vector(
 ) -> np.ndarray:
     """Turn each part into a unit vector through the given functions, then combine them."""
     if not query.parts:
-        raise QueryError("empty query: give text, --image PATH or an indexed image")
+        raise QueryError("empty query: give TEXT, --image PATH or --like ID|PATH (an indexed image)")
     texts = [str(p.value) for p in query.parts if p.kind == "text"]
     for text in texts:
         if not text.strip():
