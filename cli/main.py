@@ -554,9 +554,12 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
         c = st.counts
         out.print(
             f"files      {c['files']} in {c['roots']} folder(s); {c['images']} distinct images, "
-            f"{c['embedded']} embedded; {st.vectors} vectors; {c['failures']} failed files",
+            f"{c['embedded']} embedded; {'unknown' if st.vectors is None else st.vectors} vectors; "
+            f"{c['failures']} failed files",
             highlight=False,
         )
+        if st.vectors is None:
+            out.print(f"vectors    unknown: {st.store.get('unavailable')}", highlight=False, soft_wrap=True)
         out.print(
             f"on disk    database {_human(st.bytes_on_disk['database'])}, "
             f"vectors {_human(st.bytes_on_disk['vectors'])}",

@@ -31,6 +31,7 @@ from retrieval.errors import (
     IndexWriteError,
     QueryError,
     RetrievalError,
+    StoreUnavailableError,
     UsageError,
 )
 from retrieval.files.decoding import decode_image
@@ -110,7 +111,7 @@ class IndexStats:
     embedder_id: str | None
     dim: int | None
     counts: dict[str, int]
-    vectors: int
+    vectors: int | None  # None: the store's server did not answer (store["unavailable"] says why)
     bytes_on_disk: dict[str, int]
     store: dict[str, Any]
     failures: list[tuple[str, str]]
@@ -943,12 +944,14 @@ class Engine:
     def stats(self) -> IndexStats:
         manifest = self.manifest
         store_stats: dict[str, Any] = {}
-        vectors = 0
+        vectors: int | None = 0
         try:
             store_stats = self.store.stats()
             vectors = len(self.store)
         except IndexNotFoundError:
             pass
+        except StoreUnavailableError as exc:  # the local part is still worth showing
+            store_stats, vectors = {"kind": self.store_spec.kind, "unavailable": str(exc)}, None
         db_bytes = sum(p.stat().st_size for p in self.dir.glob(DB_NAME + "*") if p.is_file())
         return IndexStats(
             name=self.name,
@@ -1025,7 +1028,7 @@ class Engine:
                         else open_store(self.store_spec, folder, writable=True)
                     )
                     try:
-                        dropped, reset = reconcile(self.meta, store)
+                        dropped, reset = reconcile(self.meta, store, full=True)
                     finally:
                         store.close()
                 if dropped:

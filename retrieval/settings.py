@@ -11,6 +11,10 @@ from retrieval.errors import UsageError
 APP_NAME = "retrieval"
 HOME_ENV = "RETRIEVAL_HOME"
 MILVUS_URI_ENV = "RETRIEVAL_MILVUS_URI"
+MILVUS_TOKEN_ENV = "RETRIEVAL_MILVUS_TOKEN"
+MILVUS_USER_ENV = "RETRIEVAL_MILVUS_USER"
+MILVUS_PASSWORD_ENV = "RETRIEVAL_MILVUS_PASSWORD"
+MILVUS_DB_ENV = "RETRIEVAL_MILVUS_DB"
 RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
 MAX_FILE_MB_ENV = "RETRIEVAL_MAX_FILE_MB"
 DECODE_SECONDS_ENV = "RETRIEVAL_DECODE_SECONDS"
@@ -60,6 +64,21 @@ def index_dir(name: str = DEFAULT_INDEX, home: Path | str | None = None) -> Path
 def milvus_uri_from_env() -> str | None:
     """The Milvus server a new Milvus index uses when no URI is given (None: Milvus Lite in the index)."""
     return os.environ.get(MILVUS_URI_ENV) or None
+
+
+def milvus_token_from_env() -> str | None:
+    """Credentials for a Milvus server: $RETRIEVAL_MILVUS_TOKEN, else "$RETRIEVAL_MILVUS_USER:$..._PASSWORD"
+    (None: no authentication). Never recorded in an index; read each time an index is opened."""
+    token = os.environ.get(MILVUS_TOKEN_ENV)
+    if token:
+        return token
+    user = os.environ.get(MILVUS_USER_ENV)
+    return f"{user}:{os.environ.get(MILVUS_PASSWORD_ENV, '')}" if user else None
+
+
+def milvus_db_from_env() -> str | None:
+    """The Milvus database a new Milvus server index uses (None: the server's `default`)."""
+    return os.environ.get(MILVUS_DB_ENV) or None
 
 
 def ray_address_from_env() -> str | None:

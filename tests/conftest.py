@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +82,19 @@ def ghostscript_runs(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
     return runs
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus 2.3 standalone server for the whole session (~3 s to start): its URI.
+
+    Skipped only where the `milvus-server` extra (the PyPI `milvus` package) is missing; `make test` and
+    CI install it. The server holds no credentials (auth is off by default in 2.3)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip(
+        "milvus", reason="no Milvus server: pip install -e '.[milvus-server]' (make test does)"
+    )
+    from services import running_milvus
+
+    with running_milvus(tmp_path_factory.mktemp("milvus-server")) as uri:
+        yield uri

@@ -1,13 +1,16 @@
-"""The same engine-level searches over both vector stores: the default hnswlib store and Milvus Lite.
+"""One contract for every vector store: the default hnswlib store, Milvus Lite and a real Milvus server.
 
-The Milvus cases need the `milvus` extra (`pip install -e ".[milvus]"`, which `make test` and CI install);
-without it they are skipped, and the tests of the clear errors still run.
+The Milvus cases need the `milvus` extra (`pip install -e ".[milvus]"`) and, for the server, the
+`milvus-server` extra (the PyPI `milvus` package, started once per session by the `milvus_server` fixture);
+`make test` and CI install both. Without them those cases are skipped, and the tests of the clear errors
+still run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 
@@ -33,12 +36,16 @@ def _needs_milvus() -> None:
     pytest.importorskip("milvus_lite")
 
 
-@pytest.fixture(params=["hnswlib", "milvus"])
-def store(request: pytest.FixtureRequest) -> str:
-    """The `--store` of a new index; the milvus case runs on Milvus Lite inside the index folder."""
-    if request.param == "milvus":
-        _needs_milvus()
-    return request.param
+@pytest.fixture(params=["hnswlib", "milvus", "milvus-server"])
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The `--store` of a new index: the default store, Milvus Lite inside the index folder, or the
+    session's Milvus server (named by $RETRIEVAL_MILVUS_URI, as a user would)."""
+    if request.param == "hnswlib":
+        return "hnswlib"
+    _needs_milvus()
+    if request.param == "milvus-server":
+        monkeypatch.setenv(MILVUS_URI_ENV, request.getfixturevalue("milvus_server"))
+    return "milvus"
 
 
 def test_resized_copy_finds_its_original_at_rank_1(store, make_photos, tmp_path):
@@ -52,7 +59,7 @@ def test_resized_copy_finds_its_original_at_rank_1(store, make_photos, tmp_path)
                 im.resize((im.width // 2, im.height // 2)).save(query, quality=55)
             hits = engine.search_image(query, k=3)
             assert hits[0].path == str(original) and hits[0].score > hits[1].score
-            assert 0.5 < hits[0].score <= 1.01  # a cosine (Milvus Lite's from 8-bit codes), not a distance
+            assert 0.5 < hits[0].score <= 1 + 1e-6  # an exact cosine, not a distance nor an 8-bit estimate
 
 
 def test_text_search_returns_every_image_of_a_tiny_clip_index(store, make_photos):
@@ -272,3 +279,190 @@ def test_an_emptied_database_is_refused_whichever_store_holds_the_vectors(store,
     (home / "default" / "meta.sqlite").write_bytes(b"")
     with pytest.raises(IndexCorruptError, match="is empty but the index has vectors"):
         Engine()
+
+
+# ---- the store contract, on every store -----------------------------------------------------------
+
+
+@pytest.fixture(params=["hnswlib", "milvus-lite", "milvus-server"])
+def new_store(request, tmp_path):
+    """A function making an empty store of a given dim, open for writing, in each implementation."""
+    from retrieval.vectors import create_store
+
+    spec = StoreSpec("hnswlib-int8")
+    if request.param != "hnswlib":
+        _needs_milvus()
+        uri = request.getfixturevalue("milvus_server") if request.param == "milvus-server" else None
+        spec = StoreSpec("milvus", uri, f"contract_{secrets.token_hex(4)}")
+    made = []
+
+    def make(dim: int, folder_name: str = "vectors"):
+        made.append(create_store(spec, tmp_path / folder_name, dim))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def _near_copies(n_groups: int, per_group: int, dim: int, eps: float, seed: int = 0) -> np.ndarray:
+    """Unit vectors in tight groups: each a base vector nudged by `eps` (cosines ~1 - eps²/2 within a
+    group, too close for 8-bit codes to tell apart, as a photo and the photo with a few pixels changed)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n_groups, dim))
+    vecs = np.repeat(base / np.linalg.norm(base, axis=1, keepdims=True), per_group, axis=0)
+    vecs = vecs + eps * rng.standard_normal(vecs.shape)
+    return (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_every_store_scores_exactly_and_finds_each_vector_first_among_its_near_copies(new_store):
+    dim = 64
+    vecs = _near_copies(n_groups=40, per_group=5, dim=dim, eps=2e-3)
+    ids = np.arange(1, len(vecs) + 1, dtype=np.int64) * 10
+    store = new_store(dim)
+    store.add(ids, vecs)
+    store.save()
+    found, scores = store.search(vecs, k=5)  # read right after the writer's own write: it sees them
+    assert (found[:, 0] == ids).all()  # each is its own first hit, though its near copies score ~0.99999
+    assert (scores <= 1 + 1e-6).all() and (scores[:, 0] >= 1 - 1e-5).all()
+    exact = np.einsum("ij,ikj->ik", vecs, vecs[(found // 10 - 1)])
+    np.testing.assert_allclose(scores, exact, atol=1e-5)  # true cosines, not distances from 8-bit codes
+    assert set(found[0].tolist()) == set(ids[:5].tolist())  # the whole group, best first
+    assert (np.diff(scores, axis=1) <= 1e-7).all()
+
+
+def test_every_store_replaces_a_vector_added_again_and_removes_it(new_store):
+    store = new_store(8)
+    vecs = _near_copies(3, 1, 8, 0.0)
+    store.add(np.array([1, 2, 3]), vecs)
+    store.add(np.array([2]), vecs[[0]])  # replaced: id 2 now holds vector 1
+    store.save()
+    assert len(store) == 3 and sorted(store.ids().tolist()) == [1, 2, 3]
+    np.testing.assert_allclose(store.vectors([2]), vecs[[0]], atol=1e-6)
+    assert store.ids_above(1).tolist() == [2, 3]
+    assert store.remove([3, 99]) == 1 and 3 not in store and len(store) == 2
+
+
+def test_duplicates_are_the_same_groups_on_every_store(store, tmp_path):
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    for seed in range(6):  # six photos, each with a copy a pixel or a brightness step away
+        img = draw_photo(seed)
+        img.save(folder / f"p{seed}.png")
+        near = np.asarray(img).astype(np.int16)
+        near[0, 0] = 255 - near[0, 0] if seed % 2 else near[0, 0]
+        near = np.clip(near + (seed % 2 == 0), 0, 255).astype(np.uint8)
+        Image.fromarray(near).save(folder / f"p{seed}-near.png")
+    with Engine(model="classic", store=store) as engine:
+        engine.ingest(folder)
+        report = engine.duplicates(threshold=0.99)
+        groups = sorted(sorted(p for m in g.members for p in m.paths) for g in report.groups)
+        assert all(g.weakest <= 1 + 1e-6 for g in report.groups)
+    assert groups == sorted(
+        sorted([str(folder / f"p{s}.png"), str(folder / f"p{s}-near.png")]) for s in range(6)
+    )
+
+
+# ---- a real Milvus server: consistency, crashes, repairs, owners, credentials ----------------------
+
+
+@pytest.fixture
+def server_env(milvus_server, monkeypatch):
+    _needs_milvus()
+    monkeypatch.setenv(MILVUS_URI_ENV, milvus_server)
+    return milvus_server
+
+
+def test_a_milvus_server_index_is_bounded_prefers_hnsw_and_keeps_no_credentials(
+    server_env, make_photos, home
+):
+    paths = make_photos(3)
+    token_uri = server_env.replace("http://", "http://alice:s3cret-passw0rd@")
+    with Engine(model="classic", milvus_uri=token_uri) as engine:
+        engine.ingest(paths[0].parent)
+        assert engine.manifest["milvus_uri"] == server_env  # the user part is gone from the manifest
+        st = engine.stats().store
+        assert st["index"] == "HNSW"  # Milvus 2.3 refuses HNSW_SQ; HNSW, not IVF_SQ8, is next
+        assert "s3cret" not in json.dumps(st, default=str)
+        from pymilvus import MilvusClient
+
+        described = MilvusClient(uri=server_env).describe_collection(engine.manifest["milvus_collection"])
+        assert described["consistency_level"] in (2, "Bounded")
+    assert "s3cret" not in (home / "default" / "meta.sqlite").read_bytes().decode("latin-1")
+    assert "s3cret" not in "".join(p.read_text() for p in (home / "default" / "vectors").glob("*.json"))
+
+
+def test_a_search_right_after_an_ingest_in_another_engine_sees_the_new_vectors(server_env, make_photos):
+    paths = make_photos(4)
+    with Engine(model="classic", store="milvus") as engine:
+        engine.ingest(paths[0].parent)
+    make_photos(2, start=50)
+    with Engine() as writer:
+        writer.ingest(paths[0].parent)
+    with Engine() as reader:  # a fresh reader, at once: Strong until Bounded has caught up
+        new = reader.meta.content_id_for_path(paths[0].parent / "photo050.jpg")
+        assert reader.search_image(paths[0].parent / "photo050.jpg", k=1)[0].id == new
+        assert reader.stats().vectors == 6
+
+
+def test_an_interrupted_ingest_on_a_server_is_repaired_when_reopened(server_env, make_photos):
+    paths = make_photos(3)
+    with Engine(model="classic", store="milvus") as engine:
+        engine.ingest(paths[0].parent)
+        writer = engine._open_for_writing()
+        vec = writer.vectors([engine.meta.content_id_for_path(paths[0])])
+        writer.add(np.array([1000, 1001]), np.repeat(vec, 2, axis=0))  # vectors whose rows never commit
+    # no save, no commit: as a writer killed mid-batch
+    with Engine() as engine:
+        engine._open_for_writing()  # the repair looks above the last committed id
+        assert 1000 not in engine.store and 1001 not in engine.store and len(engine.store) == 3
+        assert engine.doctor().ok
+
+
+def test_doctor_fix_on_a_server_drops_a_vector_below_the_last_id(server_env, make_photos):
+    paths = make_photos(3)
+    with Engine(model="classic", store="milvus") as engine:
+        engine.ingest(paths[0].parent)
+        gone = engine.meta.content_id_for_path(paths[1])
+        writable = engine._open_for_writing()
+        with engine.meta.session() as s:  # a row lost: its vector stays, below the last id
+            engine.meta.mark_not_embedded(s, [gone])
+        report = engine.doctor()
+        assert report.vectors_without_row == 1 and not report.ok
+        assert writable is engine.store and engine.doctor(fix=True).fixed and engine.doctor().ok
+        assert gone not in engine.store
+
+
+def test_a_copied_index_folder_cannot_write_to_the_original_collection(server_env, make_photos, home):
+    import shutil
+
+    paths = make_photos(3)
+    with Engine("original", model="classic", store="milvus") as engine:
+        engine.ingest(paths[0].parent)
+    shutil.copytree(home / "original", home / "copy")
+    with Engine("copy") as copy:
+        assert copy.search_image(paths[0], k=1)[0].path == str(paths[0])  # reading is fine
+        with pytest.raises(IndexMismatchError, match="is a copy of the index in") as caught:
+            copy.ingest(paths[0].parent)
+        assert "\n" not in str(caught.value)
+    with Engine("original") as engine:
+        assert len(engine.store) == 3 and engine.ingest(paths[0].parent).unchanged == 3
+
+
+def test_stats_show_the_local_part_when_the_server_is_down(make_photos, home, monkeypatch):
+    _needs_milvus()
+    import retrieval.vectors.milvus as milvus_store
+
+    monkeypatch.setattr(milvus_store, "CONNECT_TIMEOUT", 1.0)
+    paths = make_photos(2)
+    with Engine(model="classic") as engine:
+        engine.ingest(paths[0].parent)
+    manifest_uri = "http://bob:hunter2-long-password@127.0.0.1:9"
+    with Engine() as engine, engine.meta.session() as s:
+        engine.meta.set_manifest(s, store="milvus", milvus_uri=manifest_uri, milvus_collection="gone")
+    result = runner.invoke(app, ["stats"])
+    assert result.exit_code == 0, result.output
+    assert "unknown vectors" in result.output and "vectors    unknown: cannot reach Milvus" in result.output
+    result = runner.invoke(app, ["stats", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["vectors"] is None
+    assert "hunter2" not in result.output

@@ -191,7 +191,7 @@ class StatsOut(BaseModel):
     files: int
     folders: int
     failed_files: int
-    vectors: int
+    vectors: int | None  # None: the Milvus server holding them is down
     generation: int = Field(description="Vector-store generation being served; grows with each ingest.")
     bytes_on_disk: dict[str, int]
     limits: dict[str, int]
@@ -200,7 +200,7 @@ class StatsOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     index: str
-    vectors: int
+    vectors: int | None
 
 
 # -- the served engine ----------------------------------------------------------------------------------

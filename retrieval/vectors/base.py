@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 import numpy as np
 
 from retrieval.errors import IndexMismatchError, UsageError
-from retrieval.settings import milvus_uri_from_env
+from retrieval.settings import milvus_db_from_env, milvus_token_from_env, milvus_uri_from_env
 
 #: What users type (`--store`) → what the manifest records.
 KINDS = {"hnswlib": "hnswlib-int8", "hnswlib-int8": "hnswlib-int8", "milvus": "milvus"}
@@ -41,6 +41,7 @@ class Store(Protocol):
     @property
     def generation(self) -> int: ...
     def ids(self) -> np.ndarray: ...
+    def ids_above(self, after: int) -> np.ndarray: ...
     def vectors(self, ids: Sequence[int]) -> np.ndarray: ...
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, ids: Iterable[int]) -> int: ...
@@ -57,11 +58,15 @@ class Store(Protocol):
 @dataclass(frozen=True)
 class StoreSpec:
     """Which store an index uses and where: `kind` as recorded in the manifest; for Milvus, the server's URI
-    (None = Milvus Lite inside the index folder) and the collection's name."""
+    (None = Milvus Lite inside the index folder, never with credentials in it), the collection's name, the
+    server's database (None: its default) and the credentials (`milvus_token`, "user:password" or a token:
+    from the settings or a URI's user part, never written to the manifest nor shown)."""
 
     kind: str = DEFAULT_KIND
     milvus_uri: str | None = None
     milvus_collection: str | None = None
+    milvus_db: str | None = None
+    milvus_token: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def for_new_index(cls, index: str, store: str | None, milvus_uri: str | None) -> StoreSpec:
@@ -75,9 +80,12 @@ class StoreSpec:
         if milvus_uri and kind not in (None, "milvus"):
             raise UsageError(f"--milvus-uri goes with --store milvus, not --store {store}")
         if kind == "milvus" or milvus_uri:
-            uri = milvus_uri or milvus_uri_from_env()
+            uri, token = split_credentials(milvus_uri or milvus_uri_from_env())
             safe = re.sub(r"[^A-Za-z0-9_]", "_", index)[:64]
-            return cls("milvus", uri, f"retrieval_{safe}_{secrets.token_hex(4)}")
+            name = f"retrieval_{safe}_{secrets.token_hex(4)}"
+            if uri is None:
+                return cls("milvus", None, name)
+            return cls("milvus", uri, name, milvus_db_from_env(), token or milvus_token_from_env())
         return cls(kind or DEFAULT_KIND)
 
     @classmethod
@@ -88,15 +96,25 @@ class StoreSpec:
                 f"this index keeps its vectors in a {kind!r} store, which this version of retrieval does "
                 f"not know ({', '.join(sorted(set(KINDS.values())))}); upgrade retrieval to open it"
             )
-        return cls(kind, manifest.get("milvus_uri"), manifest.get("milvus_collection"))
+        uri, token = split_credentials(manifest.get("milvus_uri"))
+        if uri is None:
+            return cls(kind, None, manifest.get("milvus_collection"))
+        return cls(
+            kind,
+            uri,
+            manifest.get("milvus_collection"),
+            manifest.get("milvus_db"),
+            milvus_token_from_env() or token,
+        )
 
     def to_manifest(self) -> dict[str, Any]:
         if self.kind == "milvus":
-            return {
+            out = {
                 "store": self.kind,
                 "milvus_uri": self.milvus_uri,
                 "milvus_collection": self.milvus_collection,
             }
+            return {**out, "milvus_db": self.milvus_db} if self.milvus_db else out
         return {"store": self.kind}
 
     def check_request(self, index: str, store: str | None, milvus_uri: str | None) -> None:
@@ -110,12 +128,13 @@ class StoreSpec:
                 f"index {index!r} keeps its vectors in the {self.kind} store, not {parse_kind(store)}; "
                 "drop --store (an index keeps the store it was created with) or choose another --index"
             )
-        if milvus_uri and (self.kind != "milvus" or milvus_uri != self.milvus_uri):
+        asked = split_credentials(milvus_uri)[0]
+        if asked and (self.kind != "milvus" or asked != self.milvus_uri):
             where = f"Milvus at {self.milvus_uri}" if self.milvus_uri else f"the {self.kind} store"
             if self.kind == "milvus" and not self.milvus_uri:
                 where = "Milvus Lite inside the index folder"
             raise IndexMismatchError(
-                f"index {index!r} keeps its vectors in {where}, not at {milvus_uri}; drop --milvus-uri"
+                f"index {index!r} keeps its vectors in {where}, not at {asked}; drop --milvus-uri"
             )
 
 
@@ -129,3 +148,32 @@ def parse_kind(name: str) -> str:
         return KINDS[name]
     except KeyError:
         raise UsageError(f"unknown store {name!r}; choose hnswlib (the default) or milvus") from None
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@")
+
+
+def split_credentials(uri: str | None) -> tuple[str | None, str | None]:
+    """A server URI without its user part, and that part ("user:password", URL-decoded) if it had one:
+    http://me:pw@host:19530 -> (http://host:19530, "me:pw")."""
+    if not uri:
+        return None, None
+    match = _USERINFO.match(uri)
+    if match is None:
+        return uri, None
+    from urllib.parse import unquote
+
+    return match["scheme"] + uri[match.end() :], unquote(match["user"]) or None
+
+
+def mask_secrets(text: str, *secrets_: str | None) -> str:
+    """`text` with any URI's password and each of `secrets_` replaced by ***; a "user:password" secret's
+    password alone too when it is long enough not to be an everyday word."""
+    text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s]*):[^@/\s]*@", r"\1:***@", text)
+    for secret in filter(None, secrets_):
+        assert secret is not None
+        password = secret.partition(":")[2]
+        for part in (secret, password if len(password) >= 8 else ""):
+            if part:
+                text = text.replace(part, "***")
+    return text

@@ -289,6 +289,11 @@ class VectorStore:
         st = self._live()
         return np.sort(st.slot_ids[st.alive_slots()])
 
+    def ids_above(self, after: int) -> np.ndarray:
+        """The stored ids greater than `after`, ascending (what a crash after id `after` can have left)."""
+        ids = self.ids()
+        return ids[ids > after]
+
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The float32 originals of `ids`, in order.
 
