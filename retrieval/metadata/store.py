@@ -198,6 +198,14 @@ class MetadataStore:
         with Session(self.engine) as s:
             return s.scalar(select(File.content_id).where(File.path == str(path)))
 
+    def embedded_content_id(self, digest: str) -> int | None:
+        """The id of the embedded content with this hash, if any (safe from the decode threads)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Content.id).where(Content.hash == digest, Content.embedded.is_(True))
+            ).first()
+        return row[0] if row else None
+
     def embedded_ids(self) -> set[int]:
         with Session(self.engine) as s:
             return set(s.scalars(select(Content.id).where(Content.embedded.is_(True))))
