@@ -290,8 +290,10 @@ class Ingestor:
 
         with IngestWriter(self.meta) as w:
             root_id = w.root_id(str(root))
-            known_files = w.files_of(root_id)
-            known_failures = w.failures_of(root_id)
+            # Files under this folder that an ingest of a parent or a sub-folder recorded are this
+            # ingest's to update and to prune too; they keep the root that found them first.
+            known_files = w.files_under(str(root))
+            known_failures = w.failures_under(str(root))
             self._unembedded = w.unembedded_contents()
 
             todo: list[FoundFile] = []

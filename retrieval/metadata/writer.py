@@ -18,6 +18,14 @@ from retrieval.metadata.models import Content, Failure, File, Root, utcnow
 from retrieval.metadata.store import MetadataStore, chunked
 
 
+def _under(column: Any, folder: str) -> tuple[Any, Any]:
+    """`column` holds a path under `folder`, as a range of the path index: SQLite compares text byte by
+    byte, and every path that starts with "folder/" sorts between "folder/" and "folder0" ("0" follows "/").
+    (LIKE would need its wildcards escaped in file names and would not use the index.)"""
+    prefix = folder.rstrip("/") + "/"
+    return column >= prefix, column < prefix[:-1] + "0"
+
+
 class IngestWriter:
     """One session over `meta`; use as a context manager (closing it drops what was not committed)."""
 
@@ -48,18 +56,19 @@ class IngestWriter:
             self.session.flush()
         return root.id
 
-    def files_of(self, root_id: int) -> dict[str, tuple[File, bool]]:
-        """The root's files by path, each with whether its content is embedded."""
+    def files_under(self, folder: str) -> dict[str, tuple[File, bool]]:
+        """The files under `folder` by path, whichever indexed folder found them (a parent and its
+        sub-folder share rows), each with whether its content is embedded."""
         rows = self.session.execute(
             select(File, Content.embedded)
             .join(Content, Content.id == File.content_id)
-            .where(File.root_id == root_id)
+            .where(*_under(File.path, folder))
         )
         return {file.path: (file, bool(embedded)) for file, embedded in rows}
 
-    def failures_of(self, root_id: int) -> dict[str, Failure]:
-        """The root's recorded failures by path."""
-        return {f.path: f for f in self.session.scalars(select(Failure).where(Failure.root_id == root_id))}
+    def failures_under(self, folder: str) -> dict[str, Failure]:
+        """The recorded failures under `folder` by path, whichever indexed folder recorded them."""
+        return {f.path: f for f in self.session.scalars(select(Failure).where(*_under(Failure.path, folder)))}
 
     def unembedded_contents(self) -> dict[str, int]:
         """Hash -> id of contents left unembedded (by a crash, or a repair that lost their vectors)."""
