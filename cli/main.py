@@ -155,7 +155,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
 
         def update(p: IngestProgress) -> None:
             if p.phase not in tasks:
-                tasks[p.phase] = bar.add_task(p.phase, total=p.total)
+                tasks[p.phase] = bar.add_task(_safe(p.phase), total=p.total)
             bar.update(tasks[p.phase], completed=p.done, total=p.total)
 
         yield update
@@ -167,17 +167,17 @@ def _print_report(report: IngestReport, as_json: bool) -> None:
         out.print_json(json.dumps(payload))
         return
     out.print(
-        f"{report.root}: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{_safe(report.root)}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged, {len(report.failed)} failed "
         f"({report.embedded} embedded, {report.linked} linked to an existing image) in {report.seconds:.1f}s",
         highlight=False,
     )
     for path, reason in report.failed[:50]:
-        out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
     if len(report.failed) > 50:
         out.print(f"  ... and {len(report.failed) - 50} more failures (see `retrieval stats`)")
     for path, reason in report.skipped[:20]:
-        out.print(f"  skipped: {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  skipped: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -277,7 +277,7 @@ def _print_hits(query: Query, hits: list[SearchHit], as_json: bool) -> None:
     # Plain columns, whole paths: a table would wrap or cut the paths people copy and paste.
     out.print(f"{'rank':>4}  {'score':>6}  {'id':>7}  path", style="bold", highlight=False)
     for h in hits:
-        out.print(f"{h.rank:>4}  {h.score:6.4f}  {h.id:>7}  {h.path}", highlight=False, soft_wrap=True)
+        out.print(f"{h.rank:>4}  {h.score:6.4f}  {h.id:>7}  {_safe(h.path)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -402,7 +402,7 @@ def map_command(
             return
         context = f" + {m.n_context} of their neighbours" if m.n_context else ""
         out.print(
-            f"wrote {rendered.path}: {m.n_results} results{context} and the query; t-SNE perplexity "
+            f"wrote {_safe(rendered.path)}: {m.n_results} results{context} and the query; t-SNE perplexity "
             f"{m.params.perplexity:g}, trustworthiness {m.trustworthiness:.3f}, {m.clusters} clusters; "
             f"layout {m.seconds['layout']:.1f}s, drawing {rendered.seconds:.1f}s",
             highlight=False,
@@ -432,12 +432,14 @@ def serve(
         engine.warm_up()  # a missing index or model fails here, in one line, not on the first request
         if host not in {"127.0.0.1", "localhost", "::1"}:
             err.print(
-                f"warning: listening on {host}: anyone who can reach it can search and download these photos",
+                f"warning: listening on {_safe(host)}: anyone who can reach it can search and download "
+                "these photos",
                 highlight=False,
             )
         shown = f"[{host}]" if ":" in host else host
         out.print(
-            f"serving index {index!r} on http://{shown}:{port}/ (API schema at /openapi.json); Ctrl-C stops",
+            f"serving index {_safe(repr(index))} on http://{_safe(shown)}:{port}/ "
+            "(API schema at /openapi.json); Ctrl-C stops",
             highlight=False,
         )
         uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
@@ -452,7 +454,7 @@ def remove(
     """Forget files from the index without touching them on disk."""
     with _engine(index, home) as engine:
         n = engine.remove(list(paths))
-        out.print(f"removed {n} of {len(paths)} files from index {index!r}")
+        out.print(f"removed {n} of {len(paths)} files from index {_safe(repr(index))}", highlight=False)
 
 
 def _human(n: int) -> str:
@@ -472,8 +474,8 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
         if as_json:
             out.print_json(json.dumps(vars(st), default=str))
             return
-        out.print(f"index      {st.name} ({st.path})", highlight=False)
-        out.print(f"model      {st.embedder_id} (dim {st.dim})", highlight=False)
+        out.print(f"index      {_safe(st.name)} ({_safe(st.path)})", highlight=False)
+        out.print(f"model      {_safe(st.embedder_id)} (dim {st.dim})", highlight=False)
         c = st.counts
         out.print(
             f"files      {c['files']} in {c['roots']} folder(s); {c['images']} distinct images, "
@@ -486,7 +488,7 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
             highlight=False,
         )
         for path, reason in st.failures:
-            out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+            out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -504,9 +506,9 @@ def doctor(
         else:
             out.print(f"{report.embedded_rows} embedded images, {report.vectors} vectors")
             for problem in report.problems:
-                out.print(f"  problem: {problem}", highlight=False, soft_wrap=True)
+                out.print(f"  problem: {_safe(problem)}", highlight=False, soft_wrap=True)
             for repair in report.repairs:
-                out.print(f"  repaired: {repair}", highlight=False, soft_wrap=True)
+                out.print(f"  repaired: {_safe(repair)}", highlight=False, soft_wrap=True)
             out.print("ok" if report.ok else ("fixed" if report.fixed else "run `retrieval doctor --fix`"))
         if not report.ok and not report.fixed:
             raise typer.Exit(IndexCorruptError.exit_code if report.damage else 1)
@@ -538,7 +540,7 @@ def _print_eval(report: EvalReport, as_json: bool) -> None:
         else f"all {report.n_measured} images"
     )
     out.print(
-        f"{report.embedder_id}, {len(report.classes)} classes, measured on {where}",
+        f"{_safe(report.embedder_id)}, {len(report.classes)} classes, measured on {where}",
         highlight=False,
         soft_wrap=True,
     )
@@ -574,14 +576,14 @@ def _print_eval(report: EvalReport, as_json: bool) -> None:
     )
     for i, name in enumerate(report.classes):
         cells = [f"{v[i]:.3f}" for m in report.methods for v in (m.centroid.precision, m.centroid.recall)]
-        per_class.add_row(name, str(report.class_sizes[i]), *cells)
+        per_class.add_row(_safe(name), str(report.class_sizes[i]), *cells)
     out.print("\nnearest centroid, per class (precision, recall):")
     out.print(per_class)
     for m in report.methods:
         out.print(f"\nconfusion ({m.name}): rows are true classes, columns assigned classes")
-        confusion = Table("", *(name[:8] for name in report.classes), box=None)
+        confusion = Table("", *(_safe(name[:8]) for name in report.classes), box=None)
         for name, row in zip(report.classes, m.centroid.confusion, strict=True):
-            confusion.add_row(name[:12], *(str(v) for v in row))
+            confusion.add_row(_safe(name[:12]), *(str(v) for v in row))
         out.print(confusion)
     if any(not (m.retrieval.held_out and m.centroid.held_out) for m in report.methods):
         out.print(
@@ -589,7 +591,7 @@ def _print_eval(report: EvalReport, as_json: bool) -> None:
             "pass --split 0.3 for held-out figures"
         )
     for path, reason in report.failed[:20]:
-        out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -658,7 +660,7 @@ def eval_command(
         _print_eval(report, as_json)
         if save_projection and not as_json:
             out.print(
-                f"index {index!r} starts with this {save_projection} projection; "
+                f"index {_safe(repr(index))} starts with this {_safe(save_projection)} projection; "
                 f"fill it with `retrieval ingest DIR --index {_safe(index)}`",
                 highlight=False,
                 soft_wrap=True,
@@ -696,13 +698,13 @@ def duplicates(
             for member in group.members:
                 for path in member.paths:
                     head = (str(number), str(group.files), f"{group.weakest:.3f}") if first else ("", "", "")
-                    table.add_row(*head, str(member.id), path)
+                    table.add_row(*head, str(member.id), _safe(path))
                     first = False
         out.print(table)
 
 
 def _say(line: str) -> None:
-    out.print(line, highlight=False, soft_wrap=True)
+    out.print(_safe(line), highlight=False, soft_wrap=True)
 
 
 def run() -> None:
