@@ -25,7 +25,6 @@ from retrieval.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
-    IndexWriteError,
     QueryError,
     RetrievalError,
     UsageError,
@@ -59,6 +58,7 @@ from retrieval.search.duplicates import (
 )
 from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
 from retrieval.settings import DEFAULT_INDEX, index_dir
+from retrieval.storage import write_error, write_refusal
 from retrieval.vectors import (
     Store,
     StoreSpec,
@@ -146,16 +146,19 @@ def _write_errors(folder: Path) -> Iterator[None]:
     """Turn a failed write (disk full, read-only folder, I/O error) into one IndexWriteError.
 
     Vectors are saved as a new generation and the database commits after them, so a write that
-    fails leaves the previous version of the index whole.
+    fails leaves the previous version of the index whole. SQLite's vaguer reasons ("disk I/O error",
+    "attempt to write a readonly database") give way to the OS's own when a probe write is refused.
     """
     try:
         yield
     except (OSError, OperationalError) as exc:
-        reason = str(exc.orig) if isinstance(exc, OperationalError) else exc.strerror or str(exc)
-        raise IndexWriteError(
-            f"cannot write the index in {folder}: {reason}; the previous version is intact, "
-            "make room (or fix the folder) and run the command again"
-        ) from exc
+        if isinstance(exc, OperationalError):
+            reason = str(exc.orig)
+            if "full" not in reason:
+                reason = write_refusal(folder) or reason
+        else:
+            reason = exc.strerror or str(exc)
+        raise write_error(folder, reason) from exc
 
 
 @contextmanager
@@ -373,17 +376,24 @@ class Engine:
         self.close()
 
     def _lock(self) -> FileLock:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """The write lock of this index. Every writer takes it first, so a database that could only be opened
+        read-only (a full disk, a read-only mount) refuses the write here, before any model loads."""
+        if self._meta is not None:
+            self._meta.require_writable()
+        with _write_errors(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.dir / "write.lock", timeout=0)
 
     def _acquire(self, lock: FileLock) -> None:
         try:
             lock.acquire()
-        except Timeout:
+        except Timeout:  # an OSError too: caught first
             raise IndexBusyError(
                 f"index {self.name!r} is busy: another process is writing to it ({self.dir}); "
                 "wait for it to finish"
             ) from None
+        except OSError as exc:  # the lock file cannot be made: a read-only mount, no permission
+            raise write_error(self.dir, exc.strerror or str(exc)) from exc
 
     def _open_for_writing(self) -> Store:
         """Create the index on first use, open its store writable and repair what a crash left."""

@@ -7,25 +7,31 @@ identical copies and moved files share one vector.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy.engine import URL
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from retrieval.errors import IndexCorruptError, SchemaTooNewError
+from retrieval.errors import IndexCorruptError, SchemaTooNewError, StorageError
 from retrieval.metadata.models import Content, Failure, File, Manifest, Root
+from retrieval.storage import write_error, write_refusal
 
 #: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
 IN_CHUNK = 500
@@ -75,30 +81,101 @@ def head_revision() -> str:
     return head
 
 
-def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+def _on_connect(dbapi_conn: Any, _record: Any, *, read_only: bool = False) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    if not read_only:  # a read-only connection takes the journal mode the database has
+        cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
+#: SQLite's own words for a damaged file; any other failure to open is first blamed on the disk if it refuses.
+_DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+#: Failures that a disk refusing writes causes (a WAL database needs its -shm file even to be read).
+_STORAGE = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_PERM")
+#: How a database is opened when its folder refuses writes: read-only through the usual locks (works while
+#: the -shm file can be used), else as immutable (the file as it is, no locks, no -shm file needed).
+_READ_ONLY_MODES = ({"mode": "ro"}, {"mode": "ro", "immutable": "1"})
+
+
+def _error_name(exc: BaseException) -> str:
+    return str(getattr(getattr(exc, "orig", exc), "sqlite_errorname", ""))
+
+
 class MetadataStore:
-    """The SQLite database of one index: opened (and migrated) once, closed explicitly."""
+    """The SQLite database of one index: opened (and migrated) once, closed explicitly.
+
+    When the index folder refuses writes (a full disk, a read-only mount, no permission) the database opens
+    read-only, so that commands that only read keep working; `read_only` then says why, and
+    `require_writable()` refuses a write with that reason.
+    """
 
     def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = Path(path)
-        self.engine: SqlEngine = create_engine(f"sqlite:///{self.path}")
-        event.listen(self.engine, "connect", _on_connect)
+        #: Why the database could only be opened read-only (the OS's words), or None.
+        self.read_only: str | None = None
+        self.engine: SqlEngine = self._connect()
         try:
             self._check_and_migrate(migrate)
         except DatabaseError as exc:
             self.engine.dispose()
-            raise self._damaged(str(exc.orig).splitlines()[0]) from exc
+            self._open_read_only(exc)
         except Exception:
             self.engine.dispose()
             raise
+
+    def _connect(self, params: dict[str, str] | None = None) -> SqlEngine:
+        if params is None:
+            engine = create_engine(f"sqlite:///{self.path}")
+        else:
+            database = "file:" + quote(str(self.path))
+            engine = create_engine(URL.create("sqlite", database=database, query={**params, "uri": "true"}))
+        event.listen(engine, "connect", functools.partial(_on_connect, read_only=params is not None))
+        return engine
+
+    def _open_read_only(self, failure: DatabaseError) -> None:
+        """After `failure` to open normally: damage is refused; a disk that refuses writes gets a read-only
+        database (it must be at the schema this version writes: an upgrade would need a write)."""
+        detail = str(failure.orig).splitlines()[0] if str(failure.orig) else type(failure.orig).__name__
+        name = _error_name(failure)
+        if not name.startswith(_STORAGE):
+            raise self._damaged(detail) from failure
+        refusal = write_refusal(self.path.parent)
+        if refusal is None and not os.access(self.path, os.W_OK):
+            refusal = os.strerror(errno.EACCES)
+        if refusal is None:  # the folder takes writes: the disk itself failed SQLite, nothing is damaged
+            raise StorageError(
+                f"cannot open database {self.path}: {detail}; nothing was changed: check the disk, then run "
+                "the command again"
+            ) from failure
+        for params in _READ_ONLY_MODES:
+            self.engine = self._connect(params)
+            try:
+                self._check_and_migrate(migrate=False)
+            except DatabaseError as exc:
+                self.engine.dispose()
+                if not _error_name(exc).startswith(_STORAGE):
+                    raise self._damaged(str(exc.orig).splitlines()[0]) from exc
+                continue
+            except Exception:
+                self.engine.dispose()
+                raise
+            self.read_only = refusal
+            if self.revision not in (None, head_revision()):
+                self.engine.dispose()
+                raise write_error(self.path.parent, f"{refusal} (the database must be upgraded first)")
+            return
+        raise StorageError(
+            f"cannot open database {self.path}: {refusal}; nothing was changed: make room (or fix the "
+            "folder) and run the command again"
+        ) from failure
+
+    def require_writable(self) -> None:
+        """Raises IndexWriteError, with the OS's reason, when the database was opened read-only."""
+        if self.read_only is not None:
+            raise write_error(self.path.parent, self.read_only)
 
     def _damaged(self, detail: str) -> IndexCorruptError:
         """The database holds the only record of paths: damaged, it cannot be rebuilt from the vectors."""
