@@ -244,10 +244,14 @@ class Engine:
         self._thumb_locks = tuple(threading.Lock() for _ in range(64))
         if self.exists:
             self._meta = MetadataStore(self.dir / DB_NAME)
-            self._refuse_emptied_database()
-            self._check_model_matches()
-            if "model" in self.manifest:
-                self.store_spec.check_request(self.name, store, milvus_uri)
+            try:
+                self._refuse_emptied_database()
+                self._check_model_matches()
+                if "model" in self.manifest:
+                    self.store_spec.check_request(self.name, store, milvus_uri)
+            except BaseException:  # refused: no caller gets this engine to close it
+                self.close()
+                raise
 
     # -- lifecycle --------------------------------------------------------------------------------
 

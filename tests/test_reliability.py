@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -289,6 +290,57 @@ def test_a_damaged_database_is_refused_in_one_line_with_exit_6(make_photos, home
     result = invoke("search", "--image", photos[0])
     assert result.exit_code == 6
     assert result.output.count("\n") == 1 and "meta.sqlite is damaged" in result.output
+
+
+def garbled_copies(data: bytes) -> dict[str, bytes]:
+    """A database's bytes with garbage where quick_check does not look, and flipped across every page."""
+    times = [m.start() for m in re.finditer(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", data)]
+    assert times and b"reason TEXT" in data and b'"classic"' in data
+
+    def edited(*edits: tuple[int, bytes]) -> bytes:
+        out = bytearray(data)
+        for at, new in edits:
+            out[at : at + len(new)] = new
+        return bytes(out)
+
+    schema = data.index(b"CREATE TABLE failures")
+    copies = {
+        "a column renamed in the schema": data.replace(b"reason TEXT", b"raison TEXT"),
+        "the schema not UTF-8": edited((schema + 16, b"\xff\xfe\xfd")),
+        "a manifest value not UTF-8": data.replace(b'"classic"', b'"cl\xff\xfeic"'),
+        "dates not UTF-8": edited(*((at, b"\xff\xfe") for at in times)),
+        "dates not dates": edited(*((at, b"zz") for at in times)),
+    }
+    for start in range(0, len(data), 4096):
+        for at in (start + 100, start + 2000):
+            copies[f"8 bytes flipped at {at}"] = edited((at, bytes(255 - b for b in data[at : at + 8])))
+    return copies
+
+
+def test_garbage_in_the_database_is_one_line_never_a_traceback(make_photos, home):
+    photos = make_photos(6)
+    (photos[0].parent / "broken.jpg").write_bytes(b"")  # a failure row too
+    invoke("ingest", photos[0].parent, "--model", "classic", "--no-progress")
+    db = home / "default" / "meta.sqlite"
+    intact = db.read_bytes()
+    for what, data in garbled_copies(intact).items():
+        db.write_bytes(data)
+        codes = []
+        for args in (["stats"], ["search", "--image", photos[1]], ["doctor"]):
+            result = invoke(*args)
+            assert not result.exception or isinstance(result.exception, SystemExit), (
+                what,
+                args,
+                result.exception,
+            )
+            assert result.exit_code in (0, 6), (what, args, result.output)
+            if result.exit_code == 6:
+                assert result.output.count("\n") == 1 and "is damaged" in result.output, (what, result.output)
+            codes.append(result.exit_code)
+        if not what.startswith("8 bytes"):  # aimed at what the commands read: each is met, as damage
+            assert 6 in codes, what
+    db.write_bytes(intact)
+    assert invoke("stats").exit_code == 0
 
 
 def test_an_emptied_database_is_not_mistaken_for_a_new_index(make_photos, home):

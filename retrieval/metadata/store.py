@@ -11,12 +11,13 @@ import errno
 import functools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from alembic import command
@@ -24,9 +25,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, delete, event, func, select
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
 from retrieval.errors import IndexCorruptError, SchemaTooNewError, StorageError
@@ -36,6 +37,8 @@ from retrieval.storage import write_error, write_refusal
 #: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
 IN_CHUNK = 500
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
@@ -83,12 +86,19 @@ def head_revision() -> str:
 
 def _on_connect(dbapi_conn: Any, _record: Any, *, read_only: bool = False) -> None:
     cur = dbapi_conn.cursor()
-    if not read_only:  # a read-only connection takes the journal mode the database has
-        cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+    try:
+        if not read_only:  # a read-only connection takes the journal mode the database has
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+    except UnicodeDecodeError as exc:
+        # SQLite's message quoted a garbled schema, which Python could not decode: damage, told as such.
+        damage = sqlite3.DatabaseError(f"the schema holds bytes that are not text ({exc.reason})")
+        damage.sqlite_errorname = "SQLITE_CORRUPT"  # type: ignore[attr-defined]
+        raise damage from exc
+    finally:
+        cur.close()
 
 
 #: SQLite's own words for a damaged file; any other failure to open is first blamed on the disk if it refuses.
@@ -101,7 +111,35 @@ _READ_ONLY_MODES = ({"mode": "ro"}, {"mode": "ro", "immutable": "1"})
 
 
 def _error_name(exc: BaseException) -> str:
-    return str(getattr(getattr(exc, "orig", exc), "sqlite_errorname", ""))
+    return str(getattr(getattr(exc, "orig", exc), "sqlite_errorname", None) or "")
+
+
+def _detail(exc: BaseException) -> str:
+    """The first line of a database error, short (it may quote garbage bytes)."""
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Whether SQLite's error means a damaged file (not a refusing disk, a busy lock or a bug of ours)."""
+    orig = getattr(exc, "orig", exc)
+    text = str(orig)
+    return (
+        isinstance(orig, UnicodeError)
+        or _error_name(orig).startswith(_DAMAGE)
+        or text.startswith(("no such table", "no such column", "malformed", "Could not decode to UTF-8"))
+    )
+
+
+def _reads(method: Callable[P, R]) -> Callable[P, R]:
+    """A method that reads the database, inside `MetadataStore.reading()`."""
+
+    @functools.wraps(method)
+    def read(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0].reading():  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return read
 
 
 class MetadataStore:
@@ -122,6 +160,9 @@ class MetadataStore:
         except DatabaseError as exc:
             self.engine.dispose()
             self._open_read_only(exc)
+        except (ValueError, UnicodeError) as exc:  # garbage bytes where Alembic reads its revision
+            self.engine.dispose()
+            raise self._damaged(f"{type(exc).__name__}: {exc}") from exc
         except Exception:
             self.engine.dispose()
             raise
@@ -133,14 +174,37 @@ class MetadataStore:
             database = "file:" + quote(str(self.path))
             engine = create_engine(URL.create("sqlite", database=database, query={**params, "uri": "true"}))
         event.listen(engine, "connect", functools.partial(_on_connect, read_only=params is not None))
+        event.listen(engine, "handle_error", self._on_error)
         return engine
+
+    def _on_error(self, context: ExceptionContext) -> None:
+        """Damage met by any statement, a read or a write, is refused as damage (IndexCorruptError), in one
+        line: not passed on as an OperationalError that would read as a failed write, nor as a traceback."""
+        if _is_damage(context.original_exception):
+            raise self._damaged(_detail(context.original_exception)) from context.original_exception
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read: a disk that fails it is one StorageError; a value that cannot be decoded (garbage
+        bytes that `quick_check` does not look at) is damage, one IndexCorruptError."""
+        try:
+            yield
+        except DatabaseError as exc:
+            if _is_damage(exc):
+                raise self._damaged(_detail(exc)) from exc
+            raise StorageError(
+                f"cannot read database {self.path}: {_detail(exc)}; nothing was changed: check the disk, "
+                "then run the command again"
+            ) from exc
+        except (ValueError, UnicodeError) as exc:
+            raise self._damaged(f"{type(exc).__name__}: {exc}"[:200]) from exc
 
     def _open_read_only(self, failure: DatabaseError) -> None:
         """After `failure` to open normally: damage is refused; a disk that refuses writes gets a read-only
         database (it must be at the schema this version writes: an upgrade would need a write)."""
-        detail = str(failure.orig).splitlines()[0] if str(failure.orig) else type(failure.orig).__name__
+        detail = _detail(failure)
         name = _error_name(failure)
-        if not name.startswith(_STORAGE):
+        if _is_damage(failure) or not name.startswith(_STORAGE):
             raise self._damaged(detail) from failure
         refusal = write_refusal(self.path.parent)
         if refusal is None and not os.access(self.path, os.W_OK):
@@ -156,8 +220,8 @@ class MetadataStore:
                 self._check_and_migrate(migrate=False)
             except DatabaseError as exc:
                 self.engine.dispose()
-                if not _error_name(exc).startswith(_STORAGE):
-                    raise self._damaged(str(exc.orig).splitlines()[0]) from exc
+                if _is_damage(exc) or not _error_name(exc).startswith(_STORAGE):
+                    raise self._damaged(_detail(exc)) from exc
                 continue
             except Exception:
                 self.engine.dispose()
@@ -205,6 +269,7 @@ class MetadataStore:
                 command.upgrade(cfg, "head")
 
     @property
+    @_reads
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
@@ -231,12 +296,10 @@ class MetadataStore:
 
     # -- manifest -------------------------------------------------------------------------------
 
+    @_reads
     def get_manifest(self) -> dict[str, Any]:
-        try:
-            with Session(self.engine) as s:
-                return {row.key: json.loads(row.value) for row in s.scalars(select(Manifest))}
-        except OperationalError as exc:
-            raise IndexCorruptError(f"database {self.path} cannot be read: {exc.orig}") from exc
+        with Session(self.engine) as s:
+            return {row.key: json.loads(row.value) for row in s.scalars(select(Manifest))}
 
     def set_manifest(self, session: Session, **values: Any) -> None:
         for key, value in values.items():
@@ -244,6 +307,7 @@ class MetadataStore:
 
     # -- queries used by search ------------------------------------------------------------------
 
+    @_reads
     def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         """Metadata of embedded contents, each with its first path (by path order) and its copy count."""
         if not ids:
@@ -271,10 +335,12 @@ class MetadataStore:
                 )
         return out
 
+    @_reads
     def content_id_for_path(self, path: Path | str) -> int | None:
         with Session(self.engine) as s:
             return s.scalar(select(File.content_id).where(File.path == str(path)))
 
+    @_reads
     def embedded_content_id(self, digest: str) -> int | None:
         """The id of the embedded content with this hash, if any (safe from the decode threads)."""
         with self.engine.connect() as conn:
@@ -283,10 +349,12 @@ class MetadataStore:
             ).first()
         return row[0] if row else None
 
+    @_reads
     def embedded_ids(self) -> set[int]:
         with Session(self.engine) as s:
             return set(s.scalars(select(Content.id).where(Content.embedded.is_(True))))
 
+    @_reads
     def counts(self) -> dict[str, int]:
         with Session(self.engine) as s:
             return {
@@ -297,6 +365,7 @@ class MetadataStore:
                 "failures": s.scalar(select(func.count(Failure.id))) or 0,
             }
 
+    @_reads
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         with Session(self.engine) as s:
             q = select(Failure.path, Failure.reason).order_by(Failure.path)
@@ -321,6 +390,7 @@ class MetadataStore:
             session.execute(delete(Content).where(Content.id.in_(chunk)))
         return orphan_ids
 
+    @_reads
     def content_hashes(self, ids: Iterable[int]) -> dict[int, str]:
         """Content id -> content hash (what thumbnails and ETags are keyed on)."""
         out: dict[int, str] = {}
@@ -330,6 +400,7 @@ class MetadataStore:
                 out.update((int(i), str(h)) for i, h in rows)
         return out
 
+    @_reads
     def paths_of(self, ids: Iterable[int]) -> dict[int, list[str]]:
         """Content id -> every file path holding it, in path order."""
         out: dict[int, list[str]] = {}
@@ -342,6 +413,7 @@ class MetadataStore:
                     out.setdefault(int(content_id), []).append(str(path))
         return out
 
+    @_reads
     def copied_ids(self) -> list[int]:
         """Contents stored under more than one file path (byte-identical copies)."""
         with Session(self.engine) as s:

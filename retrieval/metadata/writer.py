@@ -59,21 +59,25 @@ class IngestWriter:
     def files_under(self, folder: str) -> dict[str, tuple[File, bool]]:
         """The files under `folder` by path, whichever indexed folder found them (a parent and its
         sub-folder share rows), each with whether its content is embedded."""
-        rows = self.session.execute(
-            select(File, Content.embedded)
-            .join(Content, Content.id == File.content_id)
-            .where(*_under(File.path, folder))
-        )
-        return {file.path: (file, bool(embedded)) for file, embedded in rows}
+        with self.meta.reading():
+            rows = self.session.execute(
+                select(File, Content.embedded)
+                .join(Content, Content.id == File.content_id)
+                .where(*_under(File.path, folder))
+            )
+            return {file.path: (file, bool(embedded)) for file, embedded in rows}
 
     def failures_under(self, folder: str) -> dict[str, Failure]:
         """The recorded failures under `folder` by path, whichever indexed folder recorded them."""
-        return {f.path: f for f in self.session.scalars(select(Failure).where(*_under(Failure.path, folder)))}
+        with self.meta.reading():
+            failures = self.session.scalars(select(Failure).where(*_under(Failure.path, folder)))
+            return {f.path: f for f in failures}
 
     def unembedded_contents(self) -> dict[str, int]:
         """Hash -> id of contents left unembedded (by a crash, or a repair that lost their vectors)."""
-        rows = self.session.execute(select(Content.hash, Content.id).where(~Content.embedded))
-        return {digest: content_id for digest, content_id in rows}
+        with self.meta.reading():
+            rows = self.session.execute(select(Content.hash, Content.id).where(~Content.embedded))
+            return {digest: content_id for digest, content_id in rows}
 
     # -- recording ----------------------------------------------------------------------------------
 
