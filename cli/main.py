@@ -175,7 +175,9 @@ def _print_report(report: IngestReport, as_json: bool) -> None:
     for path, reason in report.failed[:50]:
         out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
     if len(report.failed) > 50:
-        out.print(f"  ... and {len(report.failed) - 50} more failures (see `retrieval stats`)")
+        out.print(
+            f"  ... and {len(report.failed) - 50} more failures (`retrieval stats --failures` lists all)"
+        )
     for path, reason in report.skipped[:20]:
         out.print(f"  skipped: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
 
@@ -467,10 +469,17 @@ def _human(n: int) -> str:
 
 
 @app.command()
-def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Counts, model and sizes on disk of an index."""
+def stats(
+    index: IndexOpt = "default",
+    home: HomeOpt = None,
+    failures: Annotated[
+        bool, typer.Option("--failures", "--all", help="List every failed file, not only the first 20.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts, model and sizes on disk of an index, and its failed files (the first 20, or --failures)."""
     with _engine(index, home) as engine:
-        st = engine.stats()
+        st = engine.stats(failures=None if failures or as_json else 20)
         if as_json:
             out.print_json(json.dumps(vars(st), default=str))
             return
@@ -489,6 +498,11 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
         )
         for path, reason in st.failures:
             out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
+        if c["failures"] > len(st.failures):
+            out.print(
+                f"  ... and {c['failures'] - len(st.failures)} more (`retrieval stats --failures` lists all)",
+                highlight=False,
+            )
 
 
 @app.command()

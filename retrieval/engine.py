@@ -252,6 +252,8 @@ class Engine:
             except BaseException:  # refused: no caller gets this engine to close it
                 self.close()
                 raise
+        else:
+            self._refuse_lost_database()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -324,6 +326,15 @@ class Engine:
             weights = self._weights_arg or (Path(manifest["weights"]) if manifest.get("weights") else None)
             return manifest["model"], manifest.get("pretrained"), weights
         return self._model_arg or DEFAULT_MODEL, self._pretrained_arg, self._weights_arg
+
+    def _refuse_lost_database(self) -> None:
+        """No database but vectors saved: the database was deleted. Starting afresh would take the default
+        model and re-number images the vectors are labelled with."""
+        if vectors_present(self.dir / "vectors"):
+            raise IndexCorruptError(
+                f"database {self.dir / DB_NAME} is missing but the index has vectors (the file was deleted "
+                f"or moved); restore it from a backup, or delete the index folder {self.dir} and ingest again"
+            )
 
     def _refuse_emptied_database(self) -> None:
         """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
@@ -757,7 +768,9 @@ class Engine:
                 random_weights=self.manifest.get("pretrained") is None,
             )
 
-    def stats(self) -> IndexStats:
+    def stats(self, *, failures: int | None = 20) -> IndexStats:
+        """Counts, model and sizes of the index, with its first `failures` failed files by path (None: all;
+        `counts["failures"]` always has how many there are)."""
         manifest = self.manifest
         store_stats: dict[str, Any] = {}
         vectors = 0
@@ -777,7 +790,7 @@ class Engine:
             vectors=vectors,
             bytes_on_disk={"database": db_bytes, "vectors": _folder_size(self.dir / "vectors")},
             store=store_stats,
-            failures=self.meta.failures(limit=20),
+            failures=self.meta.failures(limit=failures),
         )
 
     def doctor(self, *, fix: bool = False) -> DoctorReport:

@@ -108,6 +108,22 @@ def test_stats_and_doctor(make_photos):
     assert result.exit_code == 0 and "ok" in result.output
 
 
+def test_stats_shows_the_first_20_failures_and_lists_every_one_on_request(make_photos):
+    folder = make_photos(2)[0].parent
+    for i in range(25):
+        (folder / f"broken{i:02d}.jpg").write_bytes(b"not a photo")
+    assert invoke("ingest", folder, "--model", "classic", "--no-progress").exit_code == 1
+    result = invoke("stats")
+    assert result.exit_code == 0, result.output
+    assert "25 failed files" in result.output and result.output.count("  failed: ") == 20
+    assert "... and 5 more (`retrieval stats --failures` lists all)" in result.output
+    for flag in ("--failures", "--all"):
+        listed = invoke("stats", flag)
+        assert listed.exit_code == 0 and listed.output.count("  failed: ") == 25, listed.output
+        assert "more" not in listed.output
+    assert len(json.loads(invoke("stats", "--json").stdout)["failures"]) == 25
+
+
 def _installed_command() -> str | None:
     exe = Path(sys.executable).parent / "retrieval"
     return str(exe) if exe.exists() else shutil.which("retrieval")

@@ -354,6 +354,22 @@ def test_an_emptied_database_is_not_mistaken_for_a_new_index(make_photos, home):
     assert result.exit_code == 6 and "empty" in result.output
 
 
+def test_a_deleted_database_is_not_mistaken_for_a_new_index(make_photos, home):
+    photos = make_photos(3)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+    for path in (home / "default").glob("meta.sqlite*"):
+        path.unlink()
+    with pytest.raises(IndexCorruptError, match="is missing but the index has vectors"):
+        Engine()
+    for args in (["ingest", photos[0].parent, "--no-progress"], ["search", "--image", photos[0]]):
+        result = invoke(*args)
+        assert result.exit_code == 6, result.output
+        line = one_line(result)
+        assert "missing" in line and "restore it from a backup" in line
+    assert not (home / "default" / "meta.sqlite").exists()  # no new index with the default model
+
+
 # ---- a full disk ---------------------------------------------------------------------------------
 
 
