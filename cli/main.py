@@ -167,7 +167,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
         if not tasks:
             bar.start()
         if p.phase not in tasks:
-            tasks[p.phase] = bar.add_task(p.phase, total=p.total)
+            tasks[p.phase] = bar.add_task(_safe(p.phase), total=p.total)
         bar.update(tasks[p.phase], completed=p.done, total=p.total)
 
     try:
@@ -184,17 +184,19 @@ def _print_report(report: IngestReport, as_json: bool) -> None:
         return
     unsupported = f", {report.unsupported} skipped (not a supported image type)" if report.unsupported else ""
     out.print(
-        f"{report.root}: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{_safe(report.root)}: {report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged, {len(report.failed)} failed{unsupported} "
         f"({report.embedded} embedded, {report.linked} linked to an existing image) in {report.seconds:.1f}s",
         highlight=False,
     )
     for path, reason in report.failed[:50]:
-        out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
     if len(report.failed) > 50:
-        out.print(f"  ... and {len(report.failed) - 50} more failures (see `retrieval stats`)")
+        out.print(
+            f"  ... and {len(report.failed) - 50} more failures (`retrieval stats --failures` lists all)"
+        )
     for path, reason in report.skipped[:20]:
-        out.print(f"  skipped: {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  skipped: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -294,7 +296,7 @@ def _print_hits(query: Query, hits: list[SearchHit], as_json: bool) -> None:
     # Plain columns, whole paths: a table would wrap or cut the paths people copy and paste.
     out.print(f"{'rank':>4}  {'score':>6}  {'id':>7}  path", style="bold", highlight=False)
     for h in hits:
-        out.print(f"{h.rank:>4}  {h.score:6.4f}  {h.id:>7}  {h.path}", highlight=False, soft_wrap=True)
+        out.print(f"{h.rank:>4}  {h.score:6.4f}  {h.id:>7}  {_safe(h.path)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -426,7 +428,7 @@ def map_command(
             return
         context = f" + {m.n_context} of their neighbours" if m.n_context else ""
         out.print(
-            f"wrote {rendered.path}: {m.n_results} results{context} and the query; t-SNE perplexity "
+            f"wrote {_safe(rendered.path)}: {m.n_results} results{context} and the query; t-SNE perplexity "
             f"{m.params.perplexity:g}, trustworthiness {m.trustworthiness:.3f}, {m.clusters} clusters; "
             f"layout {m.seconds['layout']:.1f}s, drawing {rendered.seconds:.1f}s",
             highlight=False,
@@ -508,7 +510,8 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         out.print(
-            f"serving index {index!r} on {address} (API schema at /openapi.json); Ctrl-C stops",
+            f"serving index {_safe(repr(index))} on {_safe(address)} "
+            "(API schema at /openapi.json); Ctrl-C stops",
             highlight=False,
         )
         uvicorn.run(served, host=host, port=port, log_level="warning", **uvicorn_options())
@@ -538,15 +541,22 @@ def _human(n: int) -> str:
 
 
 @app.command()
-def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Counts, model and sizes on disk of an index."""
+def stats(
+    index: IndexOpt = "default",
+    home: HomeOpt = None,
+    failures: Annotated[
+        bool, typer.Option("--failures", "--all", help="List every failed file, not only the first 20.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts, model and sizes on disk of an index, and its failed files (the first 20, or --failures)."""
     with _engine(index, home) as engine:
-        st = engine.stats()
+        st = engine.stats(failures=None if failures or as_json else 20)
         if as_json:
             out.print_json(json.dumps(vars(st), default=str))
             return
-        out.print(f"index      {st.name} ({st.path})", highlight=False)
-        out.print(f"model      {st.embedder_id} (dim {st.dim})", highlight=False)
+        out.print(f"index      {_safe(st.name)} ({_safe(st.path)})", highlight=False)
+        out.print(f"model      {_safe(st.embedder_id)} (dim {st.dim})", highlight=False)
         for number, folder in enumerate(st.folders):
             out.print(
                 f"{'folders' if number == 0 else '':<10} {_safe(folder)}", highlight=False, soft_wrap=True
@@ -566,7 +576,12 @@ def stats(index: IndexOpt = "default", home: HomeOpt = None, as_json: JsonOpt = 
             highlight=False,
         )
         for path, reason in st.failures:
-            out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+            out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
+        if c["failures"] > len(st.failures):
+            out.print(
+                f"  ... and {c['failures'] - len(st.failures)} more (`retrieval stats --failures` lists all)",
+                highlight=False,
+            )
 
 
 @app.command("list")
@@ -618,9 +633,9 @@ def doctor(
         else:
             out.print(f"{report.embedded_rows} embedded images, {report.vectors} vectors")
             for problem in report.problems:
-                out.print(f"  problem: {problem}", highlight=False, soft_wrap=True)
+                out.print(f"  problem: {_safe(problem)}", highlight=False, soft_wrap=True)
             for repair in report.repairs:
-                out.print(f"  repaired: {repair}", highlight=False, soft_wrap=True)
+                out.print(f"  repaired: {_safe(repair)}", highlight=False, soft_wrap=True)
             out.print("ok" if report.ok else ("fixed" if report.fixed else "run `retrieval doctor --fix`"))
         if not report.ok and not report.fixed:
             raise typer.Exit(IndexCorruptError.exit_code if report.damage else 1)
@@ -674,7 +689,7 @@ def _print_eval(report: EvalReport, as_json: bool) -> None:
         else f"all {report.n_measured} images"
     )
     out.print(
-        f"{report.embedder_id}, {len(report.classes)} classes, measured on {where}",
+        f"{_safe(report.embedder_id)}, {len(report.classes)} classes, measured on {where}",
         highlight=False,
         soft_wrap=True,
     )
@@ -786,7 +801,7 @@ def eval_command(
         _print_eval(report, as_json)
         if save_projection and not as_json:
             out.print(
-                f"index {index!r} starts with this {save_projection} projection; "
+                f"index {_safe(repr(index))} starts with this {_safe(save_projection)} projection; "
                 f"fill it with `retrieval ingest DIR --index {_safe(index)}`",
                 highlight=False,
                 soft_wrap=True,
@@ -824,13 +839,13 @@ def duplicates(
             for member in group.members:
                 for path in member.paths:
                     head = (str(number), str(group.files), f"{group.weakest:.3f}") if first else ("", "", "")
-                    table.add_row(*head, str(member.id), path)
+                    table.add_row(*head, str(member.id), _safe(path))
                     first = False
         out.print(table)
 
 
 def _say(line: str) -> None:
-    out.print(line, highlight=False, soft_wrap=True)
+    out.print(_safe(line), highlight=False, soft_wrap=True)
 
 
 def run() -> None:

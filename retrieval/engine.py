@@ -28,7 +28,6 @@ from retrieval.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
-    IndexWriteError,
     QueryError,
     RetrievalError,
     StoreUnavailableError,
@@ -64,6 +63,7 @@ from retrieval.search.duplicates import (
 )
 from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
 from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir, resolve_home
+from retrieval.storage import write_error, write_refusal
 from retrieval.vectors import (
     Store,
     StoreSpec,
@@ -184,16 +184,19 @@ def _write_errors(folder: Path) -> Iterator[None]:
     """Turn a failed write (disk full, read-only folder, I/O error) into one IndexWriteError.
 
     Vectors are saved as a new generation and the database commits after them, so a write that
-    fails leaves the previous version of the index whole.
+    fails leaves the previous version of the index whole. SQLite's vaguer reasons ("disk I/O error",
+    "attempt to write a readonly database") give way to the OS's own when a probe write is refused.
     """
     try:
         yield
     except (OSError, OperationalError) as exc:
-        reason = str(exc.orig) if isinstance(exc, OperationalError) else exc.strerror or str(exc)
-        raise IndexWriteError(
-            f"cannot write the index in {folder}: {reason}; the previous version is intact, "
-            "make room (or fix the folder) and run the command again"
-        ) from exc
+        if isinstance(exc, OperationalError):
+            reason = str(exc.orig)
+            if "full" not in reason:
+                reason = write_refusal(folder) or reason
+        else:
+            reason = exc.strerror or str(exc)
+        raise write_error(folder, reason) from exc
 
 
 @contextmanager
@@ -321,10 +324,16 @@ class Engine:
         self._thumb_locks = tuple(threading.Lock() for _ in range(64))
         if self.exists:
             self._meta = MetadataStore(self.dir / DB_NAME)
-            self._refuse_emptied_database()
-            self._check_model_matches()
-            if "model" in self.manifest:
-                self.store_spec.check_request(self.name, store, milvus_uri)
+            try:
+                self._refuse_emptied_database()
+                self._check_model_matches()
+                if "model" in self.manifest:
+                    self.store_spec.check_request(self.name, store, milvus_uri)
+            except BaseException:  # refused: no caller gets this engine to close it
+                self.close()
+                raise
+        else:
+            self._refuse_lost_database()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -411,6 +420,15 @@ class Engine:
             return manifest["model"], manifest.get("pretrained"), weights
         return self._model_arg or DEFAULT_MODEL, self._pretrained_arg, self._weights_arg
 
+    def _refuse_lost_database(self) -> None:
+        """No database but vectors saved: the database was deleted. Starting afresh would take the default
+        model and re-number images the vectors are labelled with."""
+        if vectors_present(self.dir / "vectors"):
+            raise IndexCorruptError(
+                f"database {self.dir / DB_NAME} is missing but the index has vectors (the file was deleted "
+                f"or moved); restore it from a backup, or delete the index folder {self.dir} and ingest again"
+            )
+
     def _refuse_emptied_database(self) -> None:
         """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
         if "model" not in self.meta.get_manifest() and vectors_present(self.dir / "vectors"):
@@ -466,17 +484,24 @@ class Engine:
         self.close()
 
     def _lock(self) -> FileLock:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """The write lock of this index. Every writer takes it first, so a database that could only be opened
+        read-only (a full disk, a read-only mount) refuses the write here, before any model loads."""
+        if self._meta is not None:
+            self._meta.require_writable()
+        with _write_errors(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.dir / "write.lock", timeout=0)
 
     def _acquire(self, lock: FileLock) -> None:
         try:
             lock.acquire()
-        except Timeout:
+        except Timeout:  # an OSError too: caught first
             raise IndexBusyError(
                 f"index {self.name!r} is busy: another process is writing to it ({self.dir}); "
                 "wait for it to finish"
             ) from None
+        except OSError as exc:  # the lock file cannot be made: a read-only mount, no permission
+            raise write_error(self.dir, exc.strerror or str(exc)) from exc
 
     def _open_for_writing(self) -> Store:
         """Create the index on first use, open its store writable and repair what a crash left.
@@ -941,7 +966,9 @@ class Engine:
                 random_weights=self.embedder.spec.random_weights,
             )
 
-    def stats(self) -> IndexStats:
+    def stats(self, *, failures: int | None = 20) -> IndexStats:
+        """Counts, model and sizes of the index, with its first `failures` failed files by path (None: all;
+        `counts["failures"]` always has how many there are)."""
         manifest = self.manifest
         store_stats: dict[str, Any] = {}
         vectors: int | None = 0
@@ -963,7 +990,7 @@ class Engine:
             vectors=vectors,
             bytes_on_disk={"database": db_bytes, "vectors": _folder_size(self.dir / "vectors")},
             store=store_stats,
-            failures=self.meta.failures(limit=20),
+            failures=self.meta.failures(limit=failures),
             folders=self.meta.roots(),
         )
 

@@ -12,8 +12,9 @@ catches that base once, prints `str(error)` as one line and exits with
     │   ├── IndexNotFoundError                 no index of that name under the home
     │   ├── IndexMismatchError                 index built by another model / dimension
     │   ├── IndexBusyError            exit 5   another process holds the ingest lock
-    │   ├── IndexCorruptError         exit 6   a file is truncated, garbled or inconsistent
-    │   ├── IndexWriteError                    saving failed (disk full, read-only); the last version stands
+    │   ├── IndexCorruptError         exit 6   a file is truncated, garbled or inconsistent (only real damage)
+    │   ├── StorageError                       the disk refuses: full, read-only, permission, I/O error
+    │   │   └── IndexWriteError                saving failed (disk full, read-only); the last version stands
     │   ├── StoreUnavailableError              the Milvus server holding the vectors cannot be reached
     │   └── SchemaTooNewError                  database written by a newer `retrieval`
     ├── DecodeError                   exit 7   one file is not a readable image (data during bulk work)
@@ -71,7 +72,13 @@ class IndexCorruptError(IndexError_):
     exit_code = 6
 
 
-class IndexWriteError(IndexError_):
+class StorageError(IndexError_):
+    """The disk under the index refuses what a command needs (no space left, read-only, permission denied, an
+    I/O error): nothing is damaged and nothing was changed. Commands that only read keep working where they
+    can (the database opens read-only)."""
+
+
+class IndexWriteError(StorageError):
     """Writing the index failed (disk full, read-only folder, I/O error); the previous version is intact."""
 
 

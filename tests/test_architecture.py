@@ -64,3 +64,25 @@ def test_the_server_imports_only_the_engine_and_the_error_types_from_the_library
 def test_the_engine_opens_stores_through_the_factory_only():
     source = (PACKAGE / "engine.py").read_text()
     assert "retrieval.vectors.hnsw" not in source and "retrieval.vectors.milvus" not in source
+
+
+def test_every_sql_query_lives_in_the_metadata_package():
+    """Outside retrieval/metadata only SQLAlchemy's error types may be imported: no query is built there."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if "metadata" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(PACKAGE)}: {name}"
+                for name in names
+                if name.split(".")[0] == "sqlalchemy" and name != "sqlalchemy.exc"
+            ]
+    assert not offenders, offenders

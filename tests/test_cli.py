@@ -108,6 +108,22 @@ def test_stats_and_doctor(make_photos):
     assert result.exit_code == 0 and "ok" in result.output
 
 
+def test_stats_shows_the_first_20_failures_and_lists_every_one_on_request(make_photos):
+    folder = make_photos(2)[0].parent
+    for i in range(25):
+        (folder / f"broken{i:02d}.jpg").write_bytes(b"not a photo")
+    assert invoke("ingest", folder, "--model", "classic", "--no-progress").exit_code == 1
+    result = invoke("stats")
+    assert result.exit_code == 0, result.output
+    assert "25 failed files" in result.output and result.output.count("  failed: ") == 20
+    assert "... and 5 more (`retrieval stats --failures` lists all)" in result.output
+    for flag in ("--failures", "--all"):
+        listed = invoke("stats", flag)
+        assert listed.exit_code == 0 and listed.output.count("  failed: ") == 25, listed.output
+        assert "more" not in listed.output
+    assert len(json.loads(invoke("stats", "--json").stdout)["failures"]) == 25
+
+
 def _installed_command() -> str | None:
     exe = Path(sys.executable).parent / "retrieval"
     return str(exe) if exe.exists() else shutil.which("retrieval")
@@ -197,3 +213,75 @@ def test_eval_with_an_unknown_model_is_one_line_and_exit_2(tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "bogus" in lines[0]
     assert "Traceback" not in result.output and "MarkupError" not in result.output
+
+
+# ---- untrusted file names reach the terminal as visible text ---------------------------------------
+
+HOSTILE_NAMES = [
+    "a[/]b.jpg",  # a folder "a[" holding "]b.jpg": Rich took "[/]" for a closing tag (MarkupError)
+    "[red]x.jpg",
+    "[link=https:example.com]y.jpg",
+    "\x1b[2Jclear.jpg",
+    "\x1b]0;pwned\x07title.jpg",
+    "evil\nfailed: forged.jpg",
+]
+
+
+def hostile_photos(folder: Path) -> list[Path]:
+    from conftest import draw_photo
+
+    paths = []
+    for i, name in enumerate(HOSTILE_NAMES):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw_photo(i).save(path, "JPEG")
+        paths.append(path)
+    return paths
+
+
+def assert_shown_safely(output: str, paths: list[Path]) -> None:
+    """Every name visible as written, escapes as `\\x1b`/`\\n`, nothing raw for the terminal to act on."""
+    assert "\x1b" not in output and "\x07" not in output and "Traceback" not in output
+    for path in paths:
+        shown = str(path).replace("\x1b", "\\x1b").replace("\x07", "\\x07").replace("\n", "\\n")
+        assert shown in output, (shown, output)
+    assert not any(line.startswith("failed: forged") for line in output.splitlines())
+
+
+def test_file_names_with_markup_and_escape_sequences_are_shown_as_written(tmp_path, monkeypatch):
+    from retrieval_cli import main
+
+    monkeypatch.setattr(main.out, "width", 2000)  # the duplicates table folds long paths at 80 columns
+    paths = hostile_photos(tmp_path / "photos")
+    result = invoke("ingest", tmp_path / "photos", "--model", "classic", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "6 added" in result.output and "\x1b" not in result.output
+    for args in (
+        ["search", "--image", paths[1], "-k", "6"],
+        ["similar", paths[2], "-k", "5"],
+        ["duplicates", "--threshold", "-1"],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+        assert_shown_safely(result.output, paths if args[0] != "similar" else paths[:2] + paths[3:])
+    exact = json.loads(invoke("search", "--image", paths[1], "-k", "6", "--json").stdout)
+    assert sorted(r["path"] for r in exact["results"]) == sorted(map(str, paths))
+    groups = json.loads(invoke("duplicates", "--threshold", "-1", "--json").stdout)["groups"]
+    assert sorted(p for g in groups for m in g["members"] for p in m["paths"]) == sorted(map(str, paths))
+
+
+def test_failed_files_with_hostile_names_are_listed_one_line_each_by_ingest_and_stats(tmp_path):
+    folder = tmp_path / "photos"
+    broken = [folder / name for name in HOSTILE_NAMES]
+    for path in broken:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not a photo")
+    result = invoke("ingest", folder, "--model", "classic", "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert_shown_safely(result.output, broken)
+    assert sum(line.startswith("  failed: ") for line in result.output.splitlines()) == len(broken)
+    result = invoke("stats")  # the failures are recorded: stats must not crash on them either
+    assert result.exit_code == 0, result.output
+    assert_shown_safely(result.output, broken)
+    recorded = json.loads(invoke("stats", "--json").stdout)["failures"]
+    assert sorted(path for path, _ in recorded) == sorted(map(str, broken))

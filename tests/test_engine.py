@@ -241,3 +241,75 @@ def test_removing_a_file_with_a_non_utf8_name_is_not_a_crash(make_photos):
             "file name is not valid UTF-8; rename the file to index it"
         ]
         assert engine.remove([odd]).removed == [] and engine.remove([paths[0]]).removed == [str(paths[0])]
+
+
+# ---- nested and overlapping folders ---------------------------------------------------------------
+
+
+def nested_folders(make_photos, tmp_path):
+    """A folder with three photos of its own and three in its sub-folder d01, plus a broken file in each."""
+    parent = tmp_path / "photos"
+    outside = make_photos(3, parent)
+    inside = make_photos(3, parent / "d01", start=10)
+    (parent / "broken.jpg").write_bytes(b"not a photo")
+    (parent / "d01" / "broken.jpg").write_bytes(b"not a photo either")
+    return parent, parent / "d01", outside, inside
+
+
+@pytest.mark.parametrize("child_first", [False, True])
+def test_a_folder_and_its_sub_folder_keep_one_row_per_file_whichever_is_ingested_first(
+    make_photos, tmp_path, child_first
+):
+    parent, child, outside, inside = nested_folders(make_photos, tmp_path)
+    with Engine(model="classic") as engine:
+        first, second = (child, parent) if child_first else (parent, child)
+        engine.ingest(first)
+        report = engine.ingest(second)
+        if child_first:  # the parent adopts what the child found and adds the rest
+            assert (report.unchanged, report.added, report.removed, len(report.failed)) == (3, 3, 0, 2)
+        else:  # the child finds its files already indexed, and prunes nothing outside itself
+            assert (report.unchanged, report.added, report.removed, len(report.failed)) == (3, 0, 0, 1)
+        for folder in (parent, child):  # again, in either order: nothing changes
+            again = engine.ingest(folder)
+            assert (again.added, again.updated, again.removed, again.embedded) == (0, 0, 0, 0)
+        counts = engine.meta.counts()
+        assert (counts["files"], counts["embedded"], counts["failures"], counts["roots"]) == (6, 6, 2, 2)
+        hits = engine.search_image(outside[0], k=20)
+        assert sorted(h.path for h in hits) == sorted(str(p) for p in outside + inside)  # each once
+        assert len(engine.remove([inside[0], outside[0]]).removed) == 2
+        assert engine.meta.counts()["files"] == 4 and len(engine.store) == 4
+
+
+@pytest.mark.parametrize("child_first", [False, True])
+def test_a_file_deleted_under_the_sub_folder_is_pruned_by_an_ingest_of_the_parent(
+    make_photos, tmp_path, child_first
+):
+    parent, child, outside, inside = nested_folders(make_photos, tmp_path)
+    with Engine(model="classic") as engine:
+        for folder in (child, parent) if child_first else (parent, child):
+            engine.ingest(folder)
+        inside[1].unlink()
+        (child / "broken.jpg").unlink()
+        report = engine.ingest(parent)
+        assert (report.removed, report.unchanged, len(report.failed)) == (1, 5, 1)
+        assert engine.meta.content_id_for_path(inside[1]) is None
+        assert [path for path, _ in engine.meta.failures()] == [str(parent / "broken.jpg")]
+        assert {h.path for h in engine.search_image(inside[0], k=20)} == {
+            str(p) for p in outside + inside
+        } - {str(inside[1])}
+
+
+def test_ingesting_the_sub_folder_again_prunes_nothing_outside_it(make_photos, tmp_path):
+    parent, child, outside, inside = nested_folders(make_photos, tmp_path)
+    with Engine(model="classic") as engine:
+        engine.ingest(child)
+        engine.ingest(parent)
+        outside[2].unlink()  # gone, but outside the sub-folder: only an ingest of the parent forgets it
+        inside[2].unlink()
+        report = engine.ingest(child)
+        assert (report.removed, report.unchanged) == (1, 2)
+        assert engine.meta.content_id_for_path(outside[2]) is not None
+        assert engine.meta.content_id_for_path(inside[2]) is None
+        assert len(engine.meta.failures()) == 2
+        assert engine.ingest(parent).removed == 1
+        assert engine.meta.counts()["files"] == 4

@@ -6,15 +6,19 @@ test_interrupt.py.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import io
+import json
 import os
+import re
 import shutil
 import sqlite3
 import struct
 import tracemalloc
 import zlib
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -327,6 +331,57 @@ def test_a_damaged_database_is_refused_in_one_line_with_exit_6(make_photos, home
     assert result.output.count("\n") == 1 and "meta.sqlite is damaged" in result.output
 
 
+def garbled_copies(data: bytes) -> dict[str, bytes]:
+    """A database's bytes with garbage where quick_check does not look, and flipped across every page."""
+    times = [m.start() for m in re.finditer(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", data)]
+    assert times and b"reason TEXT" in data and b'"classic"' in data
+
+    def edited(*edits: tuple[int, bytes]) -> bytes:
+        out = bytearray(data)
+        for at, new in edits:
+            out[at : at + len(new)] = new
+        return bytes(out)
+
+    schema = data.index(b"CREATE TABLE failures")
+    copies = {
+        "a column renamed in the schema": data.replace(b"reason TEXT", b"raison TEXT"),
+        "the schema not UTF-8": edited((schema + 16, b"\xff\xfe\xfd")),
+        "a manifest value not UTF-8": data.replace(b'"classic"', b'"cl\xff\xfeic"'),
+        "dates not UTF-8": edited(*((at, b"\xff\xfe") for at in times)),
+        "dates not dates": edited(*((at, b"zz") for at in times)),
+    }
+    for start in range(0, len(data), 4096):
+        for at in (start + 100, start + 2000):
+            copies[f"8 bytes flipped at {at}"] = edited((at, bytes(255 - b for b in data[at : at + 8])))
+    return copies
+
+
+def test_garbage_in_the_database_is_one_line_never_a_traceback(make_photos, home):
+    photos = make_photos(6)
+    (photos[0].parent / "broken.jpg").write_bytes(b"")  # a failure row too
+    invoke("ingest", photos[0].parent, "--model", "classic", "--no-progress")
+    db = home / "default" / "meta.sqlite"
+    intact = db.read_bytes()
+    for what, data in garbled_copies(intact).items():
+        db.write_bytes(data)
+        codes = []
+        for args in (["stats"], ["search", "--image", photos[1]], ["doctor"]):
+            result = invoke(*args)
+            assert not result.exception or isinstance(result.exception, SystemExit), (
+                what,
+                args,
+                result.exception,
+            )
+            assert result.exit_code in (0, 6), (what, args, result.output)
+            if result.exit_code == 6:
+                assert result.output.count("\n") == 1 and "is damaged" in result.output, (what, result.output)
+            codes.append(result.exit_code)
+        if not what.startswith("8 bytes"):  # aimed at what the commands read: each is met, as damage
+            assert 6 in codes, what
+    db.write_bytes(intact)
+    assert invoke("stats").exit_code == 0
+
+
 def test_an_emptied_database_is_not_mistaken_for_a_new_index(make_photos, home):
     photos = make_photos(3)
     with Engine(model="classic") as engine:
@@ -336,6 +391,22 @@ def test_an_emptied_database_is_not_mistaken_for_a_new_index(make_photos, home):
         Engine()
     result = invoke("search", "--image", photos[0])
     assert result.exit_code == 6 and "empty" in result.output
+
+
+def test_a_deleted_database_is_not_mistaken_for_a_new_index(make_photos, home):
+    photos = make_photos(3)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+    for path in (home / "default").glob("meta.sqlite*"):
+        path.unlink()
+    with pytest.raises(IndexCorruptError, match="is missing but the index has vectors"):
+        Engine()
+    for args in (["ingest", photos[0].parent, "--no-progress"], ["search", "--image", photos[0]]):
+        result = invoke(*args)
+        assert result.exit_code == 6, result.output
+        line = one_line(result)
+        assert "missing" in line and "restore it from a backup" in line
+    assert not (home / "default" / "meta.sqlite").exists()  # no new index with the default model
 
 
 # ---- a full disk ---------------------------------------------------------------------------------
@@ -384,6 +455,134 @@ def test_a_full_disk_during_save_leaves_the_previous_version_serving(make_photos
         assert (report.added, report.embedded) == (4, 4)
         assert engine.search_image(new[0], k=1)[0].path == str(new[0])
     assert_consistent(home / "default", files=12)
+
+
+def refuse_writes(monkeypatch: pytest.MonkeyPatch, folder: Path, err: int) -> None:
+    """The disk under `folder` refuses every write with `err` (ENOSPC a full disk, EROFS a read-only mount,
+    EACCES no permission), as the OS and SQLite report it: a file opened there for writing fails, a new folder
+    cannot be made, and SQLite, which must write a WAL database's -shm file even to read it, cannot open the
+    database (in its own vague words) unless as immutable."""
+    real_os_open, real_open, real_mkdir = os.open, io.open, os.mkdir
+    real_connect = sqlite3.dbapi2.connect
+
+    def inside(path: object) -> bool:
+        return isinstance(path, str | os.PathLike) and os.fspath(path).startswith(str(folder))
+
+    def refused(path: object) -> OSError:
+        return OSError(err, os.strerror(err), os.fspath(path))  # type: ignore[arg-type]
+
+    def os_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if inside(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise refused(path)
+        return real_os_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    def io_open(path: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if inside(path) and set(mode) & set("wax+"):
+            raise refused(path)
+        return real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    def mkdir(path: object, *args: object, **kwargs: object) -> None:
+        if inside(path) and not os.path.isdir(path):  # type: ignore[arg-type]
+            raise refused(path)
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def connect(database: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if inside(unquote(database.removeprefix("file:"))) and "immutable=1" not in database:
+            message, name = (
+                ("disk I/O error", "SQLITE_IOERR_SHMSIZE")
+                if err == errno.ENOSPC
+                else ("unable to open database file", "SQLITE_CANTOPEN")
+            )
+            exc = sqlite3.OperationalError(message)
+            exc.sqlite_errorname = name
+            raise exc
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", io_open)
+    monkeypatch.setattr(builtins, "open", io_open)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", connect)
+
+
+def one_line(result: object) -> str:
+    output = result.output  # type: ignore[attr-defined]
+    assert output.count("\n") == 1 and "Traceback" not in output, output
+    return output
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_disk_that_refuses_writes_is_not_taken_for_damage_and_reads_go_on(make_photos, home, err):
+    photos = make_photos(8)
+    folder = photos[0].parent
+    invoke("ingest", folder, "--model", "classic", "--no-progress")
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_writes(patch, home, err)
+        result = invoke("stats")
+        assert result.exit_code == 0, result.output
+        assert "8 embedded; 8 vectors" in result.output
+        result = invoke("search", "--image", photos[3], "-k", "2", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["results"][0]["path"] == str(photos[3])
+        assert invoke("similar", "1", "-k", "3").exit_code == 0
+        assert invoke("duplicates").exit_code == 0
+        result = invoke("doctor")
+        assert result.exit_code == 0 and "ok" in result.output, result.output
+        for args in (["ingest", folder, "--no-progress"], ["remove", photos[0]]):
+            result = invoke(*args)
+            assert result.exit_code == 4, (args, result.output)
+            line = one_line(result)
+            assert os.strerror(err) in line and "the previous version is intact" in line, line
+            assert "damaged" not in line
+    with Engine() as engine:  # the disk takes writes again: nothing was lost
+        assert engine.ingest(folder).unchanged == 8
+    assert_consistent(home / "default", files=8)
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_ingest_on_a_read_only_mount_is_one_line_and_exit_4(make_photos, home, made):
+    folder = make_photos(2)[0].parent
+    if made:  # the index folder exists; its lock file cannot be made
+        (home / "fresh").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_writes(patch, home, errno.EROFS)
+        result = invoke("ingest", folder, "--index", "fresh", "--model", "classic", "--no-progress")
+    assert result.exit_code == 4, result.output
+    assert "Read-only file system" in one_line(result)
+
+
+def test_thumbnails_that_cannot_be_kept_are_drawn_all_the_same(make_photos, home, tmp_path):
+    photos = make_photos(8)
+    with Engine(model="classic") as engine:
+        engine.ingest(photos[0].parent)
+    with pytest.MonkeyPatch.context() as patch:
+        refuse_writes(patch, home, errno.ENOSPC)
+        result = invoke("map", "--similar", "1", "-n", "6", "--out", tmp_path / "map.png")
+        assert result.exit_code == 0, result.output
+        with Engine() as engine:
+            data, digest = engine.thumbnail(2, 96)
+            assert data is not None and data[:2] == b"\xff\xd8" and digest
+    assert (tmp_path / "map.png").stat().st_size > 0
+    assert not list((home / "default").rglob("*.jpg"))  # nothing was cached
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_a_read_only_index_folder_still_answers_searches(make_photos, home):
+    photos = make_photos(4)
+    invoke("ingest", photos[0].parent, "--model", "classic", "--no-progress")
+    index = home / "default"
+    modes = {path: path.stat().st_mode for path in [index, *index.rglob("*")]}
+    try:
+        for path in modes:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        result = invoke("search", "--image", photos[1], "-k", "1", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["results"][0]["path"] == str(photos[1])
+        result = invoke("ingest", photos[0].parent, "--no-progress")
+        assert result.exit_code == 4 and "Permission denied" in one_line(result)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
 
 
 def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:

@@ -236,7 +236,7 @@ class _TimedFile:
 
     def read(self, size: int | None = -1) -> bytes:
         self.deadline.check()
-        return self.raw.read(size)
+        return self.raw.read(-1 if size is None else size)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return self.raw.seek(offset, whence)

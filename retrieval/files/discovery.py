@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from retrieval.files.decoding import SUPPORTED_EXTENSIONS
 
@@ -101,4 +101,5 @@ def content_hash(data: bytes) -> str:
 
 def file_hash(fp: BinaryIO) -> str:
     """`content_hash` of an open file's bytes from its position on, read in chunks: memory stays flat."""
-    return hashlib.file_digest(fp, lambda: hashlib.blake2b(digest_size=20)).hexdigest()
+    digest = hashlib.file_digest(cast(Any, fp), lambda: hashlib.blake2b(digest_size=20))
+    return digest.hexdigest()

@@ -13,22 +13,20 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
 
 from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
 from retrieval.files.decoding import DecodedImage, check_file_size, decode_image
 from retrieval.files.discovery import FoundFile, Skipped, discover, file_hash
-from retrieval.metadata import Content, Failure, File, MetadataStore, Root, utcnow
+from retrieval.metadata import Content, Failure, File, IngestWriter, MetadataStore, utcnow
 from retrieval.vectors.base import Store
 
 
@@ -163,9 +161,7 @@ def reconcile(meta: MetadataStore, store: Store, *, full: bool = False) -> tuple
     embedded = meta.embedded_ids()
     dropped = 0
     if not full:
-        with meta.engine.connect() as conn:
-            last = conn.scalar(select(func.max(Content.id))) or 0
-            pending = list(conn.scalars(select(Content.id).where(Content.embedded.is_(False))))
+        last, pending = meta.last_and_pending_ids()
         dropped = store.remove(store.ids_above(last).tolist() + pending)
         if len(store) == len(embedded):
             if dropped:
@@ -191,7 +187,7 @@ class PrepareStage(Protocol):
     """Where files become vectors. The ingestor lists and plans, then records what `prepared` yields, in
     order, and calls `vectors` once per batch of new content."""
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Iterator[Prepared]:
+    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
         """One `Prepared` per file of `todo`, in `todo`'s order. `lookup(hash)` is the id of content already
         embedded (in the index or earlier in this run), so that its file is linked, not embedded again."""
         ...
@@ -232,7 +228,7 @@ class LocalStage:
             captured_at=decoded.captured_at,
         )
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Iterator[Prepared]:
+    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-decode")
         try:
             window: deque[Future[Prepared]] = deque()
@@ -282,40 +278,33 @@ class Ingestor:
         self._pending_ids: list[int] = []
         self._pending_contents: list[Content] = []
         self._pending_payloads: list[Any] = []
-        self._next_content_id = 0
 
     # -- stage side -------------------------------------------------------------------------------
 
     def _lookup_hash(self, digest: str) -> int | None:
         if digest in self._run_hashes:
             return self._run_hashes[digest]
-        with self.meta.engine.connect() as conn:
-            row = conn.execute(
-                select(Content.id).where(Content.hash == digest, Content.embedded.is_(True))
-            ).first()
-        return row[0] if row else None
+        return self.meta.embedded_content_id(digest)
 
     # -- main thread ------------------------------------------------------------------------------
 
-    def _flush_batch(self, s: Session) -> None:
+    def _flush_batch(self, w: IngestWriter) -> None:
         if not self._pending_ids:
             return
         vectors = self.stage.vectors(self._pending_payloads)
         ids = np.asarray(self._pending_ids, dtype=np.int64)
         self.store.add(ids, np.asarray(vectors, dtype=np.float32))
-        now = utcnow()
-        for content in self._pending_contents:
-            content.embedded = True
-            content.embedded_at = now
-        s.flush()  # the batch's rows in one go; committed at the next checkpoint
+        w.mark_embedded(
+            self._pending_contents
+        )  # the batch's rows in one go; committed at the next checkpoint
         self._pending_ids.clear()
         self._pending_contents.clear()
         self._pending_payloads.clear()
 
-    def _checkpoint(self, s: Session) -> None:
-        self._flush_batch(s)
+    def _checkpoint(self, w: IngestWriter) -> None:
+        self._flush_batch(w)
         self.store.save()
-        s.commit()
+        w.commit()
         self._run_hashes.clear()  # committed now: visible to workers through the database
 
     def run(self, root: Path, *, prune: bool = True) -> IngestReport:
@@ -339,25 +328,13 @@ class Ingestor:
             if len(found) % 1000 == 0:
                 self.progress(IngestProgress("scan", len(found), None))
 
-        with Session(self.meta.engine, expire_on_commit=False) as s:
-            root_row = s.scalar(select(Root).where(Root.path == str(root)))
-            if root_row is None:
-                root_row = Root(path=str(root), added_at=utcnow())
-                s.add(root_row)
-                s.flush()
-            root_id = root_row.id
-            known_files = {
-                f.path: (f, embedded)
-                for f, embedded in s.execute(
-                    select(File, Content.embedded)
-                    .join(Content, Content.id == File.content_id)
-                    .where(File.root_id == root_id)
-                )
-            }
-            known_failures = {f.path: f for f in s.scalars(select(Failure).where(Failure.root_id == root_id))}
-            unembedded = select(Content.hash, Content.id).where(~Content.embedded)
-            self._unembedded = {digest: content_id for digest, content_id in s.execute(unembedded)}
-            self._next_content_id = s.scalar(select(func.max(Content.id))) or 0
+        with IngestWriter(self.meta) as w:
+            root_id = w.root_id(str(root))
+            # Files under this folder that an ingest of a parent or a sub-folder recorded are this
+            # ingest's to update and to prune too; they keep the root that found them first.
+            known_files = w.files_under(str(root))
+            known_failures = w.failures_under(str(root))
+            self._unembedded = w.unembedded_contents()
 
             todo: list[FoundFile] = []
             for item in found:
@@ -379,7 +356,7 @@ class Ingestor:
                     continue
                 if key != str(item.path):
                     failed = Prepared(item, "", error=_NOT_UTF8)
-                    self._apply(s, failed, root_id, known_files, known_failures, report)
+                    self._apply(w, failed, root_id, known_files, known_failures, report)
                     continue
                 todo.append(item)
 
@@ -391,9 +368,9 @@ class Ingestor:
             stream = self.stage.prepared(todo, self._lookup_hash)
             try:
                 for prep in stream:
-                    self._apply(s, prep, root_id, known_files, known_failures, report)
+                    self._apply(w, prep, root_id, known_files, known_failures, report)
                     if len(self._pending_ids) >= self.batch_size:
-                        self._flush_batch(s)
+                        self._flush_batch(w)
                     done += 1
                     since_checkpoint += 1
                     self.progress(IngestProgress("ingest", done, total))
@@ -401,34 +378,34 @@ class Ingestor:
                         since_checkpoint >= self.checkpoint_every
                         or time.monotonic() - last_checkpoint > self.checkpoint_seconds
                     ):
-                        self._checkpoint(s)
+                        self._checkpoint(w)
                         since_checkpoint = 0
                         last_checkpoint = time.monotonic()
             except (KeyboardInterrupt, ClusterError):
                 # Ctrl-C, or a cluster that lost its workers: save every file recorded so far, then stop.
                 report.interrupted = True
                 stream.close()
-                self._checkpoint(s)
+                self._checkpoint(w)
                 report.seconds = time.monotonic() - started
                 raise
             finally:
                 stream.close()
 
-            self._flush_batch(s)
+            self._flush_batch(w)
             seen = {_path_key(f.path) for f in found}
             if prune:
-                self._prune(s, root_id, seen, known_files, known_failures, report)
-            orphans = self.meta.delete_orphans(s)
+                self._prune(w, root_id, seen, known_files, known_failures, report)
+            orphans = w.delete_orphans()
             if orphans:
                 self.store.remove(orphans)
-            self.meta.set_manifest(s, updated_at=utcnow().isoformat(timespec="seconds"))
-            self._checkpoint(s)
+            w.set_manifest(updated_at=utcnow().isoformat(timespec="seconds"))
+            self._checkpoint(w)
         report.seconds = time.monotonic() - started
         return report
 
     def _apply(
         self,
-        s: Session,
+        w: IngestWriter,
         prep: Prepared,
         root_id: int,
         known_files: dict[str, tuple[File, bool]],
@@ -438,17 +415,16 @@ class Ingestor:
         key = _path_key(prep.found.path)
         existing = known_files.get(key)
         if prep.error is not None:
-            failure = known_failures.get(key)
-            if failure is None:
-                failure = Failure(root_id=root_id, path=key)
-                s.add(failure)
-                known_failures[key] = failure
-            failure.reason = prep.error
-            failure.size = prep.found.size
-            failure.mtime_ns = prep.found.mtime_ns
-            failure.failed_at = utcnow()
+            known_failures[key] = w.record_failure(
+                known_failures.get(key),
+                root_id=root_id,
+                path=key,
+                reason=prep.error,
+                size=prep.found.size,
+                mtime_ns=prep.found.mtime_ns,
+            )
             if existing is not None:  # the file became unreadable: it no longer has a vector
-                s.delete(existing[0])
+                w.forget(existing[0])
                 del known_files[key]
             report.failed.append((key, prep.error))
             return
@@ -457,19 +433,14 @@ class Ingestor:
         if content_id is None and prep.hash in self._run_hashes:
             content_id = self._run_hashes[prep.hash]
         if content_id is None:
-            # A row that a crash or a repair of the vector index left unembedded is reused: hashes are unique.
-            stale = self._unembedded.pop(prep.hash, None)
-            content = s.get(Content, stale) if stale is not None else None
-            if content is None:
-                content = Content(hash=prep.hash, embedded=False)
-            content.width, content.height = prep.width, prep.height
-            content.format, content.captured_at = prep.format, prep.captured_at
-            if content.id is None:
-                # Numbered here (this run is the only writer) so the rows go to SQLite once per batch,
-                # not one flush per image.
-                self._next_content_id += 1
-                content.id = self._next_content_id
-            s.add(content)
+            content = w.content(
+                hash=prep.hash,
+                stale_id=self._unembedded.pop(prep.hash, None),
+                width=prep.width,
+                height=prep.height,
+                format=prep.format,
+                captured_at=prep.captured_at,
+            )
             content_id = content.id
             self._run_hashes[prep.hash] = content_id
             self._pending_ids.append(content_id)
@@ -479,30 +450,20 @@ class Ingestor:
         else:
             report.linked += 1
 
+        size, mtime_ns = prep.found.size, prep.found.mtime_ns
         if existing is None:
-            s.add(
-                File(
-                    root_id=root_id,
-                    path=key,
-                    content_id=content_id,
-                    size=prep.found.size,
-                    mtime_ns=prep.found.mtime_ns,
-                )
-            )
+            w.add_file(root_id=root_id, path=key, content_id=content_id, size=size, mtime_ns=mtime_ns)
             report.added += 1
         else:
-            row = existing[0]
-            row.content_id = content_id
-            row.size = prep.found.size
-            row.mtime_ns = prep.found.mtime_ns
+            w.update_file(existing[0], content_id=content_id, size=size, mtime_ns=mtime_ns)
             report.updated += 1
         failure = known_failures.pop(key, None)
         if failure is not None:
-            s.delete(failure)
+            w.forget(failure)
 
     def _prune(
         self,
-        s: Session,
+        w: IngestWriter,
         root_id: int,
         seen: set[str],
         known_files: dict[str, tuple[File, bool]],
@@ -511,26 +472,20 @@ class Ingestor:
     ) -> None:
         gone = [path for path in known_files if path not in seen]
         for path in gone:
-            s.delete(known_files.pop(path)[0])
+            w.forget(known_files.pop(path)[0])
         report.removed += len(gone)
-        stale = [path for path in known_failures if path not in seen]
-        for start in range(0, len(stale), 500):
-            s.execute(delete(Failure).where(Failure.path.in_(stale[start : start + 500])))
+        w.forget_failures(path for path in known_failures if path not in seen)
 
 
 def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> list[Path]:
     """Forget files (not delete them from disk); vectors go when no copy is left. Returns the paths that
     were indexed (the others were not)."""
-    removed: list[Path] = []
-    with meta.session() as s:
-        for path in paths:
-            row = s.scalar(select(File).where(File.path == _path_key(path)))
-            if row is not None:
-                s.delete(row)
-                removed.append(path)
-        s.flush()
-        orphans = meta.delete_orphans(s)
+    asked = {_path_key(path): path for path in paths}
+    with IngestWriter(meta) as w:
+        removed = [asked[key] for key in w.forget_paths(asked)]
+        orphans = w.delete_orphans()
         if orphans:
             store.remove(orphans)
             store.save()
+        w.commit()
     return removed

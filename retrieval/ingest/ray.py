@@ -23,7 +23,7 @@ import re
 import socket
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -318,7 +318,7 @@ class RayStage:
         except Exception as exc:
             raise _cluster_failure(exc) from None
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Iterator[Prepared]:
+    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
         hashed = self._hashed(todo, lookup)
         first: dict[str, int] = {}
         rows = []

@@ -178,9 +178,9 @@ def _open_thumb(data: bytes | None, side: int) -> Image.Image | None:
     if data is None:
         return None
     try:
-        im = Image.open(io.BytesIO(data))
-        im.draft("RGB", (side, side))
-        im = im.convert("RGB")
+        opened = Image.open(io.BytesIO(data))
+        opened.draft("RGB", (side, side))
+        im = opened.convert("RGB")
     except Exception:  # a damaged cache file draws as a blank tile rather than failing the map
         return None
     im.thumbnail((side, side), Image.Resampling.BILINEAR)

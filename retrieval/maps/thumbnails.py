@@ -3,7 +3,8 @@
 Maps draw hundreds of pictures; decoding the full photos for each map would cost seconds. A thumbnail is
 named by the image's content id and the start of its content hash (`{id}-{hash12}.jpg`): SQLite may hand a
 deleted image's id to a new image, and the hash keeps the old picture from being shown for the new one.
-Files are written under a temporary name and renamed, so readers never see half a file.
+Files are written under a temporary name and renamed, so readers never see half a file; a cache that cannot
+be written (a full or read-only disk) is skipped, the thumbnail served all the same.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 from PIL import Image
@@ -77,7 +79,8 @@ class ThumbnailCache:
             except FileNotFoundError:
                 todo.append((n, cached, path))
         if todo:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            with suppress(OSError):  # a full or read-only disk: thumbnails are made, just not kept
+                self.folder.mkdir(parents=True, exist_ok=True)
             with ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-thumbs") as pool:
                 made = list(pool.map(lambda job: self._make(job[1], job[2]), todo))
             for (n, target, _), data in zip(todo, made, strict=True):
@@ -94,6 +97,10 @@ class ThumbnailCache:
             return data
         # Unique per process and thread: two makers of one thumbnail must not share a temporary file.
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, cached)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        except OSError:  # the cache is a convenience: on a full or read-only disk the bytes serve uncached
+            with suppress(OSError):
+                tmp.unlink()
         return data

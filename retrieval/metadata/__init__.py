@@ -5,6 +5,7 @@ Every SQL query of the project lives in this package.
 
 from retrieval.metadata.models import DB_NAME, Base, Content, Failure, File, Manifest, Root, utcnow
 from retrieval.metadata.store import IN_CHUNK, ImageRecord, IndexedFile, MetadataStore, chunked, head_revision
+from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
     "DB_NAME",
@@ -15,6 +16,7 @@ __all__ = [
     "File",
     "ImageRecord",
     "IndexedFile",
+    "IngestWriter",
     "Manifest",
     "MetadataStore",
     "Root",

@@ -7,22 +7,28 @@ identical copies and moved files share one vector.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, delete, event, func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection, ExceptionContext
 from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session
 
-from retrieval.errors import IndexCorruptError, SchemaTooNewError
+from retrieval.errors import IndexCorruptError, SchemaTooNewError, StorageError
 from retrieval.metadata.models import Content, Failure, File, Manifest, Root
+from retrieval.storage import write_error, write_refusal
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -34,6 +40,8 @@ IN_CHUNK = 500
 #: that it is Alembic's head.
 HEAD_REVISION = "0002"
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
@@ -95,13 +103,62 @@ def head_revision() -> str:
     return head
 
 
-def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+def _on_connect(dbapi_conn: Any, _record: Any, *, read_only: bool = False) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+    try:
+        if not read_only:  # a read-only connection takes the journal mode the database has
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+    except UnicodeDecodeError as exc:
+        # SQLite's message quoted a garbled schema, which Python could not decode: damage, told as such.
+        damage = sqlite3.DatabaseError(f"the schema holds bytes that are not text ({exc.reason})")
+        damage.sqlite_errorname = "SQLITE_CORRUPT"
+        raise damage from exc
+    finally:
+        cur.close()
+
+
+#: SQLite's own words for a damaged file; any other failure to open is first blamed on the disk if it refuses.
+_DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+#: Failures that a disk refusing writes causes (a WAL database needs its -shm file even to be read).
+_STORAGE = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_PERM")
+#: How a database is opened when its folder refuses writes: read-only through the usual locks (works while
+#: the -shm file can be used), else as immutable (the file as it is, no locks, no -shm file needed).
+_READ_ONLY_MODES = ({"mode": "ro"}, {"mode": "ro", "immutable": "1"})
+
+
+def _error_name(exc: BaseException) -> str:
+    return str(getattr(getattr(exc, "orig", exc), "sqlite_errorname", None) or "")
+
+
+def _detail(exc: BaseException) -> str:
+    """The first line of a database error, short (it may quote garbage bytes)."""
+    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Whether SQLite's error means a damaged file (not a refusing disk, a busy lock or a bug of ours)."""
+    orig = getattr(exc, "orig", exc)
+    text = str(orig)
+    return (
+        isinstance(orig, UnicodeError)
+        or _error_name(orig).startswith(_DAMAGE)
+        or text.startswith(("no such table", "no such column", "malformed", "Could not decode to UTF-8"))
+    )
+
+
+def _reads(method: Callable[P, R]) -> Callable[P, R]:
+    """A method that reads the database, inside `MetadataStore.reading()`."""
+
+    @functools.wraps(method)
+    def read(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0].reading():  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return read
 
 
 def _stored_revision(conn: Connection) -> str | None:
@@ -116,20 +173,103 @@ def _stored_revision(conn: Connection) -> str | None:
 
 
 class MetadataStore:
-    """The SQLite database of one index: opened (and migrated) once, closed explicitly."""
+    """The SQLite database of one index: opened (and migrated) once, closed explicitly.
+
+    When the index folder refuses writes (a full disk, a read-only mount, no permission) the database opens
+    read-only, so that commands that only read keep working; `read_only` then says why, and
+    `require_writable()` refuses a write with that reason.
+    """
 
     def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = Path(path)
-        self.engine: SqlEngine = create_engine(f"sqlite:///{self.path}")
-        event.listen(self.engine, "connect", _on_connect)
+        #: Why the database could only be opened read-only (the OS's words), or None.
+        self.read_only: str | None = None
+        self.engine: SqlEngine = self._connect()
         try:
             self._check_and_migrate(migrate)
         except DatabaseError as exc:
             self.engine.dispose()
-            raise self._damaged(str(exc.orig).splitlines()[0]) from exc
+            self._open_read_only(exc)
+        except (ValueError, UnicodeError) as exc:  # garbage bytes where Alembic reads its revision
+            self.engine.dispose()
+            raise self._damaged(f"{type(exc).__name__}: {exc}") from exc
         except Exception:
             self.engine.dispose()
             raise
+
+    def _connect(self, params: dict[str, str] | None = None) -> SqlEngine:
+        if params is None:
+            engine = create_engine(f"sqlite:///{self.path}")
+        else:
+            database = "file:" + quote(str(self.path))
+            engine = create_engine(URL.create("sqlite", database=database, query={**params, "uri": "true"}))
+        event.listen(engine, "connect", functools.partial(_on_connect, read_only=params is not None))
+        event.listen(engine, "handle_error", self._on_error)
+        return engine
+
+    def _on_error(self, context: ExceptionContext) -> None:
+        """Damage met by any statement, a read or a write, is refused as damage (IndexCorruptError), in one
+        line: not passed on as an OperationalError that would read as a failed write, nor as a traceback."""
+        if _is_damage(context.original_exception):
+            raise self._damaged(_detail(context.original_exception)) from context.original_exception
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read: a disk that fails it is one StorageError; a value that cannot be decoded (garbage
+        bytes that `quick_check` does not look at) is damage, one IndexCorruptError."""
+        try:
+            yield
+        except DatabaseError as exc:
+            if _is_damage(exc):
+                raise self._damaged(_detail(exc)) from exc
+            raise StorageError(
+                f"cannot read database {self.path}: {_detail(exc)}; nothing was changed: check the disk, "
+                "then run the command again"
+            ) from exc
+        except (ValueError, UnicodeError) as exc:
+            raise self._damaged(f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+    def _open_read_only(self, failure: DatabaseError) -> None:
+        """After `failure` to open normally: damage is refused; a disk that refuses writes gets a read-only
+        database (it must be at the schema this version writes: an upgrade would need a write)."""
+        detail = _detail(failure)
+        name = _error_name(failure)
+        if _is_damage(failure) or not name.startswith(_STORAGE):
+            raise self._damaged(detail) from failure
+        refusal = write_refusal(self.path.parent)
+        if refusal is None and not os.access(self.path, os.W_OK):
+            refusal = os.strerror(errno.EACCES)
+        if refusal is None:  # the folder takes writes: the disk itself failed SQLite, nothing is damaged
+            raise StorageError(
+                f"cannot open database {self.path}: {detail}; nothing was changed: check the disk, then run "
+                "the command again"
+            ) from failure
+        for params in _READ_ONLY_MODES:
+            self.engine = self._connect(params)
+            try:
+                self._check_and_migrate(migrate=False)
+            except DatabaseError as exc:
+                self.engine.dispose()
+                if _is_damage(exc) or not _error_name(exc).startswith(_STORAGE):
+                    raise self._damaged(_detail(exc)) from exc
+                continue
+            except Exception:
+                self.engine.dispose()
+                raise
+            self.read_only = refusal
+            if self.revision not in (None, head_revision()):
+                self.engine.dispose()
+                raise write_error(self.path.parent, f"{refusal} (the database must be upgraded first)")
+            return
+        raise StorageError(
+            f"cannot open database {self.path}: {refusal}; nothing was changed: make room (or fix the "
+            "folder) and run the command again"
+        ) from failure
+
+    def require_writable(self) -> None:
+        """Raises IndexWriteError, with the OS's reason, when the database was opened read-only."""
+        if self.read_only is not None:
+            raise write_error(self.path.parent, self.read_only)
 
     def _damaged(self, detail: str) -> IndexCorruptError:
         """The database holds the only record of paths: damaged, it cannot be rebuilt from the vectors."""
@@ -165,6 +305,7 @@ class MetadataStore:
                 command.upgrade(cfg, "head")
 
     @property
+    @_reads
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
             return _stored_revision(conn)
@@ -191,12 +332,10 @@ class MetadataStore:
 
     # -- manifest -------------------------------------------------------------------------------
 
+    @_reads
     def get_manifest(self) -> dict[str, Any]:
-        try:
-            with Session(self.engine) as s:
-                return {row.key: json.loads(row.value) for row in s.scalars(select(Manifest))}
-        except OperationalError as exc:
-            raise IndexCorruptError(f"database {self.path} cannot be read: {exc.orig}") from exc
+        with Session(self.engine) as s:
+            return {row.key: json.loads(row.value) for row in s.scalars(select(Manifest))}
 
     def set_manifest(self, session: Session, **values: Any) -> None:
         for key, value in values.items():
@@ -204,6 +343,7 @@ class MetadataStore:
 
     # -- queries used by search ------------------------------------------------------------------
 
+    @_reads
     def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
         """Metadata of embedded contents, each with its first path (by path order) and its copy count."""
         if not ids:
@@ -231,14 +371,26 @@ class MetadataStore:
                 )
         return out
 
+    @_reads
     def content_id_for_path(self, path: Path | str) -> int | None:
         with Session(self.engine) as s:
             return s.scalar(select(File.content_id).where(File.path == str(path)))
 
+    @_reads
+    def embedded_content_id(self, digest: str) -> int | None:
+        """The id of the embedded content with this hash, if any (safe from the decode threads)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Content.id).where(Content.hash == digest, Content.embedded.is_(True))
+            ).first()
+        return row[0] if row else None
+
+    @_reads
     def embedded_ids(self) -> set[int]:
         with Session(self.engine) as s:
             return set(s.scalars(select(Content.id).where(Content.embedded.is_(True))))
 
+    @_reads
     def counts(self) -> dict[str, int]:
         with Session(self.engine) as s:
             return {
@@ -249,11 +401,13 @@ class MetadataStore:
                 "failures": s.scalar(select(func.count(Failure.id))) or 0,
             }
 
+    @_reads
     def roots(self) -> list[str]:
         """The folders ingested into this index, sorted."""
         with Session(self.engine) as s:
             return list(s.scalars(select(Root.path).order_by(Root.path)))
 
+    @_reads
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         with Session(self.engine) as s:
             q = select(Failure.path, Failure.reason).order_by(Failure.path)
@@ -278,6 +432,7 @@ class MetadataStore:
             session.execute(delete(Content).where(Content.id.in_(chunk)))
         return orphan_ids
 
+    @_reads
     def content_hashes(self, ids: Iterable[int]) -> dict[int, str]:
         """Content id -> content hash (what thumbnails and ETags are keyed on)."""
         out: dict[int, str] = {}
@@ -287,6 +442,7 @@ class MetadataStore:
                 out.update((int(i), str(h)) for i, h in rows)
         return out
 
+    @_reads
     def paths_of(self, ids: Iterable[int]) -> dict[int, list[str]]:
         """Content id -> every file path holding it, in path order."""
         out: dict[int, list[str]] = {}
@@ -299,6 +455,7 @@ class MetadataStore:
                     out.setdefault(int(content_id), []).append(str(path))
         return out
 
+    @_reads
     def files_of(self, content_id: int) -> list[IndexedFile]:
         """Every file holding `content_id`, in path order, with its root folder and its recorded stat."""
         with Session(self.engine) as s:
@@ -310,6 +467,15 @@ class MetadataStore:
             )
             return [IndexedFile(str(p), str(r), int(size), int(mtime)) for p, r, size, mtime in rows]
 
+    @_reads
+    def last_and_pending_ids(self) -> tuple[int, list[int]]:
+        """The highest content id committed, and the ids of contents still waiting for their vector: where
+        a crash can have left vectors without rows."""
+        with Session(self.engine) as s:
+            last = s.scalar(select(func.max(Content.id))) or 0
+            return int(last), [int(i) for i in s.scalars(select(Content.id).where(~Content.embedded))]
+
+    @_reads
     def copied_ids(self) -> list[int]:
         """Contents stored under more than one file path (byte-identical copies)."""
         with Session(self.engine) as s:

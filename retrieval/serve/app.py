@@ -25,7 +25,7 @@ import hmac
 import ipaddress
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -550,7 +550,7 @@ def _status_for(exc: RetrievalError) -> int:
     return 500
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
@@ -705,9 +705,9 @@ class _Guard:
             await refusal(scope, receive, send)
             return
         if self.exposure.token is not None:
-            refusal = self._token_refusal(scope, headers)
-            if refusal is not None:
-                await refusal(scope, receive, send)
+            denied = self._token_refusal(scope, headers)
+            if denied is not None:
+                await denied(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -1,0 +1,159 @@
+"""`IngestWriter`: what one ingest (or removal) reads and writes, over one session.
+
+The ingest pipeline decides what happens to each file; this class is how it reaches the database, so
+that the SQL stays in this package. Nothing is committed until `commit()`: the pipeline commits only
+after the vectors the rows call embedded are saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from retrieval.metadata.models import Content, Failure, File, Root, utcnow
+from retrieval.metadata.store import MetadataStore, chunked
+
+
+def _under(column: Any, folder: str) -> tuple[Any, Any]:
+    """`column` holds a path under `folder`, as a range of the path index: SQLite compares text byte by
+    byte, and every path that starts with "folder/" sorts between "folder/" and "folder0" ("0" follows "/").
+    (LIKE would need its wildcards escaped in file names and would not use the index.)"""
+    prefix = folder.rstrip("/") + "/"
+    return column >= prefix, column < prefix[:-1] + "0"
+
+
+class IngestWriter:
+    """One session over `meta`; use as a context manager (closing it drops what was not committed)."""
+
+    def __init__(self, meta: MetadataStore) -> None:
+        self.meta = meta
+        self.session = Session(meta.engine, expire_on_commit=False)
+        # New contents are numbered here, from the highest id when the run starts (see `content`).
+        try:
+            self._last_id: int = self.session.scalar(select(func.max(Content.id))) or 0
+        except BaseException:
+            self.session.close()
+            raise
+
+    def __enter__(self) -> IngestWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.close()
+
+    # -- reading what the run starts from ----------------------------------------------------------
+
+    def root_id(self, path: str) -> int:
+        """The id of the indexed folder `path`, added on its first ingest."""
+        root = self.session.scalar(select(Root).where(Root.path == path))
+        if root is None:
+            root = Root(path=path, added_at=utcnow())
+            self.session.add(root)
+            self.session.flush()
+        return root.id
+
+    def files_under(self, folder: str) -> dict[str, tuple[File, bool]]:
+        """The files under `folder` by path, whichever indexed folder found them (a parent and its
+        sub-folder share rows), each with whether its content is embedded."""
+        with self.meta.reading():
+            rows = self.session.execute(
+                select(File, Content.embedded)
+                .join(Content, Content.id == File.content_id)
+                .where(*_under(File.path, folder))
+            )
+            return {file.path: (file, bool(embedded)) for file, embedded in rows}
+
+    def failures_under(self, folder: str) -> dict[str, Failure]:
+        """The recorded failures under `folder` by path, whichever indexed folder recorded them."""
+        with self.meta.reading():
+            failures = self.session.scalars(select(Failure).where(*_under(Failure.path, folder)))
+            return {f.path: f for f in failures}
+
+    def unembedded_contents(self) -> dict[str, int]:
+        """Hash -> id of contents left unembedded (by a crash, or a repair that lost their vectors)."""
+        with self.meta.reading():
+            rows = self.session.execute(select(Content.hash, Content.id).where(~Content.embedded))
+            return {digest: content_id for digest, content_id in rows}
+
+    # -- recording ----------------------------------------------------------------------------------
+
+    def record_failure(
+        self, failure: Failure | None, *, root_id: int, path: str, reason: str, size: int, mtime_ns: int
+    ) -> Failure:
+        """Record (or update) why the file at `path` could not be indexed."""
+        if failure is None:
+            failure = Failure(root_id=root_id, path=path)
+            self.session.add(failure)
+        failure.reason = reason
+        failure.size = size
+        failure.mtime_ns = mtime_ns
+        failure.failed_at = utcnow()
+        return failure
+
+    def content(
+        self,
+        *,
+        hash: str,
+        stale_id: int | None,
+        width: int,
+        height: int,
+        format: str,
+        captured_at: datetime | None,
+    ) -> Content:
+        """The (not yet embedded) content row of new image bytes: the row `stale_id` that a crash or a repair
+        left unembedded when there is one (hashes are unique), else a new row. New rows are numbered here
+        (an ingest is the only writer) so that they go to SQLite once per batch, not one flush each."""
+        row = self.session.get(Content, stale_id) if stale_id is not None else None
+        if row is None:
+            self._last_id += 1
+            row = Content(id=self._last_id, hash=hash, embedded=False)
+        row.width, row.height, row.format, row.captured_at = width, height, format, captured_at
+        self.session.add(row)
+        return row
+
+    def add_file(self, *, root_id: int, path: str, content_id: int, size: int, mtime_ns: int) -> File:
+        row = File(root_id=root_id, path=path, content_id=content_id, size=size, mtime_ns=mtime_ns)
+        self.session.add(row)
+        return row
+
+    def update_file(self, row: File, *, content_id: int, size: int, mtime_ns: int) -> None:
+        row.content_id, row.size, row.mtime_ns = content_id, size, mtime_ns
+
+    def mark_embedded(self, contents: Iterable[Content]) -> None:
+        """Call these contents embedded and send the pending rows to SQLite (committed by `commit`)."""
+        now = utcnow()
+        for content in contents:
+            content.embedded = True
+            content.embedded_at = now
+        self.session.flush()
+
+    def forget(self, row: File | Failure) -> None:
+        self.session.delete(row)
+
+    def forget_failures(self, paths: Iterable[str]) -> None:
+        for chunk in chunked(paths):
+            self.session.execute(delete(Failure).where(Failure.path.in_(chunk)))
+
+    def forget_paths(self, paths: Iterable[str]) -> list[str]:
+        """Forget the files at these paths; returns those that were indexed."""
+        removed: list[str] = []
+        for chunk in chunked(paths):
+            for row in self.session.scalars(select(File).where(File.path.in_(chunk))):
+                self.session.delete(row)
+                removed.append(row.path)
+        self.session.flush()
+        return removed
+
+    def delete_orphans(self) -> list[int]:
+        """Delete contents no file points at any more; their ids (their vectors must go too)."""
+        return self.meta.delete_orphans(self.session)
+
+    def set_manifest(self, **values: Any) -> None:
+        self.meta.set_manifest(self.session, **values)
+
+    def commit(self) -> None:
+        self.session.commit()
