@@ -72,7 +72,7 @@ from retrieval.vectors import (
     open_store,
     parse_kind,
     rebuild_store,
-    vectors_present,
+    vectors_saved,
 )
 
 if TYPE_CHECKING:
@@ -422,8 +422,8 @@ class Engine:
 
     def _refuse_lost_database(self) -> None:
         """No database but vectors saved: the database was deleted. Starting afresh would take the default
-        model and re-number images the vectors are labelled with."""
-        if vectors_present(self.dir / "vectors"):
+        model and number new images with ids the saved vectors already carry."""
+        if vectors_saved(self.dir / "vectors"):
             raise IndexCorruptError(
                 f"database {self.dir / DB_NAME} is missing but the index has vectors (the file was deleted "
                 f"or moved); restore it from a backup, or delete the index folder {self.dir} and ingest again"
@@ -431,7 +431,7 @@ class Engine:
 
     def _refuse_emptied_database(self) -> None:
         """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
-        if "model" not in self.meta.get_manifest() and vectors_present(self.dir / "vectors"):
+        if "model" not in self.meta.get_manifest() and vectors_saved(self.dir / "vectors"):
             path = self.meta.path
             self.close()
             raise IndexCorruptError(

@@ -28,6 +28,7 @@ __all__ = [
     "parse_kind",
     "rebuild_store",
     "vectors_present",
+    "vectors_saved",
 ]
 
 #: Written by `create_store` into every store's folder: says that vectors were saved there, whichever store
@@ -116,3 +117,19 @@ def rebuild_store(spec: StoreSpec, folder: Path, *, dim: int | None) -> tuple[St
 
     store, lost = VectorStore.rebuild(folder, dim=dim)
     return store, lost
+
+
+def vectors_saved(folder: Path) -> bool:
+    """Whether a store in `folder` may hold vectors, which a lost database would orphan: a Milvus store (its
+    count lives in the server), or a default store that saved at least one vector or whose manifest cannot be
+    read. An empty default store (made ahead of the first ingest, say) holds nothing to lose."""
+    if not folder.is_dir() or not vectors_present(folder):  # a new index imports no store module here
+        return False
+    from retrieval.vectors.hnsw.store import VectorStore
+
+    try:
+        kind = json.loads((folder / MARKER).read_text()).get("store", DEFAULT_KIND)
+    except (OSError, ValueError, AttributeError):
+        kind = DEFAULT_KIND
+    count = VectorStore.saved_count(folder) if kind == DEFAULT_KIND else None
+    return count != 0

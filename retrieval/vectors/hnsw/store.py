@@ -41,6 +41,7 @@ import numpy as np
 
 from retrieval.errors import (
     IndexCorruptError,
+    RetrievalError,
     UsageError,
 )
 from retrieval.vectors.hnsw import fileformat
@@ -245,6 +246,15 @@ class VectorStore:
     @staticmethod
     def exists(folder: Path) -> bool:
         return (Path(folder) / MANIFEST).is_file()
+
+    @staticmethod
+    def saved_count(folder: Path) -> int | None:
+        """How many vectors the store in `folder` last saved, from its manifest alone; None when there is
+        no store or its manifest cannot be trusted."""
+        try:
+            return int(fileformat.read_manifest(Path(folder))["n_alive"])
+        except (RetrievalError, KeyError, TypeError, ValueError):
+            return None
 
     def close(self) -> None:
         """Drop the graph, codes and memory maps; unsaved changes are lost."""
