@@ -34,6 +34,7 @@ from retrieval.errors import IndexCorruptError, RetrievalError
 from retrieval.ingest.pipeline import IngestProgress, IngestReport
 from retrieval.maps.render import map_format
 from retrieval.quality.evaluation import EvalReport
+from retrieval.search.duplicates import DEFAULT_NEIGHBOURS
 from retrieval.search.queries import Query, QueryPart, SearchHit
 from retrieval.settings import ray_address_from_env
 
@@ -675,7 +676,7 @@ def duplicates(
     ] = None,
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, max=1000, help="Neighbours each image asks for.")
-    ] = 10,
+    ] = DEFAULT_NEIGHBOURS,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate images (resized, re-compressed, cropped copies) in an index."""
