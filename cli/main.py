@@ -816,9 +816,10 @@ def duplicates(
         float | None,
         typer.Option("--threshold", min=-1.0, max=1.0, help="Cosine for copies [default: per model]."),
     ] = None,
+    # Written out so that --help imports no library module; tests/test_first_run.py holds it to the library's.
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, max=1000, help="Neighbours each image asks for.")
-    ] = 10,
+    ] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate images (resized, re-compressed, cropped copies) in an index."""

@@ -11,6 +11,7 @@ import shutil
 import signal
 import stat
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from retrieval.embedders import Embedder, create_embedder, parse_embedder_name
+from retrieval.embedders import Embedder, SupersededEmbedderWarning, create_embedder, parse_embedder_name
 from retrieval.embedders.projections import KINDS, HeadParams, ProjectedEmbedder, Projection, fit_projection
 from retrieval.errors import (
     IndexBusyError,
@@ -173,6 +174,13 @@ class DoctorReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def _recorded_model(manifest: dict[str, Any]) -> str:
+    """The model name an index was built with. A classic index names its version: "classic" alone now means
+    a newer one than an old index holds."""
+    embedder_id = str(manifest.get("embedder_id") or "")
+    return embedder_id if embedder_id.startswith("classic:") else manifest["model"]
 
 
 def _folder_size(path: Path) -> int:
@@ -395,6 +403,11 @@ class Engine:
                     f"index {self.name!r} was built with {recorded}, not {emb.id}; "
                     f"use the same model/weights or another --index"
                 )
+            if recorded is not None and emb.superseded:
+                warnings.warn(
+                    SupersededEmbedderWarning(f"index {self.name!r} was built with {emb.superseded}"),
+                    stacklevel=2,
+                )
             projection = self.manifest.get("projection") if self.exists else None
             # An index with a projection embeds images (ingest) and queries through it.
             self._embedder = ProjectedEmbedder(emb, Projection.load(self.dir)) if projection else emb
@@ -417,7 +430,7 @@ class Engine:
         manifest = self.manifest if self.exists else {}
         if "model" in manifest:
             weights = self._weights_arg or (Path(manifest["weights"]) if manifest.get("weights") else None)
-            return manifest["model"], manifest.get("pretrained"), weights
+            return _recorded_model(manifest), manifest.get("pretrained"), weights
         return self._model_arg or DEFAULT_MODEL, self._pretrained_arg, self._weights_arg
 
     def _refuse_lost_database(self) -> None:
@@ -444,7 +457,7 @@ class Engine:
         if self._model_arg is None or "model" not in manifest:
             return
         asked = parse_embedder_name(self._model_arg, self._pretrained_arg)
-        recorded = parse_embedder_name(manifest["model"], manifest.get("pretrained"))
+        recorded = parse_embedder_name(_recorded_model(manifest), manifest.get("pretrained"))
         if asked != recorded:
             raise IndexMismatchError(
                 f"index {self.name!r} was built with {manifest.get('embedder_id', manifest['model'])}, "
@@ -734,8 +747,9 @@ class Engine:
             raise QueryError(f"query image {source} does not exist")
         # Bytes are an upload (the server's or a caller's): the lower pixel budget of untrusted input.
         limit = UPLOAD_MAX_PIXELS if isinstance(source, bytes) else DEFAULT_MAX_PIXELS
-        decoded = decode_image(source, min_side=self.embedder.input_size, max_pixels=limit)
-        return self.embedder.embed_images([decoded.image])[0]
+        emb = self.embedder
+        decoded = decode_image(source, min_side=emb.input_size, max_pixels=limit, keep_alpha=emb.keeps_alpha)
+        return emb.embed_images([decoded.image])[0]
 
     def _stored_vector(self, content_id: int) -> np.ndarray:
         if content_id not in self.store:

@@ -21,7 +21,14 @@ from PIL import ExifTags, Image, ImageDraw, ImageOps, features
 
 from retrieval.errors import DecodeError, UsageError
 from retrieval.files import decoding
-from retrieval.files.decoding import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, DecodedImage, decode_image
+from retrieval.files.decoding import (
+    ALPHA_BACKGROUND,
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_EXTENSIONS,
+    DecodedImage,
+    decode_image,
+    flatten_alpha,
+)
 
 
 def scene(size: tuple[int, int] = (96, 64)) -> Image.Image:
@@ -131,20 +138,26 @@ def test_sixteen_bit_png_is_scaled_not_clipped() -> None:
     assert grey[0, 0] <= 2 and grey[-1, -1] >= 253 and 100 < grey[32, 0] < 160
 
 
-def test_palette_transparency_is_composited_on_white() -> None:
+def test_palette_transparency_is_composited_on_mid_grey() -> None:
     image = Image.new("P", (32, 32), 0)
     image.putpalette([0, 255, 0, 0, 0, 0] + [0] * 762)
     ImageDraw.Draw(image).rectangle((8, 8, 23, 23), fill=1)
     pixels = np.asarray(decode_image(encoded(image, "PNG", transparency=0)).image)
-    assert tuple(pixels[0, 0]) == (255, 255, 255) and tuple(pixels[16, 16]) == (0, 0, 0)
+    assert tuple(pixels[0, 0]) == ALPHA_BACKGROUND and tuple(pixels[16, 16]) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
-def test_alpha_is_composited_on_white(mode: str) -> None:
+def test_alpha_is_composited_on_mid_grey_or_kept_when_asked(mode: str) -> None:
     image = Image.new("RGBA", (32, 32), (200, 0, 0, 0))
     ImageDraw.Draw(image).rectangle((8, 8, 23, 23), fill=(0, 0, 0, 255))
-    pixels = np.asarray(decode_image(encoded(image.convert(mode), "PNG")).image)
-    assert tuple(pixels[0, 0]) == (255, 255, 255) and tuple(pixels[16, 16]) == (0, 0, 0)
+    data = encoded(image.convert(mode), "PNG")
+    pixels = np.asarray(decode_image(data).image)
+    assert tuple(pixels[0, 0]) == ALPHA_BACKGROUND == (128, 128, 128) and tuple(pixels[16, 16]) == (0, 0, 0)
+    kept = decode_image(data, keep_alpha=True).image
+    assert kept.mode == "RGBA" and kept.getpixel((0, 0))[3] == 0 and kept.getpixel((16, 16)) == (0, 0, 0, 255)
+    assert np.array_equal(np.asarray(flatten_alpha(kept)), pixels)
+    opaque = decode_image(encoded(scene(), "PNG"), keep_alpha=True).image
+    assert opaque.mode == "RGB"
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])

@@ -279,6 +279,6 @@ def test_a_worker_that_cannot_start_is_one_line_naming_why(ray_runtime, make_pho
             list(stage._results([{"seq": 0, "path": str(photos[0]), "hash": "x"}]))
     message = str(raised.value)
     assert message.startswith(
-        "a Ray worker could not start: IndexMismatchError: a Ray worker built classic:v1"
+        "a Ray worker could not start: IndexMismatchError: a Ray worker built classic:v2"
     )
     assert "\n" not in message and "\x1b" not in message

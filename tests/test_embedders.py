@@ -73,7 +73,9 @@ def assert_unit_rows(vectors: np.ndarray, rows: int, dim: int) -> None:
 @pytest.mark.parametrize(
     ("name", "pretrained", "expected"),
     [
-        ("classic", "default", ("classic", "v1", None)),
+        ("classic", "default", ("classic", "v2", None)),
+        ("classic:v1", "default", ("classic", "v1", None)),
+        ("classic:v2", None, ("classic", "v2", None)),
         ("clip", "default", ("clip", "ViT-B-32", "laion2b_s34b_b79k")),
         ("clip:ViT-B-32", "default", ("clip", "ViT-B-32", "laion2b_s34b_b79k")),
         ("clip:ViT-B-32/laion2b_s34b_b79k", "default", ("clip", "ViT-B-32", "laion2b_s34b_b79k")),
@@ -101,6 +103,7 @@ def test_good_names_parse_to_canonical_specs(name: str, pretrained: str | None, 
         ("clip:ViT-B-32/not_a_tag", "default", ["not_a_tag", "laion2b_s34b_b79k", "openai"]),
         ("resnet50", "IMAGENET9", ["IMAGENET9", "IMAGENET1K_V2"]),
         ("classic", "openai", ["classic", "openai"]),
+        ("classic:v3", "default", ["'v3'", "classic:v1", "classic:v2"]),
         ("clip:tiny-test", "openai", ["tiny-test", "none"]),
         ("clip:ViT-B-32/openai", "laion2b_s34b_b79k", ["openai", "laion2b_s34b_b79k"]),
     ],
@@ -224,7 +227,7 @@ def test_classic_features_are_deterministic_unit_vectors_without_text() -> None:
     embedder = create_embedder("classic")
     images = [picture(seed) for seed in range(4)]
     first = embedder.embed_images(images)
-    assert (embedder.id, embedder.dim) == ("classic:v1", 256)
+    assert (embedder.id, embedder.dim) == ("classic:v2", 256)
     assert_unit_rows(first, 4, 256)
     np.testing.assert_array_equal(first, create_embedder("classic").embed_images(images))
     assert embedder.embed_images([]).shape == (0, 256)

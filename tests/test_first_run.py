@@ -86,6 +86,13 @@ def test_remove_and_stats_on_a_clip_index_do_not_load_the_model(make_photos, tmp
         assert engine.stats().counts["files"] == 2
 
 
+def test_duplicates_help_states_the_neighbour_default_the_library_uses():
+    from retrieval.search.duplicates import DEFAULT_NEIGHBOURS
+
+    result = invoke("duplicates", "--help")
+    assert f"[default: {DEFAULT_NEIGHBOURS}]" in " ".join(result.output.split())
+
+
 def test_eval_help_states_the_head_default_it_uses():
     result = invoke("eval", "--help")
     assert f"[default: {HeadParams.steps}]" in " ".join(result.output.split())

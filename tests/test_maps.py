@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -11,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import draw_photo
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine
 from retrieval.errors import QueryError, UsageError
+from retrieval.files.decoding import ALPHA_BACKGROUND
 from retrieval.maps import layout as maps
 from retrieval.maps.layout import (
     LargeMapWarning,
@@ -28,6 +30,7 @@ from retrieval.maps.layout import (
     compute_layout,
 )
 from retrieval.maps.render import fill_template, render_html, script_json
+from retrieval.maps.thumbnails import make_thumbnail
 from retrieval.search.queries import Query, QueryPart
 
 GROUPS = 3
@@ -51,6 +54,16 @@ def intra_inter(coords: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 # -- layout and clusters on plain arrays --------------------------------------------------------------
+
+
+def test_a_transparent_picture_has_its_thumbnail_on_the_same_mid_grey_as_the_embedders() -> None:
+    art = Image.new("RGBA", (200, 100), (255, 255, 255, 0))
+    ImageDraw.Draw(art).rectangle((150, 0, 199, 99), fill=(200, 30, 30, 255))
+    buf = io.BytesIO()
+    art.save(buf, "PNG")
+    thumb = Image.open(io.BytesIO(make_thumbnail(buf.getvalue())))
+    corner = np.asarray(thumb.convert("RGB"), dtype=int)[10, 10]
+    assert np.abs(corner - np.array(ALPHA_BACKGROUND)).max() <= 3  # JPEG; on white it was (255, 255, 255)
 
 
 def test_perplexity_grows_with_n_within_5_to_50_and_stays_well_below_n():

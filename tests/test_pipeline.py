@@ -30,7 +30,7 @@ from retrieval.embedders.base import PillowPreprocess
 from retrieval.embedders.classic import ClassicEmbedder
 from retrieval.embedders.clip import encode_text
 from retrieval.engine import Engine
-from retrieval.files.decoding import decode_image
+from retrieval.files.decoding import ALPHA_BACKGROUND, decode_image
 from retrieval.ingest.pipeline import Ingestor
 from retrieval.metadata import MetadataStore
 from retrieval.vectors.hnsw.store import VectorStore
@@ -127,11 +127,11 @@ def test_box_reduced_png_stays_within_a_grey_level_of_the_full_decode(vit_transf
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
-def test_transparent_pixels_are_composited_on_white_like_alpha_composite(mode: str) -> None:
+def test_transparent_pixels_are_composited_on_mid_grey_like_alpha_composite(mode: str) -> None:
     rng = np.random.default_rng(3)
     image = Image.fromarray(rng.integers(0, 256, (60, 80, 4), dtype=np.uint8), "RGBA").convert(mode)
-    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    expected = Image.alpha_composite(white, image.convert("RGBA"))
+    grey = Image.new("RGBA", image.size, (*ALPHA_BACKGROUND, 255))
+    expected = Image.alpha_composite(grey, image.convert("RGBA"))
     decoded = decode_image(encoded(image, "PNG")).image
     assert decoded.mode == "RGB"
     diff = np.abs(np.asarray(decoded, dtype=int) - np.asarray(expected.convert("RGB"), dtype=int))

@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 import retrieval.ingest.pipeline as ingest_module
 from retrieval.engine import Engine
 from retrieval.errors import IndexCorruptError, IndexWriteError
+from retrieval.files.decoding import ALPHA_BACKGROUND
 from retrieval.vectors.hnsw import fileformat
 from retrieval.vectors.hnsw.store import VectorStore
 
@@ -97,8 +98,9 @@ def write_odd_valid_images(folder: Path, refs: Path) -> dict[str, Path]:
 
     palette = draw_photo(62).quantize(64)
     palette.save(folder / "palette.png", transparency=0)
-    flat = Image.new("RGBA", palette.size, (255, 255, 255, 255))
-    flat.alpha_composite(palette.convert("RGBA"))  # its transparent colour shows white, as decoding does
+    flat = Image.new("RGBA", palette.size, (*ALPHA_BACKGROUND, 255))
+    with Image.open(folder / "palette.png") as saved:  # transparent shows mid-grey, as decoding does
+        flat.alpha_composite(saved.convert("RGBA"))
     reference("palette.png", flat)
 
     first, second = draw_photo(63), draw_photo(64)

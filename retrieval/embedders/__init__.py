@@ -4,9 +4,10 @@
     list_embedders()                                       -> every accepted name
     create_embedder("resnet50", pretrained=None)          -> an Embedder (use it as a context manager)
 
-Names: "classic"; "clip" (ViT-B-32/laion2b_s34b_b79k), "clip:MODEL", "clip:MODEL/TAG" for any open_clip
-pretrained pair, "clip:tiny-test" (a tiny random model for tests); "resnet18".."resnet152" or
-"resnet:ARCH[/WEIGHTS]". The CLIP and ResNet families load lazily, so "classic" never imports open_clip.
+Names: "classic" (its current version; "classic:v1" for indexes built before v2); "clip"
+(ViT-B-32/laion2b_s34b_b79k), "clip:MODEL", "clip:MODEL/TAG" for any open_clip pretrained pair,
+"clip:tiny-test" (a tiny random model for tests); "resnet18".."resnet152" or "resnet:ARCH[/WEIGHTS]".
+The CLIP and ResNet families load lazily, so "classic" never imports open_clip.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from retrieval.embedders.base import (
     Embedder,
     EmbedderSpec,
     RandomWeightsWarning,
+    SupersededEmbedderWarning,
     resolve_device,
     warn_random_weights,
 )
 from retrieval.embedders.classic import VERSION as CLASSIC_VERSION
+from retrieval.embedders.classic import VERSIONS as CLASSIC_VERSIONS
 from retrieval.embedders.classic import ClassicEmbedder
 from retrieval.errors import UsageError
 
@@ -64,13 +67,14 @@ def parse_embedder_name(name: str, pretrained: str | None = "default") -> Embedd
         wanted = in_name
 
     if family == "classic":
-        if arch and arch != CLASSIC_VERSION:
+        if arch and arch not in CLASSIC_VERSIONS:
+            versions = ", ".join(f"classic:{v}" for v in CLASSIC_VERSIONS)
             raise UsageError(
-                f"unknown classic embedder version {arch!r}; choose classic or classic:{CLASSIC_VERSION}"
+                f"unknown classic embedder version {arch!r}; choose classic or one of {versions}"
             )
         if wanted not in ("default", None):
             raise UsageError(f"the classic embedder has no weights, so --pretrained {wanted!r} means nothing")
-        return EmbedderSpec("classic", CLASSIC_VERSION, None)
+        return EmbedderSpec("classic", arch or CLASSIC_VERSION, None)
     if family == "clip":
         from retrieval.embedders.clip import DEFAULT_MODEL, clip_spec
 
@@ -88,6 +92,7 @@ def list_embedders() -> list[str]:
 
     return [
         "classic",
+        *(f"classic:{version}" for version in CLASSIC_VERSIONS),
         "clip",
         *(f"clip:{model}/{tag}" for model, tag in pretrained_pairs()),
         *(f"clip:{model}" for model in LOCAL_CONFIGS),
@@ -124,7 +129,7 @@ def create_embedder(
     if spec.family == "classic":
         if weights_path is not None:
             raise UsageError("the classic embedder has no weights; drop --weights")
-        return ClassicEmbedder(batch_size=batch_size)
+        return ClassicEmbedder(version=spec.arch, batch_size=batch_size)
     embedder = _CREATORS[spec.family](spec, weights_path, resolve_device(device), batch_size)
     if embedder.spec.random_weights:
         warn_random_weights(embedder.id)
@@ -166,6 +171,7 @@ __all__ = [
     "Embedder",
     "EmbedderSpec",
     "RandomWeightsWarning",
+    "SupersededEmbedderWarning",
     "create_embedder",
     "list_embedders",
     "parse_embedder_name",

@@ -39,6 +39,10 @@ class RandomWeightsWarning(UserWarning):
     """An embedder runs on random weights: its vectors only exercise the plumbing, they mean nothing."""
 
 
+class SupersededEmbedderWarning(UserWarning):
+    """An index was built by an older version of its embedder: it still works, a new index would do better."""
+
+
 @dataclass(frozen=True)
 class EmbedderSpec:
     """Which model, as parsed from a name: `pretrained` is a canonical tag, "file:<sha>", or None (random)."""
@@ -51,7 +55,7 @@ class EmbedderSpec:
     def name(self) -> str:
         """The name `parse_embedder_name` turns back into this spec (weights files aside)."""
         if self.family == "classic":
-            return "classic"
+            return f"classic:{self.arch}"
         if self.pretrained is None or self.pretrained.startswith("file:"):
             return f"{self.family}:{self.arch}"
         return f"{self.family}:{self.arch}/{self.pretrained}"
@@ -79,10 +83,14 @@ class Embedder(ABC):
     preprocess_id: str
     device: str = "cpu"
     batch_size: int = 32
+    #: `preprocess` takes a transparent picture as RGBA (decode with keep_alpha) and flattens it itself.
+    keeps_alpha: bool = False
+    #: Set on an embedder kept only so that old indexes still open: what a new index would gain.
+    superseded: str | None = None
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray | torch.Tensor:
-        """Turn one RGB image into what `embed_preprocessed` stacks."""
+        """Turn one RGB image (RGBA too, with `keeps_alpha`) into what `embed_preprocessed` stacks."""
 
     @abstractmethod
     def embed_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:

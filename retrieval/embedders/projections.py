@@ -334,6 +334,8 @@ class ProjectedEmbedder(Embedder):
         self.input_size = base.input_size
         self.supports_text = base.supports_text
         self.preprocess_id = base.preprocess_id
+        self.keeps_alpha = base.keeps_alpha
+        self.superseded = base.superseded
         self.device = base.device
         self.batch_size = base.batch_size
 

@@ -16,6 +16,10 @@ Every image that enters `retrieval` goes through `decode_image`, so the rules li
   `DecodedImage.warnings` or the failure's reason, and never written to stderr.
 - Result: an upright RGB picture, optionally shrunk while loading so that a 24-megapixel JPEG costs what a
   1-megapixel one does.
+- Transparency: one rule for every consumer (ingest, queries, thumbnails): transparent pixels are shown over
+  mid-grey (`ALPHA_BACKGROUND`, through `flatten_alpha`). On white, a mostly-transparent artwork is a blank
+  page and any two of them look alike. A consumer that uses the alpha itself (the classic embedder crops to
+  the visible part) asks for it with `keep_alpha` and flattens through the same helper.
 
 How the time budget is kept: a thread cannot be killed, so the budget is enforced cooperatively. The file
 is read through a wrapper that raises once the deadline has passed (Pillow feeds its decoders the file
@@ -74,7 +78,8 @@ REDUCE_MARGIN = 4
 # 16-bit, 32-bit integer and float pictures are scaled to 8 bits this many pixels at a time.
 BAND_PIXELS = 1 << 22
 
-_WHITE = (255, 255, 255)
+#: What transparent pixels are shown over, everywhere: a neutral mid-grey.
+ALPHA_BACKGROUND = (128, 128, 128)
 
 # EXIF orientation -> the transpose that makes the picture upright.
 _ORIENTATION_FIX: dict[int, Image.Transpose] = {
@@ -118,7 +123,8 @@ _clock = time.monotonic
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An upright RGB picture plus what the file says about itself.
+    """An upright RGB picture (RGBA when asked to keep a transparent picture's alpha) plus what the file says
+    about itself.
 
     `width`/`height` are the original size after orientation (what the user sees in a viewer), even when
     `image` was shrunk while loading. `warnings` holds what the decoders said about a damaged but readable
@@ -140,6 +146,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_seconds: float | None = None,
     max_file_bytes: int | None = None,
+    keep_alpha: bool = False,
 ) -> DecodedImage:
     """Decode a file, an open binary file or an uploaded byte string into an upright RGB image.
 
@@ -153,6 +160,8 @@ def decode_image(
             default (`settings.DEFAULT_MAX_PIXELS`); the server passes `settings.UPLOAD_MAX_PIXELS`.
         max_seconds: the time budget of this decode (default `settings.decode_seconds()`, 30 s).
         max_file_bytes: refuse larger files unread (default `settings.max_file_bytes()`, 512 MB).
+        keep_alpha: give a picture with transparency as RGBA instead of flattened over `ALPHA_BACKGROUND`
+            (an embedder's `keeps_alpha`); the caller then flattens it with `flatten_alpha` itself.
 
     Raises:
         DecodeError: with a short reason (empty, not an image, a refused format, truncated, too large, too
@@ -165,11 +174,11 @@ def decode_image(
         if not data:
             raise DecodeError(UPLOAD_LABEL, "empty file")
         check_file_size(UPLOAD_LABEL, len(data), file_limit)
-        return _decode(io.BytesIO(data), UPLOAD_LABEL, min_side, max_pixels, seconds)
+        return _decode(io.BytesIO(data), UPLOAD_LABEL, min_side, max_pixels, seconds, keep_alpha)
     if not isinstance(source, Path | str):
         label = str(getattr(source, "name", "<stream>"))
         _check_stream_size(source, label, file_limit)
-        return _decode(source, label, min_side, max_pixels, seconds)
+        return _decode(source, label, min_side, max_pixels, seconds, keep_alpha)
 
     path = Path(source)
     label = str(path)
@@ -185,7 +194,7 @@ def decode_image(
         raise DecodeError(label, f"cannot open: {error.strerror or error}") from None
     with fp:
         _check_stream_size(fp, label, file_limit)
-        return _decode(fp, label, min_side, max_pixels, seconds)
+        return _decode(fp, label, min_side, max_pixels, seconds, keep_alpha)
 
 
 def check_file_size(label: object, size: int, limit: int) -> None:
@@ -248,7 +257,9 @@ class _TimedFile:
         return getattr(self.raw, name)
 
 
-def _decode(fp: IO[bytes], label: str, min_side: int | None, max_pixels: int, seconds: float) -> DecodedImage:
+def _decode(
+    fp: IO[bytes], label: str, min_side: int | None, max_pixels: int, seconds: float, keep_alpha: bool
+) -> DecodedImage:
     if min_side is not None and min_side < 1:
         raise UsageError(f"min_side must be positive, got {min_side}")
     head = _peek(fp, label)
@@ -258,7 +269,7 @@ def _decode(fp: IO[bytes], label: str, min_side: int | None, max_pixels: int, se
     try:
         with _captured(notes):
             return _decode_pixels(
-                _TimedFile(fp, deadline), head, label, min_side, max_pixels, deadline, notes
+                _TimedFile(fp, deadline), head, label, min_side, max_pixels, deadline, notes, keep_alpha
             )
     except _Overtime:
         raise DecodeError(
@@ -276,6 +287,7 @@ def _decode_pixels(
     max_pixels: int,
     deadline: _Deadline,
     notes: list[str],
+    keep_alpha: bool = False,
 ) -> DecodedImage:
     im, orientation, captured_at = _open(fp, head, label, max_pixels, notes)
     width, height = im.size
@@ -301,7 +313,7 @@ def _decode_pixels(
             # which keeps its result within a grey level of resizing the full picture (2x is not enough:
             # fine stripes alias by up to 10 levels on average). BENCHMARKS.md has the figures.
             factor = max(1, min(im.size) // (REDUCE_MARGIN * min_side))
-        rgb = _to_rgb(im, factor, deadline)
+        rgb = _to_rgb(im, factor, deadline, keep_alpha)
     except (DecodeError, _Overtime):
         raise
     except MemoryError:
@@ -479,9 +491,10 @@ def _exif_text(value: object) -> str:
     return value.strip("\x00 ").strip()
 
 
-def _to_rgb(im: Image.Image, factor: int, deadline: _Deadline) -> Image.Image:
+def _to_rgb(im: Image.Image, factor: int, deadline: _Deadline, keep_alpha: bool = False) -> Image.Image:
     """Shrink by `factor` (a box reduction) in the picture's own mode, then flatten it to 8-bit RGB: alpha
-    composited on white, 16-bit and float scaled, not clipped. Shrinking first keeps every copy small."""
+    composited on `ALPHA_BACKGROUND` (or kept as RGBA), 16-bit and float scaled, not clipped. Shrinking first
+    keeps every copy small."""
     mode = im.mode
     if mode in _HIGH_DEPTH:
         return _high_depth_to_rgb(im, factor, deadline)
@@ -495,12 +508,20 @@ def _to_rgb(im: Image.Image, factor: int, deadline: _Deadline) -> Image.Image:
         deadline.check()
     if has_alpha:
         rgba = im if im.mode == "RGBA" else im.convert("RGBA")
-        # Pasting through the alpha channel onto white is alpha_composite's result (to the grey level) in one
-        # pass instead of four: a fifth of the time on a 2-megapixel wallpaper.
-        out = Image.new("RGB", rgba.size, _WHITE)
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
+        return rgba if keep_alpha else flatten_alpha(rgba)
     return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def flatten_alpha(image: Image.Image, background: tuple[int, int, int] = ALPHA_BACKGROUND) -> Image.Image:
+    """`image` as RGB, its transparent pixels shown over `background` (the one rule: leave the default)."""
+    if image.mode not in _ALPHA and "transparency" not in image.info:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    # Pasting through the alpha channel is alpha_composite's result (to the grey level) in one pass instead
+    # of four: a fifth of the time on a 2-megapixel wallpaper.
+    out = Image.new("RGB", rgba.size, background)
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
 
 
 def _high_depth_to_rgb(im: Image.Image, factor: int, deadline: _Deadline) -> Image.Image:
@@ -637,10 +658,12 @@ def _bytes_text(count: int) -> str:
 
 
 __all__: list[str] = [
+    "ALPHA_BACKGROUND",
     "DECODERS",
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_EXTENSIONS",
     "DecodedImage",
     "check_file_size",
     "decode_image",
+    "flatten_alpha",
 ]

@@ -134,7 +134,7 @@ def decode_for(embedder: Embedder, source: BinaryIO | bytes) -> tuple[Any, Decod
     """Decode an open image file (or its bytes) and preprocess it for `embedder`: (what `embed_preprocessed`
     takes, the decoded image). Every failure is a DecodeError whose reason ingest records."""
     try:
-        decoded = decode_image(source, min_side=embedder.input_size)
+        decoded = decode_image(source, min_side=embedder.input_size, keep_alpha=embedder.keeps_alpha)
         return embedder.preprocess(decoded.image), decoded
     except DecodeError:
         raise

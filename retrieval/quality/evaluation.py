@@ -109,7 +109,7 @@ def embed_labelled(
 
     def prepare(path: Path) -> Any:
         try:
-            decoded = decode_image(path, min_side=embedder.input_size)
+            decoded = decode_image(path, min_side=embedder.input_size, keep_alpha=embedder.keeps_alpha)
             return embedder.preprocess(decoded.image)
         except DecodeError as exc:
             return exc

@@ -1,51 +1,74 @@
-"""Near-duplicate groups in an index: resized, re-compressed, slightly cropped or re-toned copies of a photo.
+"""Near-duplicate groups in an index: resized, re-compressed, cropped, re-toned, mirrored copies of a photo.
 
 Every image asks the vector store for its k nearest neighbours (the index's own search, not all pairs);
-each neighbour at or above a cosine threshold is a link, and linked images are joined by union-find, so a
-group is a connected component (A~B and B~C put A, B and C together). Byte-identical files are one image in
-the index (ingest links them to one vector): such an image is a group by itself, its files listed as paths.
+each neighbour at or above a cosine threshold is a link (either side finding the other is enough). Links
+are grouped as stars, not as connected components: union-find would put A and C in one group because
+A~B and B~C even when A and C are nothing alike, and on a real library a few ordinary photos (skies,
+lawns, dark wallpapers) bridge everything into one giant group. Here:
+
+1. Images are taken in order of how many links they have (then summed similarity, then id), and an image
+   becomes a representative unless it is linked to one already chosen. The best-connected copy of a
+   picture, usually the original, comes first; the representatives are pairwise below the threshold.
+2. Every other linked image joins the representative it is most similar to (it has one, or step 1 would
+   have made it a representative), so an image that looks like two groups joins the closer one.
+
+So every member is within the threshold of its representative; a group's `weakest` is its lowest
+member-to-representative cosine. Byte-identical files are one image in the index (ingest links them to one
+vector): such an image is a group by itself, its files listed as paths.
 
 The default threshold depends on the embedder, because cosines mean different things in different spaces.
-Only the `classic` value is measured (benchmarks/quality.py, BENCHMARKS.md "Quality"); the others are a
+Only the classic values are measured (benchmarks/quality.py, BENCHMARKS.md "Duplicates"); the others are a
 cautious starting point until someone measures them with real weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
 
 from retrieval.errors import UsageError
 from retrieval.metadata import MetadataStore
 from retrieval.vectors.base import Store
 
-DEFAULT_THRESHOLDS = {"classic": 0.82}
+#: Measured on real wallpapers (BENCHMARKS.md "Duplicates"); other embedder ids get UNMEASURED_THRESHOLD.
+DEFAULT_THRESHOLDS = {"classic:v2": 0.80, "classic:v1": 0.82}
 UNMEASURED_THRESHOLD = 0.95
-DEFAULT_NEIGHBOURS = 10
+# Copy groups on the benchmark have 14-20 members: 10 neighbours each filled up and cost 0.01 F1.
+DEFAULT_NEIGHBOURS = 20
 _QUERY_BATCH = 256
+
+Id = TypeVar("Id", int, str)  # orderable, so that ties are broken by id and input order never matters
 
 
 def default_threshold(embedder_id: str | None) -> float:
     """The cosine above which two images of an index built by `embedder_id` count as copies."""
-    family = (embedder_id or "").split(":", 1)[0]
-    return DEFAULT_THRESHOLDS.get(family, UNMEASURED_THRESHOLD)
+    return DEFAULT_THRESHOLDS.get(embedder_id or "", UNMEASURED_THRESHOLD)
 
 
 @dataclass(frozen=True)
 class DuplicateMember:
-    """One image of a group: its id in the index and every file holding exactly these bytes."""
+    """One image of a group: its id in the index, every file holding exactly these bytes, and its cosine to
+    the group's representative (1.0 for the representative itself)."""
 
     id: int
     paths: list[str]
+    similarity: float = 1.0
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Images that are copies of one another; `weakest` is the lowest cosine among the links that joined
-    them (1.0 for a group of byte-identical files)."""
+    """Images that are copies of one representative (the first member); `weakest` is the lowest cosine of a
+    member to it (1.0 for a group of byte-identical files)."""
 
     members: list[DuplicateMember]
     weakest: float
+
+    @property
+    def representative(self) -> int:
+        return self.members[0].id
 
     @property
     def files(self) -> int:
@@ -56,7 +79,10 @@ class DuplicateGroup:
             "files": self.files,
             "images": len(self.members),
             "weakest": round(self.weakest, 6),
-            "members": [{"id": m.id, "paths": m.paths} for m in self.members],
+            "representative": self.representative,
+            "members": [
+                {"id": m.id, "paths": m.paths, "similarity": round(m.similarity, 6)} for m in self.members
+            ],
         }
 
 
@@ -98,29 +124,68 @@ def similar_pairs(
     return [(a, b, s) for (a, b), s in best.items()]
 
 
-def union_groups(pairs: Sequence[tuple[int, int, float]]) -> list[tuple[list[int], float]]:
-    """Connected components of the linked ids (union-find): each as (sorted ids, weakest link used)."""
-    parent: dict[int, int] = {}
+@dataclass(frozen=True)
+class StarGroup(Generic[Id]):
+    """A representative and the ids linked to it, the representative first, then by decreasing similarity
+    to it; `similarities` are those of each member to the representative (1.0 for itself)."""
 
-    def root(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    members: list[Id]
+    similarities: list[float]
 
-    for a, b, _ in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    members: dict[int, list[int]] = {}
-    for x in parent:
-        members.setdefault(root(x), []).append(x)
-    weakest: dict[int, float] = {}
-    for a, _, score in pairs:
-        r = root(a)
-        weakest[r] = min(weakest.get(r, 1.0), score)
-    return [(sorted(ids), weakest[r]) for r, ids in members.items()]
+    @property
+    def representative(self) -> Id:
+        return self.members[0]
+
+    @property
+    def weakest(self) -> float:
+        return min(self.similarities)
+
+
+def star_groups(pairs: Iterable[tuple[Id, Id, float]]) -> list[StarGroup[Id]]:
+    """Star groups of linked ids (see the module docstring), largest first. An id is left out when it has no
+    link, or when it would be a representative but each image linked to it joined a closer one.
+    `pairs` are (id, id, similarity) links, each in either order, the higher score kept for a repeat."""
+    links: dict[Id, dict[Id, float]] = {}
+    for a, b, score in pairs:
+        if a == b:
+            continue
+        best = max(float(score), links.get(a, {}).get(b, -np.inf))
+        links.setdefault(a, {})[b] = links.setdefault(b, {})[a] = best
+    order = sorted(links, key=lambda i: (-len(links[i]), -sum(links[i].values()), i))
+    representatives: set[Id] = set()
+    chosen: list[Id] = []
+    for i in order:
+        if not any(other in representatives for other in links[i]):
+            representatives.add(i)
+            chosen.append(i)
+    joined: dict[Id, list[tuple[float, Id]]] = {r: [] for r in chosen}
+    for i in order:
+        if i not in representatives:
+            score, representative = max(
+                (s, other) for other, s in links[i].items() if other in representatives
+            )
+            joined[representative].append((score, i))
+    groups = []
+    for r in chosen:
+        followers = sorted(joined[r], key=lambda pair: (-pair[0], pair[1]))
+        if not followers:  # its links all went to closer representatives
+            continue
+        groups.append(StarGroup([r] + [i for _, i in followers], [1.0] + [s for s, _ in followers]))
+    groups.sort(key=lambda g: (-len(g.members), g.representative))
+    return groups
+
+
+def pairs_from_matrix(
+    ids: Sequence[Id], similarity: np.ndarray, threshold: float
+) -> list[tuple[Id, Id, float]]:
+    """Every link at or above `threshold` of a full (symmetric) similarity matrix over `ids`."""
+    if similarity.shape != (len(ids), len(ids)):
+        raise ValueError(f"similarity is {similarity.shape}, expected {(len(ids), len(ids))}")
+    rows, cols = np.nonzero(np.triu(similarity >= threshold, k=1))
+    return [
+        (ids[r], ids[c], float(max(similarity[r, c], similarity[c, r])))
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
+    ]
 
 
 def find_duplicates(
@@ -135,15 +200,19 @@ def find_duplicates(
     several identical files. Ids the database no longer knows are dropped."""
     if not -1.0 <= threshold <= 1.0:
         raise UsageError(f"threshold is a cosine between -1 and 1, got {threshold}")
-    components = union_groups(similar_pairs(store, threshold, k))
-    grouped = {i for ids, _ in components for i in ids}
+    stars = star_groups(similar_pairs(store, threshold, k))
+    grouped = {i for g in stars for i in g.members}
     if exact_copies:
-        components += [([i], 1.0) for i in meta.copied_ids() if i not in grouped and i in store]
-    paths = meta.paths_of(sorted({i for ids, _ in components for i in ids}))
+        stars += [StarGroup([i], [1.0]) for i in meta.copied_ids() if i not in grouped and i in store]
+    paths = meta.paths_of(sorted({i for g in stars for i in g.members}))
     groups = []
-    for ids, weakest in components:
-        members = [DuplicateMember(i, paths[i]) for i in ids if i in paths]
+    for star in stars:
+        members = [
+            DuplicateMember(i, paths[i], s)
+            for i, s in zip(star.members, star.similarities, strict=True)
+            if i in paths
+        ]
         if sum(len(m.paths) for m in members) > 1:
-            groups.append(DuplicateGroup(members, weakest))
+            groups.append(DuplicateGroup(members, min(m.similarity for m in members)))
     groups.sort(key=lambda g: (-g.files, g.members[0].paths[0]))
     return DuplicateReport(threshold, k, len(store), groups)
