@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -184,6 +184,14 @@ class PrepareStage(Protocol):
     def vectors(self, payloads: list[Any]) -> np.ndarray:
         """The (n, dim) float32 unit vectors of the `payload`s of n prepared files."""
         ...
+
+
+@runtime_checkable
+class SkipsEmbeddedContent(Protocol):
+    """A stage that hashes where it decodes (on other machines, `retrieval.ingest.ray`) and so must know
+    before it starts which content the index has embedded, to skip decoding it."""
+
+    def use_embedded_hashes(self, hashes: Iterable[str]) -> None: ...
 
 
 class LocalStage:
@@ -371,6 +379,8 @@ class Ingestor:
             done = 0
             since_checkpoint = 0
             last_checkpoint = time.monotonic()
+            if isinstance(self.stage, SkipsEmbeddedContent):
+                self.stage.use_embedded_hashes(s.scalars(select(Content.hash).where(Content.embedded)))
             stream = self.stage.prepared(todo, self._lookup_hash)
             try:
                 for prep in stream:
