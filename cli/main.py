@@ -239,7 +239,7 @@ def ingest(
         str | None,
         typer.Option(
             "--ray-address",
-            help="Ray cluster to ingest on (implies --ray): ray://HOST:10001 (Ray Client), HOST:6379, or "
+            help="Ray cluster to ingest on (implies --ray): HOST:6379 (its head; not ray://), or "
             "auto (the one `ray start` runs on this machine). Default: $RETRIEVAL_RAY_ADDRESS.",
         ),
     ] = None,

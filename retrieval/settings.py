@@ -19,6 +19,12 @@ RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
 MAX_FILE_MB_ENV = "RETRIEVAL_MAX_FILE_MB"
 DECODE_SECONDS_ENV = "RETRIEVAL_DECODE_SECONDS"
 TOKEN_ENV = "RETRIEVAL_TOKEN"
+#: Ray's own token-auth variables (Ray >= 2.52), read by the driver's `ray.init` as by every node.
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+RAY_AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+#: The level of Ray's C++ log lines, which its driver writes to stderr.
+RAY_BACKEND_LOG_LEVEL_ENV = "RAY_BACKEND_LOG_LEVEL"
 DEFAULT_INDEX = "default"
 
 # -- decoding budgets (retrieval.files.decoding) ----------------------------------------------------------
@@ -84,6 +90,27 @@ def milvus_db_from_env() -> str | None:
 def ray_address_from_env() -> str | None:
     """The Ray cluster `ingest --ray` joins when no address is given (None: start one here)."""
     return os.environ.get(RAY_ADDRESS_ENV) or None
+
+
+def ray_auth_env() -> dict[str, str]:
+    """Ray's auth variables as a driver must give them to Ray: as set, plus RAY_AUTH_MODE=token when a
+    token (RAY_AUTH_TOKEN, or a file in RAY_AUTH_TOKEN_PATH) is given without the mode, which Ray would
+    otherwise ignore. Empty when none is set."""
+    env = {
+        name: os.environ[name]
+        for name in (RAY_AUTH_MODE_ENV, RAY_AUTH_TOKEN_ENV, RAY_AUTH_TOKEN_PATH_ENV)
+        if os.environ.get(name)
+    }
+    if RAY_AUTH_MODE_ENV not in env and (RAY_AUTH_TOKEN_ENV in env or RAY_AUTH_TOKEN_PATH_ENV in env):
+        env[RAY_AUTH_MODE_ENV] = "token"
+    return env
+
+
+def ray_driver_env() -> dict[str, str]:
+    """What the ingest's Ray driver puts in its environment before Ray reads it: `ray_auth_env()`, and Ray's
+    C++ log level at "fatal" unless set (its driver writes warnings such as "constructor arguments in the
+    object store" to stderr, under the CLI's one line; the session folder's logs keep the rest)."""
+    return {RAY_BACKEND_LOG_LEVEL_ENV: os.environ.get(RAY_BACKEND_LOG_LEVEL_ENV) or "fatal"} | ray_auth_env()
 
 
 def max_file_bytes() -> int:

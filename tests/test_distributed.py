@@ -1,20 +1,27 @@
-"""Distributed ingest on Ray (retrieval/distributed.py), on one local Ray runtime for the module.
+"""Distributed ingest on Ray (retrieval/ingest/ray.py): on one local Ray runtime for the module, then on a
+real cluster (`ray start --head` plus a worker node, token auth: tests/ray_cluster.py) driven by the CLI in
+subprocesses.
 
 A Ray ingest must build the index a local ingest builds from the same folder: the same content ids, file
 rows and failure records, vectors equal to float tolerance, and it must resume after an interruption like a
-local one. The tests that need Ray are skipped only where the `ray` extra is not installed; the clear errors
-(no extra, no cluster) and the local path's independence from Ray are tested everywhere.
+local one; the driver reads no photo. The tests that need Ray are skipped only where the `ray` extra is not
+installed; the clear errors (no extra, no cluster, ray://) and the local path's independence from Ray are
+tested everywhere.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +33,7 @@ import pytest
 from conftest import draw_photo
 from index_checks import assert_consistent
 from PIL import Image
+from ray_cluster import RayCluster, running_ray_cluster
 from retrieval_cli.main import app
 from typer.testing import CliRunner
 
@@ -114,7 +122,7 @@ def test_an_unreachable_ray_address_is_one_line_with_exit_8(make_photos, home, m
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()  # this module's runtime starts with the first test that asks for it
     photos = make_photos(2)
-    address = f"ray://127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{closed_port()}"
     monkeypatch.setenv("RETRIEVAL_RAY_ADDRESS", address)  # the setting alone asks for Ray
     result = runner.invoke(app, ["ingest", str(photos[0].parent), "--model", "classic", "--no-progress"])
     assert result.exit_code == 8, result.output
@@ -126,6 +134,22 @@ def test_an_unreachable_ray_address_is_one_line_with_exit_8(make_photos, home, m
     )
     assert malformed.exit_code == 2, malformed.output
     assert "Ray address 'head-node' is not HOST:PORT" in malformed.output
+    client = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(photos[0].parent),
+            "--ray-address",
+            "ray://head:10001",
+            "--model",
+            "classic",
+            "--no-progress",
+        ],
+    )
+    assert client.exit_code == 2, client.output
+    assert client.output.count("\n") == 1
+    assert "Ray Client (ray://) cannot run the ingest" in client.output
+    assert "HOST:6379" in client.output and "ray job submit" in client.output
     # --no-ray overrides the setting: the same command ingests here.
     local = runner.invoke(
         app, ["ingest", str(photos[0].parent), "--no-ray", "--model", "classic", "--no-progress"]
@@ -140,6 +164,7 @@ def test_ingest_help_says_how_to_ingest_on_ray():
     text = " ".join(result.output.split())  # as one line, however the help was wrapped
     assert "--ray / --no-ray Decode and embed on Ray (pip install 'retrieval[ray]')" in text
     assert "--ray-address" in text and "$RETRIEVAL_RAY_ADDRESS" in text
+    assert "HOST:6379 (its head; not ray://)" in text  # Ray Data does not run through Ray Client
 
 
 def test_a_local_ingest_never_imports_ray(make_photos, tmp_path):
@@ -170,10 +195,10 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
 
     @contextmanager
     def no_cluster(_address: str) -> Iterator[Any]:
-        yield SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+        yield SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
 
     def last_first(stage: RayStage, rows: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
-        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1)
+        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1, stage._embedded)
         columns = [
             {k: np.array([row[k] for row in rows[i : i + 3]]) for k in rows[0]}
             for i in range(0, len(rows), 3)
@@ -188,6 +213,25 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
         reordered = engine.ingest(folder, ray_address="local")
     assert (reordered.embedded, reordered.linked, reordered.failed) == (local.embedded, 1, local.failed)
     assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
+
+
+def _plan(resources: list[dict[str, float]], workers: int | None = None) -> tuple[int, str, float, float]:
+    dead = {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}  # a lost node offers nothing
+    ray = SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": r} for r in resources] + [dead])
+    plan = RayStage(ray, None, None, workers=workers).plan  # type: ignore[arg-type]
+    return plan.workers, plan.device, plan.num_cpus, plan.num_gpus
+
+
+def test_actors_are_planned_from_each_nodes_resources_so_that_every_one_fits_on_a_node():
+    two_by_two = [{"CPU": 2.0}, {"CPU": 2.0}]
+    assert _plan(two_by_two, workers=1) == (1, "cpu", 2.0, 0.0)  # not 4 CPUs, which no node has
+    assert _plan(two_by_two) == (2, "cpu", 2.0, 0.0)  # one per node when a node has under 4 CPUs
+    assert _plan(two_by_two, workers=3) == (3, "cpu", 1.0, 0.0)
+    assert _plan([{"CPU": 8.0}, {"CPU": 2.0}], workers=2) == (2, "cpu", 4.0, 0.0)
+    assert _plan([{"CPU": 16.0}, {"CPU": 8.0}]) == (6, "cpu", 4.0, 0.0)
+    gpus = [{"CPU": 8.0, "GPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 32.0}]
+    assert _plan(gpus) == (3, "cuda", 4.0, 1.0)  # one per GPU, with the CPUs of the GPU nodes
+    assert _plan(gpus, workers=6) == (6, "cuda", 2.0, 0.5)
 
 
 # -- on a local Ray runtime -------------------------------------------------------------------------------
@@ -250,14 +294,14 @@ def test_an_interrupted_ray_ingest_resumes_like_a_local_one(ray_runtime, make_ph
     assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
 
 
-def test_a_file_changed_after_hashing_is_a_failure_that_the_next_ingest_retries(
+def test_a_file_changed_after_listing_is_a_failure_that_the_next_ingest_retries(
     ray_runtime, make_photos, home
 ):
     photos = make_photos(6)
     victim = photos[3]
 
     def change_once_hashed(p: IngestProgress) -> None:
-        if p.phase == "hash" and p.done == p.total:  # hashed here, not yet read by a worker
+        if p.phase == "ingest" and p.done == 0:  # listed here, not yet read by a worker
             draw_photo(99, (200, 150)).save(victim, "JPEG", quality=80)
             os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
 
@@ -276,9 +320,178 @@ def test_a_worker_that_cannot_start_is_one_line_naming_why(ray_runtime, make_pho
         args = EmbedderArgs("classic", None, None, "classic:v0")  # not the model a worker builds
         stage = RayStage(ray_runtime, engine.embedder, args, workers=1)
         with pytest.raises(ClusterError) as raised:
-            list(stage._results([{"seq": 0, "path": str(photos[0]), "hash": "x"}]))
+            row = {"seq": 0, "path": str(photos[0]), "size": 1, "mtime_ns": 1}
+            list(stage._results([row]))
     message = str(raised.value)
     assert message.startswith(
         "a Ray worker could not start: IndexMismatchError: a Ray worker built classic:v2"
     )
     assert "\n" not in message and "\x1b" not in message
+
+
+def test_a_ray_ingest_driver_reads_no_photo_and_links_moved_and_copied_files(
+    ray_runtime, make_photos, home, monkeypatch
+):
+    photos = make_photos(6)
+    folder = photos[0].parent
+    opened: list[str] = []
+    real_open = io.open
+    watching = True
+
+    def watched_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if watching and str(folder) in str(file):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", watched_open)  # what Path.open calls
+    monkeypatch.setattr("builtins.open", watched_open)
+    with Engine("ray", model="classic") as engine:
+        first = engine.ingest(folder, ray_address="local", workers=1)
+        assert (first.embedded, first.failed) == (6, [])
+        watching = False
+        photos[0].rename(folder / "moved.jpg")
+        shutil.copy(photos[1], folder / "copy.jpg")
+        watching = True
+        second = engine.ingest(folder, ray_address="local", workers=1)
+    assert opened == []  # the workers read the photos; this process only listed them
+    assert (second.added, second.removed, second.embedded, second.linked) == (2, 1, 0, 2)
+    rows = snapshot(home / "ray")
+    content_of = {Path(path).name: content for _, path, content, _, _ in rows["files"]}
+    assert content_of["moved.jpg"] == 1 and content_of["copy.jpg"] == content_of["photo001.jpg"]
+    assert_consistent(home / "ray", files=7)
+
+
+# -- on a real cluster: `ray start --head` and a worker node, token auth, the CLI as a subprocess ----------
+
+
+RETRIEVAL = str(Path(sys.executable).with_name("retrieval"))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    """A head of 2 CPUs and a worker node of 2 CPUs: an actor of more than 2 CPUs fits on neither."""
+    pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        with running_ray_cluster(temp, num_cpus=2, worker_nodes=1, worker_cpus=2) as started:
+            yield started
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def cluster_ingest(
+    cluster: RayCluster, home: Path, folder: Path, *args: str, **env: str
+) -> subprocess.Popen[str]:
+    """`retrieval ingest` in a fresh process joined to `cluster` as a driver (a head lost mid-run makes
+    Ray's driver exit the process, which must not be pytest's)."""
+    environ = cluster.driver_environ() | {"RETRIEVAL_HOME": str(home)} | env
+    command = [RETRIEVAL, "ingest", str(folder), "--ray-address", cluster.address, "--model", "classic"]
+    return subprocess.Popen(
+        [*command, "--no-progress", *args],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(proc: subprocess.Popen[str], timeout_s: float = 150) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the ingest did not finish in {timeout_s} s: {err[-2000:]}")
+    return proc.returncode, out, err
+
+
+def wait_for_workers(cluster: RayCluster, proc: subprocess.Popen[str], timeout_s: float = 90) -> list[int]:
+    """The pids of the ingest's Ray Data actors, once there are some (while the ingest runs)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        pids = cluster.descendants("MapWorker")
+        if pids:
+            return pids
+        time.sleep(0.2)
+    pytest.fail(f"no Ray worker appeared (ingest exit {proc.poll()})")
+
+
+def test_an_ingest_on_a_ray_start_cluster_is_a_local_ingest_and_a_driver_without_token_is_told_what_to_set(
+    cluster, tmp_path, home, monkeypatch
+):
+    folder = tmp_path / "photos"
+    write_folder(folder)
+    ray_home = tmp_path / "ray-home"
+    # `--workers 1`: one actor of 2 CPUs (a node's), not of the cluster's 4, which would never be scheduled.
+    ingest = cluster_ingest(cluster, ray_home, folder, "--workers", "1", "--json")
+    no_token = {k: v for k, v in cluster.driver_environ().items() if not k.startswith("RAY_AUTH")}
+    stranger = subprocess.Popen(
+        [
+            RETRIEVAL,
+            "ingest",
+            str(folder),
+            "--ray-address",
+            cluster.address,
+            "--model",
+            "classic",
+            "--no-progress",
+        ],
+        env=no_token | {"RETRIEVAL_HOME": str(tmp_path / "stranger"), "HOME": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    local = runner.invoke(app, ["ingest", str(folder), "--model", "classic", "--json"])
+    code, out, err = finished(ingest)
+    assert code == local.exit_code == 1, err  # some files failed, in both
+    ray_report, local_report = json.loads(out), json.loads(local.stdout)
+    del ray_report["seconds"], local_report["seconds"]
+    assert ray_report == local_report
+    assert err.count("\n") <= 1, err  # Ray's own log lines stay off the terminal (only the summary line)
+    assert_same_index(snapshot(home / "default"), snapshot(ray_home / "default"))
+
+    code, out, err = finished(stranger)
+    assert code == 8, err
+    assert err.count("\n") == 1, err
+    assert (
+        "needs a token (Ray turns token auth on by default): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
+        in err
+        and "RAY_AUTH_TOKEN_PATH" in err
+    )
+
+
+def test_a_ray_worker_killed_mid_ingest_is_retried_or_stops_in_one_line_and_a_rerun_finishes(
+    cluster, make_photos, tmp_path, home
+):
+    photos = make_photos(40)
+    folder = photos[0].parent
+    ray_home = tmp_path / "ray-home"
+    ingest = cluster_ingest(cluster, ray_home, folder, "--workers", "2", "--batch-size", "2")
+    victim = wait_for_workers(cluster, ingest)[0]
+    os.kill(victim, signal.SIGKILL)
+    code, _, err = finished(ingest)
+    assert code in (0, 8), err
+    if code == 8:
+        assert err.count("\n") == 1 and "what was recorded is saved" in err, err
+    assert_consistent(ray_home / "default")
+    rerun = cluster_ingest(cluster, ray_home, folder, "--workers", "2")
+    code, _, err = finished(rerun)
+    assert code == 0, err
+    runner.invoke(app, ["ingest", str(folder), "--model", "classic"])
+    assert_same_index(snapshot(home / "default"), snapshot(ray_home / "default"))
+
+
+def test_losing_the_head_mid_ingest_is_one_line_with_exit_8_after_saving(cluster, make_photos, tmp_path):
+    """Last of the module: it kills the cluster."""
+    photos = make_photos(60)
+    ray_home = tmp_path / "ray-home"
+    ingest = cluster_ingest(cluster, ray_home, photos[0].parent, "--workers", "1", "--batch-size", "2")
+    wait_for_workers(cluster, ingest)
+    started = time.monotonic()
+    os.killpg(cluster.procs[0].pid, signal.SIGKILL)  # the head's `ray start` and its GCS and raylet
+    code, _, err = finished(ingest, timeout_s=90)
+    assert code == 8, err
+    assert err.count("\n") == 1, err
+    assert "lost the Ray cluster's head" in err and "what was recorded is saved" in err
+    assert time.monotonic() - started < 45  # not Ray's own minute, after which it kills the driver
+    assert_consistent(ray_home / "default")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -197,6 +197,14 @@ class PrepareStage(Protocol):
         ...
 
 
+@runtime_checkable
+class SkipsEmbeddedContent(Protocol):
+    """A stage that hashes where it decodes (on other machines, `retrieval.ingest.ray`) and so must know
+    before it starts which content the index has embedded, to skip decoding it."""
+
+    def use_embedded_hashes(self, hashes: Iterable[str]) -> None: ...
+
+
 class LocalStage:
     """The default stage: decode threads on this machine, the model in the ingest's own thread."""
 
@@ -365,6 +373,8 @@ class Ingestor:
             done = 0
             since_checkpoint = 0
             last_checkpoint = time.monotonic()
+            if isinstance(self.stage, SkipsEmbeddedContent):
+                self.stage.use_embedded_hashes(w.embedded_hashes())
             stream = self.stage.prepared(todo, self._lookup_hash)
             try:
                 for prep in stream:

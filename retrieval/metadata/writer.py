@@ -7,7 +7,7 @@ after the vectors the rows call embedded are saved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +72,10 @@ class IngestWriter:
         with self.meta.reading():
             failures = self.session.scalars(select(Failure).where(*_under(Failure.path, folder)))
             return {f.path: f for f in failures}
+
+    def embedded_hashes(self) -> Iterator[str]:
+        """The hash of every content that has its vector (what a Ray worker need not embed again)."""
+        return iter(self.session.scalars(select(Content.hash).where(Content.embedded)))
 
     def unembedded_contents(self) -> dict[str, int]:
         """Hash -> id of contents left unembedded (by a crash, or a repair that lost their vectors)."""
