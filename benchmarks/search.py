@@ -1,19 +1,23 @@
-"""Benchmark the quantized VectorStore against exact float32 search and plain float32 hnswlib.
+"""Benchmark the default VectorStore against plain hnswlib, faiss and usearch at equal recall.
 
-    python benchmarks/search.py --n 100000 [--n 1000000] [--queries 1000] [--variants]
-                                [--store-only N]   # the store alone at N (plain hnswlib too slow)
+    python benchmarks/search.py [--data vectors] [--data clip-like] [--n 100000] [--queries 1000]
+                                [--seed 0] [--rounds 2] [--no-write]
 
-For each n it builds, in one run and on the same synthetic data (benchmarks/vectors.py,
-dim 512): exact numpy search, plain hnswlib float32 (M=16, ef_construction=100) at
-several ef, and the store at its default params and at several ef. It reports recall@10
-against exact search, single-thread queries/s with p50/p99 latency, build time, and
-bytes per vector in RAM (resident anonymous memory of a fresh process that opened the
-index and ran queries) and on disk. It prints a table and rewrites the section
-"## Search: quantized store vs exact float32" of BENCHMARKS.md (other sections are kept).
+For each data set (default both) and n it builds, in one run and on the same data:
+plain hnswlib float32 (M=16, ef_construction=200), faiss IndexHNSWFlat M=16 and M=32 (inner
+product), faiss IndexHNSWSQ QT_8bit M=32 with and without IndexRefineFlat, usearch i8 (cos)
+and f16 (ip), and the store; each at a sweep of ef. Data: `vectors` is benchmarks/vectors.py
+(clustered, steep spectrum; its queries are image-like); `clip-like` is benchmarks/clip_like.py
+(CLIP ViT-B/32-like: shared mean, flat spectrum, image and text queries). Ground truth is exact
+top-10 by brute force. All contenders answer the same queries one at a time on one thread,
+timed interleaved (benchmarks/_common.py), so the ratios are the figures to read. For each
+contender it reports queries/s at recall@10 0.95 / 0.98 / 0.99 (log-interpolated between its
+best ef settings), RAM in bytes per vector (resident anonymous memory of a fresh process that
+loaded the index and ran queries), disk and build time, and rewrites the section
+"## Search: the store vs hnswlib, faiss and usearch" of BENCHMARKS.md.
 
-OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which slow numpy on this machine, are removed from
-this command's environment, and BLAS is pinned to one thread so that "single-thread"
-holds for numpy too.
+The script re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they slow numpy on
+these machines) and with BLAS pinned to one thread; tests never change them.
 """
 
 from __future__ import annotations
@@ -42,131 +46,116 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import hnswlib
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from vectors import exact_topk, make, recall_at_k  # noqa: E402
+import clip_like  # noqa: E402
+import vectors  # noqa: E402
 
-from retrieval.vectors.hnsw.store import StoreParams, VectorStore  # noqa: E402
+from retrieval.vectors.hnsw.store import LOW_HEAD_BOOST, StoreParams, VectorStore  # noqa: E402
 
-HEADING = "## Search: quantized store vs exact float32"
+HEADING = "## Search: the store vs hnswlib, faiss and usearch"
 DIM = 512
 K = 10
-PLAIN_M, PLAIN_EFC = 16, 100
-PLAIN_EFS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
-STORE_EFS = (32, 64, 96, 128, 192, 256, 384, 512)
+TARGETS = (0.95, 0.98, 0.99)
+EFS = (16, 32, 64, 96, 128, 192, 256, 384)
 ADD_BATCH = 10_000
 RAM_QUERIES = 200
-VARIANT_EFS = (128, 256, 384)
-VARIANTS = (
-    ("graph_dims=96 m=16", StoreParams(graph_dims=96, m=16)),
-    ("graph_dims=128", StoreParams(graph_dims=128)),
-    ("ef_construction=400", StoreParams(ef_construction=400)),
-)
+HNSWLIB_M, HNSWLIB_EFC = 16, 200
+FAISS_EFC = 100
+USEARCH_M, USEARCH_EFC = 16, 128
+REFINE_FACTOR = 4
+DEFAULT_PARAMS = StoreParams()
 
 
 @dataclass
-class Row:
-    method: str
-    setting: str
-    recall: float
-    qps: float
-    p50_ms: float
-    p99_ms: float
-    build_s: float | None
+class Family:
+    """One index (built once) and how to query it at a given ef."""
+
+    name: str
+    at: Callable[[int], Callable[[np.ndarray], np.ndarray]]
+    build_s: float
     ram_b: float
-    disk_b: float | None
+    disk_b: float
+    efs: tuple[int, ...] = EFS
+    default_ef: int | None = None
+    curve: dict[str, list[tuple[int, float, float]]] = field(
+        default_factory=dict
+    )  # kind -> (ef, recall, qps)
 
 
-@dataclass
-class Contender:
-    """One index at one setting: `search(q)` returns the top-K ids of a single query."""
+def make_data(data: str, n: int, n_queries: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    if data == "vectors":
+        base, queries = vectors.make(n, DIM, n_queries, seed=seed)
+        return base, {"image": queries}
+    base, image, text = clip_like.make(n, DIM, n_queries, seed=seed)
+    return base, {"image": image, "text": text}
 
-    method: str
-    setting: str
-    search: Callable[[np.ndarray], np.ndarray]
-    build_s: float | None
-    ram_b: float
-    disk_b: float | None
-    queries: int  # how many of the queries it answers (exact search is slow: a prefix)
+
+# ---- RAM: a fresh process loads the index and runs queries ------------------------------------
 
 
 def measure_ram(kind: str, path: str, queries_path: str) -> None:
     """Child process: open an index, run queries, print resident-memory growth (bytes) as JSON."""
     queries = np.load(queries_path)
     before = rss_kb()
-    if kind == "plain":
+    if kind == "hnswlib":
+        import hnswlib
+
         index = hnswlib.Index(space="ip", dim=DIM)
         index.load_index(path)
         index.set_ef(64)
-        index.set_num_threads(1)
-        for q in queries:
-            index.knn_query(q[None], k=K)
+        run = lambda q: index.knn_query(q[None], k=K)  # noqa: E731
+    elif kind == "faiss":
+        import faiss
+
+        index = faiss.read_index(path)
+        run = lambda q: index.search(q[None], K)  # noqa: E731
+    elif kind == "usearch":
+        from usearch.index import Index
+
+        index = Index.restore(path)
+        run = lambda q: index.search(q, K)  # noqa: E731
     else:
         store = VectorStore.open(Path(path))
-        for q in queries:
-            store.search(q, K)
+        run = lambda q: store.search(q, K)  # noqa: E731
+    for q in queries:
+        run(q)
     after = rss_kb()
     print(json.dumps({k: (after[k] - before[k]) * 1024 for k in after}))
 
 
-def ram_of(kind: str, path: Path, queries_path: Path) -> dict[str, int]:
+def ram_of(kind: str, path: Path, queries_path: Path, n: int) -> float:
     cmd = [sys.executable, __file__, "--measure-ram", kind, str(path), str(queries_path)]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return out["RssAnon"] / n
 
 
-def run_interleaved(
-    contenders: list[Contender], queries: np.ndarray, truth: np.ndarray, rounds: int
-) -> list[Row]:
-    """Each contender's recall and latency, timed interleaved (see `interleaved_best_times`); one query
-    per call, one thread."""
-    timed = interleaved_best_times(
-        [c.search for c in contenders], [c.queries for c in contenders], queries, K, rounds
-    )
-    return [
-        Row(
-            c.method,
-            c.setting,
-            recall_at_k(c_ids, truth[: c.queries], K),
-            1.0 / c_lat.mean(),
-            float(np.percentile(c_lat, 50) * 1e3),
-            float(np.percentile(c_lat, 99) * 1e3),
-            c.build_s,
-            c.ram_b,
-            c.disk_b,
-        )
-        for c, (c_lat, c_ids) in zip(contenders, timed, strict=True)
-    ]
+def disk_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir())
+    return path.stat().st_size
 
 
-def exact_contender(base: np.ndarray, n_queries: int) -> Contender:
-    m = min(n_queries, max(20, int(2e10 // (base.size * 4))))  # a few seconds of queries
-
-    def one(q: np.ndarray) -> np.ndarray:
-        sims = base @ q
-        top = np.argpartition(-sims, K)[:K]
-        return top[np.argsort(-sims[top])]
-
-    return Contender("exact numpy", f"first {m} queries", one, None, DIM * 4, DIM * 4, m)
+# ---- contenders -------------------------------------------------------------------------------
 
 
-def plain_contenders(base, work: Path, queries_path: Path, threads: int, n_queries: int) -> list[Contender]:
+def hnswlib_family(base: np.ndarray, work: Path, qpath: Path) -> Family:
+    import hnswlib
+
     index = hnswlib.Index(space="ip", dim=DIM)
-    index.init_index(max_elements=len(base), M=PLAIN_M, ef_construction=PLAIN_EFC)
+    index.init_index(max_elements=len(base), M=HNSWLIB_M, ef_construction=HNSWLIB_EFC)
     t = time.perf_counter()
-    index.add_items(base, np.arange(len(base)), num_threads=threads)
+    index.add_items(base, np.arange(len(base)))
     build = time.perf_counter() - t
-    path = work / "plain.bin"
+    path = work / "hnswlib.bin"
     index.save_index(str(path))
-    disk = path.stat().st_size / len(base)
-    ram = ram_of("plain", path, queries_path)["RssAnon"] / len(base)
     index.set_num_threads(1)
 
     def at(ef: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -176,14 +165,95 @@ def plain_contenders(base, work: Path, queries_path: Path, threads: int, n_queri
 
         return one
 
-    method = f"hnswlib f32 M={PLAIN_M}"
-    return [Contender(method, f"ef={ef}", at(ef), build, ram, disk, n_queries) for ef in PLAIN_EFS]
+    name = f"hnswlib f32 M={HNSWLIB_M}"
+    return Family(name, at, build, ram_of("hnswlib", path, qpath, len(base)), disk_of(path) / len(base))
 
 
-def store_contenders(
-    base: np.ndarray, work: Path, queries_path: Path, params: StoreParams, efs, label: str, n_queries: int
-) -> list[Contender]:
-    folder = work / f"store-{label}"
+def faiss_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    out = []
+
+    def hnsw_at(index, refine=None):
+        def at(ef: int) -> Callable[[np.ndarray], np.ndarray]:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(ef, K)
+            if refine is None:
+                return lambda q: index.search(q[None], K, params=params)[1][0]
+            rparams = faiss.IndexRefineSearchParameters()
+            rparams.k_factor = REFINE_FACTOR
+            rparams.base_index_params = params
+            return lambda q: refine.search(q[None], K, params=rparams)[1][0]
+
+        return at
+
+    for m in (16, 32):
+        index = faiss.IndexHNSWFlat(DIM, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = FAISS_EFC
+        t = time.perf_counter()
+        index.add(base)
+        build = time.perf_counter() - t
+        path = work / f"faiss-flat-{m}.index"
+        faiss.write_index(index, str(path))
+        ram = ram_of("faiss", path, qpath, len(base))
+        out.append(Family(f"faiss HNSWFlat M={m}", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+    index = faiss.IndexHNSWSQ(DIM, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = FAISS_EFC
+    t = time.perf_counter()
+    index.train(base[:50_000])
+    index.add(base)
+    build = time.perf_counter() - t
+    path = work / "faiss-sq8.index"
+    faiss.write_index(index, str(path))
+    ram = ram_of("faiss", path, qpath, len(base))
+    out.append(Family("faiss HNSWSQ8 M=32", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+    t = time.perf_counter()
+    refine = faiss.IndexRefineFlat(index, faiss.swig_ptr(base))  # copies base into its flat refine index
+    build_refine = build + time.perf_counter() - t
+    rpath = work / "faiss-sq8-refine.index"
+    faiss.write_index(refine, str(rpath))
+    rram = ram_of("faiss", rpath, qpath, len(base))
+    out.append(
+        Family(
+            f"faiss HNSWSQ8 M=32 + RefineFlat×{REFINE_FACTOR}",
+            hnsw_at(index, refine),
+            build_refine,
+            rram,
+            disk_of(rpath) / len(base),
+        )
+    )
+    faiss.omp_set_num_threads(1)
+    return out
+
+
+def usearch_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
+    from usearch.index import Index
+
+    out = []
+    for dtype, metric in (("i8", "cos"), ("f16", "ip")):
+        index = Index(ndim=DIM, metric=metric, dtype=dtype, connectivity=USEARCH_M, expansion_add=USEARCH_EFC)
+        t = time.perf_counter()
+        index.add(np.arange(len(base)), base)
+        build = time.perf_counter() - t
+        path = work / f"usearch-{dtype}.usearch"
+        index.save(str(path))
+        ram = ram_of("usearch", path, qpath, len(base))
+
+        def at(ef: int, index=index) -> Callable[[np.ndarray], np.ndarray]:
+            def one(q: np.ndarray) -> np.ndarray:
+                index.expansion_search = max(ef, K)
+                return index.search(q, K, threads=1).keys
+
+            return one
+
+        name = f"usearch {dtype} ({metric}) M={USEARCH_M}"
+        out.append(Family(name, at, build, ram, disk_of(path) / len(base)))
+    return out
+
+
+def store_family(base: np.ndarray, work: Path, qpath: Path, params: StoreParams) -> Family:
+    folder = work / "store"
     t = time.perf_counter()
     store = VectorStore.create(folder, DIM, params)
     for start in range(0, len(base), ADD_BATCH):
@@ -191,192 +261,125 @@ def store_contenders(
         store.add(np.arange(start, start + len(block)), block)
     store.save()
     build = time.perf_counter() - t
-    disk = store.stats()["bytes_on_disk"] / len(base)
     store.close()
-    ram = ram_of("store", folder, queries_path)["RssAnon"] / len(base)
+    ram = ram_of("store", folder, qpath, len(base))
     reader = VectorStore.open(folder)  # as a server would: read-only, originals memory-mapped
 
     def at(ef: int) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda q: reader.search(q, K, ef=ef)[0][0]
+        chosen = ef or None  # 0: the store's default choice (ef_search, boosted for text-like queries)
+        return lambda q: reader.search(q, K, ef=chosen)[0][0]
 
-    return [
-        Contender(
-            f"store {label}",
-            f"ef={ef}" + (" (default)" if ef == params.ef_search else ""),
-            at(ef),
-            build,
-            ram,
-            disk,
-            n_queries,
-        )
-        for ef in efs
-    ]
+    # Disk includes the float32 originals (memory-mapped, not counted in RAM).
+    return Family("store", at, build, ram, disk_of(folder) / len(base), efs=(0, *EFS), default_ef=0)
 
 
-def plain_qps_at(rows: list[Row], target: float) -> tuple[float, str, bool]:
-    """Plain hnswlib's queries/s at `target` recall, interpolated between its ef settings.
+# ---- timing and report ------------------------------------------------------------------------
 
-    Returns (queries/s, where, reached); when no setting reaches `target`, the figures of its
-    most accurate setting, with reached False (the store's advantage is then at least that).
-    """
-    # Its best settings only: each faster than every setting of higher recall.
-    pts: list[tuple[float, float, str]] = []
-    for r in sorted((r for r in rows if r.method.startswith("hnswlib")), key=lambda r: (-r.recall, -r.qps)):
-        if not pts or r.qps > pts[-1][1]:
-            pts.append((r.recall, r.qps, r.setting))
+
+def time_families(families: list[Family], queries: dict[str, np.ndarray], truths, rounds: int) -> None:
+    for kind, qs in queries.items():
+        pairs = [(f, ef) for f in families for ef in f.efs]
+        timed = interleaved_best_times([f.at(ef) for f, ef in pairs], [len(qs)] * len(pairs), qs, K, rounds)
+        for (f, ef), (lat, ids) in zip(pairs, timed, strict=True):
+            f.curve.setdefault(kind, []).append(
+                (ef, vectors.recall_at_k(ids, truths[kind], K), 1 / lat.mean())
+            )
+
+
+def qps_at(curve: list[tuple[int, float, float]], target: float) -> tuple[float | None, str]:
+    """Queries/s at `target` recall, log-interpolated between the family's best settings (each faster
+    than every setting of higher recall); None when no setting reaches it."""
+    pts: list[tuple[float, float, int]] = []
+    for ef, rec, qps in sorted(curve, key=lambda c: (-c[1], -c[2])):
+        if not pts or qps > pts[-1][1]:
+            pts.append((rec, qps, ef))
     pts.reverse()
     if target <= pts[0][0]:
-        return pts[0][1], pts[0][2], True
-    for (r0, q0, s0), (r1, q1, s1) in itertools.pairwise(pts):
+        return pts[0][1], f"ef {pts[0][2]}"
+    for (r0, q0, e0), (r1, q1, e1) in itertools.pairwise(pts):
         if r0 <= target <= r1:
             f = (target - r0) / (r1 - r0) if r1 > r0 else 1.0
-            qps = float(np.exp(np.log(q0) + f * (np.log(q1) - np.log(q0))))
-            return qps, f"between {s0} and {s1}", True
-    return pts[-1][1], f"never reaches it; its best is {pts[-1][0]:.4f} at {pts[-1][2]}", False
+            return float(np.exp(np.log(q0) + f * (np.log(q1) - np.log(q0)))), f"ef {e0}-{e1}"
+    return None, f"max {pts[-1][0]:.4f}"
 
 
-def table(rows: list[Row]) -> str:
-    head = (
-        "| method | setting | recall@10 | queries/s | p50 ms | p99 ms | build s | RAM B/vec | disk B/vec |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
-    )
+def report(families: list[Family], kinds: list[str]) -> str:
+    store = families[-1]
+    hnsw_ram = families[0].ram_b
     lines = []
-    for r in rows:
-        build = f"{r.build_s:.1f}" if r.build_s is not None else "-"
-        disk = f"{r.disk_b:.0f}" if r.disk_b is not None else "-"
+    for kind in kinds:
         lines.append(
-            f"| {r.method} | {r.setting} | {r.recall:.4f} | {r.qps:.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} "
-            f"| {build} | {r.ram_b:.0f} | {disk} |"
+            f"**{kind} queries** — queries/s at recall@10 (ratio = store ÷ contender at that recall):\n"
         )
-    return head + "\n".join(lines) + "\n"
-
-
-def ratios(rows: list[Row]) -> str:
-    ours = next(r for r in rows if r.method == "store default" and "(default)" in r.setting)
-    plain = [r for r in rows if r.method.startswith("hnswlib")]
-    qps, where, reached = plain_qps_at(rows, ours.recall)
-    speed = ours.qps / qps
-    lines = [
-        f"- store at default params: recall@10 {ours.recall:.4f}, {ours.qps:.0f} queries/s.",
-        f"- plain hnswlib at the same recall ({where}): {qps:.0f} queries/s → "
-        f"**speed ratio store/plain = {speed:.2f}**{'' if reached else ' at least'}.",
-    ]
-    curve = []
-    for r in rows:
-        if r.method == "store default":
-            q, _, ok = plain_qps_at(rows, r.recall)
-            curve.append(f"{r.setting.split()[0]} {'' if ok else '≥ '}{r.qps / q:.2f}")
-    lines.append(f"- speed ratio store/plain at the same recall for each store setting: {', '.join(curve)}.")
-    lines.append(
-        f"- RAM per vector: store {ours.ram_b:.0f} B, plain hnswlib {plain[0].ram_b:.0f} B → "
-        f"**RAM ratio = {ours.ram_b / plain[0].ram_b:.2f}** (float32 originals stay on disk, memory-mapped)."
-    )
-    lines.append(
-        f"- build: store {ours.build_s:.1f} s (adds in batches of {ADD_BATCH}, refits included, then save) "
-        f"vs plain {plain[0].build_s:.1f} s."
-    )
-    checks = (
-        ("recall@10 ≥ 0.98", ours.recall >= 0.98),
-        ("speed ratio ≥ 1", speed >= 1.0),
-        ("RAM ratio ≤ 0.5", ours.ram_b <= 0.5 * plain[0].ram_b),
-    )
-    verdicts = ", ".join(f"{name} {'met' if ok else '**not met**'}" for name, ok in checks)
-    lines.append(f"- design targets at default params: {verdicts}.")
+        head = (
+            "| contender | "
+            + " | ".join(f"q/s @ {t}" for t in TARGETS)
+            + " | best recall | RAM B/vec | RAM ratio store÷it | disk B/vec | build s |"
+        )
+        lines.append(head)
+        lines.append("|---|" + "---:|" * (len(TARGETS) + 5))
+        ours = [qps_at(store.curve[kind], t)[0] for t in TARGETS]
+        for f in families:
+            cells = []
+            for t, mine in zip(TARGETS, ours, strict=True):
+                qps, _ = qps_at(f.curve[kind], t)
+                if qps is None:
+                    cells.append("not reached")
+                elif f is store or mine is None:
+                    cells.append(f"{qps:.0f}")
+                else:
+                    cells.append(f"{qps:.0f} (**{mine / qps:.2f}×**)")
+            best = max(r for _, r, _ in f.curve[kind])
+            lines.append(
+                f"| {f.name} | " + " | ".join(cells) + f" | {best:.4f} | {f.ram_b:.0f} | "
+                f"{store.ram_b / f.ram_b:.2f} | {f.disk_b:.0f} | {f.build_s:.1f} |"
+            )
+        default = next((r, q) for ef, r, q in store.curve[kind] if ef == store.default_ef)
+        lines.append(
+            f"\nStore at its default (ef {DEFAULT_PARAMS.ef_search}, ×{LOW_HEAD_BOOST} for text-like "
+            f"queries): recall@10 {default[0]:.4f}, "
+            f"{default[1]:.0f} q/s. RAM store ÷ plain hnswlib = {store.ram_b / hnsw_ram:.2f}.\n"
+        )
+    lines.append("<details><summary>every setting (ef: recall@10 / q/s)</summary>\n")
+    for kind in kinds:
+        for f in families:
+            pts = ", ".join(f"{ef or 'default'}: {r:.4f}/{q:.0f}" for ef, r, q in f.curve[kind])
+            lines.append(f"- {kind}, {f.name}: {pts}")
+    lines.append("\n</details>\n")
     return "\n".join(lines) + "\n"
 
 
-RATIONALE = """\
-### How the store searches, and why these defaults
-
-Each vector is rotated onto the eigenvectors of the data's second-moment matrix (uncentred
-PCA, right for inner products). The first `graph_dims - 1` coordinates (the head, ~90% of
-the energy here) are kept as float32 inside the hnswlib graph, plus one coordinate,
-sqrt(1 - |head|²), that makes every graph vector unit length; the other coordinates (the
-tail) are kept as int8 codes with a per-dimension scale and offset (retrieval/quantizer.py).
-A query (0 in the completing coordinate) walks the graph for `ef` candidates, which come
-back with their exact head scores; adding the int8 tail score gives an almost exact inner
-product (mean error ~1e-4 here), and the best `rescore` candidates are scored exactly
-against the float32 originals, which stay on disk and are memory-mapped. Recall is set by
-the graph's candidates, not by the quantization: ranking the candidates exactly instead
-gives the same recall.
-
-- Why not int8 codes of the whole vector next to a PCA graph (the first design)? Those
-  codes alone cap recall@10 near 0.98 and cost `dim` bytes on top of the graph's float32
-  head; coding only the tail costs `dim - graph_dims + 1` bytes and is exact where the
-  energy is.
-- Why complete the heads to unit length? Brute force over the heads alone (graph_dims 112)
-  keeps 99.05% of the true top-10 within the head top-128 at 1M, yet the plain
-  inner-product graph over raw heads (length 0.87-0.99) found only 0.950 at ef=128 and 0.968
-  at ef=256: unequal lengths make an inner-product HNSW graph hard to navigate. Completed
-  to unit length (graph-only runs at 1M, M=12): 0.959 at ef=128, 0.976 at 192, 0.983 at 256,
-  and at 100k 0.9888 instead of 0.9856 at ef=128, for no extra bytes.
-- `graph_dims = 112, m = 12`: RAM is about 4·graph_dims + (dim - graph_dims) + hnswlib's
-  ~230 B per node, so the head size is what the RAM budget (≤ 0.5× plain hnswlib) buys.
-  A larger head ranks candidates better, and fewer graph links (m = 12 instead of 16) pay
-  for it: graph-only runs at 100k gave candidate recall 0.9872 at ef=128 for (112, m=12)
-  against 0.9841 for (96, m=16) at about the same time; m = 8 was worse at every ef. The
-  `graph_dims=128` rows are over the RAM budget at 100k.
-- `ef_search = 384`: recall falls with n at a fixed ef. At 1M (table above) 256 gives
-  0.980 and 384 gives 0.985, so 384 keeps recall@10 above 0.98 with a margin; at 100k it
-  buys ~0.999, which plain hnswlib (ef_construction=100) does not reach at any ef.
-  `search(..., ef=...)` trades speed for recall per query.
-- `ef_construction = 200`: 400 moved recall by 0.001 at most here, for 2.3× the build time.
-- `rescore = 16`: as good as 32 or 64 here (the head + int8 ranking is already right almost
-  everywhere), and each re-scored row is a random 2 KiB read from the memory-mapped file.
-- Where a query's time goes: most in the graph walk, which visits more nodes than plain
-  hnswlib at equal recall but reads ~4× fewer bytes per node; then ~80 µs of numpy
-  (rotating the query ~20 µs, int8 tail scores ~20 µs, re-score, sorting and call overhead
-  the rest). At 100k, near recall 0.98, that overhead leaves the store slower than plain
-  hnswlib (0.8× on the "for each store setting" line); from ~0.994 up, where plain
-  hnswlib's graph saturates, the store is faster. At 1M, where plain hnswlib's 2 KiB nodes
-  miss the caches far more, the store is faster from recall 0.92 up (1.1-1.8×). Moving the
-  re-rank into compiled code would make it faster everywhere.
-"""
-
-
-def bench_n(n: int, a: argparse.Namespace, default: StoreParams, *, store_only: bool) -> str:
-    """Build and time every contender at collection size n; returns its markdown subsection."""
+def bench(data: str, n: int, a: argparse.Namespace, params: StoreParams) -> str:
     t0 = time.perf_counter()
-    base, queries = make(n, DIM, a.queries, seed=0)
-    truth = exact_topk(base, queries, K)
-    nq = len(queries)
+    base, queries = make_data(data, n, a.queries, a.seed)
+    truths = {kind: vectors.exact_topk(base, qs, K) for kind, qs in queries.items()}
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         work = Path(tmp)
-        queries_path = work / "queries.npy"
-        np.save(queries_path, queries[:RAM_QUERIES])
-        contenders = []
-        if not store_only:
-            contenders.append(exact_contender(base, nq))
-            contenders += plain_contenders(base, work, queries_path, a.build_threads, nq)
-        contenders += store_contenders(base, work, queries_path, default, STORE_EFS, "default", nq)
-        if a.variants and not store_only and n == min(a.n or [n]):  # variants at the smallest n only
-            for label, params in VARIANTS:
-                contenders += store_contenders(base, work, queries_path, params, VARIANT_EFS, label, nq)
+        qpath = work / "queries.npy"
+        np.save(qpath, np.concatenate(list(queries.values()))[:RAM_QUERIES])
+        families = [hnswlib_family(base, work, qpath)]
+        families += faiss_families(base, work, qpath)
+        families += usearch_families(base, work, qpath)
+        families.append(store_family(base, work, qpath, params))
+        print(f"{data} n={n}: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         del base
-        rows = run_interleaved(contenders, queries, truth, a.rounds)
-        del contenders
-    title = f"### n = {n:,}, dim {DIM}, {nq} queries, k = {K}"
-    if store_only:
-        text = (
-            f"{title}: store only\n\n"
-            "Plain hnswlib and exact search were left out at this size (`--store-only`) to fit the time "
-            "budget; recall@10 is still against exact float32 search.\n\n" + table(rows)
-        )
-    else:
-        text = f"{title}\n\n" + table(rows) + "\n" + ratios(rows)
-    text += f"\n(total wall time for this n: {time.perf_counter() - t0:.0f} s)\n"
+        time_families(families, queries, truths, a.rounds)
+    text = (
+        f"### {data}, n = {n:,}, dim {DIM}, seed {a.seed}, {a.queries} queries per kind, k = {K}\n\n"
+        + report(families, list(queries))
+        + f"\n(wall time for this data set: {time.perf_counter() - t0:.0f} s)\n"
+    )
     print(text, flush=True)
     return text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", action="append", choices=("vectors", "clip-like"), help="default: both")
     ap.add_argument("--n", type=int, action="append", help="collection size (repeatable); default 100000")
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--store-only", type=int, action="append", help="also time only the store at this n")
-    ap.add_argument("--variants", action="store_true", help="also measure neighbouring store params")
-    ap.add_argument("--rounds", type=int, default=3, help="timing rounds; each query keeps its best time")
-    ap.add_argument("--build-threads", type=int, default=-1, help="hnswlib build threads (-1 = all cores)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each query keeps its best time")
     ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     ap.add_argument("--measure-ram", nargs=3, metavar=("KIND", "PATH", "QUERIES"), help=argparse.SUPPRESS)
@@ -384,26 +387,25 @@ def main() -> None:
     if a.measure_ram:
         measure_ram(*a.measure_ram)
         return
-
-    default = StoreParams()
-    runs = [(n, False) for n in a.n or [100_000]] + [(n, True) for n in a.store_only or []]
-    sections = [bench_n(n, a, default, store_only=store_only) for n, store_only in runs]
-
+    params = StoreParams()
+    load_before = os.getloadavg()[0]
+    sections = [bench(d, n, a, params) for d in a.data or ["vectors", "clip-like"] for n in a.n or [100_000]]
     cmd = "python benchmarks/search.py " + " ".join(sys.argv[1:])
     body = (
         f"{HEADING}\n\n"
         f"Command: `{cmd}` ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores shared with other jobs, so absolute figures are noisy: contenders are timed "
-        f"interleaved, {INTERLEAVE} queries at a time, over {a.rounds} rounds, and each query keeps its "
-        f"best time, so that load from other jobs falls on all alike; the ratios are the figures to read). "
-        f"Data: `benchmarks/vectors.py` `make(n, {DIM})`, clustered anisotropic L2-normalised vectors; "
-        f"recall@10 is against exact float32 search. Queries run one at a time on one thread, with BLAS "
-        f"pinned to one thread ({env_note()}). Builds use all cores (hnswlib). RAM B/vec is the growth of "
-        f"resident anonymous memory in a fresh process that opened the index and ran {RAM_QUERIES} queries; "
-        f"for exact numpy it is the float32 matrix. Store defaults: `{default.to_dict()}`.\n\n"
-        + "\n".join(sections)
-        + "\n"
-        + RATIONALE
+        f"{os.cpu_count()} cores shared with other jobs; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after). Absolute figures are noisy: all contenders are timed in one "
+        f"run, interleaved {INTERLEAVE} queries at a time over {a.rounds} rounds, each query keeping its "
+        f"best time, so the ratios are the figures to read. Single query per call, one thread "
+        f"({env_note()}; BLAS pinned to one thread). Builds use all cores. q/s at a recall is "
+        f"log-interpolated between a contender's "
+        f'best ef settings ({", ".join(map(str, EFS))}); "not reached" means no setting got there. RAM '
+        f"B/vec: growth of resident anonymous memory in a fresh process that loaded the index and ran "
+        f"{RAM_QUERIES} queries (the store's float32 originals are memory-mapped, counted on disk only). "
+        f"Peers: hnswlib M={HNSWLIB_M} ef_construction={HNSWLIB_EFC}; faiss efConstruction={FAISS_EFC}, "
+        f"RefineFlat k_factor {REFINE_FACTOR}; usearch connectivity {USEARCH_M}, expansion_add "
+        f"{USEARCH_EFC}. Store defaults: `{params.to_dict()}`.\n\n" + "\n".join(sections) + "\n"
     )
     if not a.no_write:
         write_section(body, a.output)

@@ -11,7 +11,7 @@ import pytest
 
 from retrieval.errors import IndexCorruptError, IndexNotFoundError, UsageError
 from retrieval.vectors.hnsw.quantizer import Quantizer
-from retrieval.vectors.hnsw.store import MANIFEST, StoreParams, VectorStore
+from retrieval.vectors.hnsw.store import LOW_HEAD_BOOST, MANIFEST, StoreParams, VectorStore
 
 DIM = 64
 SMALL = StoreParams(graph_dims=16, m=12, ef_construction=64, ef_search=64, rescore=16)
@@ -138,6 +138,30 @@ def test_higher_ef_does_not_lower_recall(folder: Path) -> None:
     low = recall(store.search(queries, 10, ef=10)[0], truth)
     high = recall(store.search(queries, 10, ef=400)[0], truth)
     assert high >= low and high >= 0.99
+
+
+def test_query_mostly_outside_the_pca_head_gets_more_graph_candidates(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, vecs = make_store(folder, 3000)
+    basis = store._live().quantizer.basis
+    image_like = vecs[:1]
+    text_like = basis[:, -1:].T + 0.3 * basis[:, :1].T  # energy mostly in the int8 tail's directions
+    text_like /= np.linalg.norm(text_like)
+    seen: list[int] = []
+    real = VectorStore._graph_search
+
+    def spy(self: VectorStore, st: object, q: np.ndarray, k: int, cands: int) -> object:
+        seen.append(cands)
+        return real(self, st, q, k, cands)
+
+    monkeypatch.setattr(VectorStore, "_graph_search", spy)
+    ids, _ = store.search(np.concatenate([image_like, text_like]), 10)
+    assert sorted(seen) == [SMALL.ef_search, SMALL.ef_search * LOW_HEAD_BOOST]
+    assert ids[0, 0] == 5  # rows come back in query order
+    seen.clear()
+    store.search(text_like, 10, ef=32)  # an explicit ef is taken as given
+    assert seen == [32]
 
 
 def test_single_query_is_answered_as_one_row(folder: Path) -> None:

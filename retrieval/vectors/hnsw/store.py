@@ -54,6 +54,11 @@ from retrieval.vectors.hnsw.quantizer import Quantizer
 FIT_SAMPLE_CAP = 50_000
 REFIT_GROWTH = 2
 _ROW_BLOCK = 16384
+#: A query with less than LOW_HEAD_SHARE of its energy in the PCA head (text queries against image
+#: embeddings: ~15-25%, images ~75-90%) is steered by a small part of itself in the graph walk, so
+#: by default it gets LOW_HEAD_BOOST times the candidates (BENCHMARKS.md, search section).
+LOW_HEAD_SHARE = 0.5
+LOW_HEAD_BOOST = 2
 _OPEN_ATTEMPTS = 5
 
 
@@ -448,7 +453,8 @@ class VectorStore:
         """Top-k by inner product for each query row.
 
         queries: (m, dim) or (dim,), the latter answered as m = 1. ef: graph candidates per
-        query (default params.ef_search; more is slower and more exact). Returns (ids (m, k)
+        query (default params.ef_search, times LOW_HEAD_BOOST for a query whose energy lies mostly
+        outside the PCA head; more is slower and more exact). Returns (ids (m, k)
         int64, scores (m, k) float32), best first, padded with id -1 and score -inf when the
         store holds fewer than k vectors.
         """
@@ -464,12 +470,18 @@ class VectorStore:
             raise UsageError(f"ef must be >= 1, got {ef}")
         if st.n_alive == 0 or len(q) == 0:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
-        cands = max(ef or self.params.ef_search, k)
-        if st.graph is None or st.n_alive <= cands:
+        cands = np.full(len(q), max(ef or self.params.ef_search, k))
+        if ef is None and st.quantizer is not None and st.quantizer.tail_dims:
+            cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
+        if st.graph is None or st.n_alive <= cands.max():
             slots, scores = self._exact_search(st, q, k)
         else:
             try:
-                slots, scores = self._graph_search(st, q, k, cands)
+                slots = np.empty((len(q), k), dtype=np.int64)
+                scores = np.empty((len(q), k), dtype=np.float32)
+                for c in np.unique(cands):
+                    rows = np.flatnonzero(cands == c)
+                    slots[rows], scores[rows] = self._graph_search(st, q[rows], k, int(c))
             except RuntimeError:  # hnswlib reached fewer than `cands` live nodes (heavy deletes)
                 slots, scores = self._exact_search(st, q, k)
         self._refuse_garbled(st, q, scores)
@@ -479,6 +491,13 @@ class VectorStore:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return ids, scores
+
+    @staticmethod
+    def _head_share(st: _State, q: np.ndarray) -> np.ndarray:
+        """Fraction of each query's energy in the graph's PCA head (the rest only the re-rank sees)."""
+        assert st.quantizer is not None
+        head = q @ st.quantizer.basis[:, : st.quantizer.head_dims]
+        return np.einsum("ij,ij->i", head, head) / np.maximum(np.einsum("ij,ij->i", q, q), 1e-12)
 
     def _graph_search(self, st: _State, q: np.ndarray, k: int, cands: int) -> tuple[np.ndarray, np.ndarray]:
         quantizer, graph = st.quantizer, st.graph
