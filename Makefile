@@ -22,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 # Unpacks the Milvus server's binaries once (7 s), not in the first test that starts one.
 $(TEST_STAMP): $(DEMO_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,ray,milvus,milvus-server]"
-	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); import services; services.milvus_binary()"
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); from support import services; services.milvus_binary()"
 	touch $@
 
 # The demo's index, photos and map go to indexes/ in this repository, not to the user's index home.

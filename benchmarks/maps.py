@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import draw_photo  # noqa: E402
+from support.photos import draw_photo  # noqa: E402
 from vectors import make  # noqa: E402
 
 started = time.perf_counter()

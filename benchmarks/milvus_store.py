@@ -4,7 +4,8 @@
         [--rounds 2] [--no-write]
 
 (Not `benchmarks/milvus.py`: with benchmarks/ on sys.path that name would hide the `milvus` package.)
-`--server` starts a Milvus 2.3 standalone server itself (tests/services.py; the `milvus-server` extra) and
+`--server` starts a Milvus 2.3 standalone server itself (tests/support/services.py; the `milvus-server`
+extra) and
 reports its process's RAM; `--uri` measures one already running (RAM not measured). Without either, only
 Milvus Lite and the default store. The stores are built through `retrieval.stores.create_store`, as an
 index would build them, from the same synthetic vectors (benchmarks/vectors.py, dim 512), adding in
@@ -54,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests"))  # services.py: a Milvus server on free ports
+sys.path.insert(0, str(ROOT / "tests"))  # support/services.py: a Milvus server on free ports
 
 from vectors import exact_topk, make, recall_at_k  # noqa: E402
 
@@ -216,7 +217,7 @@ def main() -> None:
         work = Path(tmp)
         server_pid: int | None = None
         if a.server:
-            from services import start_milvus, stop_milvus
+            from support.services import start_milvus, stop_milvus
 
             proc, port = start_milvus(work / "server-data")
             stack.callback(stop_milvus, proc)

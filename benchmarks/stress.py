@@ -10,7 +10,7 @@ embedder:
 3. rewrites 10 % of the original number among the rest with new pictures (same names) and ingests again;
 4. ingests once more with nothing changed.
 
-After each step the index is checked from disk by tests/index_checks.py (read-only, independent of the
+After each step the index is checked from disk by tests/support/index_checks.py (read-only, independent of the
 code under test): every database row marked embedded has exactly one vector and every vector one row, no
 id twice, and the expected number of files; then `Engine.doctor()` must find nothing; then a sample of the
 remaining photos must each find itself first (a modified photo: its new picture). It prints a Markdown
@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import draw_photo  # noqa: E402
-from index_checks import assert_consistent  # noqa: E402
+from support.index_checks import assert_consistent  # noqa: E402
+from support.photos import draw_photo  # noqa: E402
 
 from retrieval.engine import Engine  # noqa: E402
 from retrieval.ingest.pipeline import IngestReport  # noqa: E402

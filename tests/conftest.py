@@ -6,9 +6,8 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from support.photos import draw_photo
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -19,34 +18,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("RETRIEVAL_HOME", str(path))
     return path
-
-
-def draw_photo(seed: int, size: tuple[int, int] = (192, 144)) -> Image.Image:
-    """A distinct 'photo' per seed: a colour gradient, random shapes and texture."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    base = rng.uniform(0, 255, size=(2, 2, 3))
-    ys, xs = np.mgrid[0:h, 0:w]
-    fy, fx = (ys / max(h - 1, 1))[..., None], (xs / max(w - 1, 1))[..., None]
-    grad = (
-        base[0, 0] * (1 - fx) * (1 - fy)
-        + base[0, 1] * fx * (1 - fy)
-        + base[1, 0] * (1 - fx) * fy
-        + base[1, 1] * fx * fy
-    )
-    freq = rng.uniform(0.05, 0.4)
-    texture = 30 * np.sin(xs * freq + rng.uniform(0, 6))[..., None] * rng.uniform(-1, 1, 3)
-    img = Image.fromarray(np.clip(grad + texture, 0, 255).astype(np.uint8))
-    pen = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 7))):
-        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-        x1, y1 = x0 + int(rng.integers(15, w // 2)), y0 + int(rng.integers(15, h // 2))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        if rng.random() < 0.5:
-            pen.ellipse((x0, y0, x1, y1), fill=colour)
-        else:
-            pen.rectangle((x0, y0, x1, y1), fill=colour)
-    return img
 
 
 @pytest.fixture
@@ -94,7 +65,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip(
         "milvus", reason="no Milvus server: pip install -e '.[milvus-server]' (make test does)"
     )
-    from services import running_milvus
+    from support.services import running_milvus
 
     with running_milvus(tmp_path_factory.mktemp("milvus-server")) as uri:
         yield uri

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import draw_photo
+from support.photos import draw_photo
 
 pytestmark = pytest.mark.browser
 

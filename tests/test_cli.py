@@ -228,7 +228,7 @@ HOSTILE_NAMES = [
 
 
 def hostile_photos(folder: Path) -> list[Path]:
-    from conftest import draw_photo
+    from support.photos import draw_photo
 
     paths = []
     for i, name in enumerate(HOSTILE_NAMES):

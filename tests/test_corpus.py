@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_photo
-from odd_images import (
+from PIL import ExifTags, Image, ImageOps
+from retrieval_cli.main import app
+from support.odd_images import (
     DECLARING,
     DECODED_FORMATS,
     REFUSED,
@@ -28,8 +29,7 @@ from odd_images import (
     png_declaring,
     scene,
 )
-from PIL import ExifTags, Image, ImageOps
-from retrieval_cli.main import app
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from odd_images import REFUSED, png_declaring
 from PIL import ExifTags, Image, ImageDraw, ImageOps, features
+from support.odd_images import REFUSED, png_declaring
 
 from retrieval.errors import DecodeError, UsageError
 from retrieval.files import decoding

@@ -1,5 +1,6 @@
 """Distributed ingest on Ray (retrieval/ingest/ray.py): on one local Ray runtime for the module, then on a
-real cluster (`ray start --head` plus a worker node, token auth: tests/ray_cluster.py) driven by the CLI in
+real cluster (`ray start --head` plus a worker node, token auth: tests/support/ray_cluster.py) driven by
+the CLI in
 subprocesses.
 
 A Ray ingest must build the index a local ingest builds from the same folder: the same content ids, file
@@ -30,11 +31,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import draw_photo
-from index_checks import assert_consistent
 from PIL import Image
-from ray_cluster import RayCluster, running_ray_cluster
 from retrieval_cli.main import app
+from support.index_checks import assert_consistent
+from support.photos import draw_photo
+from support.ray_cluster import RayCluster, running_ray_cluster
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine

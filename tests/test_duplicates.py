@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_photo
 from PIL import Image, ImageDraw, ImageEnhance
 from retrieval_cli.main import app
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.embedders import SupersededEmbedderWarning

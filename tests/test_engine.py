@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import draw_photo
 from PIL import Image
+from support.photos import draw_photo
 
 from retrieval.engine import Engine
 from retrieval.errors import (

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from labelled_folders import write_digits
 from retrieval_cli.main import app
+from support.labelled_folders import write_digits
 from typer.testing import CliRunner
 
 from retrieval.demo import next_commands
@@ -90,7 +90,7 @@ def test_duplicates_help_states_the_neighbour_default_the_library_uses():
     from retrieval.search.duplicates import DEFAULT_NEIGHBOURS
 
     result = invoke("duplicates", "--help")
-    assert f"[default: {DEFAULT_NEIGHBOURS}]" in " ".join(result.output.split())
+    assert f"[default: {DEFAULT_NEIGHBOURS};" in " ".join(result.output.split())
 
 
 def test_eval_help_states_the_head_default_it_uses():
@@ -156,7 +156,7 @@ def test_list_shows_every_index_with_its_model_images_and_folders(make_photos, t
     result = invoke("list")
     assert result.exit_code == 0, result.output
     assert "2 indexes" in result.stdout
-    assert "holiday  classic:v1, 3 images" in result.stdout and "work  classic:v1, 2 images" in result.stdout
+    assert "holiday  classic:v2, 3 images" in result.stdout and "work  classic:v2, 2 images" in result.stdout
     assert str(first[0].parent) in result.stdout and "last ingest 20" in result.stdout
     payload = json.loads(invoke("list", "--json").stdout)
     assert [(s["name"], s["images"], s["folders"]) for s in payload["indexes"]] == [

@@ -1,6 +1,6 @@
 """Ingests in a real child process, killed (SIGKILL), interrupted (SIGINT) and run against other users.
 
-Children run the real command line through tests/ingest_child.py, which logs progress and checkpoints
+Children run the real command line through tests/support/ingest_child.py, which logs progress and checkpoints
 so that each kill lands at a chosen point, read from what the child has done rather than from a clock.
 They are forked from a forkserver that has imported retrieval once: a fresh interpreter per child
 would cost seconds of imports each.
@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import ingest_child
 import pytest
-from conftest import draw_photo
-from index_checks import assert_consistent, assert_repairable, read_state
 from retrieval_cli.main import app
+from support import ingest_child
+from support.index_checks import assert_consistent, assert_repairable, read_state
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine
@@ -30,7 +30,7 @@ N = 120
 EVERY = 12  # files per checkpoint in the children: the first comes at 10 %
 pytestmark = pytest.mark.slow  # child processes killed and interrupted
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["retrieval_cli.main", "ingest_child"])
+_context.set_forkserver_preload(["retrieval_cli.main", "support.ingest_child"])
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_photo
 from PIL import Image, ImageDraw, ImageEnhance
 from retrieval_cli.main import app
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine

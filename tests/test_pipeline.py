@@ -19,10 +19,10 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from conftest import draw_photo
 from PIL import Image
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from support.photos import draw_photo
 
 import retrieval.engine as engine_module
 from retrieval.embedders import create_embedder

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from labelled_folders import write_digits
 from retrieval_cli.main import app
+from support.labelled_folders import write_digits
 from typer.testing import CliRunner
 
 from retrieval.embedders import create_embedder

@@ -22,12 +22,12 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from conftest import draw_photo
-from index_checks import assert_consistent
 from PIL import Image
 from retrieval_cli.main import app
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from support.index_checks import assert_consistent
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 import retrieval.ingest.pipeline as ingest_module

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import draw_photo
 from fastapi.testclient import TestClient
 from PIL import Image
 from retrieval_cli.main import app as cli_app
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine

@@ -16,10 +16,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import draw_photo
 from fastapi.testclient import TestClient
 from PIL import Image
 from retrieval_cli.main import app
+from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine

@@ -13,7 +13,7 @@ process that started it (PR_SET_PDEATHSIG). A restart on the same data folder re
 (data_dir/ports.json): on new ones the server waits ~50 s for its old etcd sessions to expire. Milvus 2.3's
 gRPC/HTTP servers listen on every interface; only etcd is held to 127.0.0.1.
 
-Also run as `python tests/services.py DIR` (prints the URI, serves until SIGINT/SIGTERM), which
+Also run as `python tests/support/services.py DIR` (prints the URI, serves until SIGINT/SIGTERM), which
 `benchmarks/milvus_store.py --server` uses.
 """
 
