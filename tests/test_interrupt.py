@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +79,15 @@ class Child:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(10)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_is_delivered() -> Iterator[None]:
+    """A test run started as a background job (`cmd &` in a script, nohup) has SIGINT ignored, and so would
+    the children forked from it: give this module the interactive default the tests are about."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def ingest_args(photos: list[Path], home: Path, index: str) -> list[str]:
