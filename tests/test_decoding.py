@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageDraw, ImageOps, features
-from support.odd_images import REFUSED, png_declaring
+from support.odd_images import REFUSED, encoded, png_declaring, scene
 
 from retrieval.errors import DecodeError, UsageError
 from retrieval.files import decoding
@@ -29,22 +29,6 @@ from retrieval.files.decoding import (
     decode_image,
     flatten_alpha,
 )
-
-
-def scene(size: tuple[int, int] = (96, 64)) -> Image.Image:
-    """An asymmetric picture (a gradient and a corner mark), so rotations and flips are visible."""
-    w, h = size
-    xs = np.linspace(0, 255, w)[None, :].repeat(h, axis=0)
-    ys = np.linspace(0, 255, h)[:, None].repeat(w, axis=1)
-    image = Image.fromarray(np.stack([xs, ys, 255 - xs], axis=-1).astype(np.uint8))
-    ImageDraw.Draw(image).rectangle((0, 0, w // 4, h // 4), fill=(255, 255, 255))
-    return image
-
-
-def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

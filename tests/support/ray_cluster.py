@@ -32,13 +32,14 @@ import ctypes
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support.net import free_ports
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -96,20 +97,6 @@ def ray_command() -> list[str]:
     if beside.exists():
         return [str(beside)]
     return [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on every interface (the GCS listens on all of them)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def auth_env(temp_dir: Path, *, auth: bool) -> dict[str, str]:

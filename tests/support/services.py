@@ -35,6 +35,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from support.net import free_ports
+
 #: The components' gRPC ports in the package's config template (`{{ NAME_port(int): DEFAULT }}`).
 PORT_KEYS = (
     "proxy_port",
@@ -81,20 +83,6 @@ def milvus_binary(cache_dir: Path | None = None) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     milvus._initialize_data_files(str(base))  # private, but the only unpacker the package has
     return base / "bin" / "milvus"
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports free on every interface (Milvus 2.3 listens on all of them)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def write_config(
