@@ -49,7 +49,7 @@ from retrieval.maps.layout import (  # noqa: E402
     compute_layout,
 )
 from retrieval.maps.render import save_map  # noqa: E402
-from retrieval.maps.thumbnails import make_thumbnail  # noqa: E402
+from retrieval.files.thumbnails import make_thumbnail  # noqa: E402
 
 DIM = 512
 

@@ -6,7 +6,9 @@ import json
 import logging
 import re
 import sys
+import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    SpinnerColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -37,6 +38,7 @@ from retrieval.settings import ray_address_from_env, token_from_env
 if TYPE_CHECKING:
     from retrieval.engine import Engine
     from retrieval.ingest.pipeline import IngestProgress, IngestReport
+    from retrieval.maps.layout import MapProgress
     from retrieval.quality.evaluation import EvalReport
     from retrieval.search.queries import Query, SearchHit
 
@@ -139,42 +141,162 @@ def _ray_address(ray: bool | None, address: str | None) -> str | None:
     return address or ray_address_from_env() or ("local" if ray else None)
 
 
-class _RateColumn(ProgressColumn):
+#: The rate is the count's growth over about this many seconds (the last count before the window and the
+#: newest one): steady while batches come every few seconds, falling while nothing comes.
+RATE_WINDOW_S = 30.0
+#: No ETA once neither count has moved for this long (a model working through a slow batch).
+STALL_S = 15.0
+_PHASES_WITH_RATE = ("ingest", "embed")
+
+
+class _Window:
+    """A count over time, for a rate that is an average over the last RATE_WINDOW_S seconds and that
+    falls, at each redraw, while the count stands still (rich's own speed stays at its last value)."""
+
+    def __init__(self, now: float) -> None:
+        self.samples: deque[tuple[float, int]] = deque([(now, 0)])
+        self.moved_at = now
+
+    def add(self, count: int, now: float, *, moved: bool) -> None:
+        if count != self.samples[-1][1]:
+            self.samples.append((now, count))
+        if moved:
+            self.moved_at = now
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while len(self.samples) > 1 and self.samples[1][0] <= now - RATE_WINDOW_S:
+            self.samples.popleft()
+
+    def rate(self, now: float) -> float | None:
+        """Counts a second; None in the first second (too soon to say)."""
+        self._trim(now)
+        (since, first), (_, last) = self.samples[0], self.samples[-1]
+        span = now - since
+        return (last - first) / span if span >= 1.0 else None
+
+    def moving(self, now: float) -> bool:
+        return now - self.moved_at < STALL_S
+
+
+class _TwoCountBar(BarColumn):
+    """The ingest's bar: embedded files solid, files decoded but not yet embedded lighter, as one bar."""
+
+    def render(self, task: Task) -> Any:
+        decoded = task.fields.get("decoded")
+        if decoded is None or not task.total:
+            return super().render(task)
+        width = self.bar_width or 40
+        embedded_w = round(width * min(task.completed, task.total) / task.total)
+        decoded_w = max(embedded_w, round(width * min(decoded, task.total) / task.total))
+        bar = Text("━" * embedded_w, style="bar.complete")
+        bar.append("━" * (decoded_w - embedded_w), style="yellow")
+        bar.append("━" * (width - decoded_w), style="bar.back")
+        return bar
+
+
+class _CountsColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.1f} img/s" if task.speed else "", style="cyan")
+        decoded = task.fields.get("decoded")
+        total = "?" if task.total is None else f"{int(task.total)}"
+        if decoded is None:
+            return Text(
+                f"{int(task.completed)}/{total}" if task.total is not None else f"{int(task.completed)}"
+            )
+        return Text(f"{decoded} decoded · {int(task.completed)} embedded / {total}")
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, windows: dict[Any, _Window]) -> None:
+        super().__init__()
+        self.windows = windows
+
+    def render(self, task: Task) -> Text:
+        window = self.windows.get(task.id)
+        rate = window.rate(time.monotonic()) if window is not None and not task.finished else None
+        return Text(f"{rate:.1f} img/s" if rate is not None else "", style="cyan")
+
+
+class _EtaColumn(ProgressColumn):
+    """Time left at the windowed rate; nothing while the counts stand still, or before there is a rate."""
+
+    def __init__(self, windows: dict[Any, _Window]) -> None:
+        super().__init__()
+        self.windows = windows
+
+    def render(self, task: Task) -> Text:
+        window = self.windows.get(task.id)
+        now = time.monotonic()
+        if window is None or task.finished or task.total is None or not window.moving(now):
+            return Text("")
+        rate = window.rate(now)
+        if not rate:
+            return Text("")
+        left = int((task.total - task.completed) / rate)
+        return Text(f"eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
+    """A callback that draws an ingest's (or eval's) progress on stderr: one line per phase, the ingest's
+    with its two counts (decoded, embedded); the scan's line goes when the scan ends. Called from the decode
+    threads too (rich's Progress takes a lock)."""
     if not enabled:
         yield lambda _p: None
         return
+    windows: dict[Any, _Window] = {}
     columns = (
         TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
+        _TwoCountBar(),
+        _CountsColumn(),
+        _RateColumn(windows),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        _EtaColumn(windows),
     )
     # Started on the first report, so that a command failing before any (a missing folder, a bad model) prints
     # its error alone, without the empty line of a bar that never ran.
     bar = Progress(*columns, console=err, transient=False)
     tasks: dict[str, Any] = {}
+    seen: dict[str, tuple[int, int]] = {}
 
     def update(p: IngestProgress) -> None:
         if not tasks:
             bar.start()
+        if p.phase != "scan" and "scan" in tasks:
+            bar.remove_task(tasks.pop("scan"))
+        two_counts = p.phase == "ingest"
         if p.phase not in tasks:
             tasks[p.phase] = bar.add_task(_safe(p.phase), total=p.total)
-        bar.update(tasks[p.phase], completed=p.done, total=p.total)
+            if p.phase in _PHASES_WITH_RATE:
+                windows[tasks[p.phase]] = _Window(time.monotonic())
+        task = tasks[p.phase]
+        completed = p.embedded if two_counts else p.done
+        fields = {"decoded": p.decoded} if two_counts else {}
+        bar.update(task, completed=completed, total=p.total, **fields)
+        window = windows.get(task)
+        if window is not None:
+            counts = (p.decoded, completed)
+            window.add(completed, time.monotonic(), moved=counts != seen.get(p.phase))
+            seen[p.phase] = counts
 
     try:
         yield update
     finally:
         if tasks:
             bar.stop()
+
+
+def _interrupted_summary(report: IngestReport | None) -> str:
+    """The one line after Ctrl-C: what the stopped ingest saved (a stop before it recorded anything, while
+    the model loaded or the folder was listed, has no report)."""
+    if report is None:
+        return "interrupted: work done so far is saved; run the same command to finish"
+    failed = f", {len(report.failed)} failed" if report.failed else ""
+    return (
+        f"interrupted after {report.seconds:.1f}s: saved {report.added + report.updated} files "
+        f"({report.embedded} embedded, {report.linked} linked to an existing image{failed}); "
+        "run the same command to finish"
+    )
 
 
 def _print_report(report: IngestReport, as_json: bool) -> None:
@@ -249,6 +371,14 @@ def ingest(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Retry files that failed before.")
     ] = False,
+    thumbnails: Annotated[
+        bool,
+        typer.Option(
+            "--thumbnails/--no-thumbnails",
+            help="Make the thumbnails that maps and `serve` show while decoding (a few ms an image); "
+            "without, they are made when first shown.",
+        ),
+    ] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -264,6 +394,7 @@ def ingest(
         store=store,
         milvus_uri=milvus_uri,
     ) as engine:
+        stopped: KeyboardInterrupt | None = None
         with _progress_bar(progress and not as_json) as update:
             try:
                 report = engine.ingest(
@@ -273,10 +404,13 @@ def ingest(
                     workers=workers,
                     retry_failed=retry_failed,
                     ray_address=_ray_address(ray, ray_address),
+                    thumbnails=thumbnails,
                 )
-            except KeyboardInterrupt:
-                err.print("interrupted: work done so far is saved; run the same command to finish")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as exc:
+                stopped = exc
+        if stopped is not None:  # printed under the bar's last state
+            err.print(_interrupted_summary(getattr(stopped, "report", None)), highlight=False)
+            raise typer.Exit(130) from None
         _print_report(report, as_json)
         if report.failed:
             raise typer.Exit(1)
@@ -355,6 +489,36 @@ def similar(
         _print_hits(query, hits, as_json)
 
 
+_MAP_STAGES = {"layout": "laying out the map", "thumbnails": "making thumbnails", "drawing": "drawing"}
+
+
+@contextmanager
+def _map_stages(enabled: bool) -> Iterator[Callable[[MapProgress], None]]:
+    """A spinner on stderr naming the map's stage (and the thumbnails made of how many), gone at the end."""
+    if not enabled:
+        yield lambda _p: None
+        return
+    spinner = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True)
+    task = spinner.add_task("")
+    started = False
+
+    def show(p: MapProgress) -> None:
+        nonlocal started
+        if not started:
+            spinner.start()
+            started = True
+        what = _MAP_STAGES.get(p.stage, p.stage)
+        if p.stage == "thumbnails" and p.total:
+            what += f" {p.done}/{p.total}" if p.done else ""
+        spinner.update(task, description=_safe(what))
+
+    try:
+        yield show
+    finally:
+        if started:
+            spinner.stop()
+
+
 @app.command("map")
 def map_command(
     text: Annotated[str | None, typer.Argument(help="Text whose results to map (CLIP indexes).")] = None,
@@ -413,15 +577,17 @@ def map_command(
             part = QueryPart("image", image.expanduser().resolve())
         else:
             part = engine.resolve_image_ref(str(similar))
-        m = engine.map(
-            Query.of(part),
-            n=n,
-            expand=neighbours if expand else 0,
-            seed=seed,
-            perplexity=perplexity,
-            clusters=clusters,
-        )
-        rendered = engine.render_map(m, out_path, colour_by=colour)
+        with _map_stages(not as_json) as stage:
+            m = engine.map(
+                Query.of(part),
+                n=n,
+                expand=neighbours if expand else 0,
+                seed=seed,
+                perplexity=perplexity,
+                clusters=clusters,
+                progress=stage,
+            )
+            rendered = engine.render_map(m, out_path, colour_by=colour, progress=stage)
         if as_json:
             payload = {**m.to_dict(), "out": str(rendered.path), "render_seconds": round(rendered.seconds, 4)}
             sys.stdout.write(json.dumps(payload, indent=2) + "\n")

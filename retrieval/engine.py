@@ -35,6 +35,7 @@ from retrieval.errors import (
     UsageError,
 )
 from retrieval.files.decoding import decode_image
+from retrieval.files.thumbnails import SIDES, THUMB_SIDE, ThumbnailCache, thumbnail_cache
 from retrieval.ingest.pipeline import (
     Ingestor,
     IngestProgress,
@@ -44,10 +45,9 @@ from retrieval.ingest.pipeline import (
     reconcile,
     remove_paths,
 )
-from retrieval.maps.layout import NeighbourhoodMap, build_map
+from retrieval.maps.layout import MapProgress, MapProgressFn, NeighbourhoodMap, build_map
 from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
 from retrieval.maps.render import ColourBy, RenderedMap, render_map
-from retrieval.maps.thumbnails import ThumbnailCache
 from retrieval.metadata import DB_NAME, ImageRecord, IndexedFile, MetadataStore, utcnow
 from retrieval.quality.evaluation import (
     METHODS,
@@ -228,7 +228,8 @@ def _stop_between_files(progress: ProgressFn | None) -> Iterator[ProgressFn | No
     def checked(p: IngestProgress) -> None:
         if progress is not None:
             progress(p)
-        if requested.is_set():
+        # Decode threads report too: only the ingest's own thread stops, where it can save.
+        if requested.is_set() and threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, request_stop)
@@ -567,8 +568,13 @@ class Engine:
         workers: int | None = None,
         retry_failed: bool = False,
         ray_address: str | None = None,
+        thumbnails: bool = True,
     ) -> IngestReport:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
+
+        With `thumbnails` (the default), the thumbnails that maps and the web page show are made from the
+        pixels decoded for the model, so that they never wait for them; without, or on Ray, they are made
+        on first request.
 
         `ray_address` decodes and embeds on Ray (`retrieval.ingest.ray`; the `ray` extra): "local" starts a
         runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
@@ -578,6 +584,7 @@ class Engine:
         cannot be had, a bad model) is not left behind: its folder and lock are removed.
 
         Raises:
+            IngestInterrupted: Ctrl-C stopped it (a KeyboardInterrupt); its `report` says what was saved.
             UsageError: `root` is not a folder; a bad model name or weights file.
             IndexBusyError: another process is writing to this index.
             IndexMismatchError: the index was built with another model.
@@ -607,6 +614,7 @@ class Engine:
                     progress=checked_progress,
                     retry_failed=retry_failed,
                     stage=stage,
+                    thumbnails=[self._thumbnail_cache(side) for side in SIDES] if thumbnails else (),
                 )
                 return ingestor.run(folder, prune=prune)
         except BaseException:
@@ -814,9 +822,13 @@ class Engine:
         seed: int = 0,
         perplexity: float | None = None,
         clusters: int | None = None,
+        progress: MapProgressFn | None = None,
     ) -> NeighbourhoodMap:
         """A t-SNE map of the query and its top-n results; with expand > 0, also each result's `expand`
-        nearest neighbours. Draw it with `render_map`. See retrieval/maps/layout.py."""
+        nearest neighbours. Draw it with `render_map`. See retrieval/maps/layout.py. `progress` is told
+        when the layout starts (the search and t-SNE take seconds)."""
+        if progress is not None:
+            progress(MapProgress("layout"))
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
@@ -834,10 +846,17 @@ class Engine:
             )
 
     def render_map(
-        self, m: NeighbourhoodMap, out: Path | str, *, colour_by: ColourBy = "cluster"
+        self,
+        m: NeighbourhoodMap,
+        out: Path | str,
+        *,
+        colour_by: ColourBy = "cluster",
+        progress: MapProgressFn | None = None,
     ) -> RenderedMap:
-        """Write a map as .png, .svg or .html; thumbnails are made once into the index's `thumbs/` folder."""
-        return render_map(m, out, ThumbnailCache(self.dir / "thumbs"), self.meta, colour_by=colour_by)
+        """Write a map as .png, .svg or .html; thumbnails missing from the index's `thumbs/` folder (ingest
+        makes them) are made once there. `progress` is told of the stages (thumbnails, drawing)."""
+        cache = thumbnail_cache(self.dir / "thumbs", THUMB_SIDE)
+        return render_map(m, out, cache, self.meta, colour_by=colour_by, progress=progress)
 
     def duplicates(
         self, *, threshold: float | None = None, neighbours: int = DEFAULT_NEIGHBOURS
@@ -964,9 +983,7 @@ class Engine:
 
     def _thumbnail_cache(self, side: int) -> ThumbnailCache:
         if side not in self._thumbs:
-            folder = self.dir / "thumbs"
-            default = ThumbnailCache(folder)
-            self._thumbs[side] = default if default.side == side else ThumbnailCache(folder / str(side), side)
+            self._thumbs[side] = thumbnail_cache(self.dir / "thumbs", side)
         return self._thumbs[side]
 
     def status(self) -> IndexStatus:

@@ -30,7 +30,7 @@ from retrieval.maps.layout import (
     compute_layout,
 )
 from retrieval.maps.render import fill_template, render_html, script_json
-from retrieval.maps.thumbnails import make_thumbnail
+from retrieval.files.thumbnails import make_thumbnail
 from retrieval.search.queries import Query, QueryPart
 
 GROUPS = 3

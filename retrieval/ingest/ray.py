@@ -51,7 +51,7 @@ from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
 from retrieval.files.decoding import check_file_size
 from retrieval.files.discovery import FoundFile
-from retrieval.ingest.pipeline import LookupFn, Prepared, ProgressFn, decode_for, open_and_hash
+from retrieval.ingest.pipeline import DecodedFn, LookupFn, Prepared, ProgressFn, decode_for, open_and_hash
 
 LOCAL = "local"
 INSTALL_HINT = "pip install 'retrieval[ray]'"
@@ -482,7 +482,12 @@ class RayStage:
 
     # -- driver side: in the listing's order ----------------------------------------------------------------
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
+    def prepared(
+        self, todo: list[FoundFile], lookup: LookupFn, decoded: DecodedFn | None = None
+    ) -> Generator[Prepared, None, None]:
+        """See `PrepareStage.prepared`; files count as decoded when their batch comes back from the cluster
+        (decoded and embedded there)."""
+        tell = decoded or (lambda _n: None)
         rows = [
             {"seq": i, "path": str(found.path), "size": found.size, "mtime_ns": found.mtime_ns}
             for i, found in enumerate(todo)
@@ -508,8 +513,10 @@ class RayStage:
         results = self._results(rows) if rows else iter(())
         try:
             for batch in results:
-                for i, seq in enumerate(batch["seq"].tolist()):
+                seqs = batch["seq"].tolist()
+                for i, seq in enumerate(seqs):
                     arrived[seq] = self._received(todo[seq], batch, i)
+                tell(len(seqs))
                 yield from ready()
         finally:
             close = getattr(results, "close", None)

@@ -45,6 +45,20 @@ MAX_AUTO_CLUSTERS = 8
 TRUST_SAMPLE = 2000
 
 
+@dataclass(frozen=True)
+class MapProgress:
+    """Which stage a map is at, for a caller to show: "layout" (search and t-SNE), "thumbnails" (`done` of
+    `total` made from photos; none once cached), "drawing". `total` is None where there is nothing to
+    count."""
+
+    stage: str
+    done: int = 0
+    total: int | None = None
+
+
+MapProgressFn = Callable[[MapProgress], None]
+
+
 class LargeMapWarning(UserWarning):
     """A map with more points than WARN_POINTS: it works but takes seconds and is crowded."""
 
