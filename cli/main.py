@@ -179,46 +179,34 @@ class _Window:
         return now - self.moved_at < STALL_S
 
 
-class _TwoCountBar(BarColumn):
-    """The ingest's bar: embedded files solid, files decoded but not yet embedded lighter, as one bar."""
-
-    def render(self, task: Task) -> Any:
-        decoded = task.fields.get("decoded")
-        if decoded is None or not task.total:
-            return super().render(task)
-        width = self.bar_width or 40
-        embedded_w = round(width * min(task.completed, task.total) / task.total)
-        decoded_w = max(embedded_w, round(width * min(decoded, task.total) / task.total))
-        bar = Text("━" * embedded_w, style="bar.complete")
-        bar.append("━" * (decoded_w - embedded_w), style="yellow")
-        bar.append("━" * (width - decoded_w), style="bar.back")
-        return bar
-
-
-class _CountsColumn(ProgressColumn):
+class _CountColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        decoded = task.fields.get("decoded")
-        total = "?" if task.total is None else f"{int(task.total)}"
-        if decoded is None:
-            return Text(
-                f"{int(task.completed)}/{total}" if task.total is not None else f"{int(task.completed)}"
-            )
-        return Text(f"{decoded} decoded · {int(task.completed)} embedded / {total}")
+        done = int(task.completed)
+        return Text(f"{done}/{int(task.total)}" if task.total is not None else f"{done}")
 
 
 class _RateColumn(ProgressColumn):
+    """The windowed rate while running; once finished, the average over the whole phase."""
+
     def __init__(self, windows: dict[Any, _Window]) -> None:
         super().__init__()
         self.windows = windows
 
     def render(self, task: Task) -> Text:
         window = self.windows.get(task.id)
-        rate = window.rate(time.monotonic()) if window is not None and not task.finished else None
+        if window is None:
+            return Text("")
+        if task.finished:
+            elapsed = task.finished_time or 0.0
+            rate = task.completed / elapsed if elapsed >= 1.0 else None
+        else:
+            rate = window.rate(time.monotonic())
         return Text(f"{rate:.1f} img/s" if rate is not None else "", style="cyan")
 
 
 class _EtaColumn(ProgressColumn):
-    """Time left at the windowed rate; nothing while the counts stand still, or before there is a rate."""
+    """Time left at the windowed rate, on the lines that ask for it; nothing while the ingest's counts stand
+    still, or before there is a rate."""
 
     def __init__(self, windows: dict[Any, _Window]) -> None:
         super().__init__()
@@ -227,10 +215,10 @@ class _EtaColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         window = self.windows.get(task.id)
         now = time.monotonic()
-        if window is None or task.finished or task.total is None or not window.moving(now):
+        if window is None or not task.fields.get("eta") or task.finished or task.total is None:
             return Text("")
         rate = window.rate(now)
-        if not rate:
+        if not rate or not task.fields["still"].moving(now):
             return Text("")
         left = int((task.total - task.completed) / rate)
         return Text(f"eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
@@ -238,17 +226,17 @@ class _EtaColumn(ProgressColumn):
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
-    """A callback that draws an ingest's (or eval's) progress on stderr: one line per phase, the ingest's
-    with its two counts (decoded, embedded); the scan's line goes when the scan ends. Called from the decode
-    threads too (rich's Progress takes a lock)."""
+    """A callback that draws an ingest's (or eval's) progress on stderr, a line per phase; the ingest has
+    two, files decoded (per file) and embedded (per batch), and the scan's line goes when the scan ends.
+    Called from the decode threads too (rich's Progress takes a lock)."""
     if not enabled:
         yield lambda _p: None
         return
     windows: dict[Any, _Window] = {}
     columns = (
-        TextColumn("{task.description}"),
-        _TwoCountBar(),
-        _CountsColumn(),
+        TextColumn("{task.description:<8}"),
+        BarColumn(bar_width=30),
+        _CountColumn(),
         _RateColumn(windows),
         TimeElapsedColumn(),
         _EtaColumn(windows),
@@ -257,27 +245,39 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
     # its error alone, without the empty line of a bar that never ran.
     bar = Progress(*columns, console=err, transient=False)
     tasks: dict[str, Any] = {}
-    seen: dict[str, tuple[int, int]] = {}
+    # When either of the ingest's counts last moved: no ETA while neither does.
+    still = _Window(time.monotonic())
+
+    def line(name: str, total: int | None, *, rate: bool, eta: bool = False) -> Any:
+        if name not in tasks:
+            tasks[name] = bar.add_task(_safe(name), total=total, eta=eta, still=still)
+            if rate:
+                windows[tasks[name]] = _Window(time.monotonic())
+        return tasks[name]
+
+    def count(task: Any, done: int, total: int | None) -> None:
+        bar.update(task, completed=done, total=total)
+        window = windows.get(task)
+        if window is not None:
+            now = time.monotonic()
+            moved = done != window.samples[-1][1]
+            window.add(done, now, moved=moved)
+            if moved:
+                still.add(0, now, moved=True)
 
     def update(p: IngestProgress) -> None:
         if not tasks:
             bar.start()
         if p.phase != "scan" and "scan" in tasks:
             bar.remove_task(tasks.pop("scan"))
-        two_counts = p.phase == "ingest"
-        if p.phase not in tasks:
-            tasks[p.phase] = bar.add_task(_safe(p.phase), total=p.total)
-            if p.phase in _PHASES_WITH_RATE:
-                windows[tasks[p.phase]] = _Window(time.monotonic())
-        task = tasks[p.phase]
-        completed = p.embedded if two_counts else p.done
-        fields = {"decoded": p.decoded} if two_counts else {}
-        bar.update(task, completed=completed, total=p.total, **fields)
-        window = windows.get(task)
-        if window is not None:
-            counts = (p.decoded, completed)
-            window.add(completed, time.monotonic(), moved=counts != seen.get(p.phase))
-            seen[p.phase] = counts
+        if p.phase == "ingest":
+            if "decoded" not in tasks:
+                still.add(0, time.monotonic(), moved=True)
+            count(line("decoded", p.total, rate=True), p.decoded, p.total)
+            count(line("embedded", p.total, rate=True, eta=True), p.embedded, p.total)
+        else:
+            rated = p.phase in _PHASES_WITH_RATE
+            count(line(p.phase, p.total, rate=rated, eta=rated), p.done, p.total)
 
     try:
         yield update
