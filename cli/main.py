@@ -188,9 +188,10 @@ class _CountColumn(ProgressColumn):
 class _RateColumn(ProgressColumn):
     """The windowed rate while running; once finished, the average over the whole phase."""
 
-    def __init__(self, windows: dict[Any, _Window]) -> None:
+    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.windows = windows
+        self.clock = clock
 
     def render(self, task: Task) -> Text:
         window = self.windows.get(task.id)
@@ -200,7 +201,7 @@ class _RateColumn(ProgressColumn):
             elapsed = task.finished_time or 0.0
             rate = task.completed / elapsed if elapsed >= 1.0 else None
         else:
-            rate = window.rate(time.monotonic())
+            rate = window.rate(self.clock())
         return Text(f"{rate:.1f} img/s" if rate is not None else "", style="cyan")
 
 
@@ -208,13 +209,14 @@ class _EtaColumn(ProgressColumn):
     """Time left at the windowed rate, on the lines that ask for it; nothing while the ingest's counts stand
     still, or before there is a rate."""
 
-    def __init__(self, windows: dict[Any, _Window]) -> None:
+    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.windows = windows
+        self.clock = clock
 
     def render(self, task: Task) -> Text:
         window = self.windows.get(task.id)
-        now = time.monotonic()
+        now = self.clock()
         if window is None or not task.fields.get("eta") or task.finished or task.total is None:
             return Text("")
         rate = window.rate(now)

@@ -50,16 +50,27 @@ def make_thumbnail(source: Path | str | bytes, side: int = THUMB_SIDE) -> bytes:
     return _jpeg(image)
 
 
-def thumbnails_of(image: Image.Image, sides: Sequence[int]) -> dict[int, bytes]:
+def thumbnails_of(
+    image: Image.Image, sides: Sequence[int], full_size: tuple[int, int] | None = None
+) -> dict[int, bytes]:
     """JPEG bytes of an already decoded, upright picture (RGB, or RGBA as `keeps_alpha` embedders get it)
-    shrunk to fit each side x side square; `image` is left as it is. Each smaller side is made from the
-    larger thumbnail (a fraction of the cost of shrinking the picture again). A picture the decoder already
-    shrank below a side (DCT scaling for a small model input) gives a thumbnail of the size it has."""
+    shrunk to fit each side x side square, by side; `image` is left as it is. Each smaller side is made from
+    the larger thumbnail (a fraction of the cost of shrinking the picture again).
+
+    `full_size` is the photo's own (upright) size: a side that the picture, shrunk while loading for a small
+    model input (classic's JPEGs come at 1/8 scale), is too small to fill as well as the photo would is left
+    out, to be made from the photo on request (`make_thumbnail`): no thumbnail is smaller than it should be.
+    """
+    longest = max(image.size)
+    whole = max(full_size) if full_size else longest
+    usable = sorted({side for side in sides if longest >= min(side, whole)}, reverse=True)
+    if not usable:
+        return {}
     shrunk = flatten_alpha(image)
     if shrunk is image:
         shrunk = image.copy()  # thumbnail() works in place: the caller's picture must stay whole
     out: dict[int, bytes] = {}
-    for side in sorted(set(sides), reverse=True):
+    for side in usable:
         shrunk.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
         out[side] = _jpeg(shrunk)
     return out

@@ -270,7 +270,8 @@ class LocalStage:
         if self.thumbnail_sides:
             # A thumbnail that cannot be made here (out of memory) is made on request instead.
             with suppress(Exception):
-                thumbnails = thumbnails_of(decoded.image, self.thumbnail_sides)
+                full_size = (decoded.width, decoded.height)
+                thumbnails = thumbnails_of(decoded.image, self.thumbnail_sides, full_size)
         return Prepared(
             found,
             digest,
