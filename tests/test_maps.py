@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from retrieval.engine import Engine
 from retrieval.errors import QueryError, UsageError
 from retrieval.files.decoding import ALPHA_BACKGROUND
+from retrieval.files.thumbnails import SIDES, make_thumbnail, thumbnail_cache, thumbnails_of
 from retrieval.maps import layout as maps
 from retrieval.maps.layout import (
     LargeMapWarning,
@@ -31,7 +32,6 @@ from retrieval.maps.layout import (
     compute_layout,
 )
 from retrieval.maps.render import fill_template, render_html, script_json
-from retrieval.files.thumbnails import SIDES, make_thumbnail, thumbnail_cache, thumbnails_of
 from retrieval.search.queries import Query, QueryPart
 
 GROUPS = 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -306,7 +307,7 @@ def test_progress_counts_decoded_and_embedded_files_that_only_grow_and_end_at_th
     assert (last.decoded, last.done, last.embedded, last.total) == (32, 32, 32, 32)
     assert sorted({p.decoded for p in ingest}) == list(range(33))  # told of every file as it is decoded
     # Embedded moves by the batch (of 8), decoding runs ahead of it by up to a batch.
-    steps = [b.embedded - a.embedded for a, b in zip(ingest, ingest[1:], strict=False)]
+    steps = [b.embedded - a.embedded for a, b in itertools.pairwise(ingest)]
     assert max(steps) >= 8
     assert max(p.decoded - p.embedded for p in ingest) >= 7
 
