@@ -210,10 +210,18 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
     monkeypatch.setattr(RayStage, "_results", last_first)
     with Engine("local", model="classic") as engine:
         local = engine.ingest(folder)
+    seen: list[IngestProgress] = []
     with Engine("ray", model="classic") as engine:
-        reordered = engine.ingest(folder, ray_address="local")
+        reordered = engine.ingest(folder, ray_address="local", progress=seen.append)
     assert (reordered.embedded, reordered.linked, reordered.failed) == (local.embedded, 1, local.failed)
     assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
+    # Files count as decoded as their batch comes back from the cluster; both counts grow to the total.
+    ingest = [p for p in seen if p.phase == "ingest"]
+    decoded = [p.decoded for p in ingest]
+    steps = np.diff([0, *sorted(set(decoded))])
+    assert decoded == sorted(decoded) and steps.max() == 3  # by the batch of 3, not file by file
+    assert all(p.embedded <= p.done <= p.decoded for p in ingest)
+    assert (ingest[-1].decoded, ingest[-1].embedded) == (ingest[-1].total, ingest[-1].total)
 
 
 def _plan(resources: list[dict[str, float]], workers: int | None = None) -> tuple[int, str, float, float]:

@@ -490,7 +490,7 @@ class Ingestor:
                     continue
                 todo.append(item)
 
-            self._total = len(todo)
+            self._total, self._decoded, self._done, self._embedded = len(todo), 0, 0, 0
             self._report()
             since_checkpoint = 0
             last_checkpoint = time.monotonic()
