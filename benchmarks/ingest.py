@@ -374,6 +374,8 @@ leaves the CPU free, and the same code is bound by max(forward, decode / workers
   scaled WebP load (pyvips) was measured as an alternative (section "Decoders" below).
 - ResNet-50 on a CPU runs its batch in forward slices of 8 (see the batch sweep); (a) is measured the
   same way, so the ratio is like for like.
+- Thumbnails: (b) makes the 96 and 256 px thumbnails from the pixels it decoded for the model, (b0) makes
+  none; their cost is T per image on the decode threads, with no second decode.
 """
 
 

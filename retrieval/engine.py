@@ -918,6 +918,11 @@ class Engine:
         digest = self.meta.content_hashes([image_id]).get(image_id, "")
         cache = self._thumbnail_cache(side)
         cached = cache.path_for(image_id, digest)
+        # Checked even when the thumbnail is cached (ingest makes them): a picture is shown only while
+        # its file is still the one indexed, as an original is.
+        source = self.original(image_id)
+        if source is None:
+            return None, digest
         with self._thumb_locks[image_id % len(self._thumb_locks)]:
             try:
                 data = cached.read_bytes()
@@ -926,9 +931,6 @@ class Engine:
             if data is not None and _whole_jpeg(data):
                 return data, digest
             cached.unlink(missing_ok=True)
-            source = self.original(image_id)
-            if source is None:
-                return None, digest
             return cache.get_many(self.meta, [(image_id, str(source))])[0], digest
 
     def original(self, image_id: int) -> Path | None:
