@@ -573,8 +573,8 @@ class Engine:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
 
         With `thumbnails` (the default), the thumbnails that maps and the web page show are made from the
-        pixels decoded for the model, so that they never wait for them; without, or on Ray, they are made
-        on first request.
+        pixels decoded for the model (on Ray, by the workers), so that they never wait for them; without,
+        they are made on first request.
 
         `ray_address` decodes and embeds on Ray (`retrieval.ingest.ray`; the `ray` extra): "local" starts a
         runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
@@ -601,7 +601,7 @@ class Engine:
             self._load_embedder(progress)  # first: a model that fails to load is not a write error
             with (
                 _stop_between_files(progress) as checked_progress,
-                self._ray_stage(ray_address, workers, checked_progress) as stage,
+                self._ray_stage(ray_address, workers, checked_progress, thumbnails) as stage,
                 _write_errors(self.dir),
             ):
                 store = self._open_for_writing()
@@ -638,7 +638,7 @@ class Engine:
 
     @contextmanager
     def _ray_stage(
-        self, address: str | None, workers: int | None, progress: ProgressFn | None
+        self, address: str | None, workers: int | None, progress: ProgressFn | None, thumbnails: bool = True
     ) -> Iterator[PrepareStage | None]:
         """The Ray stage for an ingest at `address`; None (the local stage) without one. Ray is imported only
         here, only when asked for."""
@@ -659,6 +659,7 @@ class Engine:
             batch_size=self.batch_size,
             workers=workers,
             progress=progress,
+            thumbnail_sides=SIDES if thumbnails else (),
         ) as stage:
             yield stage
 

@@ -71,6 +71,12 @@ def write_folder(folder: Path, n: int = 14) -> dict[str, str]:
     return {"empty.jpg": "empty", "notes.jpg": "not an image", "truncated.jpg": "truncated"}
 
 
+def thumbnails(index_dir: Path) -> dict[str, bytes]:
+    """The thumbnails an index holds, by path under its thumbs/ folder."""
+    folder = index_dir / "thumbs"
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.jpg")}
+
+
 def snapshot(index_dir: Path) -> dict[str, Any]:
     """Everything an index records about its images, read straight from its database and vectors."""
     db = sqlite3.connect(index_dir / "meta.sqlite")
@@ -199,7 +205,7 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
         yield SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
 
     def last_first(stage: RayStage, rows: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
-        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1, stage._embedded)
+        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1, stage._embedded, stage.thumbnail_sides)
         columns = [
             {k: np.array([row[k] for row in rows[i : i + 3]]) for k in rows[0]}
             for i in range(0, len(rows), 3)
@@ -215,6 +221,7 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
         reordered = engine.ingest(folder, ray_address="local", progress=seen.append)
     assert (reordered.embedded, reordered.linked, reordered.failed) == (local.embedded, 1, local.failed)
     assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
+    assert thumbnails(home / "ray") == thumbnails(home / "local") != {}  # made by the workers, the same
     # Files count as decoded as their batch comes back from the cluster; both counts grow to the total.
     ingest = [p for p in seen if p.phase == "ingest"]
     decoded = [p.decoded for p in ingest]
@@ -273,6 +280,7 @@ def test_a_ray_ingest_records_the_ids_vectors_and_failures_of_a_local_ingest(ray
     assert ray_report == local_report
     counts = ("added", "updated", "removed", "unchanged", "embedded", "linked")
     assert [ray_report[c] for c in counts] == [16, 0, 0, 0, 15, 1]
+    assert thumbnails(home / "ray") == thumbnails(home / "local") != {}  # through Ray Data's batches
     failed = {Path(path).name: reason for path, reason in ray_report["failed"]}
     assert failed.keys() == broken.keys()
     assert all(word in failed[name] for name, word in broken.items()), failed

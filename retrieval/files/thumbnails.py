@@ -3,7 +3,7 @@
 Maps draw hundreds of pictures and the web page a screenful; decoding the full photos for each would cost
 seconds. Ingest makes them from the pixels it has just decoded for the model (`thumbnails_of`, no second
 decode) in every side that is asked for (`SIDES`); a thumbnail missing all the same (an index ingested with
-`--no-thumbnails`, on Ray, or before thumbnails were made at ingest) is made on first request from the photo.
+`--no-thumbnails`, or before thumbnails were made at ingest) is made on first request from the photo.
 A thumbnail is named by the image's content id and the start of its content hash (`{id}-{hash12}.jpg`):
 SQLite may hand a deleted image's id to a new image, and the hash keeps the old picture from being shown for
 the new one. Files are written under a temporary name and renamed, so readers never see half a file; a
