@@ -8,9 +8,10 @@ each when the cluster has them). Each worker reads a file once: it checks that t
 listed, hashes it, and decodes and embeds it unless its content is among the hashes the index has already
 embedded (a sorted array of digests shipped once through the object store: 32 bytes a content, 32 MB
 for a million), so that a moved file or a copy is recognised as in a local ingest without being decoded.
-Hashes, vectors and failure reasons come back in batches in whatever order they finish; the driver puts
-them back in the listing's order and records them through the ingestor's own code, so ids, rows, failure
-records, transactions and checkpoints are those of a local ingest.
+Hashes, vectors, thumbnails (made from the decoded pixels) and failure reasons come back in batches in
+whatever order they finish; the driver puts them back in the listing's order and records them through the
+ingestor's own code, so ids, rows, failure records, transactions and checkpoints are those of a local
+ingest.
 
 Actors are planned per node (each node's CPUs and GPUs from `ray.nodes()`, not the cluster's totals, so
 that every actor fits on some node), restarted and retried a bounded number of times, and the GCS is
