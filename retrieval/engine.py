@@ -275,9 +275,11 @@ class _TakingTurns:
         with self._lock:
             return self._store.vectors(ids)
 
-    def search(self, queries: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            return self._store.search(queries, k, ef=ef)
+            return self._store.search(queries, k, ef=ef, allowed=allowed)
 
 
 class Engine:
