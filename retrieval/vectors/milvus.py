@@ -571,7 +571,8 @@ class MilvusStore:
         if len(q) == 0:
             return out_ids, out_scores
         if allowed is not None:
-            return self._search_among(q, k, np.unique(np.asarray(allowed, dtype=np.int64)), out_ids, out_scores)
+            among = np.unique(np.asarray(allowed, dtype=np.int64))
+            return self._search_among(q, k, among, out_ids, out_scores)
         limit = rerank_candidates(k)
         params = (
             {"nprobe": NPROBE}

@@ -547,7 +547,7 @@ class VectorStore:
     def _exact_search(
         self, st: _State, q: np.ndarray, k: int, slots: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k over every live slot, or over `slots` (ascending: reads go through the originals in order)."""
+        """Top-k over every live slot, or over `slots` (ascending: the originals are read in order)."""
         best_slots = np.empty((len(q), 0), dtype=np.int64)
         best_scores = np.empty((len(q), 0), dtype=np.float32)
         for block in _blocks(st.alive_slots() if slots is None else slots, _ROW_BLOCK):
