@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -451,6 +452,7 @@ def wallpaper_figures(split: str, cache: Path, work: Path, models: list[str]) ->
     truth = dupe_set.GroundTruth.load(copies / "ground_truth.json")
     files = [e.file for e in truth.entries]
     rows: list[dict[str, Any]] = []
+    load = [os.getloadavg()[0]]
 
     def add(method: str, setting: str, groups: list[list[str]], **extra: Any) -> dict[str, Any]:
         row = {"method": method, "setting": setting, **score_labelled(groups, truth), **extra}
@@ -516,7 +518,9 @@ def wallpaper_figures(split: str, cache: Path, work: Path, models: list[str]) ->
 
     originals = sum(e.alteration == "original" for e in truth.entries)
     tuning = tuning_sweep(cache, work, models[0]) if split == "test" else None
+    load.append(os.getloadavg()[0])
     return {
+        "load": load,
         "tuning": tuning,
         "split": split,
         "set": str(copies),
@@ -542,7 +546,8 @@ def wallpaper_markdown(r: dict[str, Any]) -> str:
         f"(`benchmarks/dupe_set.py` says which packages). {v2['embedder']} is ingested into a fresh index "
         f"and grouped by `Engine.duplicates()` at its defaults (cosine {v2['threshold']:.2f}, "
         f"{v2['neighbours']} neighbours): ingest {v2['ingest_seconds']:.0f} s, grouping "
-        f"{v2['duplicates_seconds']:.1f} s on a shared 2-core machine; the three hashes took "
+        f"{v2['duplicates_seconds']:.1f} s on a shared 2-core machine (load {r['load'][0]:.1f} at the start, "
+        f"{r['load'][1]:.1f} at the end); the three hashes took "
         f"{r['hash_seconds']:.0f} s. 'Best on this set' is the best threshold on these very files: an "
         "optimistic bound that no default reaches. Every method is grouped as stars with complete linkage "
         "(every pair in a group at or above the threshold: no chaining), except the row that joins "
