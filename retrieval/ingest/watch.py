@@ -135,7 +135,7 @@ class Watcher:
         self._gone = False
         self._was_mount = False
         self._observer: Any = None
-        self._in_batch = False
+        self._stopped_in_batch = False
         self.batches = 0
 
     # -- control ---------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class Watcher:
                     self._batch("changes", events)
                 self._stop_observer()
         except KeyboardInterrupt:
-            interrupted = self._in_batch
+            interrupted = self._stopped_in_batch
         finally:
             self._stop_observer()
         if interrupted:
@@ -299,9 +299,11 @@ class Watcher:
             if self._stop.is_set():
                 raise KeyboardInterrupt  # the ingest saves what it has done, then re-raises
 
-        self._in_batch = True
         try:
             report = self._ingest(progress)
+        except KeyboardInterrupt:
+            self._stopped_in_batch = True
+            raise
         except _RETRYABLE as exc:
             self._on_batch(WatchBatch("failed", events, note=f"{exc}; trying again"))
             self._retry_later()
@@ -312,8 +314,6 @@ class Watcher:
             # The folder went away between the look and the scan: the next look waits for it.
             self._on_batch(WatchBatch("failed", events, note=str(exc)))
             return
-        finally:
-            self._in_batch = False
         self.batches += 1
         self._on_batch(WatchBatch(kind, events, report=report))
 

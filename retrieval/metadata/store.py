@@ -515,7 +515,7 @@ class MetadataStore:
         ]
         taken = {name for name, _, _ in picked}
         for table, prefix in ((Content.__table__, ""), (File.__table__, "file_")):
-            left_out = _NOT_EXPORTED | ({"id", "path"} if prefix else set())
+            left_out = _NOT_EXPORTED | ({"id", "path"} if prefix else {"id"})
             for column in table.columns:
                 if column.name in left_out:
                     continue
