@@ -733,13 +733,17 @@ class Engine:
         """`watch` in a background thread while the block runs (`serve --watch`); stopped at its end, a batch
         in progress saving what it has done. Use its own Engine: the watcher writes while this one is free
         to be searched (a serving engine picks up each new vector generation)."""
+        from retrieval.ingest.watch import WatchBatch
+
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
                 self.watch(root, **options)
-            except BaseException as exc:  # reported when the block ends
+            except BaseException as exc:  # told now, raised when the block ends
                 failure.append(exc)
+                if options.get("on_batch") is not None:
+                    options["on_batch"](WatchBatch("failed", note=f"stopped watching: {exc}"))
 
         thread = threading.Thread(target=run, name="retrieval-watch", daemon=True)
         thread.start()
