@@ -4,7 +4,8 @@ File events (watchdog: inotify, FSEvents, ReadDirectoryChangesW, or polling wher
 changes) are collected and debounced into batches: a batch starts once no event has come for `quiet` seconds,
 or `max_delay` seconds after its first event, so a camera import of 500 files is one ingest, not 500. Each
 batch is one ordinary incremental ingest of the whole folder, which tells new, changed, moved and deleted
-files apart by the rules `retrieval ingest` uses; the events only say when to look.
+files apart by the rules `retrieval ingest` uses; the events only say when to look. A batch does not start
+sooner after the previous one than that one took (its rescan is the cost of a large library).
 
 A folder that goes away (a disk unmounted, a share dropped) is waited for, never taken for every file
 deleted: while the folder is missing, no longer a mount point, or empty although the index holds files from
@@ -136,6 +137,7 @@ class Watcher:
         self._was_mount = False
         self._observer: Any = None
         self._stopped_in_batch = False
+        self._rest_until = 0.0
         self.batches = 0
 
     # -- control ---------------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ class Watcher:
             while not self._stop.is_set() and not self._gone:
                 now = time.monotonic()
                 if self._pending:
-                    due = min(self._last + self.quiet, self._first + self.max_delay)
+                    due = max(min(self._last + self.quiet, self._first + self.max_delay), self._rest_until)
                     if now >= due:
                         events, self._pending = self._pending, 0
                         return events
@@ -299,6 +301,7 @@ class Watcher:
             if self._stop.is_set():
                 raise KeyboardInterrupt  # the ingest saves what it has done, then re-raises
 
+        self._was_mount = self._was_mount or os.path.ismount(self.root)  # mounted since the start
         try:
             report = self._ingest(progress)
         except KeyboardInterrupt:
@@ -315,6 +318,9 @@ class Watcher:
             self._on_batch(WatchBatch("failed", events, note=str(exc)))
             return
         self.batches += 1
+        # Each batch rescans the whole folder: resting as long as the last one took keeps a large library
+        # (or a slow share) from being rescanned more than half the time under a steady trickle of changes.
+        self._rest_until = time.monotonic() + report.seconds
         self._on_batch(WatchBatch(kind, events, report=report))
 
 
