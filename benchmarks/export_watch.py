@@ -1,7 +1,7 @@
 """Export and watch at scale: `Engine.export` of a large synthetic index (time, memory), and the cost of the
 full rescan that each watch batch runs (a no-op incremental ingest of the whole folder).
 
-    .venv/bin/python benchmarks/export_watch.py [--n 100000] [--dim 512] [--keep DIR] [--write]
+    .venv/bin/python benchmarks/export_watch.py [--n 100000] [--dim 512] [--row-group N] [--keep DIR] [--write]
 
 The index is built without decoding: N empty files on disk (1,000 to a folder), a database row for each (as
 an ingest records them, under the `classic` model's name) and N synthetic 512-dim vectors
@@ -116,7 +116,7 @@ def rescan(home: Path, photos: Path) -> list[float]:
     return times
 
 
-def export_child(home: Path, out: Path) -> None:
+def export_child(home: Path, out: Path, row_group: int) -> None:
     """Run in a child: export, sampling RssAnon; prints one JSON line."""
     peak = [0]
     done = threading.Event()
@@ -134,7 +134,7 @@ def export_child(home: Path, out: Path) -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.perf_counter()
-        report = engine.export(out)
+        report = engine.export(out, row_group=row_group)
         seconds = time.perf_counter() - started
         done.set()
         sampler.join()
@@ -157,12 +157,13 @@ def main() -> int:
     )
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--row-group", type=int, default=10_000, help="Rows per Parquet row group.")
     parser.add_argument("--keep", type=Path, help="Build in (and keep) this folder; reuse an index there.")
     parser.add_argument("--write", action="store_true", help="Write the section of BENCHMARKS.md.")
     parser.add_argument("--export-child", nargs=2, metavar=("HOME", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_child:
-        export_child(Path(args.export_child[0]), Path(args.export_child[1]))
+        export_child(Path(args.export_child[0]), Path(args.export_child[1]), args.row_group)
         return 0
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="export-watch-"))
@@ -174,7 +175,15 @@ def main() -> int:
         print(f"built {args.n} rows in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     times = rescan(home, photos)
     child = subprocess.run(
-        [sys.executable, __file__, "--export-child", str(home), str(work / "big.parquet")],
+        [
+            sys.executable,
+            __file__,
+            "--export-child",
+            str(home),
+            str(work / "big.parquet"),
+            "--row-group",
+            str(args.row_group),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -186,7 +195,8 @@ def main() -> int:
         [
             "## Export and watch at scale",
             "",
-            f"`benchmarks/export_watch.py --n {args.n} --dim {args.dim}`: a synthetic index of {args.n:,} "
+            f"`benchmarks/export_watch.py --n {args.n} --dim {args.dim} --row-group {args.row_group}`: a "
+            f"synthetic index of {args.n:,} "
             f"images ({args.dim}-dim vectors, default store), load {load[0]:.1f} before and "
             f"{load_after[0]:.1f} after on 2 shared cores; {env_note()}.",
             "",

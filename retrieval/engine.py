@@ -950,8 +950,11 @@ class Engine:
 
         def vectors(ids: list[int]) -> tuple[list[int], np.ndarray]:
             with self._reads:
-                kept = [i for i in ids if i in self.store]
-                return kept, self.store.vectors(kept) if kept else np.zeros((0, dim), np.float32)
+                try:
+                    return ids, self.store.vectors(ids)
+                except UsageError:  # an ingest removed some since the snapshot: look them up one by one
+                    kept = [i for i in ids if i in self.store]
+                    return kept, self.store.vectors(kept) if kept else np.zeros((0, dim), np.float32)
 
         if first is not None:
             with self._reads:

@@ -116,3 +116,17 @@ def test_exporting_an_index_that_does_not_exist_is_one_line(tmp_path, home):
     result = CliRunner().invoke(app, ["export", "nothing", "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code == 4 and "no index named 'nothing'" in result.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_rows_whose_vector_an_ingest_removed_meanwhile_are_left_out_and_counted(index, tmp_path, monkeypatch):
+    with Engine() as engine:
+        rows = engine.meta.export_rows
+
+        def with_a_removed_image(chunk: int = 10_000):
+            for part in rows(chunk):
+                yield [*part, {**part[0], "id": 999}]  # in the database's snapshot, gone from the store
+
+        monkeypatch.setattr(engine.meta, "export_rows", with_a_removed_image)
+        report = engine.export(tmp_path / "x.parquet")
+    assert (report.rows, report.skipped) == (6, 1)
+    assert 999 not in pq.read_table(tmp_path / "x.parquet").column("id").to_pylist()
