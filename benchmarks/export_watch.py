@@ -1,7 +1,8 @@
 """Export and watch at scale: `Engine.export` of a large synthetic index (time, memory), and the cost of the
 full rescan that each watch batch runs (a no-op incremental ingest of the whole folder).
 
-    .venv/bin/python benchmarks/export_watch.py [--n 100000] [--dim 512] [--row-group N] [--keep DIR] [--write]
+    .venv/bin/python benchmarks/export_watch.py [--n 100000] [--dim 512] [--row-group N] [--keep DIR]
+        [--write]
 
 The index is built without decoding: N empty files on disk (1,000 to a folder), a database row for each (as
 an ingest records them, under the `classic` model's name) and N synthetic 512-dim vectors
