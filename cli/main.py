@@ -361,7 +361,8 @@ def watch(
         if result.interrupted:
             err.print("interrupted: work done so far is saved; run the same command to finish")
             raise typer.Exit(130)
-        out.print(f"stopped watching after {result.batches} ingests", highlight=False)
+        plural = "" if result.batches == 1 else "s"
+        out.print(f"stopped watching after {result.batches} ingest{plural}", highlight=False)
 
 
 @app.command()

@@ -298,7 +298,7 @@ def test_ctrl_c_while_watching_stops_with_exit_0_and_mid_batch_with_130_having_s
         assert idle.interrupt() == 0
     finally:
         idle.stop()
-    assert any(line.startswith("stopped watching after 1 ingests") for line in idle.lines())
+    assert any(line == "stopped watching after 1 ingest" for line in idle.lines())
     assert not any("Traceback" in line for line in idle.lines())
     assert_consistent(home / "default", files=30)
 
