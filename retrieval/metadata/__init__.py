@@ -4,7 +4,15 @@ Every SQL query of the project lives in this package.
 """
 
 from retrieval.metadata.models import DB_NAME, Base, Content, Failure, File, Manifest, Root, utcnow
-from retrieval.metadata.store import IN_CHUNK, ImageRecord, IndexedFile, MetadataStore, chunked, head_revision
+from retrieval.metadata.store import (
+    IN_CHUNK,
+    ExportColumn,
+    ImageRecord,
+    IndexedFile,
+    MetadataStore,
+    chunked,
+    head_revision,
+)
 from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
@@ -12,6 +20,7 @@ __all__ = [
     "IN_CHUNK",
     "Base",
     "Content",
+    "ExportColumn",
     "Failure",
     "File",
     "ImageRecord",
