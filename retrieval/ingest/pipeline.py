@@ -24,7 +24,7 @@ import numpy as np
 from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
-from retrieval.files.decoding import DecodedImage, check_file_size, decode_image
+from retrieval.files.decoding import DecodedImage, HeaderInfo, check_file_size, decode_image, read_header
 from retrieval.files.discovery import FoundFile, Skipped, discover, file_hash
 from retrieval.metadata import Content, Failure, File, IngestWriter, MetadataStore, utcnow
 from retrieval.vectors.base import Store
@@ -54,6 +54,8 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unsupported: int = 0
+    #: Images whose metadata `--refresh-metadata` read again from their files (their vectors kept).
+    refreshed: int = 0
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -76,6 +78,8 @@ class Prepared:
     format: str = ""
     captured_at: Any = None
     error: str | None = None
+    #: What EXIF says beyond the capture time (a files.decoding.PhotoInfo), or None.
+    photo: Any = None
 
 
 ProgressFn = Callable[[IngestProgress], None]
@@ -234,6 +238,7 @@ class LocalStage:
             height=decoded.height,
             format=decoded.format,
             captured_at=decoded.captured_at,
+            photo=decoded.info,
         )
 
     def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
@@ -270,6 +275,7 @@ class Ingestor:
         progress: ProgressFn | None = None,
         retry_failed: bool = False,
         stage: PrepareStage | None = None,
+        refresh_metadata: bool = False,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -280,6 +286,8 @@ class Ingestor:
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = progress or (lambda _p: None)
         self.retry_failed = retry_failed
+        self.refresh_metadata = refresh_metadata
+        self._embedded_now: set[int] = set()
         self.stage = stage or LocalStage(embedder, workers=self.workers, batch_size=batch_size)
         self._run_hashes: dict[str, int] = {}
         self._unembedded: dict[str, int] = {}
@@ -403,6 +411,8 @@ class Ingestor:
 
             self._flush_batch(w)
             seen = {_path_key(f.path) for f in found}
+            if self.refresh_metadata:
+                report.refreshed = self._refresh(w, known_files, seen)
             if prune:
                 self._prune(w, root_id, seen, known_files, known_failures, report)
             orphans = w.delete_orphans()
@@ -450,8 +460,10 @@ class Ingestor:
                 height=prep.height,
                 format=prep.format,
                 captured_at=prep.captured_at,
+                photo=prep.photo,
             )
             content_id = content.id
+            self._embedded_now.add(content_id)
             self._run_hashes[prep.hash] = content_id
             self._pending_ids.append(content_id)
             self._pending_contents.append(content)
@@ -471,6 +483,37 @@ class Ingestor:
         if failure is not None:
             w.forget(failure)
 
+    def _refresh(self, w: IngestWriter, known_files: dict[str, tuple[File, bool]], seen: set[str]) -> int:
+        """Read the metadata of the images this run did not decode again from their files' headers (no pixel
+        is decoded, no vector made): what an index from before a metadata column existed needs. Returns
+        how many images were refreshed; a file that cannot be read now is left as it was."""
+        first_path: dict[int, str] = {}
+        for path in sorted(known_files):
+            row, _ = known_files[path]
+            if path not in seen:
+                continue
+            w.set_folder(row)
+            if row.content_id not in self._embedded_now:
+                first_path.setdefault(row.content_id, path)
+        total = len(first_path)
+        self.progress(IngestProgress("metadata", 0, total))
+        refreshed = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-header") as pool:
+            headers = pool.map(_header_or_none, first_path.values())
+            for done, (content_id, header) in enumerate(zip(first_path, headers, strict=True), 1):
+                if header is not None:
+                    w.refresh_content(
+                        content_id,
+                        width=header.width,
+                        height=header.height,
+                        format=header.format,
+                        captured_at=header.captured_at,
+                        photo=header.info,
+                    )
+                    refreshed += 1
+                self.progress(IngestProgress("metadata", done, total))
+        return refreshed
+
     def _prune(
         self,
         w: IngestWriter,
@@ -485,6 +528,13 @@ class Ingestor:
             w.forget(known_files.pop(path)[0])
         report.removed += len(gone)
         w.forget_failures(path for path in known_failures if path not in seen)
+
+
+def _header_or_none(path: str) -> HeaderInfo | None:
+    try:
+        return read_header(path)
+    except DecodeError:
+        return None
 
 
 def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> list[Path]:

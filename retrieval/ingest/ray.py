@@ -25,6 +25,8 @@ Ray is an optional extra (`pip install 'retrieval[ray]'`), imported here only, a
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -49,7 +51,7 @@ import numpy as np
 from retrieval import settings
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
-from retrieval.files.decoding import check_file_size
+from retrieval.files.decoding import PhotoInfo, check_file_size
 from retrieval.files.discovery import FoundFile
 from retrieval.ingest.pipeline import LookupFn, Prepared, ProgressFn, decode_for, open_and_hash
 
@@ -321,6 +323,7 @@ class EmbedWorker:
             "captured_at": np.array(
                 [d.captured_at.isoformat() if d and d.captured_at else "" for d in decoded]
             ),
+            "photo": np.array([json.dumps(dataclasses.asdict(d.info)) if d else "" for d in decoded]),
         }
 
 
@@ -529,6 +532,7 @@ class RayStage:
         if bool(batch["known"][i]):
             return Prepared(found, digest)
         captured = str(batch["captured_at"][i])
+        photo = str(batch["photo"][i]) if "photo" in batch else ""
         return Prepared(
             found,
             digest,
@@ -537,6 +541,7 @@ class RayStage:
             height=int(batch["height"][i]),
             format=str(batch["format"][i]),
             captured_at=datetime.fromisoformat(captured) if captured else None,
+            photo=PhotoInfo(**json.loads(photo)) if photo else None,
         )
 
     def vectors(self, payloads: list[Any]) -> np.ndarray:

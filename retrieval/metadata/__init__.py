@@ -3,8 +3,17 @@
 Every SQL query of the project lives in this package.
 """
 
+from retrieval.metadata.filters import Filter, parse_filter
 from retrieval.metadata.models import DB_NAME, Base, Content, Failure, File, Manifest, Root, utcnow
-from retrieval.metadata.store import IN_CHUNK, ImageRecord, IndexedFile, MetadataStore, chunked, head_revision
+from retrieval.metadata.store import (
+    IN_CHUNK,
+    ImageRecord,
+    IndexedFile,
+    MetadataStore,
+    chunked,
+    head_revision,
+    relative_folder,
+)
 from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
@@ -14,6 +23,7 @@ __all__ = [
     "Content",
     "Failure",
     "File",
+    "Filter",
     "ImageRecord",
     "IndexedFile",
     "IngestWriter",
@@ -22,5 +32,7 @@ __all__ = [
     "Root",
     "chunked",
     "head_revision",
+    "parse_filter",
+    "relative_folder",
     "utcnow",
 ]
