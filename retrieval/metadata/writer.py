@@ -36,6 +36,7 @@ class IngestWriter:
     def __init__(self, meta: MetadataStore) -> None:
         self.meta = meta
         self.session = Session(meta.engine, expire_on_commit=False)
+        self._root_paths: dict[int, str] = {}
         # New contents are numbered here, from the highest id when the run starts (see `content`).
         try:
             self._last_id: int = self.session.scalar(select(func.max(Content.id))) or 0
@@ -146,8 +147,14 @@ class IngestWriter:
             setattr(row, name, getattr(photo, name, None))
 
     def root_path(self, root_id: int) -> str:
-        root = self.session.get(Root, root_id)
-        return "" if root is None else root.path
+        """The path of indexed folder `root_id`, looked up once per run (not a query, nor a flush, per file:
+        rows go to SQLite once per batch)."""
+        if root_id not in self._root_paths:
+            with self.session.no_autoflush:
+                self._root_paths[root_id] = (
+                    self.session.scalar(select(Root.path).where(Root.id == root_id)) or ""
+                )
+        return self._root_paths[root_id]
 
     def add_file(self, *, root_id: int, path: str, content_id: int, size: int, mtime_ns: int) -> File:
         row = File(root_id=root_id, path=path, content_id=content_id, size=size, mtime_ns=mtime_ns)
