@@ -777,6 +777,10 @@ class Engine:
             raise QueryError(f"{ref} is neither an indexed image id nor an image file")
         return QueryPart("image", path.resolve())
 
+    def _allowed(self, filter: Filter | None) -> np.ndarray | None:
+        """The ids `filter` allows, or None for no filter (an empty Filter limits nothing)."""
+        return None if filter is None or filter.is_empty else self.meta.allowed_ids(filter)
+
     def query_vector(self, query: Query) -> np.ndarray:
         return query_vector(
             query,
@@ -857,7 +861,7 @@ class Engine:
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
-            allowed = None if filter is None else self.meta.allowed_ids(filter)
+            allowed = self._allowed(filter)
             hits = run_search(
                 vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
             )
@@ -894,7 +898,7 @@ class Engine:
             threshold = default_threshold(self.manifest.get("embedder_id"))
         with self._reads:
             self.store.reload_if_changed()
-            allowed = None if filter is None else self.meta.allowed_ids(filter)
+            allowed = self._allowed(filter)
             return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours, allowed=allowed)
 
     # -- serving: what a front end needs, each call safe from many threads -------------------------
@@ -988,7 +992,7 @@ class Engine:
         with self._reads:
             self.store.reload_if_changed()
             vector = self._served_vector(query, uploads)
-            allowed = None if filter is None else self.meta.allowed_ids(filter)
+            allowed = self._allowed(filter)
             hits = run_search(
                 vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
             )

@@ -190,14 +190,12 @@ CASE_IDS = [" ".join(c[0]) for c in CASES]
 def _cli_filter(options: list[str]) -> Filter | None:
     """The same options as `parse_filter` arguments (what the CLI does with them)."""
     kw: dict[str, object] = {"folders": []}
-    names = {"--after": "after", "--before": "before", "--camera": "camera", "--format": "formats",
-             "--min-width": "min_width", "--min-height": "min_height", "--near": "near",
-             "--within-km": "within_km"}  # fmt: skip
+    names = {"--format": "formats"}
     for option, value in zip(options[::2], options[1::2], strict=True):
         if option == "--in":
             kw["folders"].append(value)  # type: ignore[attr-defined]
         else:
-            kw[names[option]] = value
+            kw[names.get(option, option[2:].replace("-", "_"))] = value
     return parse_filter(**kw)  # type: ignore[arg-type]
 
 
@@ -212,9 +210,7 @@ def test_each_filter_limits_an_image_search_to_the_images_it_allows(
     assert flt is not None
     assert library.names(set(engine.meta.allowed_ids(flt).tolist())) == expected
     hits = engine.search_image(library.root / "Holidays" / "2023" / "beach1.jpg", k=50, filter=flt)
-    assert {library.ids[h.relative_path] if h.relative_path in library.ids else -1 for h in hits} == {
-        library.ids[name] for name in expected
-    }
+    assert {library.ids.get(h.relative_path, -1) for h in hits} == {library.ids[name] for name in expected}
     assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
 
 
@@ -283,8 +279,8 @@ def test_duplicates_group_only_the_images_in_the_filter(library, engine):
 def test_a_map_draws_its_results_and_their_neighbours_from_the_filter(library, engine):
     flt = Filter(folders=("Holidays",))
     allowed = set(engine.meta.allowed_ids(flt).tolist())
-    m = engine.map(Query.of(QueryPart("image", library.root / "Phone" / "img0.jpg")), n=4, expand=2,
-                   filter=flt)  # fmt: skip
+    query = Query.of(QueryPart("image", library.root / "Phone" / "img0.jpg"))
+    m = engine.map(query, n=4, expand=2, filter=flt)
     ids = {p.id for p in m.points if p.role != "query"}
     assert ids and ids <= allowed
     assert m.n_results == 4
@@ -369,8 +365,10 @@ def test_refresh_metadata_fills_the_columns_without_embedding_again(tmp_path):
         db = engine.dir / "meta.sqlite"
     # As an index from before revision 0003 is after its upgrade: the new columns empty.
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE contents SET camera_make = NULL, camera_model = NULL, lens = NULL, gps_lat = NULL, "
-                     "gps_lon = NULL")  # fmt: skip
+        conn.execute(
+            "UPDATE contents SET camera_make = NULL, camera_model = NULL, lens = NULL, gps_lat = NULL, "
+            "gps_lon = NULL"
+        )
     with Engine("old") as engine:
         again = engine.ingest(root)
         assert again.embedded == 0 and engine.meta.allowed_ids(Filter(camera="canon")).size == 0
@@ -464,8 +462,11 @@ def test_each_filter_works_over_http(library, client, _options, params, expected
 
 def test_an_uploaded_image_search_and_a_map_take_the_filter_over_http(library, client):
     upload = (library.root / "Phone" / "img0.jpg").read_bytes()
-    response = client.post("/api/search/image", params={"camera": "nikon", "k": 50},
-                           files={"image": ("q.jpg", upload, "image/jpeg")})  # fmt: skip
+    response = client.post(
+        "/api/search/image",
+        params={"camera": "nikon", "k": 50},
+        files={"image": ("q.jpg", upload, "image/jpeg")},
+    )
     assert response.status_code == 200, response.text
     assert {r["path"] for r in response.json()["results"]} == SKI
     like = library.ids["Holidays/2024/ski0.jpg"]

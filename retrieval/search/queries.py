@@ -103,6 +103,8 @@ def run_search(
     allows; a filter that allows nothing gives no results."""
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    if filter is not None and filter.is_empty:
+        filter = None
     if filter is not None and allowed is None:
         allowed = meta.allowed_ids(filter)
     pool = len(store) if allowed is None else min(len(store), len(allowed))
