@@ -36,7 +36,7 @@ from retrieval.settings import ray_address_from_env, token_from_env
 # an index, and a model's packages (torch, open_clip) when one embeds, so `--help` and `stats` start fast
 # (BENCHMARKS.md, "CLI start"; tests/test_first_run.py).
 if TYPE_CHECKING:
-    from retrieval.engine import Engine
+    from retrieval.engine import Engine, Filter
     from retrieval.ingest.pipeline import IngestProgress, IngestReport
     from retrieval.ingest.watch import WatchBatch
     from retrieval.maps.layout import MapProgress
@@ -88,6 +88,67 @@ KOpt = Annotated[int, typer.Option("-k", "--k", help="Number of results.", min=1
 MinScoreOpt = Annotated[
     float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.")
 ]
+
+# Filters (retrieval/metadata/filters.py): taken as text and read by the library's one parser, so that a
+# malformed value is the same one line, exit 2, here and in the HTTP API.
+InOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--in",
+        help="Only images in this folder or below (relative to the indexed folder, or absolute); repeat "
+        "for several.",
+    ),
+]
+AfterOpt = Annotated[
+    str | None,
+    typer.Option("--after", help="Only photos taken (else modified) on or after this day, YYYY-MM-DD."),
+]
+BeforeOpt = Annotated[
+    str | None,
+    typer.Option("--before", help="Only photos taken (else modified) before this day, YYYY-MM-DD."),
+]
+CameraOpt = Annotated[
+    str | None, typer.Option("--camera", help="Only photos whose camera make or model contains this text.")
+]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="Only these formats, comma-separated: jpeg,png,webp,heic,...")
+]
+MinWidthOpt = Annotated[str | None, typer.Option("--min-width", help="Only images at least this wide (px).")]
+MinHeightOpt = Annotated[
+    str | None, typer.Option("--min-height", help="Only images at least this tall (px).")
+]
+NearOpt = Annotated[
+    str | None, typer.Option("--near", help="Only photos taken near LAT,LON (with --within-km; EXIF GPS).")
+]
+WithinOpt = Annotated[str | None, typer.Option("--within-km", help="With --near: the distance in km.")]
+
+
+def _filter(
+    folders: list[str] | None,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    formats: str | None,
+    min_width: str | None,
+    min_height: str | None,
+    near: str | None,
+    within_km: str | None,
+) -> Filter | None:
+    """The filter options as one Filter (None when none is given); a malformed one is one line, exit 2."""
+    from retrieval.engine import parse_filter
+
+    with _one_line_errors():
+        return parse_filter(
+            folders=folders,
+            after=after,
+            before=before,
+            camera=camera,
+            formats=formats,
+            min_width=min_width,
+            min_height=min_height,
+            near=near,
+            within_km=within_km,
+        )
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kw: Any) -> None:
@@ -308,6 +369,8 @@ def _print_report(report: IngestReport, as_json: bool) -> None:
         out.print_json(json.dumps(payload))
         return
     out.print(_report_line(report), highlight=False)
+    if report.refreshed:
+        out.print(f"  metadata read again for {report.refreshed} images", highlight=False)
     for path, reason in report.failed[:50]:
         out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
     if len(report.failed) > 50:
@@ -376,6 +439,14 @@ def ingest(
             "without, they are made when first shown.",
         ),
     ] = True,
+    refresh_metadata: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-metadata",
+            help="Read every image's metadata (EXIF camera, date, place; size; folder) again from its file, "
+            "keeping its vector: once, for an index made before a filter's column existed.",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -402,6 +473,7 @@ def ingest(
                     retry_failed=retry_failed,
                     ray_address=_ray_address(ray, ray_address),
                     thumbnails=thumbnails,
+                    refresh_metadata=refresh_metadata,
                 )
             except KeyboardInterrupt as exc:
                 stopped = exc
@@ -558,6 +630,15 @@ def search(
     ] = None,
     k: KOpt = 10,
     min_score: MinScoreOpt = None,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
     model: ModelOpt = None,
@@ -568,6 +649,7 @@ def search(
     """Search by text and/or example images; parts are added or (--minus) subtracted."""
     from retrieval.search.queries import Query, QueryPart
 
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home, model=model, weights=weights, device=device) as engine:
         parts = [QueryPart("text", t) for t in ([text] if text is not None else []) + (also_text or [])]
         parts += [QueryPart("image", p.expanduser().resolve()) for p in image or []]
@@ -575,7 +657,7 @@ def search(
         parts += [QueryPart("text", t, -1) for t in minus or []]
         parts += [QueryPart("image", p.expanduser().resolve(), -1) for p in minus_image or []]
         query = Query(tuple(parts))
-        hits = engine.search(query, k=k, min_score=min_score)
+        hits = engine.search(query, k=k, min_score=min_score, filter=flt)
         _print_hits(query, hits, as_json)
 
 
@@ -584,6 +666,15 @@ def similar(
     ref: Annotated[str, typer.Argument(help="An indexed image's id or path, or any image file.")],
     k: KOpt = 10,
     min_score: MinScoreOpt = None,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -592,9 +683,10 @@ def similar(
     """More like this: images near an indexed image (itself left out) or near an image file."""
     from retrieval.search.queries import Query
 
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home, device=device) as engine:
         query = Query.of(engine.resolve_image_ref(ref))
-        hits = engine.search(query, k=k, min_score=min_score)
+        hits = engine.search(query, k=k, min_score=min_score, filter=flt)
         _print_hits(query, hits, as_json)
 
 
@@ -664,6 +756,15 @@ def map_command(
             help="t-SNE perplexity [default: points/10 within 5..30, points/100 beyond 3,000, at most 50].",
         ),
     ] = None,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -678,6 +779,7 @@ def map_command(
     from retrieval.maps.render import map_format
     from retrieval.search.queries import Query, QueryPart
 
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home, device=device) as engine:
         map_format(out_path)  # a bad file name fails now, not after the layout
         if text is not None:
@@ -694,6 +796,7 @@ def map_command(
                 seed=seed,
                 perplexity=perplexity,
                 clusters=clusters,
+                filter=flt,
                 progress=stage,
             )
             rendered = engine.render_map(m, out_path, colour_by=colour, progress=stage)
@@ -1109,11 +1212,21 @@ def duplicates(
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, max=1000, help="Neighbours each image asks for.")
     ] = 20,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate images (resized, re-compressed, cropped copies) in an index."""
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home) as engine:
-        report = engine.duplicates(threshold=threshold, neighbours=neighbours)
+        report = engine.duplicates(threshold=threshold, neighbours=neighbours, filter=flt)
         if as_json:
             sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
             return

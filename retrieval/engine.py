@@ -48,7 +48,7 @@ from retrieval.ingest.pipeline import (
 from retrieval.maps.layout import MapProgress, MapProgressFn, NeighbourhoodMap, build_map
 from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
 from retrieval.maps.render import ColourBy, RenderedMap, render_map
-from retrieval.metadata import DB_NAME, ImageRecord, IndexedFile, MetadataStore, utcnow
+from retrieval.metadata import DB_NAME, Filter, ImageRecord, IndexedFile, MetadataStore, parse_filter, utcnow
 from retrieval.quality.evaluation import (
     METHODS,
     EvalReport,
@@ -89,6 +89,7 @@ __all__ = [
     "DoctorReport",
     "Engine",
     "EvalReport",
+    "Filter",
     "ImageRecord",
     "IndexStats",
     "IndexStatus",
@@ -101,6 +102,7 @@ __all__ = [
     "evaluate",
     "list_indexes",
     "parse_cutoffs",
+    "parse_filter",
 ]
 
 DEFAULT_MODEL = "clip"
@@ -575,6 +577,7 @@ class Engine:
         retry_failed: bool = False,
         ray_address: str | None = None,
         thumbnails: bool = True,
+        refresh_metadata: bool = False,
     ) -> IngestReport:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
 
@@ -585,6 +588,9 @@ class Engine:
         `ray_address` decodes and embeds on Ray (`retrieval.ingest.ray`; the `ray` extra): "local" starts a
         runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
         `workers` then counts Ray actors (one model each) instead of decode threads.
+
+        `refresh_metadata` reads every image's metadata (EXIF, size, folder) again from its file's header,
+        keeping its vector: what an index made before a metadata column existed needs once.
 
         A new index whose first ingest fails before it records a file (a missing folder, weights that
         cannot be had, a bad model) is not left behind: its folder and lock are removed.
@@ -621,6 +627,7 @@ class Engine:
                     retry_failed=retry_failed,
                     stage=stage,
                     thumbnails=[self._thumbnail_cache(side) for side in SIDES] if thumbnails else (),
+                    refresh_metadata=refresh_metadata,
                 )
                 return ingestor.run(folder, prune=prune)
         except BaseException:
@@ -857,6 +864,10 @@ class Engine:
             raise QueryError(f"{ref} is neither an indexed image id nor an image file")
         return QueryPart("image", path.resolve())
 
+    def _allowed(self, filter: Filter | None) -> np.ndarray | None:
+        """The ids `filter` allows, or None for no filter (an empty Filter limits nothing)."""
+        return None if filter is None or filter.is_empty else self.meta.allowed_ids(filter)
+
     def query_vector(self, query: Query) -> np.ndarray:
         return query_vector(
             query,
@@ -869,30 +880,56 @@ class Engine:
         return self.embedder.embed_texts(texts)
 
     def search(
-        self, query: Query, *, k: int = 10, min_score: float | None = None, ef: int | None = None
+        self,
+        query: Query,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        ef: int | None = None,
+        filter: Filter | None = None,
     ) -> list[SearchHit]:
-        """Top-k images for a query of text/image/id parts, each added or subtracted."""
+        """Top-k images for a query of text/image/id parts, each added or subtracted; with `filter`, among
+        the images it allows only (none allowed: no results)."""
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
             return run_search(
-                vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
+                vector,
+                self.store,
+                self.meta,
+                k=k,
+                min_score=min_score,
+                exclude=query.exclude_ids,
+                ef=ef,
+                filter=filter,
             )
 
-    def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
-        return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score)
+    def search_text(
+        self, text: str, *, k: int = 10, min_score: float | None = None, filter: Filter | None = None
+    ) -> list[SearchHit]:
+        return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score, filter=filter)
 
     def search_image(
-        self, image: Path | bytes, *, k: int = 10, min_score: float | None = None
+        self,
+        image: Path | bytes,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        filter: Filter | None = None,
     ) -> list[SearchHit]:
         source = Path(image).expanduser() if isinstance(image, str | Path) else image
-        return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score)
+        return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score, filter=filter)
 
     def similar(
-        self, ref: str | int | Path, *, k: int = 10, min_score: float | None = None
+        self,
+        ref: str | int | Path,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        filter: Filter | None = None,
     ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
-        return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
+        return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score, filter=filter)
 
     def map(
         self,
@@ -903,17 +940,22 @@ class Engine:
         seed: int = 0,
         perplexity: float | None = None,
         clusters: int | None = None,
+        filter: Filter | None = None,
         progress: MapProgressFn | None = None,
     ) -> NeighbourhoodMap:
         """A t-SNE map of the query and its top-n results; with expand > 0, also each result's `expand`
-        nearest neighbours. Draw it with `render_map`. See retrieval/maps/layout.py. `progress` is told
-        when the layout starts (the search and t-SNE take seconds)."""
+        nearest neighbours; with `filter`, results and neighbours both from the images it allows. Draw it
+        with `render_map`. See retrieval/maps/layout.py. `progress` is told when the layout starts (the
+        search and t-SNE take seconds)."""
         if progress is not None:
             progress(MapProgress("layout"))
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
-            hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+            allowed = self._allowed(filter)
+            hits = run_search(
+                vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
+            )
             return build_map(
                 query,
                 vector,
@@ -924,6 +966,7 @@ class Engine:
                 seed=seed,
                 perplexity=perplexity,
                 clusters=clusters,
+                allowed=allowed,
             )
 
     def render_map(
@@ -940,15 +983,21 @@ class Engine:
         return render_map(m, out, cache, self.meta, colour_by=colour_by, progress=progress)
 
     def duplicates(
-        self, *, threshold: float | None = None, neighbours: int = DEFAULT_NEIGHBOURS
+        self,
+        *,
+        threshold: float | None = None,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        filter: Filter | None = None,
     ) -> DuplicateReport:
         """Groups of near-duplicate images found through the index (each image's nearest neighbours);
-        `threshold` is a cosine, by default the one measured for this index's model."""
+        `threshold` is a cosine, by default the one measured for this index's model; with `filter`, only
+        the images it allows are grouped."""
         if threshold is None:
             threshold = default_threshold(self.manifest.get("embedder_id"))
         with self._reads:
             self.store.reload_if_changed()
-            return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours)
+            allowed = self._allowed(filter)
+            return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours, allowed=allowed)
 
     def export(self, out: Path | str, *, row_group: int | None = None) -> ExportReport:
         """Write the index to a Parquet file: one row per image (id, path, root, copies, every metadata
@@ -1060,16 +1109,18 @@ class Engine:
                 return real
         return None
 
-    def serve_search(self, query: Query, *, k: int = 10) -> list[SearchHit]:
+    def serve_search(self, query: Query, *, k: int = 10, filter: Filter | None = None) -> list[SearchHit]:
         """`search` for a server: the query's uploaded images are decoded before the read lock is taken,
         within `upload_pixel_budget`, so one large upload does not hold up everyone else's searches."""
         uploads = self._decode_uploads(query)
         with self._reads:
             self.store.reload_if_changed()
             vector = self._served_vector(query, uploads)
-            return run_search(vector, self.store, self.meta, k=k, exclude=query.exclude_ids)
+            return run_search(vector, self.store, self.meta, k=k, exclude=query.exclude_ids, filter=filter)
 
-    def serve_map(self, query: Query, *, n: int = 200, expand: int = 0, seed: int = 0) -> NeighbourhoodMap:
+    def serve_map(
+        self, query: Query, *, n: int = 200, expand: int = 0, seed: int = 0, filter: Filter | None = None
+    ) -> NeighbourhoodMap:
         """`map` for a server: uploads decoded as in `serve_search`, and the layout made outside the read
         lock, its store reads taking turns with searches. Should an ingest elsewhere drop some of the images
         mid-layout, the map fails with UsageError (400) rather than showing a mix of two generations."""
@@ -1077,9 +1128,12 @@ class Engine:
         with self._reads:
             self.store.reload_if_changed()
             vector = self._served_vector(query, uploads)
-            hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+            allowed = self._allowed(filter)
+            hits = run_search(
+                vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
+            )
             store = cast(Store, _TakingTurns(self.store, self._reads))
-        return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed)
+        return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed, allowed=allowed)
 
     def _decode_uploads(self, query: Query) -> dict[bytes, Image.Image]:
         with self._reads:

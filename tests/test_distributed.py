@@ -63,6 +63,9 @@ def write_folder(folder: Path, n: int = 14) -> dict[str, str]:
         draw_photo(i, size).save(folder / f"p{i:02d}.{ext}", fmt)
     exif = Image.Exif()
     exif[0x0132] = "2021:06:01 12:30:00"  # DateTime
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"  # Make, Model
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (48.0, 51.0, 29.0), "E", (2.0, 17.0, 40.0)
     draw_photo(40).save(folder / "dated.jpg", "JPEG", exif=exif)
     shutil.copy(folder / "p01.webp", folder / "p01-copy.webp")
     (folder / "empty.jpg").write_bytes(b"")
@@ -82,8 +85,9 @@ def snapshot(index_dir: Path) -> dict[str, Any]:
     db = sqlite3.connect(index_dir / "meta.sqlite")
     try:
         tables = {
-            "contents": "SELECT id, hash, width, height, format, captured_at, embedded FROM contents",
-            "files": "SELECT id, path, content_id, size, mtime_ns FROM files",
+            "contents": "SELECT id, hash, width, height, format, captured_at, embedded, camera_make, "
+            "camera_model, lens, gps_lat, gps_lon FROM contents",
+            "files": "SELECT id, path, content_id, size, mtime_ns, folder FROM files",
             "failures": "SELECT path, reason, size, mtime_ns FROM failures",
         }
         rows = {name: sorted(db.execute(sql).fetchall()) for name, sql in tables.items()}
@@ -288,6 +292,7 @@ def test_a_ray_ingest_records_the_ids_vectors_and_failures_of_a_local_ingest(ray
     ray_index = snapshot(home / "ray")
     assert_same_index(snapshot(home / "local"), ray_index)
     assert any(row[5] is not None for row in ray_index["contents"])  # the capture time came back too
+    assert any(row[7:9] == ("Canon", "Canon EOS R5") and row[10] is not None for row in ray_index["contents"])
     assert_consistent(home / "ray", files=16)
 
 
@@ -373,7 +378,7 @@ def test_a_ray_ingest_driver_reads_no_photo_and_links_moved_and_copied_files(
     assert opened == []  # the workers read the photos; this process only listed them
     assert (second.added, second.removed, second.embedded, second.linked) == (2, 1, 0, 2)
     rows = snapshot(home / "ray")
-    content_of = {Path(path).name: content for _, path, content, _, _ in rows["files"]}
+    content_of = {Path(path).name: content for _, path, content, *_ in rows["files"]}
     assert content_of["moved.jpg"] == 1 and content_of["copy.jpg"] == content_of["photo001.jpg"]
     assert_consistent(home / "ray", files=7)
 

@@ -31,7 +31,7 @@ import numpy as np
 from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
-from retrieval.files.decoding import DecodedImage, check_file_size, decode_image
+from retrieval.files.decoding import DecodedImage, HeaderInfo, check_file_size, decode_image, read_header
 from retrieval.files.discovery import FOLDER_NOT_READABLE, FoundFile, Skipped, discover, file_hash
 from retrieval.files.thumbnails import ThumbnailCache, thumbnails_of
 from retrieval.metadata import Content, Failure, File, IngestWriter, MetadataStore, utcnow
@@ -71,6 +71,8 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unsupported: int = 0
+    #: Images whose metadata `--refresh-metadata` read again from their files (their vectors kept).
+    refreshed: int = 0
     interrupted: bool = False
     seconds: float = 0.0
 
@@ -103,6 +105,8 @@ class Prepared:
     captured_at: Any = None
     error: str | None = None
     thumbnails: dict[int, bytes] = field(default_factory=dict)
+    #: What EXIF says beyond the capture time (a files.decoding.PhotoInfo), or None.
+    photo: Any = None
 
 
 ProgressFn = Callable[[IngestProgress], None]
@@ -281,6 +285,7 @@ class LocalStage:
             format=decoded.format,
             captured_at=decoded.captured_at,
             thumbnails=thumbnails,
+            photo=decoded.info,
         )
 
     def _counted(self, found: FoundFile, lookup: LookupFn, decoded: DecodedFn) -> Prepared:
@@ -326,6 +331,7 @@ class Ingestor:
         retry_failed: bool = False,
         stage: PrepareStage | None = None,
         thumbnails: Iterable[ThumbnailCache] = (),
+        refresh_metadata: bool = False,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -352,6 +358,8 @@ class Ingestor:
         self._embedded = 0
         self._embedded_waiting = 0
         self._thumb_writer: ThreadPoolExecutor | None = None
+        self.refresh_metadata = refresh_metadata
+        self._embedded_now: set[int] = set()
         self._run_hashes: dict[str, int] = {}
         self._unembedded: dict[str, int] = {}
         self._pending_ids: list[int] = []
@@ -535,6 +543,8 @@ class Ingestor:
 
             self._flush_batch(w)
             seen = {_path_key(f.path) for f in found}
+            if self.refresh_metadata:
+                report.refreshed = self._refresh(w, known_files, seen)
             if prune:
                 self._prune(w, root_id, seen, tuple(unlisted), known_files, known_failures, report)
             orphans = w.delete_orphans()
@@ -584,9 +594,11 @@ class Ingestor:
                 height=prep.height,
                 format=prep.format,
                 captured_at=prep.captured_at,
+                photo=prep.photo,
             )
             content_id = content.id
             self._keep_thumbnails(content_id, prep)
+            self._embedded_now.add(content_id)
             self._run_hashes[prep.hash] = content_id
             self._pending_ids.append(content_id)
             self._pending_contents.append(content)
@@ -606,6 +618,37 @@ class Ingestor:
         if failure is not None:
             w.forget(failure)
 
+    def _refresh(self, w: IngestWriter, known_files: dict[str, tuple[File, bool]], seen: set[str]) -> int:
+        """Read the metadata of the images this run did not decode again from their files' headers (no pixel
+        is decoded, no vector made): what an index from before a metadata column existed needs. Returns
+        how many images were refreshed; a file that cannot be read now is left as it was."""
+        first_path: dict[int, str] = {}
+        for path in sorted(known_files):
+            row, _ = known_files[path]
+            if path not in seen:
+                continue
+            w.set_folder(row)
+            if row.content_id not in self._embedded_now:
+                first_path.setdefault(row.content_id, path)
+        total = len(first_path)
+        self.progress(IngestProgress("metadata", 0, total))
+        refreshed = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-header") as pool:
+            headers = pool.map(_header_or_none, first_path.values())
+            for done, (content_id, header) in enumerate(zip(first_path, headers, strict=True), 1):
+                if header is not None:
+                    w.refresh_content(
+                        content_id,
+                        width=header.width,
+                        height=header.height,
+                        format=header.format,
+                        captured_at=header.captured_at,
+                        photo=header.info,
+                    )
+                    refreshed += 1
+                self.progress(IngestProgress("metadata", done, total))
+        return refreshed
+
     def _prune(
         self,
         w: IngestWriter,
@@ -621,6 +664,13 @@ class Ingestor:
             w.forget(known_files.pop(path)[0])
         report.removed += len(gone)
         w.forget_failures(p for p in known_failures if p not in seen and not p.startswith(unlisted))
+
+
+def _header_or_none(path: str) -> HeaderInfo | None:
+    try:
+        return read_header(path)
+    except DecodeError:
+        return None
 
 
 def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> list[Path]:

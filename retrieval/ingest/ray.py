@@ -26,6 +26,8 @@ Ray is an optional extra (`pip install 'retrieval[ray]'`), imported here only, a
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -50,7 +52,7 @@ import numpy as np
 from retrieval import settings
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
-from retrieval.files.decoding import check_file_size
+from retrieval.files.decoding import PhotoInfo, check_file_size
 from retrieval.files.discovery import FoundFile
 from retrieval.files.thumbnails import thumbnails_of
 from retrieval.ingest.pipeline import DecodedFn, LookupFn, Prepared, ProgressFn, decode_for, open_and_hash
@@ -352,6 +354,7 @@ class EmbedWorker:
                 f"thumb_{side}": np.array([t.get(side, b"") for t in thumbs], dtype=object)
                 for side in self.thumbnail_sides
             },
+            "photo": np.array([json.dumps(dataclasses.asdict(d.info)) if d else "" for d in decoded]),
         }
 
 
@@ -569,6 +572,7 @@ class RayStage:
         if bool(batch["known"][i]):
             return Prepared(found, digest)
         captured = str(batch["captured_at"][i])
+        photo = str(batch["photo"][i]) if "photo" in batch else ""
         return Prepared(
             found,
             digest,
@@ -582,6 +586,7 @@ class RayStage:
                 for side in self.thumbnail_sides
                 if (data := batch[f"thumb_{side}"][i] if f"thumb_{side}" in batch else b"")
             },
+            photo=PhotoInfo(**json.loads(photo)) if photo else None,
         )
 
     def vectors(self, payloads: list[Any]) -> np.ndarray:

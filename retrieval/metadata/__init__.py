@@ -3,6 +3,7 @@
 Every SQL query of the project lives in this package.
 """
 
+from retrieval.metadata.filters import Filter, parse_filter
 from retrieval.metadata.models import DB_NAME, Base, Content, Failure, File, Manifest, Root, utcnow
 from retrieval.metadata.store import (
     IN_CHUNK,
@@ -12,6 +13,7 @@ from retrieval.metadata.store import (
     MetadataStore,
     chunked,
     head_revision,
+    relative_folder,
 )
 from retrieval.metadata.writer import IngestWriter
 
@@ -23,6 +25,7 @@ __all__ = [
     "ExportColumn",
     "Failure",
     "File",
+    "Filter",
     "ImageRecord",
     "IndexedFile",
     "IngestWriter",
@@ -31,5 +34,7 @@ __all__ = [
     "Root",
     "chunked",
     "head_revision",
+    "parse_filter",
+    "relative_folder",
     "utcnow",
 ]
