@@ -606,8 +606,9 @@ class VectorStore:
             return self._padded(st, found, scores, k)
         assert quantizer is not None
         graph_query, weights, bias = quantizer.prepare_queries(q)
-        out_slots = np.empty((len(q), k), dtype=np.int64)
-        out_scores = np.empty((len(q), k), dtype=np.float32)
+        width = min(k, m)  # fewer allowed than k: padded below
+        out_slots = np.empty((len(q), width), dtype=np.int64)
+        out_scores = np.empty((len(q), width), dtype=np.float32)
         allowed_slot = None
         if way == "walk":
             assert graph is not None
@@ -615,7 +616,7 @@ class VectorStore:
                 mask = self._slot_mask(st, slots)
             allowed_slot = mask.__getitem__
         for i in range(len(q)):
-            c = int(cands[i])
+            c = min(int(cands[i]), m)
             if way == "scan":
                 head = st.head_codes_now().scores(slots, graph_query[i])
                 best = np.argpartition(head, m - c)[m - c :] if c < m else np.arange(m)
@@ -631,7 +632,7 @@ class VectorStore:
                     continue
                 picked = labels[0].view(np.int64)
                 head = (bias[i] + 1.0) - dist[0]
-            out_slots[i], out_scores[i] = self._rerank(st, q[i], picked, head, weights[i], k)
+            out_slots[i], out_scores[i] = self._rerank(st, q[i], picked, head, weights[i], width)
         self._refuse_garbled(st, q, out_scores)
         return self._padded(st, out_slots, out_scores, k)
 
