@@ -217,9 +217,56 @@ def bench(a: argparse.Namespace, params: StoreParams) -> str:
             f"| {f.kind} | {f.share:.2%} | {len(f.allowed):,} | {way} | {rec:.4f} | {qps:.0f} | "
             f"{qps / u_qps:.2f} | {fresh:.0f} | {n_rec:.4f} | {n_qps:.1f} | {qps / n_qps:.1f} |"
         )
+    if a.ways:
+        lines += ["", *compare_ways(store, filters, queries[: a.ways], truths, a.rounds)]
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     return text
+
+
+def compare_ways(
+    store: VectorStore, filters: list[Filter], queries: np.ndarray, truths, rounds: int
+) -> list[str]:
+    """Each way forced on each filter (what the cut-overs are chosen from): ms per query and recall@10.
+    A way the cost model puts above ~30x an exact row scan of 100k is skipped (seconds per query)."""
+    ways = ("exact", "scan", "walk")
+    n = len(store)
+    chosen = filtered.choose
+    cells: dict[tuple[int, str], str] = {}
+    try:
+        for j, f in enumerate(filters):
+            m = len(f.allowed)
+            cost = {
+                "exact": float(m),
+                "scan": filtered.SCAN_ROW * m,
+                "walk": filtered.WALK_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf"),
+            }
+            for way in ways:
+                if cost[way] > 3_000_000:
+                    cells[(j, way)] = "skipped"
+                    continue
+                filtered.choose = lambda *args, way=way, **kwargs: way
+                lat, ids = interleaved_best_times(
+                    [lambda q, f=f: store.search(q, K, allowed=f.allowed)[0][0]],
+                    [len(queries)],
+                    queries,
+                    K,
+                    rounds,
+                )[0]
+                rec = vectors.recall_at_k(ids, truths[j][: len(queries)], K)
+                cells[(j, way)] = f"{lat.mean() * 1e3:.2f} ms / {rec:.3f}"
+    finally:
+        filtered.choose = chosen
+    out = [
+        f"Each way forced ({len(queries)} queries, ms per query / recall@10; the chosen way in bold):\n",
+        "| filter | selectivity | " + " | ".join(ways) + " |",
+        "|---|---:|" + "---:|" * len(ways),
+    ]
+    for j, f in enumerate(filters):
+        pick = chosen(len(f.allowed), n, n, FILTER_EF, graph=True)
+        row = [f"**{cells[(j, w)]}**" if w == pick else cells[(j, w)] for w in ways]
+        out.append(f"| {f.kind} | {f.share:.2%} | " + " | ".join(row) + " |")
+    return out
 
 
 def main() -> None:
@@ -229,6 +276,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each query keeps its best time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--ways", type=int, default=20, help="queries for the table of forced ways (0: none)")
     ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     a = ap.parse_args()
