@@ -55,6 +55,32 @@ K = 10
 SELECTIVITIES = (0.5, 0.1, 0.01, 0.001, 0.0001)
 NAIVE_MAX_K = 100_000
 
+WHY = """\
+### The cut-overs, and why
+
+`search(allowed=ids)` maps the ids to slots (a table indexed by id: one gather, ~2 ms for 500k ids at 1M
+where binary search took ~170 ms) and takes the cheapest of three ways by a cost model in units of one
+float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending in exact scores:
+
+- **exact** (m rows): score the memory-mapped originals; cheapest below ~200 allowed vectors.
+- **scan** (0.16·m + 150): score the allowed slots on an int8 copy of the PCA head (111 B per vector, built
+  from the originals on the first scan and kept with the generation), keep the best 128, then the graph
+  path's re-rank (int8 tail, best 16 exactly). A head row costs ~1/6 of an original (111 bytes instead of
+  2048, in RAM), which is what keeps 1 % of 1M (10k vectors) near unfiltered speed.
+- **walk** (2.7·128·n/m + 150 + a mask of n bytes): hnswlib's graph walk with the filter applied during the
+  walk, collecting 128 allowed candidates; it visits about 128·n/m nodes, so it wins for large sets only.
+  Over-fetching unfiltered results and filtering them afterwards (a widening `ef`) costs the same for a
+  random subset but finds nothing for a folder far from the query (an exploratory run at 100k, not part of
+  this script: recall@10 0.72-0.82 on folders of 10-50 %, some queries left with no allowed candidate);
+  the filtered walk carries on through disallowed nodes, so it was kept and the widening dropped.
+
+With 128 candidates the walk crosses the scan at m² ≈ 17·128·n: ~15 % of 100k, ~5 % of 1M; the scan crosses
+exact at ~180 vectors. The constants were fitted on the forced-way table above (and its 100k run) on a
+loaded machine; the choice is not sensitive to them near the cut-overs, where the two ways cost about the
+same. A filtered search collects 128 candidates (`FILTER_EF`), not the unfiltered 384: recall@10 stays
+>= 0.98 in every row above, and the walk's cost is proportional to it.
+"""
+
 CACHE = Path.home() / ".cache" / "retrieval-bench"
 CACHE_QUERIES = 1000  # queries kept with the cached store; a run uses the first --queries of them
 
@@ -299,7 +325,7 @@ def main() -> None:
         f'filtered.py). "q/s, fresh ids" passes a new ids array each query, so the store maps ids to '
         f"slots (and, for the walk, builds its mask) every time; the other column passes one read-only "
         f"array, as a filtered session does. Naive: `search(k=ceil(10/selectivity))`, then keep the "
-        f"allowed ids (capped at k = {NAIVE_MAX_K:,}; fewer queries below 10 %).\n\n" + section + "\n"
+        f"allowed ids (capped at k = {NAIVE_MAX_K:,}; fewer queries below 10 %).\n\n" + section + "\n" + WHY
     )
     if not a.no_write:
         write_section(body, a.output)

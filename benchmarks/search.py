@@ -253,7 +253,7 @@ def usearch_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
 
 
 def build_store(base: np.ndarray, folder: Path, params: StoreParams) -> float:
-    """Create the store in `folder` with ids 0..n-1 added in ingest-sized batches; returns the seconds taken."""
+    """Create the store in `folder`, ids 0..n-1 added in ingest-sized batches; returns the seconds taken."""
     t = time.perf_counter()
     store = VectorStore.create(folder, DIM, params)
     for start in range(0, len(base), ADD_BATCH):

@@ -61,7 +61,7 @@ LOW_HEAD_SHARE = 0.5
 LOW_HEAD_BOOST = 2
 #: A filtered search collects FILTER_EF allowed candidates per query by default (times LOW_HEAD_BOOST as
 #: above) for the re-rank, fewer than an unfiltered one: the allowed vectors are a sparser set whose best
-#: are easier to rank (recall@10 >= 0.99 at every selectivity, BENCHMARKS.md "Filtered search").
+#: are easier to rank (recall@10 >= 0.98 at every selectivity, BENCHMARKS.md "Filtered search").
 FILTER_EF = 128
 _OPEN_ATTEMPTS = 5
 #: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
