@@ -503,3 +503,22 @@ def test_a_read_only_allowed_array_is_reused_until_the_store_changes(folder: Pat
     store.add(np.array([7]), query[None])  # now stored, with the query's own vector
     again, scores = store.search(query, k=3, allowed=allowed)
     assert again[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_reader_keeps_its_head_codes_across_generations_and_scans_new_vectors(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "scan")
+    writer, vecs = make_store(folder, 800)
+    writer.save()
+    reader = VectorStore.open(folder)
+    allowed = np.arange(800) * 10 + 5
+    reader.search(vecs[0], k=3, allowed=allowed)
+    codes = reader._live().head_codes
+    query = unit_vectors(1, seed=77)[0]
+    writer.add(np.array([9001]), query[None])
+    writer.save()
+    assert reader.reload_if_changed()
+    found, _ = reader.search(query, k=3, allowed=np.append(allowed, 9001))
+    assert found[0, 0] == 9001  # the new vector is scanned too
+    assert reader._live().head_codes is codes  # extended, not rebuilt

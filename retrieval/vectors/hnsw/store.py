@@ -747,6 +747,16 @@ class VectorStore:
             )
         manifest, state = _load_current(self.folder, writable=self.writable)
         self.params = StoreParams.from_dict(manifest["params"])
+        same = ("crc32", "size")
+        if (
+            st.head_codes is not None
+            and state.quantizer is not None
+            and st.originals_epoch == state.originals_epoch  # slots keep their vectors: no compaction
+            and {k: st.files.get("quantizer", {}).get(k) for k in same}
+            == {k: state.files.get("quantizer", {}).get(k) for k in same}
+        ):  # the same rotation over the same slots: the next scan only encodes the slots added since
+            st.head_codes.quantizer = state.quantizer
+            state.head_codes = st.head_codes
         self._state = state
         return True
 
