@@ -503,6 +503,9 @@ def test_a_read_only_allowed_array_is_reused_until_the_store_changes(folder: Pat
     store.add(np.array([7]), query[None])  # now stored, with the query's own vector
     again, scores = store.search(query, k=3, allowed=allowed)
     assert again[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    store.remove([7])  # removed: the slot count stays, the kept slots must not
+    after, _ = store.search(query, k=3, allowed=allowed)
+    assert 7 not in after[0] and (after[0] >= 0).all()
 
 
 def test_a_reader_keeps_its_head_codes_across_generations_and_scans_new_vectors(

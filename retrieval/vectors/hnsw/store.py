@@ -227,7 +227,7 @@ class VectorStore:
         self.writable = writable
         self._state: _State | None = state
         self._dirty = False
-        # (allowed array, state, n_slots, its slots, its mask): see _allowed_slots
+        # (allowed array, state, n_slots, its slots, its mask): see _allowed_slots; dropped by any removal
         self._filter_cache: tuple[np.ndarray, _State, int, np.ndarray, bytes | None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -423,6 +423,7 @@ class VectorStore:
         return removed
 
     def _drop_slots(self, st: _State, slots: np.ndarray) -> int:
+        self._filter_cache = None  # its slots may include these
         present = slots[slots >= 0]
         if not len(present):
             return 0
@@ -488,6 +489,7 @@ class VectorStore:
             st.graph = graph
         st.id_index = None
         st.head_codes = None  # slots renumbered or a new rotation
+        self._filter_cache = None
 
     # ---- search ----------------------------------------------------------------------------
 
