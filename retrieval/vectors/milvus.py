@@ -5,7 +5,9 @@ Milvus), and `vector`, FLOAT_VECTOR. Milvus keeps the float32 vectors, so "more 
 read them back by id. Milvus searches an approximate index (HNSW_SQ where the server has it, else HNSW,
 else IVF_SQ8: the type chosen is in `stats()`); the store asks it for a few times k candidates and scores
 them exactly against their float32 vectors, read back in one `get`, so every score is a true cosine and an
-indexed image is its own first result, whichever index the server built.
+indexed image is its own first result, whichever index the server built. A filtered search (`allowed=ids`)
+sends the ids as boolean expressions on `id` (`filter_exprs`: ranges, `in` / `not in` lists), so Milvus
+filters inside its own search; sets too scattered for a few expressions widen an unfiltered search instead.
 
 Consistency (a server): collections are Bounded, so a search does not wait for the server's time tick
 (~4 ms, not ~400 ms at Strong); a reader may lag up to ~5 s behind other clients' writes. A writer reads
