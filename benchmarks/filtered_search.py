@@ -64,21 +64,22 @@ float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending i
 
 - **exact** (m rows): score the memory-mapped originals; cheapest below ~200 allowed vectors.
 - **scan** (0.16·m + 150): score the allowed slots on an int8 copy of the PCA head (111 B per vector, built
-  from the originals on the first scan and kept with the generation), keep the best 128, then the graph
+  from the originals on the first scan and kept with the generation), keep the best 192, then the graph
   path's re-rank (int8 tail, best 16 exactly). A head row costs ~1/6 of an original (111 bytes instead of
   2048, in RAM), which is what keeps 1 % of 1M (10k vectors) near unfiltered speed.
-- **walk** (2.7·128·n/m + 150 + a mask of n bytes): hnswlib's graph walk with the filter applied during the
-  walk, collecting 128 allowed candidates; it visits about 128·n/m nodes, so it wins for large sets only.
+- **walk** (2.7·192·n/m + 150 + a mask of n bytes): hnswlib's graph walk with the filter applied during the
+  walk, collecting 192 allowed candidates; it visits about 192·n/m nodes, so it wins for large sets only.
   Over-fetching unfiltered results and filtering them afterwards (a widening `ef`) costs the same for a
   random subset but finds nothing for a folder far from the query (an exploratory run at 100k, not part of
   this script: recall@10 0.72-0.82 on folders of 10-50 %, some queries left with no allowed candidate);
   the filtered walk carries on through disallowed nodes, so it was kept and the widening dropped.
 
-With 128 candidates the walk crosses the scan at m² ≈ 17·128·n: ~15 % of 100k, ~5 % of 1M; the scan crosses
-exact at ~180 vectors. The constants were fitted on the forced-way table above (and its 100k run) on a
-loaded machine; the choice is not sensitive to them near the cut-overs, where the two ways cost about the
-same. A filtered search collects 128 candidates (`FILTER_EF`), not the unfiltered 384: recall@10 stays
->= 0.98 in every row above, and the walk's cost is proportional to it.
+With 192 candidates the walk crosses the scan at m² ≈ 17·192·n: ~18 % of 100k, ~6 % of 1M; the scan crosses
+exact at ~180 vectors. The constants were fitted on the forced-way tables (this one and a 100k run) on a
+loaded machine; near a cut-over the two ways cost about the same, so the choice is not sensitive to them.
+A filtered search collects 192 candidates (`FILTER_EF`), not the unfiltered 384: the walk's cost is
+proportional to it, and at 1M a folder of half the store reached recall@10 0.970 with 128, 0.987 with 192
+and 0.990 with 256 (60 queries, a separate run).
 """
 
 CACHE = Path.home() / ".cache" / "retrieval-bench"

@@ -60,9 +60,10 @@ _ROW_BLOCK = 16384
 LOW_HEAD_SHARE = 0.5
 LOW_HEAD_BOOST = 2
 #: A filtered search collects FILTER_EF allowed candidates per query by default (times LOW_HEAD_BOOST as
-#: above) for the re-rank, fewer than an unfiltered one: the allowed vectors are a sparser set whose best
-#: are easier to rank (recall@10 >= 0.98 at every selectivity, BENCHMARKS.md "Filtered search").
-FILTER_EF = 128
+#: above) for the re-rank, fewer than an unfiltered one (the walk's cost grows with it). At 1M a folder of
+#: half the store reached recall@10 0.970 with 128, 0.987 with 192, 0.990 with 256 (BENCHMARKS.md,
+#: "Filtered search").
+FILTER_EF = 192
 _OPEN_ATTEMPTS = 5
 #: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
 #: while the largest id is at most DENSE_IDS times the number stored, else by binary search in sorted
@@ -649,12 +650,18 @@ class VectorStore:
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise UsageError(f"allowed must hold integer ids, got dtype {ids.dtype}")
         slots = st.lookup(ids.astype(np.int64, copy=False))
-        slots = np.sort(slots[slots >= 0])
+        slots = slots[slots >= 0]
+        mask = None
+        if 32 * len(slots) > st.n_slots:  # many: ascending from the mask (O(n)) beats sorting them
+            mask = self._slot_mask(st, slots)
+            slots = np.flatnonzero(np.frombuffer(mask, dtype=np.uint8))
+        else:
+            slots = np.sort(slots)
         if isinstance(allowed, np.ndarray) and not allowed.flags.writeable:
-            mask = self._slot_mask(st, slots) if len(slots) > FILTER_EF else None
+            if mask is None and len(slots) > FILTER_EF:
+                mask = self._slot_mask(st, slots)
             self._filter_cache = (allowed, st, st.n_slots, slots, mask)
-            return slots, mask
-        return slots, None
+        return slots, mask
 
     @staticmethod
     def _slot_mask(st: _State, slots: np.ndarray) -> bytes:
