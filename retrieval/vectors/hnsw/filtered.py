@@ -25,10 +25,10 @@ import numpy as np
 from retrieval.vectors.hnsw.originals import Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
 
-#: Relative cost of each way, in units of one float32 original scored (gather + dot product), measured at
-#: 100k (BENCHMARKS.md, "Filtered search"): a head-code row costs SCAN_ROW, plus FIXED per query for the
-#: re-rank; the walk costs WALK_NODE per node it expects to visit (cands·n/m), FIXED, and WALK_SLOT per slot
-#: of the store for the mask it walks with (built once per allowed set).
+#: Relative cost of each way, in units of one float32 original scored (gather + dot product), fitted at
+#: 100k and checked at 1M (BENCHMARKS.md, "Filtered search"): a head-code row costs SCAN_ROW, plus FIXED
+#: for the re-rank; the walk costs WALK_NODE per node it expects to visit (cands·n/m), FIXED, and
+#: WALK_SLOT per slot of the store for the mask it walks with (built once per allowed set).
 SCAN_ROW = 0.16
 WALK_NODE = 2.7
 FIXED = 150.0
