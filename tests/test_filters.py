@@ -513,3 +513,20 @@ def test_the_filter_parameters_are_in_the_openapi_schema(client):
         } <= names
     names = {p["name"] for p in schema["paths"]["/api/search/image"]["post"]["parameters"]}
     assert {"in", "after", "camera"} <= names
+
+
+def test_a_filters_ids_are_kept_until_another_process_changes_the_database(tmp_path):
+    root = tmp_path / "photos"
+    build_library(root)
+    flt = Filter(folders=("Holidays",))
+    with Engine("kept", model="classic") as engine:
+        engine.ingest(root)
+        first = engine.meta.allowed_ids(flt)
+        again = engine.meta.allowed_ids(Filter(folders=("Holidays",)))
+        assert again is first and not first.flags.writeable  # one array: the store reuses its mask
+        assert len(first) == len(BEACH | SKI)
+        exif_jpeg(root / "Holidays" / "2025" / "new.jpg", 40, make="Canon", taken="2025:01:01 10:00:00")
+        with Engine("kept") as writer:  # another engine (as `watch` beside `serve`) commits a new photo
+            writer.ingest(root)
+        later = engine.meta.allowed_ids(flt)
+        assert len(later) == len(first) + 1
