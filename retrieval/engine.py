@@ -6,6 +6,7 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -18,12 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-from filelock import FileLock, Timeout
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from retrieval.embedders import Embedder, SupersededEmbedderWarning, create_embedder, parse_embedder_name
-from retrieval.embedders.projections import KINDS, HeadParams, ProjectedEmbedder, Projection, fit_projection
 from retrieval.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -34,35 +31,8 @@ from retrieval.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from retrieval.files.decoding import decode_image
-from retrieval.ingest.pipeline import (
-    Ingestor,
-    IngestProgress,
-    IngestReport,
-    PrepareStage,
-    ProgressFn,
-    reconcile,
-    remove_paths,
-)
-from retrieval.maps.layout import NeighbourhoodMap, build_map
-from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
-from retrieval.maps.render import ColourBy, RenderedMap, render_map
-from retrieval.maps.thumbnails import ThumbnailCache
 from retrieval.metadata import DB_NAME, ImageRecord, IndexedFile, MetadataStore, utcnow
-from retrieval.quality.evaluation import (
-    METHODS,
-    EvalReport,
-    embed_labelled,
-    evaluate_folder,
-    load_labelled_folder,
-)
-from retrieval.search.duplicates import (
-    DEFAULT_NEIGHBOURS,
-    DuplicateReport,
-    default_threshold,
-    find_duplicates,
-)
-from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
+from retrieval.search.duplicates import DEFAULT_NEIGHBOURS
 from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir, resolve_home
 from retrieval.storage import write_error, write_refusal
 from retrieval.vectors import (
@@ -76,8 +46,43 @@ from retrieval.vectors import (
     vectors_saved,
 )
 
+# The stages load when a method needs them, not with this module: `retrieval stats` or a classic search would
+# otherwise pay for the maps, evaluation, ingest and every embedder's imports (BENCHMARKS.md, "CLI start").
 if TYPE_CHECKING:
+    import numpy as np
+    from filelock import FileLock
     from PIL import Image
+
+    from retrieval.embedders import Embedder
+    from retrieval.embedders.projections import Projection
+    from retrieval.ingest.pipeline import IngestProgress, IngestReport, PrepareStage, ProgressFn
+    from retrieval.maps.layout import NeighbourhoodMap
+    from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
+    from retrieval.maps.render import ColourBy, RenderedMap
+    from retrieval.maps.thumbnails import ThumbnailCache
+    from retrieval.quality.evaluation import EvalReport
+    from retrieval.search.duplicates import DuplicateReport
+    from retrieval.search.queries import Query, QueryPart, SearchHit
+
+#: Names this module re-exports, each loaded from its stage on first use (see `__getattr__`).
+_REEXPORTS = {
+    "MAP_VIEWER_FILES": ("retrieval.maps.render", "VIEWER_FILES"),
+    "EvalReport": ("retrieval.quality.evaluation", "EvalReport"),
+    "NeighbourhoodMap": ("retrieval.maps.layout", "NeighbourhoodMap"),
+    "Query": ("retrieval.search.queries", "Query"),
+    "QueryPart": ("retrieval.search.queries", "QueryPart"),
+    "SearchHit": ("retrieval.search.queries", "SearchHit"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _REEXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _REEXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_INDEX",
@@ -391,6 +396,9 @@ class Engine:
     @property
     def embedder(self) -> Embedder:
         """The index's embedder, loaded on first use (from the manifest for an existing index)."""
+        from retrieval.embedders import SupersededEmbedderWarning, create_embedder
+        from retrieval.embedders.projections import ProjectedEmbedder, Projection
+
         if self._embedder is None:
             name, pretrained, weights = self._embedder_args()
             emb = create_embedder(
@@ -416,6 +424,9 @@ class Engine:
     def _load_embedder(self, progress: ProgressFn | None) -> Embedder:
         """The embedder, loaded now; a model with weights is announced through `progress` (a phase named
         "loading MODEL", 0 of unknown, then 1 of 1), since loading one takes seconds before any file moves."""
+        from retrieval.embedders import parse_embedder_name
+        from retrieval.ingest.pipeline import IngestProgress
+
         name, pretrained, _ = self._embedder_args()
         spec = parse_embedder_name(name, pretrained)
         if self._embedder is not None or progress is None or spec.family == "classic":
@@ -453,6 +464,8 @@ class Engine:
             )
 
     def _check_model_matches(self) -> None:
+        from retrieval.embedders import parse_embedder_name
+
         manifest = self.meta.get_manifest()
         if self._model_arg is None or "model" not in manifest:
             return
@@ -472,6 +485,8 @@ class Engine:
     def _back_to_saved_version(self) -> None:
         """After a failed or interrupted write: forget unsaved changes, and drop vectors saved for rows the
         database never committed, which would crowd results out (best effort: the next writer does it too)."""
+        from retrieval.ingest.pipeline import reconcile
+
         self._drop_store()
         try:
             with open_store(self.store_spec, self.dir / "vectors", writable=True) as store:
@@ -499,6 +514,8 @@ class Engine:
     def _lock(self) -> FileLock:
         """The write lock of this index. Every writer takes it first, so a database that could only be opened
         read-only (a full disk, a read-only mount) refuses the write here, before any model loads."""
+        from filelock import FileLock
+
         if self._meta is not None:
             self._meta.require_writable()
         with _write_errors(self.dir):
@@ -506,6 +523,8 @@ class Engine:
         return FileLock(self.dir / "write.lock", timeout=0)
 
     def _acquire(self, lock: FileLock) -> None:
+        from filelock import Timeout
+
         try:
             lock.acquire()
         except Timeout:  # an OSError too: caught first
@@ -521,6 +540,8 @@ class Engine:
 
         Only a new index loads the model (for its id and dim); `remove` and `doctor --fix` on an existing
         one work from the manifest, without torch."""
+        from retrieval.ingest.pipeline import reconcile
+
         if self._meta is None:
             self._meta = MetadataStore(self.dir / DB_NAME)
         manifest = self._meta.get_manifest()
@@ -583,6 +604,8 @@ class Engine:
             IndexMismatchError: the index was built with another model.
             ClusterError: the Ray cluster cannot be reached or failed (what was recorded is saved).
         """
+        from retrieval.ingest.pipeline import Ingestor
+
         folder = Path(root).expanduser()
         if not folder.is_dir():
             raise UsageError(f"{folder} is not a folder; pass the folder of photos to index")
@@ -660,6 +683,8 @@ class Engine:
         Raises:
             IndexNotFoundError: there is no such index (none is created).
         """
+        from retrieval.ingest.pipeline import remove_paths
+
         self.meta  # noqa: B018 - raises IndexNotFoundError before a lock or folder is made
         wanted = [Path(p).expanduser().resolve() for p in paths]
         lock = self._lock()
@@ -692,6 +717,8 @@ class Engine:
             UsageError: the index exists already (a projection only starts a new index).
             IndexMismatchError: the projection was fitted on another model's vectors.
         """
+        from retrieval.embedders.projections import ProjectedEmbedder
+
         self._refuse_existing()
         base = self.embedder
         fitted_on = projection.info.get("embedder_id")
@@ -724,6 +751,9 @@ class Engine:
     ) -> Projection:
         """Fit a `kind` projection ("pca", "lda", "head") on a labelled folder (one sub-folder per class)
         with this index's model, then start this new index with it (see `set_projection`)."""
+        from retrieval.embedders.projections import fit_projection
+        from retrieval.quality.evaluation import embed_labelled, load_labelled_folder
+
         self._refuse_existing()
         embedded = embed_labelled(
             load_labelled_folder(folder), self.embedder, batch_size=self.batch_size, progress=progress
@@ -743,6 +773,8 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------------
 
     def _embed_image(self, source: Path | bytes) -> np.ndarray:
+        from retrieval.files.decoding import decode_image
+
         if isinstance(source, Path) and not source.is_file():
             raise QueryError(f"query image {source} does not exist")
         # Bytes are an upload (the server's or a caller's): the lower pixel budget of untrusted input.
@@ -758,6 +790,8 @@ class Engine:
 
     def resolve_image_ref(self, ref: str | int | Path) -> QueryPart:
         """An indexed image by id or path, or else an image file to embed: the part for 'more like this'."""
+        from retrieval.search.queries import QueryPart
+
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             return QueryPart("id", int(ref))
         path = Path(ref).expanduser()
@@ -769,6 +803,8 @@ class Engine:
         return QueryPart("image", path.resolve())
 
     def query_vector(self, query: Query) -> np.ndarray:
+        from retrieval.search.queries import query_vector
+
         return query_vector(
             query,
             embed_texts=self._embed_texts,
@@ -783,6 +819,8 @@ class Engine:
         self, query: Query, *, k: int = 10, min_score: float | None = None, ef: int | None = None
     ) -> list[SearchHit]:
         """Top-k images for a query of text/image/id parts, each added or subtracted."""
+        from retrieval.search.queries import run_search
+
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
@@ -791,11 +829,15 @@ class Engine:
             )
 
     def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+        from retrieval.search.queries import Query, QueryPart
+
         return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score)
 
     def search_image(
         self, image: Path | bytes, *, k: int = 10, min_score: float | None = None
     ) -> list[SearchHit]:
+        from retrieval.search.queries import Query, QueryPart
+
         source = Path(image).expanduser() if isinstance(image, str | Path) else image
         return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score)
 
@@ -803,6 +845,8 @@ class Engine:
         self, ref: str | int | Path, *, k: int = 10, min_score: float | None = None
     ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
+        from retrieval.search.queries import Query
+
         return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
 
     def map(
@@ -817,6 +861,9 @@ class Engine:
     ) -> NeighbourhoodMap:
         """A t-SNE map of the query and its top-n results; with expand > 0, also each result's `expand`
         nearest neighbours. Draw it with `render_map`. See retrieval/maps/layout.py."""
+        from retrieval.maps.layout import build_map
+        from retrieval.search.queries import run_search
+
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
@@ -837,6 +884,9 @@ class Engine:
         self, m: NeighbourhoodMap, out: Path | str, *, colour_by: ColourBy = "cluster"
     ) -> RenderedMap:
         """Write a map as .png, .svg or .html; thumbnails are made once into the index's `thumbs/` folder."""
+        from retrieval.maps.render import render_map
+        from retrieval.maps.thumbnails import ThumbnailCache
+
         return render_map(m, out, ThumbnailCache(self.dir / "thumbs"), self.meta, colour_by=colour_by)
 
     def duplicates(
@@ -844,6 +894,8 @@ class Engine:
     ) -> DuplicateReport:
         """Groups of near-duplicate images found through the index (each image's nearest neighbours);
         `threshold` is a cosine, by default the one measured for this index's model."""
+        from retrieval.search.duplicates import default_threshold, find_duplicates
+
         if threshold is None:
             threshold = default_threshold(self.manifest.get("embedder_id"))
         with self._reads:
@@ -925,6 +977,8 @@ class Engine:
     def serve_search(self, query: Query, *, k: int = 10) -> list[SearchHit]:
         """`search` for a server: the query's uploaded images are decoded before the read lock is taken,
         within `upload_pixel_budget`, so one large upload does not hold up everyone else's searches."""
+        from retrieval.search.queries import run_search
+
         uploads = self._decode_uploads(query)
         with self._reads:
             self.store.reload_if_changed()
@@ -935,6 +989,9 @@ class Engine:
         """`map` for a server: uploads decoded as in `serve_search`, and the layout made outside the read
         lock, its store reads taking turns with searches. Should an ingest elsewhere drop some of the images
         mid-layout, the map fails with UsageError (400) rather than showing a mix of two generations."""
+        from retrieval.maps.layout import build_map
+        from retrieval.search.queries import run_search
+
         uploads = self._decode_uploads(query)
         with self._reads:
             self.store.reload_if_changed()
@@ -944,6 +1001,8 @@ class Engine:
         return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed)
 
     def _decode_uploads(self, query: Query) -> dict[bytes, Image.Image]:
+        from retrieval.files.decoding import decode_image
+
         with self._reads:
             min_side = self.embedder.input_size
         return {
@@ -953,6 +1012,8 @@ class Engine:
         }
 
     def _served_vector(self, query: Query, uploads: dict[bytes, Image.Image]) -> np.ndarray:
+        from retrieval.search.queries import query_vector
+
         def embed_image(source: Path | bytes) -> np.ndarray:
             if isinstance(source, bytes) and source in uploads:
                 return self.embedder.embed_images([uploads[source]])[0]
@@ -963,6 +1024,8 @@ class Engine:
         )
 
     def _thumbnail_cache(self, side: int) -> ThumbnailCache:
+        from retrieval.maps.thumbnails import ThumbnailCache
+
         if side not in self._thumbs:
             folder = self.dir / "thumbs"
             default = ThumbnailCache(folder)
@@ -1035,6 +1098,8 @@ class Engine:
 
         A damaged database is refused when the engine opens (IndexCorruptError); it is not repaired here.
         """
+        from retrieval.ingest.pipeline import reconcile
+
         folder = self.dir / "vectors"
         embedded = self.meta.embedded_ids()
         in_store: set[int] = set()
@@ -1171,6 +1236,10 @@ def evaluate(
         UsageError: an unknown projection, --save-projection without a new index name, or bad cut-offs.
         WeightsUnavailableError, IndexMismatchError: as `Engine`.
     """
+    from retrieval.embedders import create_embedder
+    from retrieval.embedders.projections import KINDS, HeadParams
+    from retrieval.quality.evaluation import METHODS, evaluate_folder
+
     methods = ["raw", *(METHODS[1:] if compare else []), *(projections or [])]
     unknown = [m for m in [*methods, *([save_projection] if save_projection else [])] if m not in METHODS]
     if unknown:
