@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
 from retrieval.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -31,8 +29,7 @@ from retrieval.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from retrieval.metadata import DB_NAME, ImageRecord, IndexedFile, MetadataStore, utcnow
-from retrieval.search.duplicates import DEFAULT_NEIGHBOURS
+from retrieval.metadata import DB_NAME, MetadataReader
 from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir, resolve_home
 from retrieval.storage import write_error, write_refusal
 from retrieval.vectors import (
@@ -60,6 +57,7 @@ if TYPE_CHECKING:
     from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
     from retrieval.maps.render import ColourBy, RenderedMap
     from retrieval.maps.thumbnails import ThumbnailCache
+    from retrieval.metadata import ImageRecord, IndexedFile, MetadataStore
     from retrieval.quality.evaluation import EvalReport
     from retrieval.search.duplicates import DuplicateReport
     from retrieval.search.queries import Query, QueryPart, SearchHit
@@ -68,6 +66,7 @@ if TYPE_CHECKING:
 _REEXPORTS = {
     "MAP_VIEWER_FILES": ("retrieval.maps.render", "VIEWER_FILES"),
     "EvalReport": ("retrieval.quality.evaluation", "EvalReport"),
+    "ImageRecord": ("retrieval.metadata", "ImageRecord"),
     "NeighbourhoodMap": ("retrieval.maps.layout", "NeighbourhoodMap"),
     "Query": ("retrieval.search.queries", "Query"),
     "QueryPart": ("retrieval.search.queries", "QueryPart"),
@@ -200,6 +199,8 @@ def _write_errors(folder: Path) -> Iterator[None]:
     fails leaves the previous version of the index whole. SQLite's vaguer reasons ("disk I/O error",
     "attempt to write a readonly database") give way to the OS's own when a probe write is refused.
     """
+    from sqlalchemy.exc import OperationalError
+
     try:
         yield
     except (OSError, OperationalError) as exc:
@@ -329,6 +330,7 @@ class Engine:
         self._embedder: Embedder | None = None
         self._store: Store | None = None
         self._meta: MetadataStore | None = None
+        self._reader: MetadataReader | None = None
         # Reads share the embedder, the vector store's reload and hnswlib's search settings, none of which
         # is made for concurrent use: a server's threads take turns through this lock.
         self._reads = threading.RLock()
@@ -336,7 +338,13 @@ class Engine:
         # Two requests making the same thumbnail would write the same temporary file: one lock per id stripe.
         self._thumb_locks = tuple(threading.Lock() for _ in range(64))
         if self.exists:
-            self._meta = MetadataStore(self.dir / DB_NAME)
+            # A database at the current schema is read without SQLAlchemy until something needs more than
+            # `stats` and `list` read (retrieval/metadata/reader.py); any other opens MetadataStore now.
+            self._reader = MetadataReader.open(self.dir / DB_NAME)
+            if self._reader is None:
+                from retrieval.metadata import MetadataStore
+
+                self._meta = MetadataStore(self.dir / DB_NAME)
             try:
                 self._refuse_emptied_database()
                 self._check_model_matches()
@@ -356,6 +364,10 @@ class Engine:
 
     @property
     def meta(self) -> MetadataStore:
+        if self._meta is None and self._reader is not None:
+            from retrieval.metadata import MetadataStore
+
+            self._meta = MetadataStore(self.dir / DB_NAME)
         if self._meta is None:
             raise IndexNotFoundError(
                 f"no index named {self.name!r} in {self.dir.parent}; build one with `retrieval ingest DIR`"
@@ -364,7 +376,13 @@ class Engine:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return self.meta.get_manifest()
+        return self._db.get_manifest()
+
+    @property
+    def _db(self) -> MetadataStore | MetadataReader:
+        """Where the few reads of `stats` and `list` go: the database store once it is open, else the
+        reader."""
+        return self._reader if self._meta is None and self._reader is not None else self.meta
 
     @property
     def store_spec(self) -> StoreSpec:
@@ -379,7 +397,7 @@ class Engine:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self.meta  # noqa: B018 - raises IndexNotFoundError for an index that does not exist
+            self.manifest  # noqa: B018 - raises IndexNotFoundError for an index that does not exist
             try:
                 self._store = open_store(self.store_spec, self.dir / "vectors")
             except IndexNotFoundError:
@@ -455,7 +473,7 @@ class Engine:
 
     def _refuse_emptied_database(self) -> None:
         """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
-        if "model" not in self.meta.get_manifest() and vectors_saved(self.dir / "vectors"):
+        if "model" not in self.manifest and vectors_saved(self.dir / "vectors"):
             path = self.meta.path
             self.close()
             raise IndexCorruptError(
@@ -464,11 +482,11 @@ class Engine:
             )
 
     def _check_model_matches(self) -> None:
-        from retrieval.embedders import parse_embedder_name
-
-        manifest = self.meta.get_manifest()
+        manifest = self.manifest
         if self._model_arg is None or "model" not in manifest:
             return
+        from retrieval.embedders import parse_embedder_name
+
         asked = parse_embedder_name(self._model_arg, self._pretrained_arg)
         recorded = parse_embedder_name(_recorded_model(manifest), manifest.get("pretrained"))
         if asked != recorded:
@@ -485,6 +503,8 @@ class Engine:
     def _back_to_saved_version(self) -> None:
         """After a failed or interrupted write: forget unsaved changes, and drop vectors saved for rows the
         database never committed, which would crowd results out (best effort: the next writer does it too)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         from retrieval.ingest.pipeline import reconcile
 
         self._drop_store()
@@ -504,6 +524,9 @@ class Engine:
         if self._meta is not None:
             self._meta.close()
             self._meta = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __enter__(self) -> Engine:
         return self
@@ -516,8 +539,8 @@ class Engine:
         read-only (a full disk, a read-only mount) refuses the write here, before any model loads."""
         from filelock import FileLock
 
-        if self._meta is not None:
-            self._meta.require_writable()
+        if self._meta is not None or self._reader is not None:
+            self.meta.require_writable()
         with _write_errors(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.dir / "write.lock", timeout=0)
@@ -541,6 +564,7 @@ class Engine:
         Only a new index loads the model (for its id and dim); `remove` and `doctor --fix` on an existing
         one work from the manifest, without torch."""
         from retrieval.ingest.pipeline import reconcile
+        from retrieval.metadata import MetadataStore, utcnow
 
         if self._meta is None:
             self._meta = MetadataStore(self.dir / DB_NAME)
@@ -732,6 +756,8 @@ class Engine:
         try:
             self._refuse_existing()
             projection.save(self.dir)
+            from retrieval.metadata import MetadataStore
+
             self._meta = MetadataStore(self.dir / DB_NAME)
             with self._meta.session() as s:
                 self._meta.set_manifest(s, projection=projection.describe())
@@ -889,18 +915,18 @@ class Engine:
 
         return render_map(m, out, ThumbnailCache(self.dir / "thumbs"), self.meta, colour_by=colour_by)
 
-    def duplicates(
-        self, *, threshold: float | None = None, neighbours: int = DEFAULT_NEIGHBOURS
-    ) -> DuplicateReport:
+    def duplicates(self, *, threshold: float | None = None, neighbours: int | None = None) -> DuplicateReport:
         """Groups of near-duplicate images found through the index (each image's nearest neighbours);
-        `threshold` is a cosine, by default the one measured for this index's model."""
-        from retrieval.search.duplicates import default_threshold, find_duplicates
+        `threshold` is a cosine, by default the one measured for this index's model; `neighbours` by default
+        DEFAULT_NEIGHBOURS of retrieval.search.duplicates."""
+        from retrieval.search.duplicates import DEFAULT_NEIGHBOURS, default_threshold, find_duplicates
 
         if threshold is None:
             threshold = default_threshold(self.manifest.get("embedder_id"))
         with self._reads:
             self.store.reload_if_changed()
-            return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours)
+            k = DEFAULT_NEIGHBOURS if neighbours is None else neighbours
+            return find_duplicates(self.store, self.meta, threshold=threshold, k=k)
 
     # -- serving: what a front end needs, each call safe from many threads -------------------------
 
@@ -1063,12 +1089,12 @@ class Engine:
             model=manifest.get("model"),
             embedder_id=manifest.get("embedder_id"),
             dim=manifest.get("dim"),
-            counts=self.meta.counts(),
+            counts=self._db.counts(),
             vectors=vectors,
             bytes_on_disk={"database": db_bytes, "vectors": _folder_size(self.dir / "vectors")},
             store=store_stats,
-            failures=self.meta.failures(limit=failures),
-            folders=self.meta.roots(),
+            failures=self._db.failures(limit=failures),
+            folders=self._db.roots(),
         )
 
     def summary(self) -> IndexSummary:
@@ -1078,7 +1104,7 @@ class Engine:
             IndexNotFoundError: there is no such index.
         """
         manifest = self.manifest
-        counts = self.meta.counts()
+        counts = self._db.counts()
         return IndexSummary(
             name=self.name,
             path=str(self.dir),
@@ -1086,7 +1112,7 @@ class Engine:
             images=counts["images"],
             files=counts["files"],
             bytes_on_disk=_folder_size(self.dir),
-            folders=self.meta.roots(),
+            folders=self._db.roots(),
             last_ingest=manifest.get("updated_at"),
         )
 
@@ -1165,6 +1191,8 @@ class Engine:
         except IndexCorruptError as exc:
             if dim is None:
                 raise
+            from retrieval.metadata import utcnow
+
             aside = folder.with_name(f"vectors.damaged-{utcnow():%Y%m%dT%H%M%S}")
             folder.rename(aside)
             repairs.append(f"nothing could be recovered ({exc}): moved the vector index to {aside.name}")

@@ -1,11 +1,27 @@
 """Metadata: the SQLite database of files, contents and failures, its schema owned by Alembic migrations.
 
-Every SQL query of the project lives in this package.
+Every SQL query of the project lives in this package. Names load on first use: `retrieval stats` and
+`retrieval list` read through `reader` (stdlib sqlite3) and never import SQLAlchemy.
 """
 
-from retrieval.metadata.models import DB_NAME, Base, Content, Failure, File, Manifest, Root, utcnow
-from retrieval.metadata.store import IN_CHUNK, ImageRecord, IndexedFile, MetadataStore, chunked, head_revision
-from retrieval.metadata.writer import IngestWriter
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from retrieval.metadata.reader import DB_NAME, MetadataReader
+
+if TYPE_CHECKING:
+    from retrieval.metadata.models import Base, Content, Failure, File, Manifest, Root, utcnow
+    from retrieval.metadata.store import (
+        IN_CHUNK,
+        ImageRecord,
+        IndexedFile,
+        MetadataStore,
+        chunked,
+        head_revision,
+    )
+    from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
     "DB_NAME",
@@ -18,9 +34,26 @@ __all__ = [
     "IndexedFile",
     "IngestWriter",
     "Manifest",
+    "MetadataReader",
     "MetadataStore",
     "Root",
     "chunked",
     "head_revision",
     "utcnow",
 ]
+
+_MODULES = {
+    **dict.fromkeys(("Base", "Content", "Failure", "File", "Manifest", "Root", "utcnow"), "models"),
+    **dict.fromkeys(
+        ("IN_CHUNK", "ImageRecord", "IndexedFile", "MetadataStore", "chunked", "head_revision"), "store"
+    ),
+    "IngestWriter": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value
+    return value
