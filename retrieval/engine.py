@@ -380,8 +380,8 @@ class Engine:
 
     @property
     def _db(self) -> MetadataStore | MetadataReader:
-        """Where the few reads of `stats` and `list` go: the database store once it is open, else the
-        reader."""
+        """Where the few reads of `stats`, `list` and a search's results go: the database store once it is
+        open, else the reader."""
         return self._reader if self._meta is None and self._reader is not None else self.meta
 
     @property
@@ -851,7 +851,7 @@ class Engine:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
             return run_search(
-                vector, self.store, self.meta, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
+                vector, self.store, self._db, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
             )
 
     def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:

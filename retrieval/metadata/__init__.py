@@ -9,18 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from retrieval.metadata.reader import DB_NAME, MetadataReader
+from retrieval.metadata.reader import DB_NAME, IN_CHUNK, ImageRecord, MetadataReader, chunked
 
 if TYPE_CHECKING:
     from retrieval.metadata.models import Base, Content, Failure, File, Manifest, Root, utcnow
-    from retrieval.metadata.store import (
-        IN_CHUNK,
-        ImageRecord,
-        IndexedFile,
-        MetadataStore,
-        chunked,
-        head_revision,
-    )
+    from retrieval.metadata.store import IndexedFile, MetadataStore, head_revision
     from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
@@ -44,9 +37,7 @@ __all__ = [
 
 _MODULES = {
     **dict.fromkeys(("Base", "Content", "Failure", "File", "Manifest", "Root", "utcnow"), "models"),
-    **dict.fromkeys(
-        ("IN_CHUNK", "ImageRecord", "IndexedFile", "MetadataStore", "chunked", "head_revision"), "store"
-    ),
+    **dict.fromkeys(("IndexedFile", "MetadataStore", "head_revision"), "store"),
     "IngestWriter": "writer",
 }
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from retrieval.errors import IndexCorruptError, StorageError
@@ -21,6 +24,9 @@ DB_NAME = "meta.sqlite"
 #: cost every command a third of a second (BENCHMARKS.md, "CLI start"); tests/test_migrations.py checks
 #: that it is Alembic's head.
 HEAD_REVISION = "0002"
+#: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
+IN_CHUNK = 500
+T = TypeVar("T")
 #: SQLite's own words for a damaged file; any other failure to open is first blamed on the disk if it refuses.
 _DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -44,6 +50,32 @@ def _is_damage(exc: BaseException) -> bool:
         or _error_name(orig).startswith(_DAMAGE)
         or text.startswith(("no such table", "no such column", "malformed", "Could not decode to UTF-8"))
     )
+
+
+def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """`values` in lists of at most `size`, for `IN (...)` clauses."""
+    batch: list[T] = []
+    for value in values:
+        batch.append(value)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What a search result needs to know about one content."""
+
+    id: int
+    path: str
+    root: str
+    width: int
+    height: int
+    format: str
+    captured_at: datetime | None
+    copies: int
 
 
 def damaged(path: Path, detail: str) -> IndexCorruptError:
@@ -127,3 +159,24 @@ class MetadataReader:
             "SELECT path, reason FROM failures ORDER BY path LIMIT ?", -1 if limit is None else limit
         )
         return [(path, reason) for path, reason in rows]
+
+    def records(self, ids: Sequence[int]) -> dict[int, ImageRecord]:
+        """Metadata of embedded contents, each with its first path (by path order) and its copy count."""
+        out: dict[int, ImageRecord] = {}
+        for chunk in chunked(ids):
+            # SQLite takes bare columns (roots.path) from the row that min() picked.
+            rows = self._rows(
+                "SELECT contents.id, min(files.path), roots.path, contents.width, contents.height,"
+                " contents.format, contents.captured_at, count(files.id) FROM contents"
+                " JOIN files ON files.content_id = contents.id JOIN roots ON roots.id = files.root_id"
+                f" WHERE contents.id IN ({', '.join('?' * len(chunk))}) AND contents.embedded = 1"
+                " GROUP BY contents.id",
+                *chunk,
+            )
+            for id, path, root, width, height, format, captured_at, copies in rows:
+                try:
+                    captured = None if captured_at is None else datetime.fromisoformat(captured_at)
+                except (TypeError, ValueError) as exc:
+                    raise damaged(self.path, f"{type(exc).__name__}: {exc}"[:200]) from exc
+                out[id] = ImageRecord(id, path, root, width, height, format, captured, copies)
+        return out

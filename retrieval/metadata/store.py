@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import quote
@@ -28,43 +27,23 @@ from sqlalchemy.orm import Session
 
 from retrieval.errors import IndexCorruptError, SchemaTooNewError, StorageError
 from retrieval.metadata.models import Content, Failure, File, Manifest, Root
-from retrieval.metadata.reader import HEAD_REVISION, _detail, _error_name, _is_damage, damaged
+from retrieval.metadata.reader import (
+    HEAD_REVISION,
+    ImageRecord,
+    _detail,
+    _error_name,
+    _is_damage,
+    chunked,
+    damaged,
+)
 from retrieval.storage import write_error, write_refusal
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-#: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
-IN_CHUNK = 500
 T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
-    """`values` in lists of at most `size`, for `IN (...)` clauses."""
-    batch: list[T] = []
-    for value in values:
-        batch.append(value)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """What a search result needs to know about one content."""
-
-    id: int
-    path: str
-    root: str
-    width: int
-    height: int
-    format: str
-    captured_at: datetime | None
-    copies: int
 
 
 @dataclass(frozen=True)

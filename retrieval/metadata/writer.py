@@ -15,7 +15,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from retrieval.metadata.models import Content, Failure, File, Root, utcnow
-from retrieval.metadata.store import MetadataStore, chunked
+from retrieval.metadata.reader import chunked
+from retrieval.metadata.store import MetadataStore
 
 
 def _under(column: Any, folder: str) -> tuple[Any, Any]:

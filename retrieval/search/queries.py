@@ -6,13 +6,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from retrieval.errors import QueryError
-from retrieval.metadata import MetadataStore
 from retrieval.vectors.base import Store
+
+if TYPE_CHECKING:
+    from retrieval.metadata import MetadataReader, MetadataStore
 
 PartKind = Literal["text", "image", "id"]
 MAX_K = 10_000
@@ -87,7 +89,7 @@ def combine(vectors: Sequence[np.ndarray], signs: Sequence[int]) -> np.ndarray:
 def run_search(
     vector: np.ndarray,
     store: Store,
-    meta: MetadataStore,
+    meta: MetadataStore | MetadataReader,
     *,
     k: int,
     min_score: float | None = None,
