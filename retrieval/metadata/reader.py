@@ -164,18 +164,20 @@ class MetadataReader:
         """Metadata of embedded contents, each with its first path (by path order) and its copy count."""
         out: dict[int, ImageRecord] = {}
         for chunk in chunked(ids):
-            # SQLite takes bare columns (roots.path) from the row that min() picked.
+            # SQLite takes bare columns (roots.path) from the row that min() picked. embedded_at is read, as
+            # MetadataStore reads the whole row, so that garbage there is met as damage by both.
             rows = self._rows(
                 "SELECT contents.id, min(files.path), roots.path, contents.width, contents.height,"
-                " contents.format, contents.captured_at, count(files.id) FROM contents"
+                " contents.format, contents.captured_at, contents.embedded_at, count(files.id) FROM contents"
                 " JOIN files ON files.content_id = contents.id JOIN roots ON roots.id = files.root_id"
                 f" WHERE contents.id IN ({', '.join('?' * len(chunk))}) AND contents.embedded = 1"
                 " GROUP BY contents.id",
                 *chunk,
             )
-            for id, path, root, width, height, format, captured_at, copies in rows:
+            for id, path, root, width, height, format, captured_at, embedded_at, copies in rows:
                 try:
                     captured = None if captured_at is None else datetime.fromisoformat(captured_at)
+                    _ = None if embedded_at is None else datetime.fromisoformat(embedded_at)
                 except (TypeError, ValueError) as exc:
                     raise damaged(self.path, f"{type(exc).__name__}: {exc}"[:200]) from exc
                 out[id] = ImageRecord(id, path, root, width, height, format, captured, copies)
