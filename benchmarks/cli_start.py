@@ -223,18 +223,22 @@ def main() -> None:
 
 NOTES = """Why it is this fast, and what is left. No command imports a model's packages (torch, open_clip,
 torchvision) until it embeds: `retrieval.embedders.base` imports torch inside the functions that run a model,
-the classic embedder needs none, and `cli/main.py` imports the engine inside each command. scikit-learn,
+the classic embedder needs none, and `cli/main.py` imports the engine inside each command. `retrieval.engine`
+imports its stages (embedders, ingest, maps, evaluation, search, decoding) in the methods that use them, so
+`stats` loads no embedder and a search no map or ingest code. `stats`, `list` and a search read a database
+at the current schema through stdlib sqlite3 (`retrieval/metadata/reader.py`: manifest, counts, folders,
+failures, the rows of results), so they never import SQLAlchemy, the largest import they had (0.4-0.7 s
+of CPU on these cores); anything else opens the SQLAlchemy store as before, and so does any database that is
+not at the current schema or fails SQLite's quick check. `list` opens no vector store (no numpy). A decode
+loads only the allowed formats' Pillow plugins, and pillow-heif only for an ISO media file. scikit-learn,
 scipy and matplotlib load only for maps and evaluation; Ray and pymilvus only for `--ray` and Milvus
-indexes (tests/test_first_run.py checks `--help`, `stats`, `list`, `doctor`, `duplicates` and a classic
-image search in a fresh interpreter, and `stats` and `remove` on a CLIP index). A database already at
-the newest schema opens without Alembic.
-What a classic command still pays: SQLAlchemy (the metadata store), numpy, and pydantic, which typer imports
-to convert option values as soon as a command parses its arguments (`--help` does not). CPU time is the
-figure to read on a busy machine: wall time then includes waiting for a core.
-
-Before (commit 33d0b47, which imported torch in every command; 2026-12-01 on the same 2 busy cores, load
-5.7-8.4, 3 runs interleaved with this branch's): `--help` 12.8-17.8 s wall, 5.2-5.7 s CPU (this branch:
-0.7-1.3 s, 0.33-0.37 s); `stats` 8.7-16.4 s wall, 4.1-5.6 s CPU (this branch: 2.9-4.2 s, 1.2-1.6 s)."""
+indexes. tests/test_first_run.py checks `--help`, `stats`, `list`, `doctor`, `duplicates` and a classic
+image search in a fresh interpreter, SQLAlchemy's absence from `stats`, `list` and the search, numpy's
+from `list`, and `stats` and `remove` on a CLIP index.
+What a classic command still pays: typer and rich; pydantic, which typer imports to convert option values
+as soon as a command parses its arguments (`--help` does not); numpy and hnswlib for the vector store
+(`stats` and a search). CPU time is the figure to read on a busy machine: wall time then includes waiting
+for a core."""
 
 
 if __name__ == "__main__":
