@@ -8,7 +8,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
@@ -37,6 +37,7 @@ from retrieval.settings import ray_address_from_env, token_from_env
 if TYPE_CHECKING:
     from retrieval.engine import Engine
     from retrieval.ingest.pipeline import IngestProgress, IngestReport
+    from retrieval.ingest.watch import WatchBatch
     from retrieval.quality.evaluation import EvalReport
     from retrieval.search.queries import Query, SearchHit
 
@@ -182,13 +183,7 @@ def _print_report(report: IngestReport, as_json: bool) -> None:
         payload = {k: v for k, v in vars(report).items()}
         out.print_json(json.dumps(payload))
         return
-    unsupported = f", {report.unsupported} skipped (not a supported image type)" if report.unsupported else ""
-    out.print(
-        f"{_safe(report.root)}: {report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged, {len(report.failed)} failed{unsupported} "
-        f"({report.embedded} embedded, {report.linked} linked to an existing image) in {report.seconds:.1f}s",
-        highlight=False,
-    )
+    out.print(_report_line(report), highlight=False)
     for path, reason in report.failed[:50]:
         out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
     if len(report.failed) > 50:
@@ -280,6 +275,118 @@ def ingest(
         _print_report(report, as_json)
         if report.failed:
             raise typer.Exit(1)
+
+
+def _report_line(report: IngestReport) -> str:
+    unsupported = f", {report.unsupported} skipped (not a supported image type)" if report.unsupported else ""
+    return (
+        f"{_safe(report.root)}: {report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged, {len(report.failed)} failed{unsupported} "
+        f"({report.embedded} embedded, {report.linked} linked to an existing image) in {report.seconds:.1f}s"
+    )
+
+
+def _print_batch(batch: WatchBatch) -> None:
+    """One line per batch of `watch` (and `serve --watch`), stamped with the local time."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%H:%M:%S")
+    if batch.report is None:
+        out.print(f"{stamp} {batch.kind}: {_safe(batch.note)}", highlight=False, soft_wrap=True)
+        return
+    events = f" ({batch.events} events)" if batch.events else ""
+    out.print(f"{stamp} {batch.kind}{events}: {_report_line(batch.report)}", highlight=False, soft_wrap=True)
+    for path, reason in batch.report.failed[:5]:
+        out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Folder of photos to keep indexed.", file_okay=False)],
+    index: IndexOpt = "default",
+    home: HomeOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = "default",
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 32,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Decode threads.")] = None,
+    debounce: Annotated[
+        float,
+        typer.Option("--debounce", min=0, help="Seconds without a file event before a batch is ingested."),
+    ] = 2.0,
+    max_delay: Annotated[
+        float,
+        typer.Option(
+            "--max-delay", min=0, help="Seconds after a batch's first event by which it is ingested."
+        ),
+    ] = 60.0,
+    poll: Annotated[
+        bool | None,
+        typer.Option(
+            "--poll/--no-poll",
+            help="Scan for changes instead of the OS's file events [default: only on network file systems "
+            "(NFS, SMB, sshfs) and where the OS refuses more watches].",
+        ),
+    ] = None,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            "--poll-interval",
+            min=0.1,
+            help="Seconds between scans, and between looks at a folder that went away.",
+        ),
+    ] = 5.0,
+) -> None:
+    """Keep an index up to date with FOLDER: ingest what changed, in batches, until Ctrl-C."""
+    with _engine(
+        index,
+        home,
+        model=model,
+        pretrained=_pretrained(pretrained),
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+    ) as engine:
+        out.print(f"watching {_safe(folder)} for index {_safe(repr(index))}; Ctrl-C stops", highlight=False)
+        result = engine.watch(
+            folder,
+            quiet=debounce,
+            max_delay=max(max_delay, debounce),
+            poll_interval=poll_interval,
+            polling=poll,
+            on_batch=_print_batch,
+            workers=workers,
+        )
+        if result.interrupted:
+            err.print("interrupted: work done so far is saved; run the same command to finish")
+            raise typer.Exit(130)
+        plural = "" if result.batches == 1 else "s"
+        out.print(f"stopped watching after {result.batches} ingest{plural}", highlight=False)
+
+
+@app.command()
+def export(
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="Parquet file to write (replaced if it exists).")
+    ],
+    index: Annotated[str, typer.Argument(help="Index name (a folder under the home).")] = "default",
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write an index to Parquet: id, path, metadata columns and the float32 vector of every image."""
+    with _engine(index, home) as engine:
+        report = engine.export(out_path)
+    if as_json:
+        sys.stdout.write(json.dumps(vars(report), indent=2) + "\n")
+        return
+    left_out = f" ({report.skipped} removed by an ingest meanwhile, left out)" if report.skipped else ""
+    out.print(
+        f"wrote {_safe(report.path)}: {report.rows} images, {report.dim}-dim vectors, "
+        f"{_human(report.bytes)} in {report.seconds:.1f}s{left_out}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _print_hits(query: Query, hits: list[SearchHit], as_json: bool) -> None:
@@ -480,6 +587,14 @@ def serve(
             "--heavy-timeout", min=1, help="Seconds one image search or map may take [default: 60]."
         ),
     ] = None,
+    watch_folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--watch",
+            help="Also keep the index up to date with this folder (as `retrieval watch`), in this process.",
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve an index over HTTP: a search page at /, a JSON API under /api (schema at /openapi.json)."""
     try:
@@ -514,7 +629,13 @@ def serve(
             "(API schema at /openapi.json); Ctrl-C stops",
             highlight=False,
         )
-        uvicorn.run(served, host=host, port=port, log_level="warning", **uvicorn_options())
+        with ExitStack() as watching:
+            if watch_folder is not None:
+                # Its own engine: it writes while the served one is searched and picks up each new generation.
+                writer = watching.enter_context(_engine(index, home, device=device, weights=weights))
+                watching.enter_context(writer.watching(watch_folder, on_batch=_print_batch))
+                out.print(f"watching {_safe(watch_folder)}", highlight=False)
+            uvicorn.run(served, host=host, port=port, log_level="warning", **uvicorn_options())
 
 
 @app.command()

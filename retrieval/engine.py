@@ -52,7 +52,9 @@ if TYPE_CHECKING:
 
     from retrieval.embedders import Embedder
     from retrieval.embedders.projections import Projection
+    from retrieval.export import ExportReport
     from retrieval.ingest.pipeline import IngestProgress, IngestReport, PrepareStage, ProgressFn
+    from retrieval.ingest.watch import WatchBatch, Watcher, WatchResult
     from retrieval.maps.layout import NeighbourhoodMap
     from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
     from retrieval.maps.render import ColourBy, RenderedMap
@@ -281,9 +283,11 @@ class _TakingTurns:
         with self._lock:
             return self._store.vectors(ids)
 
-    def search(self, queries: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            return self._store.search(queries, k, ef=ef)
+            return self._store.search(queries, k, ef=ef, allowed=allowed)
 
 
 class Engine:
@@ -337,6 +341,7 @@ class Engine:
         self._thumbs: dict[int, ThumbnailCache] = {}
         # Two requests making the same thumbnail would write the same temporary file: one lock per id stripe.
         self._thumb_locks = tuple(threading.Lock() for _ in range(64))
+        self._watcher: Watcher | None = None
         if self.exists:
             # A database at the current schema is read without SQLAlchemy until something needs more than
             # `stats` and `list` read (retrieval/metadata/reader.py); any other opens MetadataStore now.
@@ -727,6 +732,80 @@ class Engine:
         finally:
             lock.release()
 
+    def watch(
+        self,
+        root: Path | str,
+        *,
+        quiet: float = 2.0,
+        max_delay: float = 60.0,
+        poll_interval: float = 5.0,
+        polling: bool | None = None,
+        on_batch: Callable[[WatchBatch], None] | None = None,
+        progress: ProgressFn | None = None,
+        workers: int | None = None,
+    ) -> WatchResult:
+        """Keep the index up to date with `root` until Ctrl-C (or `stop_watching`): a catch-up ingest now,
+        then one incremental ingest per batch of file changes (see `retrieval.ingest.watch`). Each batch is
+        passed to `on_batch`. A folder that goes away is waited for; its files are not forgotten.
+
+        Raises:
+            as `ingest`, for what waiting cannot mend (another model, a damaged index).
+        """
+        from retrieval.ingest.watch import Watcher
+
+        folder = Path(os.path.abspath(Path(root).expanduser()))
+        watcher = Watcher(
+            folder,
+            lambda p: self.ingest(folder, progress=p, workers=workers),
+            indexed_files=lambda: self.meta.count_files_under(str(folder.resolve())) if self.exists else 0,
+            quiet=quiet,
+            max_delay=max_delay,
+            poll_interval=poll_interval,
+            polling=polling,
+            ignore=[self.dir],
+            on_batch=on_batch,
+            progress=progress,
+        )
+        self._watcher = watcher
+        try:
+            return watcher.run()
+        finally:
+            self._watcher = None
+
+    def stop_watching(self) -> None:
+        """End a `watch` running in another thread (a batch in progress saves what it has done)."""
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.stop()
+
+    @contextmanager
+    def watching(self, root: Path | str, **options: Any) -> Iterator[None]:
+        """`watch` in a background thread while the block runs (`serve --watch`); stopped at its end, a batch
+        in progress saving what it has done. Use its own Engine: the watcher writes while this one is free
+        to be searched (a serving engine picks up each new vector generation)."""
+        from retrieval.ingest.watch import WatchBatch
+
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.watch(root, **options)
+            except BaseException as exc:  # told now, raised when the block ends
+                failure.append(exc)
+                if options.get("on_batch") is not None:
+                    options["on_batch"](WatchBatch("failed", note=f"stopped watching: {exc}"))
+
+        thread = threading.Thread(target=run, name="retrieval-watch", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            while thread.is_alive():
+                self.stop_watching()
+                thread.join(0.1)
+        if failure:
+            raise failure[0]
+
     def _refuse_existing(self) -> None:
         if self.exists:
             raise UsageError(
@@ -927,6 +1006,44 @@ class Engine:
             self.store.reload_if_changed()
             k = DEFAULT_NEIGHBOURS if neighbours is None else neighbours
             return find_duplicates(self.store, self.meta, threshold=threshold, k=k)
+
+    def export(self, out: Path | str, *, row_group: int | None = None) -> ExportReport:
+        """Write the index to a Parquet file: one row per image (id, path, root, copies, every metadata
+        column) with its float32 vector as a fixed-size list column, streamed one row group at a time.
+
+        Raises:
+            UsageError: pyarrow is missing (the `export` extra); `out` cannot be written.
+            IndexNotFoundError: there is no such index.
+        """
+        import numpy as np
+
+        from retrieval.export import ROW_GROUP, check_output, write_parquet
+
+        check_output(Path(out))  # before the vectors load
+        dim = int(self.manifest.get("dim") or 0)
+        rows = self.meta.export_rows(row_group or ROW_GROUP)
+        first = next(rows, None)  # the database snapshot is taken: the vectors are read from no older one
+
+        def chunks() -> Iterator[list[dict[str, Any]]]:
+            if first is not None:
+                yield first
+                yield from rows
+
+        def vectors(ids: list[int]) -> tuple[list[int], np.ndarray]:
+            with self._reads:
+                try:
+                    return ids, self.store.vectors(ids)
+                except UsageError:  # an ingest removed some since the snapshot: look them up one by one
+                    kept = [i for i in ids if i in self.store]
+                    return kept, self.store.vectors(kept) if kept else np.zeros((0, dim), np.float32)
+
+        if first is not None:
+            with self._reads:
+                self.store.reload_if_changed()
+        try:
+            return write_parquet(Path(out), self.meta.export_columns(), chunks(), vectors, dim)
+        finally:
+            rows.close()
 
     # -- serving: what a front end needs, each call safe from many threads -------------------------
 

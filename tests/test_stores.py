@@ -343,6 +343,30 @@ def test_every_store_replaces_a_vector_added_again_and_removes_it(new_store):
     assert store.remove([3, 99]) == 1 and 3 not in store and len(store) == 2
 
 
+def test_every_store_answers_a_filtered_search_from_the_allowed_ids_only(new_store):
+    dim = 32
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((300, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, 301, dtype=np.int64)
+    store = new_store(dim)
+    store.add(ids, vecs)
+    store.save()
+    allowed = np.array([5, 17, 40, 41, 99, 150, 151, 299, 1000], dtype=np.int64)  # 1000 is not stored
+    queries = vecs[[4, 120, 250]]
+    found, scores = store.search(queries, k=5, allowed=allowed)
+    stored = allowed[allowed <= 300]
+    exact = queries @ vecs[stored - 1].T
+    best = np.argsort(-exact, axis=1)[:, :5]
+    assert (found == stored[best]).all()  # the exact top-5 among the allowed, best first
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, best, axis=1), atol=1e-5)
+    few, few_scores = store.search(queries[0], k=4, allowed=np.array([17, 40, 1000]))
+    assert few[0, :2].tolist() == sorted([17, 40], key=lambda i: -float(vecs[i - 1] @ queries[0]))
+    assert few[0, 2:].tolist() == [-1, -1] and np.isneginf(few_scores[0, 2:]).all()
+    nothing, _ = store.search(queries, k=3, allowed=np.array([], dtype=np.int64))
+    assert (nothing == -1).all()
+
+
 def test_duplicates_are_the_same_groups_on_every_store(store, tmp_path):
     folder = tmp_path / "dups"
     folder.mkdir()

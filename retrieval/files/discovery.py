@@ -16,6 +16,9 @@ from typing import Any, BinaryIO, cast
 
 from retrieval.files.decoding import SUPPORTED_EXTENSIONS
 
+#: How a folder that could not be listed is reported (ingest then forgets none of the files under it).
+FOLDER_NOT_READABLE = "folder not readable"
+
 
 @dataclass(frozen=True)
 class FoundFile:
@@ -59,7 +62,7 @@ def discover(root: Path) -> Iterator[FoundFile | Skipped]:
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
         except OSError as exc:
-            yield Skipped(folder, f"folder not readable: {exc.strerror or exc}")
+            yield Skipped(folder, f"{FOLDER_NOT_READABLE}: {exc.strerror or exc}")
             continue
         subdirs: list[Path] = []
         files: list[os.DirEntry[str]] = []

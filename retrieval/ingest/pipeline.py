@@ -25,7 +25,7 @@ from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
 from retrieval.files.decoding import DecodedImage, check_file_size, decode_image
-from retrieval.files.discovery import FoundFile, Skipped, discover, file_hash
+from retrieval.files.discovery import FOLDER_NOT_READABLE, FoundFile, Skipped, discover, file_hash
 from retrieval.metadata import Content, Failure, File, IngestWriter, MetadataStore, utcnow
 from retrieval.vectors.base import Store
 
@@ -326,15 +326,22 @@ class Ingestor:
         report = IngestReport(root=str(root))
 
         found: list[FoundFile] = []
+        unlisted: list[str] = []  # folders that could not be listed: their files are not taken as deleted
         for item in discover(root):
             if isinstance(item, Skipped) and item.unsupported:
                 report.unsupported += 1
             elif isinstance(item, Skipped):
                 report.skipped.append((_path_key(item.path), item.reason))
+                if item.reason.startswith(FOLDER_NOT_READABLE):
+                    unlisted.append(_path_key(item.path).rstrip("/") + "/")
             else:
                 found.append(item)
             if len(found) % 1000 == 0:
                 self.progress(IngestProgress("scan", len(found), None))
+        if unlisted and unlisted[0] == str(root).rstrip("/") + "/":
+            # Gone between the check above and the listing (an unmount): not every file deleted.
+            reason = report.skipped[0][1].removeprefix(FOLDER_NOT_READABLE + ": ")
+            raise UsageError(f"{root} cannot be listed ({reason}); nothing was changed")
 
         with IngestWriter(self.meta) as w:
             root_id = w.root_id(str(root))
@@ -404,7 +411,7 @@ class Ingestor:
             self._flush_batch(w)
             seen = {_path_key(f.path) for f in found}
             if prune:
-                self._prune(w, root_id, seen, known_files, known_failures, report)
+                self._prune(w, root_id, seen, tuple(unlisted), known_files, known_failures, report)
             orphans = w.delete_orphans()
             if orphans:
                 self.store.remove(orphans)
@@ -476,15 +483,16 @@ class Ingestor:
         w: IngestWriter,
         root_id: int,
         seen: set[str],
+        unlisted: tuple[str, ...],
         known_files: dict[str, tuple[File, bool]],
         known_failures: dict[str, Failure],
         report: IngestReport,
     ) -> None:
-        gone = [path for path in known_files if path not in seen]
+        gone = [path for path in known_files if path not in seen and not path.startswith(unlisted)]
         for path in gone:
             w.forget(known_files.pop(path)[0])
         report.removed += len(gone)
-        w.forget_failures(path for path in known_failures if path not in seen)
+        w.forget_failures(p for p in known_failures if p not in seen and not p.startswith(unlisted))
 
 
 def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> list[Path]:

@@ -13,7 +13,7 @@ from retrieval.metadata.reader import DB_NAME, IN_CHUNK, ImageRecord, MetadataRe
 
 if TYPE_CHECKING:
     from retrieval.metadata.models import Base, Content, Failure, File, Manifest, Root, utcnow
-    from retrieval.metadata.store import IndexedFile, MetadataStore, head_revision
+    from retrieval.metadata.store import ExportColumn, IndexedFile, MetadataStore, head_revision
     from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "IN_CHUNK",
     "Base",
     "Content",
+    "ExportColumn",
     "Failure",
     "File",
     "ImageRecord",
@@ -37,7 +38,7 @@ __all__ = [
 
 _MODULES = {
     **dict.fromkeys(("Base", "Content", "Failure", "File", "Manifest", "Root", "utcnow"), "models"),
-    **dict.fromkeys(("IndexedFile", "MetadataStore", "head_revision"), "store"),
+    **dict.fromkeys(("ExportColumn", "IndexedFile", "MetadataStore", "head_revision"), "store"),
     "IngestWriter": "writer",
 }
 

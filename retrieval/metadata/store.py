@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def under_folder(column: Any, folder: str) -> tuple[Any, Any]:
+    """`column` holds a path under `folder`, as a range of the path index: SQLite compares text byte by
+    byte, and every path that starts with "folder/" sorts between "folder/" and "folder0" ("0" follows "/").
+    (LIKE would need its wildcards escaped in file names and would not use the index.)"""
+    prefix = folder.rstrip("/") + "/"
+    return column >= prefix, column < prefix[:-1] + "0"
 
 
 @dataclass(frozen=True)
@@ -431,3 +439,77 @@ class MetadataStore:
             return list(
                 s.scalars(select(File.content_id).group_by(File.content_id).having(func.count(File.id) > 1))
             )
+
+    @_reads
+    def count_files_under(self, folder: str) -> int:
+        """How many indexed files lie under `folder` (whichever indexed folder found them)."""
+        with Session(self.engine) as s:
+            return s.scalar(select(func.count(File.id)).where(*under_folder(File.path, folder))) or 0
+
+    # -- export ------------------------------------------------------------------------------------
+
+    def export_columns(self) -> list[ExportColumn]:
+        """The columns `export_rows` gives, read from the tables so that a new metadata column is exported
+        with no change here: id, path (the first file, by path), root, copies, then every column of the
+        content and of that file but the keys between tables and the ingest's own state. A file column
+        named like a content column is prefixed "file_"."""
+        return [ExportColumn(name, kind) for name, kind, _ in self._export_selection()]
+
+    def _export_selection(self) -> list[tuple[str, type, Any]]:
+        picked: list[tuple[str, type, Any]] = [
+            ("id", int, Content.id),
+            ("path", str, func.min(File.path)),  # SQLite takes the bare columns below from min()'s row
+            ("root", str, Root.path),
+            ("copies", int, func.count(File.id)),
+        ]
+        taken = {name for name, _, _ in picked}
+        for table, prefix in ((Content.__table__, ""), (File.__table__, "file_")):
+            left_out = _NOT_EXPORTED | ({"id", "path"} if prefix else {"id"})
+            for column in table.columns:
+                if column.name in left_out:
+                    continue
+                name = column.name if column.name not in taken else prefix + column.name
+                taken.add(name)
+                picked.append((name, _python_type(column), column))
+        return picked
+
+    def export_rows(self, chunk: int = 10_000) -> Generator[list[dict[str, Any]], None, None]:
+        """Every embedded content as a row of `export_columns`, in id order, `chunk` rows at a time.
+
+        The rows come from one SQL statement, read as they are needed: memory stays flat whatever the size
+        of the index, and the rows are one snapshot of the database (WAL), however long the caller takes
+        and whatever an ingest commits meanwhile."""
+        selection = self._export_selection()
+        stmt = (
+            select(*(expr.label(name) for name, _, expr in selection))
+            .select_from(Content)
+            .join(File, File.content_id == Content.id)
+            .join(Root, Root.id == File.root_id)
+            .where(Content.embedded.is_(True))
+            .group_by(Content.id)
+            .order_by(Content.id)
+        )
+        with self.reading(), self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=chunk).execute(stmt)
+            for part in result.mappings().partitions(chunk):
+                yield [dict(row) for row in part]
+
+
+#: Columns an export leaves out: the keys between tables and the ingest's bookkeeping.
+_NOT_EXPORTED = frozenset({"root_id", "content_id", "embedded"})
+
+
+@dataclass(frozen=True)
+class ExportColumn:
+    """One column of an export: its name and the Python type of its values (int, float, str, bool,
+    datetime, bytes); values may be None."""
+
+    name: str
+    kind: type
+
+
+def _python_type(column: Any) -> type:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return str

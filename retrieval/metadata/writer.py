@@ -16,15 +16,7 @@ from sqlalchemy.orm import Session
 
 from retrieval.metadata.models import Content, Failure, File, Root, utcnow
 from retrieval.metadata.reader import chunked
-from retrieval.metadata.store import MetadataStore
-
-
-def _under(column: Any, folder: str) -> tuple[Any, Any]:
-    """`column` holds a path under `folder`, as a range of the path index: SQLite compares text byte by
-    byte, and every path that starts with "folder/" sorts between "folder/" and "folder0" ("0" follows "/").
-    (LIKE would need its wildcards escaped in file names and would not use the index.)"""
-    prefix = folder.rstrip("/") + "/"
-    return column >= prefix, column < prefix[:-1] + "0"
+from retrieval.metadata.store import MetadataStore, under_folder
 
 
 class IngestWriter:
@@ -64,14 +56,14 @@ class IngestWriter:
             rows = self.session.execute(
                 select(File, Content.embedded)
                 .join(Content, Content.id == File.content_id)
-                .where(*_under(File.path, folder))
+                .where(*under_folder(File.path, folder))
             )
             return {file.path: (file, bool(embedded)) for file, embedded in rows}
 
     def failures_under(self, folder: str) -> dict[str, Failure]:
         """The recorded failures under `folder` by path, whichever indexed folder recorded them."""
         with self.meta.reading():
-            failures = self.session.scalars(select(Failure).where(*_under(Failure.path, folder)))
+            failures = self.session.scalars(select(Failure).where(*under_folder(Failure.path, folder)))
             return {f.path: f for f in failures}
 
     def embedded_hashes(self) -> Iterator[str]:

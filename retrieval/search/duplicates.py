@@ -2,28 +2,37 @@
 
 Every image asks the vector store for its k nearest neighbours (the index's own search, not all pairs);
 each neighbour at or above a cosine threshold is a link (either side finding the other is enough). Links
-are grouped as stars, not as connected components: union-find would put A and C in one group because
-A~B and B~C even when A and C are nothing alike, and on a real library a few ordinary photos (skies,
-lawns, dark wallpapers) bridge everything into one giant group. Here:
+are grouped by complete linkage around representatives, not as connected components: union-find would put
+A and C in one group because A~B and B~C even when A and C are nothing alike, and on a real library a few
+ordinary photos (skies, lawns, dark wallpapers) bridge everything into one giant group. Here:
 
 1. Images are taken in order of how many links they have (then summed similarity, then id), and an image
    becomes a representative unless it is linked to one already chosen. The best-connected copy of a
    picture, usually the original, comes first; the representatives are pairwise below the threshold.
-2. Every other linked image joins the representative it is most similar to (it has one, or step 1 would
-   have made it a representative), so an image that looks like two groups joins the closer one.
+2. Every other linked image asks to join the representatives it is linked to, the most similar first. A
+   group takes its candidates in order of similarity to its representative, and takes one only if it is at
+   or above the threshold with the representative *and with every member already in*, by exact cosines of
+   the stored vectors (a member pair the neighbour lists never saw is scored too). A candidate turned away
+   asks its next representative. So an image that looks like two groups joins the closer one that fits.
+3. Images left over (turned away everywhere, or representatives whose images all went elsewhere) are
+   grouped again the same way over the links among themselves, until a round forms no group.
 
-So every member is within the threshold of its representative; a group's `weakest` is its lowest
-member-to-representative cosine. Byte-identical files are one image in the index (ingest links them to one
+So no two members of a group are below the threshold: a chain A~B~C with A and C unrelated is one group of
+B and the closer of A and C, and the other is left alone. A group's `weakest` is its lowest cosine between
+any two members (its weakest link); each member's `similarity` is its cosine to the representative. The
+work is one small block of cosines per group (its members and candidates), so memory stays bounded by the
+largest group, not the library. Byte-identical files are one image in the index (ingest links them to one
 vector): such an image is a group by itself, its files listed as paths.
 
 The default threshold depends on the embedder, because cosines mean different things in different spaces.
-Only the classic values are measured (benchmarks/quality.py, BENCHMARKS.md "Duplicates"); the others are a
-cautious starting point until someone measures them with real weights.
+Only the classic values are measured (benchmarks/quality.py, BENCHMARKS.md "Duplicates on real
+wallpapers"); the others are a cautious starting point until someone measures them with real weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,14 +42,19 @@ from retrieval.errors import UsageError
 from retrieval.metadata import MetadataStore
 from retrieval.vectors.base import Store
 
-#: Measured on real wallpapers (BENCHMARKS.md "Duplicates"); other embedder ids get UNMEASURED_THRESHOLD.
-DEFAULT_THRESHOLDS = {"classic:v2": 0.80, "classic:v1": 0.82}
+#: classic:v2's is chosen on the tune split of the real-wallpaper benchmark (benchmarks/quality.py: the
+#: highest worst F1 within ±0.02; complete linkage needs a lower cosine than stars did, 0.80) and measured on
+#: the held-out split (BENCHMARKS.md "Duplicates on real wallpapers"); v1's is kept as it was for old indexes.
+#: Other embedder ids get UNMEASURED_THRESHOLD.
+DEFAULT_THRESHOLDS = {"classic:v2": 0.72, "classic:v1": 0.82}
 UNMEASURED_THRESHOLD = 0.95
 # Copy groups on the benchmark have 14-20 members: 10 neighbours each filled up and cost 0.01 F1.
 DEFAULT_NEIGHBOURS = 20
 _QUERY_BATCH = 256
 
 Id = TypeVar("Id", int, str)  # orderable, so that ties are broken by id and input order never matters
+#: The square matrix of cosines between the given ids, in their order.
+Similarity = Callable[[list[Id]], np.ndarray]
 
 
 def default_threshold(embedder_id: str | None) -> float:
@@ -60,8 +74,9 @@ class DuplicateMember:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """Images that are copies of one representative (the first member); `weakest` is the lowest cosine of a
-    member to it (1.0 for a group of byte-identical files)."""
+    """Images that are copies of one representative (the first member), each pair of them at or above the
+    threshold; `weakest` is the lowest cosine between any two members (1.0 for a group of byte-identical
+    files)."""
 
     members: list[DuplicateMember]
     weakest: float
@@ -124,55 +139,130 @@ def similar_pairs(
     return [(a, b, s) for (a, b), s in best.items()]
 
 
+def store_similarity(store: Store) -> Similarity[int]:
+    """Exact cosines between stored vectors, for `star_groups` to check members the neighbour lists missed."""
+
+    def block(ids: list[int]) -> np.ndarray:
+        vectors = store.vectors(ids).astype(np.float64)
+        return vectors @ vectors.T
+
+    return block
+
+
 @dataclass(frozen=True)
 class StarGroup(Generic[Id]):
-    """A representative and the ids linked to it, the representative first, then by decreasing similarity
-    to it; `similarities` are those of each member to the representative (1.0 for itself)."""
+    """A representative and the ids grouped with it, the representative first, then by decreasing similarity
+    to it; `similarities` are those of each member to the representative (1.0 for itself), `weakest` the
+    lowest between any two members."""
 
     members: list[Id]
     similarities: list[float]
+    weakest: float
 
     @property
     def representative(self) -> Id:
         return self.members[0]
 
-    @property
-    def weakest(self) -> float:
-        return min(self.similarities)
 
+def star_groups(
+    pairs: Iterable[tuple[Id, Id, float]],
+    *,
+    threshold: float | None = None,
+    similarity: Similarity[Id] | None = None,
+) -> list[StarGroup[Id]]:
+    """Complete-linkage groups around representatives (see the module docstring), largest first. An id is
+    left out when it has no link, or when no group would take it.
 
-def star_groups(pairs: Iterable[tuple[Id, Id, float]]) -> list[StarGroup[Id]]:
-    """Star groups of linked ids (see the module docstring), largest first. An id is left out when it has no
-    link, or when it would be a representative but each image linked to it joined a closer one.
-    `pairs` are (id, id, similarity) links, each in either order, the higher score kept for a repeat."""
+    `pairs` are (id, id, similarity) links, each in either order, the higher score kept for a repeat; those
+    below `threshold` are dropped. Without `similarity`, two ids are close only if they are a given pair
+    (right for all pairs at or above a threshold, as `pairs_from_matrix` gives); with it, every pair inside
+    a group is scored by it and must reach `threshold`.
+    """
+    if similarity is not None and threshold is None:
+        raise ValueError("a similarity needs the threshold its scores are held to")
     links: dict[Id, dict[Id, float]] = {}
     for a, b, score in pairs:
-        if a == b:
+        if a == b or (threshold is not None and score < threshold):
             continue
         best = max(float(score), links.get(a, {}).get(b, -np.inf))
         links.setdefault(a, {})[b] = links.setdefault(b, {})[a] = best
-    order = sorted(links, key=lambda i: (-len(links[i]), -sum(links[i].values()), i))
+    if not links:
+        return []
+    floor = threshold if threshold is not None else min(s for row in links.values() for s in row.values())
+
+    def block(ids: list[Id]) -> np.ndarray:
+        if similarity is not None:
+            scores = np.asarray(similarity(ids), dtype=np.float64)
+        else:
+            scores = np.array([[links[a].get(b, -np.inf) for b in ids] for a in ids], dtype=np.float64)
+        np.fill_diagonal(scores, 1.0)
+        return np.minimum(scores, scores.T)
+
+    groups: list[StarGroup[Id]] = []
+    free = set(links)
+    while True:
+        formed = _one_round(links, free, block, floor)
+        if not formed:
+            break
+        groups += formed
+        free.difference_update(i for g in formed for i in g.members)
+    groups.sort(key=lambda g: (-len(g.members), g.representative))
+    return groups
+
+
+def _one_round(
+    links: dict[Id, dict[Id, float]], free: set[Id], block: Callable[[list[Id]], np.ndarray], floor: float
+) -> list[StarGroup[Id]]:
+    """The groups formed among `free` ids over their links to one another (steps 1 and 2)."""
+    sub = {i: {j: s for j, s in links[i].items() if j in free} for i in free}
+    sub = {i: row for i, row in sub.items() if row}
+    order = sorted(sub, key=lambda i: (-len(sub[i]), -math.fsum(sub[i].values()), i))
     representatives: set[Id] = set()
     chosen: list[Id] = []
     for i in order:
-        if not any(other in representatives for other in links[i]):
+        if not any(other in representatives for other in sub[i]):
             representatives.add(i)
             chosen.append(i)
-    joined: dict[Id, list[tuple[float, Id]]] = {r: [] for r in chosen}
+    members: dict[Id, list[Id]] = {r: [r] for r in chosen}
+    to_rep: dict[Id, dict[Id, float]] = {r: {r: 1.0} for r in chosen}
+    weakest = dict.fromkeys(chosen, 1.0)
+    wishes: dict[Id, Iterator[Id]] = {}
+    pending: dict[Id, list[Id]] = {}
+
+    def ask_next(i: Id) -> None:
+        nxt = next(wishes[i], None)
+        if nxt is not None:
+            pending.setdefault(nxt, []).append(i)
+
     for i in order:
         if i not in representatives:
-            score, representative = max(
-                (s, other) for other, s in links[i].items() if other in representatives
-            )
-            joined[representative].append((score, i))
-    groups = []
+            closest = sorted((r for r in sub[i] if r in representatives), key=lambda r: (-sub[i][r], r))
+            wishes[i] = iter(closest)
+            ask_next(i)
+    while pending:
+        asked, pending = pending, {}
+        for r, candidates in asked.items():
+            ids = members[r] + candidates
+            scores = block(ids)
+            inside = list(range(len(members[r])))
+            for j in sorted(range(len(inside), len(ids)), key=lambda j: (-scores[0, j], ids[j])):
+                lowest = float(scores[j, inside].min())
+                if lowest >= floor:
+                    inside.append(j)
+                    to_rep[r][ids[j]] = float(scores[0, j])
+                    weakest[r] = min(weakest[r], lowest)
+                else:
+                    ask_next(ids[j])
+            members[r] = [ids[j] for j in inside]
+    out: list[StarGroup[Id]] = []
     for r in chosen:
-        followers = sorted(joined[r], key=lambda pair: (-pair[0], pair[1]))
-        if not followers:  # its links all went to closer representatives
-            continue
-        groups.append(StarGroup([r] + [i for _, i in followers], [1.0] + [s for s, _ in followers]))
-    groups.sort(key=lambda g: (-len(g.members), g.representative))
-    return groups
+        if len(members[r]) > 1:
+            near = to_rep[r]
+            followers = sorted((-near[i], i) for i in members[r][1:])
+            ranked: list[Id] = [r]
+            ranked += [i for _, i in followers]
+            out.append(StarGroup(ranked, [near[i] for i in ranked], weakest[r]))
+    return out
 
 
 def pairs_from_matrix(
@@ -200,10 +290,11 @@ def find_duplicates(
     several identical files. Ids the database no longer knows are dropped."""
     if not -1.0 <= threshold <= 1.0:
         raise UsageError(f"threshold is a cosine between -1 and 1, got {threshold}")
-    stars = star_groups(similar_pairs(store, threshold, k))
+    cosines = store_similarity(store)
+    stars = star_groups(similar_pairs(store, threshold, k), threshold=threshold, similarity=cosines)
     grouped = {i for g in stars for i in g.members}
     if exact_copies:
-        stars += [StarGroup([i], [1.0]) for i in meta.copied_ids() if i not in grouped and i in store]
+        stars += [StarGroup([i], [1.0], 1.0) for i in meta.copied_ids() if i not in grouped and i in store]
     paths = meta.paths_of(sorted({i for g in stars for i in g.members}))
     groups = []
     for star in stars:
@@ -213,6 +304,9 @@ def find_duplicates(
             if i in paths
         ]
         if sum(len(m.paths) for m in members) > 1:
-            groups.append(DuplicateGroup(members, min(m.similarity for m in members)))
+            weakest = star.weakest
+            if len(members) < len(star.members):  # the weakest link may have gone with a dropped id
+                weakest = float(cosines([m.id for m in members]).min()) if len(members) > 1 else 1.0
+            groups.append(DuplicateGroup(members, weakest))
     groups.sort(key=lambda g: (-g.files, g.members[0].paths[0]))
     return DuplicateReport(threshold, k, len(store), groups)

@@ -27,6 +27,8 @@ DEFAULT_KIND = "hnswlib-int8"
 class Store(Protocol):
     """Int64 id → L2-normalised float32 vector, searched by inner product. Ids are the database's content ids.
 
+    `search(..., allowed=ids)` answers from those ids only (a filter; sorted unique int64, computed by the
+    metadata store): absent ids are ignored, and fewer than k allowed vectors pad with id -1.
     `save()` makes every change durable (the database commits after it); `reload_if_changed()` picks up
     changes saved by another process; `garbled_ids()` lists stored vectors that are damaged.
     """
@@ -47,7 +49,7 @@ class Store(Protocol):
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
     def remove(self, ids: Iterable[int]) -> int: ...
     def search(
-        self, queries: np.ndarray, k: int, *, ef: int | None = None
+        self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
     def save(self) -> int: ...
     def reload_if_changed(self) -> bool: ...

@@ -548,11 +548,14 @@ class MilvusStore:
 
     # ---- search ----------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product for each query row, as `VectorStore.search`: (ids, scores), (m, k) each,
         best first, padded with id -1 and score -inf. Milvus proposes `rerank_candidates(k)` candidates per
         query; they are scored exactly against their float32 vectors. `ef`: HNSW candidates per query
-        (default EF_SEARCH, at least the candidates asked for)."""
+        (default EF_SEARCH, at least the candidates asked for). `allowed`: the only ids results may come
+        from, scored exactly from their vectors."""
         client = self._live()
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -567,6 +570,9 @@ class MilvusStore:
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         if len(q) == 0:
             return out_ids, out_scores
+        if allowed is not None:
+            among = np.unique(np.asarray(allowed, dtype=np.int64))
+            return self._search_among(q, k, among, out_ids, out_scores)
         limit = rerank_candidates(k)
         params = (
             {"nprobe": NPROBE}
@@ -595,6 +601,24 @@ class MilvusStore:
             scores = np.asarray([got[i] for i in found.tolist()], dtype=np.float32) @ q[row]
             order = np.argsort(-scores, kind="stable")[:k]
             out_ids[row, : len(order)], out_scores[row, : len(order)] = found[order], scores[order]
+        return out_ids, out_scores
+
+    def _search_among(
+        self, q: np.ndarray, k: int, allowed: np.ndarray, out_ids: np.ndarray, out_scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of each query among `allowed` (those stored), read from Milvus block by block."""
+        for start in range(0, len(allowed), MAX_TOPK):
+            got = self._fetch(allowed[start : start + MAX_TOPK])
+            if not got:
+                continue
+            ids = np.fromiter(got, dtype=np.int64, count=len(got))
+            scores = q @ np.asarray(list(got.values()), dtype=np.float32).T
+            both_ids = np.concatenate([out_ids, np.broadcast_to(ids, scores.shape)], axis=1)
+            both = np.concatenate([out_scores, scores], axis=1)
+            order = np.argsort(-both, axis=1, kind="stable")[:, :k]
+            out_ids = np.take_along_axis(both_ids, order, axis=1)
+            out_scores = np.take_along_axis(both, order, axis=1)
+        out_ids[~np.isfinite(out_scores)] = -1
         return out_ids, out_scores
 
     # ---- persistence -----------------------------------------------------------------------

@@ -449,14 +449,16 @@ class VectorStore:
 
     # ---- search ----------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product for each query row.
 
         queries: (m, dim) or (dim,), the latter answered as m = 1. ef: graph candidates per
         query (default params.ef_search, times LOW_HEAD_BOOST for a query whose energy lies mostly
-        outside the PCA head; more is slower and more exact). Returns (ids (m, k)
-        int64, scores (m, k) float32), best first, padded with id -1 and score -inf when the
-        store holds fewer than k vectors.
+        outside the PCA head; more is slower and more exact). allowed: the only ids results may come
+        from (a filter), scored exactly. Returns (ids (m, k) int64, scores (m, k) float32), best
+        first, padded with id -1 and score -inf when the store (or `allowed`) holds fewer than k vectors.
         """
         st = self._live()
         q = np.asarray(queries, dtype=np.float32)
@@ -470,6 +472,10 @@ class VectorStore:
             raise UsageError(f"ef must be >= 1, got {ef}")
         if st.n_alive == 0 or len(q) == 0:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
+        if allowed is not None:
+            slots = st.lookup(np.asarray(allowed, dtype=np.int64).reshape(-1))
+            slots, scores = self._exact_search(st, q, k, np.sort(slots[slots >= 0]))
+            return self._padded(st, slots, scores, k)
         cands = np.full(len(q), max(ef or self.params.ef_search, k))
         if ef is None and st.quantizer is not None and st.quantizer.tail_dims:
             cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
@@ -485,8 +491,13 @@ class VectorStore:
             except RuntimeError:  # hnswlib reached fewer than `cands` live nodes (heavy deletes)
                 slots, scores = self._exact_search(st, q, k)
         self._refuse_garbled(st, q, scores)
+        return self._padded(st, slots, scores, k)
+
+    @staticmethod
+    def _padded(st: _State, slots: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots to ids, padded to k columns with id -1 and score -inf (fewer than k stored or allowed)."""
         ids = st.slot_ids[slots]
-        if slots.shape[1] < k:  # fewer than k stored
+        if slots.shape[1] < k:
             pad = k - slots.shape[1]
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
@@ -533,10 +544,13 @@ class VectorStore:
                 "`retrieval doctor --fix` drops them and the next ingest embeds those images again"
             )
 
-    def _exact_search(self, st: _State, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _exact_search(
+        self, st: _State, q: np.ndarray, k: int, slots: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over every live slot, or over `slots` (ascending: the originals are read in order)."""
         best_slots = np.empty((len(q), 0), dtype=np.int64)
         best_scores = np.empty((len(q), 0), dtype=np.float32)
-        for block in _blocks(st.alive_slots(), _ROW_BLOCK):
+        for block in _blocks(st.alive_slots() if slots is None else slots, _ROW_BLOCK):
             scores = q @ st.originals.get(block).T
             self._refuse_garbled(st, q, scores)  # a NaN would otherwise sort out of sight
             slots = np.broadcast_to(block, scores.shape)
