@@ -11,14 +11,17 @@ measures, in rounds, with the same loaded model, batch size and torch threads:
 - (a) forward: `embed_preprocessed` on ready tensors (the set's own images, preprocessed beforehand), as many
   images as the set has: the model's own speed, the ceiling for (b);
 - (b) ingest: `Engine.ingest` into a fresh index, everything included (discovery, reading, hashing, decoding,
-  preprocessing, embedding, SQLite rows and commit, vector store add and save);
+  preprocessing, embedding, SQLite rows and commit, vector store add and save, and the 96 and 256 px
+  thumbnails made from the decoded pixels); (b0) the same with `thumbnails=False` (`--no-thumbnails`), in
+  the same round, the two in alternating order;
 - (c) naive: one file at a time in the main thread: full decode (`decode_image` without `min_side`), the
   model's transform on the full-size picture, then the model in batches; no hashing and no database, so it
   is flattered, not penalised.
 
 Each figure is the median over rounds of images per second (wall clock). Also reported: per-format CPU time
-of the decode path alone (read + hash + decode + preprocess on one thread) and the bound it sets on this
-machine when the model already uses every core: (a) x F / (F + D), F and D in CPU ms per image.
+of the decode path alone (read + hash + decode + preprocess on one thread), of making the thumbnails from
+the decoded picture (T), and the bound the decode path sets on this machine when the model already uses
+every core: (a) x F / (F + D), F and D in CPU ms per image.
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which slow numpy on this machine, are removed from this command's
 environment (never from the tests').
@@ -62,6 +65,7 @@ from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder 
 from retrieval.engine import Engine  # noqa: E402
 from retrieval.files.decoding import decode_image  # noqa: E402
 from retrieval.files.discovery import content_hash  # noqa: E402
+from retrieval.files.thumbnails import SIDES, thumbnails_of  # noqa: E402
 from retrieval.ingest.pipeline import default_workers  # noqa: E402
 
 
@@ -83,8 +87,8 @@ def forward(embedder: Embedder, tensors: list[Any], batch: int) -> int:
     return len(tensors)
 
 
-def ingest(engine: Engine, folder: Path, workers: int | None) -> int:
-    report = engine.ingest(folder, workers=workers)
+def ingest(engine: Engine, folder: Path, workers: int | None, thumbnails: bool = True) -> int:
+    report = engine.ingest(folder, workers=workers, thumbnails=thumbnails)
     if report.failed or report.linked:
         raise SystemExit(f"ingest of {folder} failed {report.failed} or linked {report.linked} files")
     return report.embedded
@@ -122,6 +126,10 @@ def decode_costs(embedder: Embedder, files: list[Path], fidelity: bool) -> dict[
         decoded = decode_image(data, min_side=embedder.input_size)
         fast = embedder.preprocess(decoded.image)
         row = {"cpu_ms": (time.thread_time() - started) * 1000}
+        started = time.thread_time()
+        thumbs = thumbnails_of(decoded.image, SIDES, (decoded.width, decoded.height))
+        row["thumb_cpu_ms"] = (time.thread_time() - started) * 1000
+        row["thumb_sides_left"] = len(SIDES) - len(thumbs)  # made on request instead (decoded too small)
         if fidelity:
             started = time.thread_time()
             full = embedder.preprocess(decode_image(path.read_bytes()).image)
@@ -136,7 +144,12 @@ def decode_costs(embedder: Embedder, files: list[Path], fidelity: bool) -> dict[
     rows["all"] = [row for kind_rows in list(rows.values()) for row in kind_rows]
     out = {}
     for kind, kind_rows in sorted(rows.items(), key=lambda kv: (kv[0] == "all", kv[0])):
-        summary = {"files": len(kind_rows), "cpu_ms": statistics.mean(r["cpu_ms"] for r in kind_rows)}
+        summary = {
+            "files": len(kind_rows),
+            "cpu_ms": statistics.mean(r["cpu_ms"] for r in kind_rows),
+            "thumb_cpu_ms": statistics.mean(r["thumb_cpu_ms"] for r in kind_rows),
+            "thumb_sides_left": sum(r["thumb_sides_left"] for r in kind_rows),
+        }
         if fidelity:
             summary |= {
                 "full_cpu_ms": statistics.mean(r["full_cpu_ms"] for r in kind_rows),
@@ -171,25 +184,27 @@ def bench_model(model: str, sets: dict[str, Path], args: argparse.Namespace, wor
         files = files_of(folder)
         tensors = [embedder.preprocess(decode_image(p, min_side=embedder.input_size).image) for p in files]
         embedder.embed_preprocessed(tensors[: args.batch])  # warm-up
-        rounds: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "c": []}
+        rounds: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "b0": [], "c": []}
         loads: list[float] = []
         for r in range(args.rounds):
             loads.append(loadavg())
             rounds["a"].append(timed(partial(forward, embedder, tensors, args.batch)))
             loads.append(loadavg())
-            fresh = Engine(
-                f"bench-{model.replace(':', '-')}-{set_name}-{r}",
-                home=work,
-                model=model,
-                pretrained=None,
-                device="cpu",
-                batch_size=args.batch,
-            )
-            fresh._embedder = embedder  # the same warm model; Engine checks its id against the manifest
-            rounds["b"].append(timed(partial(ingest, fresh, folder, args.workers)))
-            fresh._embedder = None
-            fresh.close()
-            loads.append(loadavg())
+            # With and without thumbnails, in turn first: a load that drifts during the round favours neither.
+            for key in ("b", "b0") if r % 2 == 0 else ("b0", "b"):
+                fresh = Engine(
+                    f"bench-{model.replace(':', '-')}-{set_name}-{r}-{key}",
+                    home=work,
+                    model=model,
+                    pretrained=None,
+                    device="cpu",
+                    batch_size=args.batch,
+                )
+                fresh._embedder = embedder  # the same warm model; Engine checks its id against the manifest
+                rounds[key].append(timed(partial(ingest, fresh, folder, args.workers, key == "b")))
+                fresh._embedder = None
+                fresh.close()
+                loads.append(loadavg())
             if not args.skip_naive:
                 rounds["c"].append(timed(partial(naive, embedder, files, args.batch)))
                 loads.append(loadavg())
@@ -212,6 +227,7 @@ def bench_model(model: str, sets: dict[str, Path], args: argparse.Namespace, wor
             "median": med,
             "cpu_ms": cpu,
             "b/a": med["b"] / med["a"],
+            "b/b0": med["b"] / med["b0"],
             "b/c": med["b"] / med["c"] if "c" in med else None,
             "load": {"min": min(loads), "max": max(loads)},
             "decode_cpu_ms": costs,
@@ -229,19 +245,25 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['load_end']:.2f} at end; {meta['cpus']} CPUs, {meta['cpu']}; OMP_WAIT_POLICY "
         f"{meta['omp_wait_policy']}; OPENBLAS env dropped: {meta['dropped_env'] or 'none set'}",
         "",
-        "| model | set | (a) forward img/s | (b) ingest img/s | (c) naive img/s | (b)/(a) | (b)/(c) "
-        "| CPU ms/img (a) / (b) / (c) | decode path CPU ms/img | (b) bound by CPU | load min–max |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | set | (a) forward img/s | (b) ingest img/s | (b0) no thumbnails img/s | (c) naive img/s "
+        "| (b)/(a) | (b)/(b0) | (b)/(c) | CPU ms/img (a) / (b) / (b0) / (c) | decode path CPU ms/img "
+        "| thumbnails CPU ms/img | (b) bound by CPU | load min–max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
         for set_name, s in res["sets"].items():
             m, cpu = s["median"], s["cpu_ms"]
             bc = f"{s['b/c']:.2f}" if s["b/c"] is not None else "–"
             c = f"{m['c']:.2f}" if "c" in m else "–"
-            cpus = " / ".join(f"{cpu[k]:.0f}" if k in cpu else "–" for k in "abc")
+            cpus = " / ".join(f"{cpu[k]:.0f}" if k in cpu else "–" for k in ("a", "b", "b0", "c"))
+            costs = s["decode_cpu_ms"]["all"]
+            b0 = f"{m['b0']:.2f}" if "b0" in m else "–"  # runs saved before thumbnails were made at ingest
+            bb0 = f"{s['b/b0']:.2f}" if "b/b0" in s else "–"
+            thumb = f"{costs['thumb_cpu_ms']:.1f}" if "thumb_cpu_ms" in costs else "–"
             lines.append(
-                f"| {res['model']} | {set_name} ({s['files']}) | {m['a']:.2f} | {m['b']:.2f} | {c} "
-                f"| {s['b/a']:.2f} | {bc} | {cpus} | {s['decode_cpu_ms']['all']['cpu_ms']:.1f} "
+                f"| {res['model']} | {set_name} ({s['files']}) | {m['a']:.2f} | {m['b']:.2f} "
+                f"| {b0} | {c} | {s['b/a']:.2f} | {bb0} | {bc} | {cpus} "
+                f"| {costs['cpu_ms']:.1f} | {thumb} "
                 f"| {s['cpu_bound_b']:.2f} | {s['load']['min']:.2f}–{s['load']['max']:.2f} |"
             )
     lines += [
@@ -302,6 +324,12 @@ def section(tables: str, results: list[dict[str, Any]], meta: dict[str, Any]) ->
                     if s["b/c"] is not None
                     else "",
                 ]
+            if "b/b0" in s:
+                costs = s["decode_cpu_ms"]["all"]
+                parts.append(
+                    f"thumbnails at ingest: (b)/(b0) {s['b/b0']:.2f}, T = {costs['thumb_cpu_ms']:.1f} CPU ms "
+                    f"per image ({costs['thumb_sides_left']} sides left to be made on request)"
+                )
             parts.append(
                 f"(b) is {s['median']['b'] / s['cpu_bound_b']:.2f}× the CPU bound (a)·F/(F+D) = "
                 f"{s['cpu_bound_b']:.2f} img/s, with F = {s['cpu_ms']['a']:.0f} CPU ms of forward and "
@@ -346,6 +374,8 @@ leaves the CPU free, and the same code is bound by max(forward, decode / workers
   scaled WebP load (pyvips) was measured as an alternative (section "Decoders" below).
 - ResNet-50 on a CPU runs its batch in forward slices of 8 (see the batch sweep); (a) is measured the
   same way, so the ratio is like for like.
+- Thumbnails: (b) makes the 96 and 256 px thumbnails from the pixels it decoded for the model, (b0) makes
+  none; their cost is T per image on the decode threads, with no second decode.
 """
 
 

@@ -42,6 +42,7 @@ from support.photos import draw_photo  # noqa: E402
 from vectors import make  # noqa: E402
 
 started = time.perf_counter()
+from retrieval.files.thumbnails import make_thumbnail  # noqa: E402
 from retrieval.maps.layout import (  # noqa: E402
     MapPoint,
     NeighbourhoodMap,
@@ -49,7 +50,6 @@ from retrieval.maps.layout import (  # noqa: E402
     compute_layout,
 )
 from retrieval.maps.render import save_map  # noqa: E402
-from retrieval.maps.thumbnails import make_thumbnail  # noqa: E402
 
 DIM = 512
 

@@ -252,16 +252,21 @@ def usearch_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
     return out
 
 
-def store_family(base: np.ndarray, work: Path, qpath: Path, params: StoreParams) -> Family:
-    folder = work / "store"
+def build_store(base: np.ndarray, folder: Path, params: StoreParams) -> float:
+    """Create the store in `folder`, ids 0..n-1 added in ingest-sized batches; returns the seconds taken."""
     t = time.perf_counter()
     store = VectorStore.create(folder, DIM, params)
     for start in range(0, len(base), ADD_BATCH):
         block = base[start : start + ADD_BATCH]
         store.add(np.arange(start, start + len(block)), block)
     store.save()
-    build = time.perf_counter() - t
     store.close()
+    return time.perf_counter() - t
+
+
+def store_family(base: np.ndarray, work: Path, qpath: Path, params: StoreParams) -> Family:
+    folder = work / "store"
+    build = build_store(base, folder, params)
     ram = ram_of("store", folder, qpath, len(base))
     reader = VectorStore.open(folder)  # as a server would: read-only, originals memory-mapped
 

@@ -6,7 +6,9 @@ import json
 import logging
 import re
 import sys
+import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -17,13 +19,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    SpinnerColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -35,9 +36,10 @@ from retrieval.settings import ray_address_from_env, token_from_env
 # an index, and a model's packages (torch, open_clip) when one embeds, so `--help` and `stats` start fast
 # (BENCHMARKS.md, "CLI start"; tests/test_first_run.py).
 if TYPE_CHECKING:
-    from retrieval.engine import Engine
+    from retrieval.engine import Engine, Filter
     from retrieval.ingest.pipeline import IngestProgress, IngestReport
     from retrieval.ingest.watch import WatchBatch
+    from retrieval.maps.layout import MapProgress
     from retrieval.quality.evaluation import EvalReport
     from retrieval.search.queries import Query, SearchHit
 
@@ -86,6 +88,67 @@ KOpt = Annotated[int, typer.Option("-k", "--k", help="Number of results.", min=1
 MinScoreOpt = Annotated[
     float | None, typer.Option("--min-score", help="Drop results scoring below this cosine.")
 ]
+
+# Filters (retrieval/metadata/filters.py): taken as text and read by the library's one parser, so that a
+# malformed value is the same one line, exit 2, here and in the HTTP API.
+InOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--in",
+        help="Only images in this folder or below (relative to the indexed folder, or absolute); repeat "
+        "for several.",
+    ),
+]
+AfterOpt = Annotated[
+    str | None,
+    typer.Option("--after", help="Only photos taken (else modified) on or after this day, YYYY-MM-DD."),
+]
+BeforeOpt = Annotated[
+    str | None,
+    typer.Option("--before", help="Only photos taken (else modified) before this day, YYYY-MM-DD."),
+]
+CameraOpt = Annotated[
+    str | None, typer.Option("--camera", help="Only photos whose camera make or model contains this text.")
+]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="Only these formats, comma-separated: jpeg,png,webp,heic,...")
+]
+MinWidthOpt = Annotated[str | None, typer.Option("--min-width", help="Only images at least this wide (px).")]
+MinHeightOpt = Annotated[
+    str | None, typer.Option("--min-height", help="Only images at least this tall (px).")
+]
+NearOpt = Annotated[
+    str | None, typer.Option("--near", help="Only photos taken near LAT,LON (with --within-km; EXIF GPS).")
+]
+WithinOpt = Annotated[str | None, typer.Option("--within-km", help="With --near: the distance in km.")]
+
+
+def _filter(
+    folders: list[str] | None,
+    after: str | None,
+    before: str | None,
+    camera: str | None,
+    formats: str | None,
+    min_width: str | None,
+    min_height: str | None,
+    near: str | None,
+    within_km: str | None,
+) -> Filter | None:
+    """The filter options as one Filter (None when none is given); a malformed one is one line, exit 2."""
+    from retrieval.engine import parse_filter
+
+    with _one_line_errors():
+        return parse_filter(
+            folders=folders,
+            after=after,
+            before=before,
+            camera=camera,
+            formats=formats,
+            min_width=min_width,
+            min_height=min_height,
+            near=near,
+            within_km=within_km,
+        )
 
 
 def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kw: Any) -> None:
@@ -140,36 +203,145 @@ def _ray_address(ray: bool | None, address: str | None) -> str | None:
     return address or ray_address_from_env() or ("local" if ray else None)
 
 
-class _RateColumn(ProgressColumn):
+#: The rate is the count's growth over about this many seconds (the last count before the window and the
+#: newest one): steady while batches come every few seconds, falling while nothing comes.
+RATE_WINDOW_S = 30.0
+#: No ETA once neither count has moved for this long (a model working through a slow batch).
+STALL_S = 15.0
+_PHASES_WITH_RATE = ("ingest", "embed")
+
+
+class _Window:
+    """A count over time, for a rate that is an average over the last RATE_WINDOW_S seconds and that
+    falls, at each redraw, while the count stands still (rich's own speed stays at its last value)."""
+
+    def __init__(self, now: float) -> None:
+        self.samples: deque[tuple[float, int]] = deque([(now, 0)])
+        self.moved_at = now
+
+    def add(self, count: int, now: float, *, moved: bool) -> None:
+        if count != self.samples[-1][1]:
+            self.samples.append((now, count))
+        if moved:
+            self.moved_at = now
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while len(self.samples) > 1 and self.samples[1][0] <= now - RATE_WINDOW_S:
+            self.samples.popleft()
+
+    def rate(self, now: float) -> float | None:
+        """Counts a second; None in the first second (too soon to say)."""
+        self._trim(now)
+        (since, first), (_, last) = self.samples[0], self.samples[-1]
+        span = now - since
+        return (last - first) / span if span >= 1.0 else None
+
+    def moving(self, now: float) -> bool:
+        return now - self.moved_at < STALL_S
+
+
+class _CountColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.1f} img/s" if task.speed else "", style="cyan")
+        done = int(task.completed)
+        return Text(f"{done}/{int(task.total)}" if task.total is not None else f"{done}")
+
+
+class _RateColumn(ProgressColumn):
+    """The windowed rate while running; once finished, the average over the whole phase."""
+
+    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.windows = windows
+        self.clock = clock
+
+    def render(self, task: Task) -> Text:
+        window = self.windows.get(task.id)
+        if window is None:
+            return Text("")
+        if task.finished:
+            elapsed = task.finished_time or 0.0
+            rate = task.completed / elapsed if elapsed >= 1.0 else None
+        else:
+            rate = window.rate(self.clock())
+        return Text(f"{rate:.1f} img/s" if rate is not None else "", style="cyan")
+
+
+class _EtaColumn(ProgressColumn):
+    """Time left at the windowed rate, on the lines that ask for it; nothing while the ingest's counts stand
+    still, or before there is a rate."""
+
+    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.windows = windows
+        self.clock = clock
+
+    def render(self, task: Task) -> Text:
+        window = self.windows.get(task.id)
+        now = self.clock()
+        if window is None or not task.fields.get("eta") or task.finished or task.total is None:
+            return Text("")
+        rate = window.rate(now)
+        if not rate or not task.fields["still"].moving(now):
+            return Text("")
+        left = int((task.total - task.completed) / rate)
+        return Text(f"eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
 
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
+    """A callback that draws an ingest's (or eval's) progress on stderr, a line per phase; the ingest has
+    two, files decoded (per file) and embedded (per batch), and the scan's line goes when the scan ends.
+    Called from the decode threads too (rich's Progress takes a lock)."""
     if not enabled:
         yield lambda _p: None
         return
+    windows: dict[Any, _Window] = {}
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
+        TextColumn("{task.description:<8}"),
+        BarColumn(bar_width=30),
+        _CountColumn(),
+        _RateColumn(windows),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        _EtaColumn(windows),
     )
     # Started on the first report, so that a command failing before any (a missing folder, a bad model) prints
     # its error alone, without the empty line of a bar that never ran.
     bar = Progress(*columns, console=err, transient=False)
     tasks: dict[str, Any] = {}
+    # When either of the ingest's counts last moved: no ETA while neither does.
+    still = _Window(time.monotonic())
+
+    def line(name: str, total: int | None, *, rate: bool, eta: bool = False) -> Any:
+        if name not in tasks:
+            tasks[name] = bar.add_task(_safe(name), total=total, eta=eta, still=still)
+            if rate:
+                windows[tasks[name]] = _Window(time.monotonic())
+        return tasks[name]
+
+    def count(task: Any, done: int, total: int | None) -> None:
+        bar.update(task, completed=done, total=total)
+        window = windows.get(task)
+        if window is not None:
+            now = time.monotonic()
+            moved = done != window.samples[-1][1]
+            window.add(done, now, moved=moved)
+            if moved:
+                still.add(0, now, moved=True)
 
     def update(p: IngestProgress) -> None:
         if not tasks:
             bar.start()
-        if p.phase not in tasks:
-            tasks[p.phase] = bar.add_task(_safe(p.phase), total=p.total)
-        bar.update(tasks[p.phase], completed=p.done, total=p.total)
+        if p.phase != "scan" and "scan" in tasks:
+            bar.remove_task(tasks.pop("scan"))
+        if p.phase == "ingest":
+            if "decoded" not in tasks:
+                still.add(0, time.monotonic(), moved=True)
+            count(line("decoded", p.total, rate=True), p.decoded, p.total)
+            count(line("embedded", p.total, rate=True, eta=True), p.embedded, p.total)
+        else:
+            rated = p.phase in _PHASES_WITH_RATE
+            count(line(p.phase, p.total, rate=rated, eta=rated), p.done, p.total)
 
     try:
         yield update
@@ -178,12 +350,27 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
             bar.stop()
 
 
+def _interrupted_summary(report: IngestReport | None) -> str:
+    """The one line after Ctrl-C: what the stopped ingest saved (a stop before it recorded anything, while
+    the model loaded or the folder was listed, has no report)."""
+    if report is None:
+        return "interrupted: work done so far is saved; run the same command to finish"
+    failed = f", {len(report.failed)} failed" if report.failed else ""
+    return (
+        f"interrupted after {report.seconds:.1f}s: saved {report.added + report.updated} files "
+        f"({report.embedded} embedded, {report.linked} linked to an existing image{failed}); "
+        "run the same command to finish"
+    )
+
+
 def _print_report(report: IngestReport, as_json: bool) -> None:
     if as_json:
         payload = {k: v for k, v in vars(report).items()}
         out.print_json(json.dumps(payload))
         return
     out.print(_report_line(report), highlight=False)
+    if report.refreshed:
+        out.print(f"  metadata read again for {report.refreshed} images", highlight=False)
     for path, reason in report.failed[:50]:
         out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
     if len(report.failed) > 50:
@@ -244,6 +431,22 @@ def ingest(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Retry files that failed before.")
     ] = False,
+    thumbnails: Annotated[
+        bool,
+        typer.Option(
+            "--thumbnails/--no-thumbnails",
+            help="Make the thumbnails that maps and `serve` show while decoding (a few ms an image); "
+            "without, they are made when first shown.",
+        ),
+    ] = True,
+    refresh_metadata: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-metadata",
+            help="Read every image's metadata (EXIF camera, date, place; size; folder) again from its file, "
+            "keeping its vector: once, for an index made before a filter's column existed.",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -259,6 +462,7 @@ def ingest(
         store=store,
         milvus_uri=milvus_uri,
     ) as engine:
+        stopped: KeyboardInterrupt | None = None
         with _progress_bar(progress and not as_json) as update:
             try:
                 report = engine.ingest(
@@ -268,10 +472,14 @@ def ingest(
                     workers=workers,
                     retry_failed=retry_failed,
                     ray_address=_ray_address(ray, ray_address),
+                    thumbnails=thumbnails,
+                    refresh_metadata=refresh_metadata,
                 )
-            except KeyboardInterrupt:
-                err.print("interrupted: work done so far is saved; run the same command to finish")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as exc:
+                stopped = exc
+        if stopped is not None:  # printed under the bar's last state
+            err.print(_interrupted_summary(getattr(stopped, "report", None)), highlight=False)
+            raise typer.Exit(130) from None
         _print_report(report, as_json)
         if report.failed:
             raise typer.Exit(1)
@@ -422,6 +630,15 @@ def search(
     ] = None,
     k: KOpt = 10,
     min_score: MinScoreOpt = None,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
     model: ModelOpt = None,
@@ -432,6 +649,7 @@ def search(
     """Search by text and/or example images; parts are added or (--minus) subtracted."""
     from retrieval.search.queries import Query, QueryPart
 
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home, model=model, weights=weights, device=device) as engine:
         parts = [QueryPart("text", t) for t in ([text] if text is not None else []) + (also_text or [])]
         parts += [QueryPart("image", p.expanduser().resolve()) for p in image or []]
@@ -439,7 +657,7 @@ def search(
         parts += [QueryPart("text", t, -1) for t in minus or []]
         parts += [QueryPart("image", p.expanduser().resolve(), -1) for p in minus_image or []]
         query = Query(tuple(parts))
-        hits = engine.search(query, k=k, min_score=min_score)
+        hits = engine.search(query, k=k, min_score=min_score, filter=flt)
         _print_hits(query, hits, as_json)
 
 
@@ -448,6 +666,15 @@ def similar(
     ref: Annotated[str, typer.Argument(help="An indexed image's id or path, or any image file.")],
     k: KOpt = 10,
     min_score: MinScoreOpt = None,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -456,10 +683,41 @@ def similar(
     """More like this: images near an indexed image (itself left out) or near an image file."""
     from retrieval.search.queries import Query
 
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home, device=device) as engine:
         query = Query.of(engine.resolve_image_ref(ref))
-        hits = engine.search(query, k=k, min_score=min_score)
+        hits = engine.search(query, k=k, min_score=min_score, filter=flt)
         _print_hits(query, hits, as_json)
+
+
+_MAP_STAGES = {"layout": "laying out the map", "thumbnails": "making thumbnails", "drawing": "drawing"}
+
+
+@contextmanager
+def _map_stages(enabled: bool) -> Iterator[Callable[[MapProgress], None]]:
+    """A spinner on stderr naming the map's stage (and the thumbnails made of how many), gone at the end."""
+    if not enabled:
+        yield lambda _p: None
+        return
+    spinner = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True)
+    task = spinner.add_task("")
+    started = False
+
+    def show(p: MapProgress) -> None:
+        nonlocal started
+        if not started:
+            spinner.start()
+            started = True
+        what = _MAP_STAGES.get(p.stage, p.stage)
+        if p.stage == "thumbnails" and p.total:
+            what += f" {p.done}/{p.total}" if p.done else ""
+        spinner.update(task, description=_safe(what))
+
+    try:
+        yield show
+    finally:
+        if started:
+            spinner.stop()
 
 
 @app.command("map")
@@ -498,6 +756,15 @@ def map_command(
             help="t-SNE perplexity [default: points/10 within 5..30, points/100 beyond 3,000, at most 50].",
         ),
     ] = None,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     index: IndexOpt = "default",
     home: HomeOpt = None,
     device: DeviceOpt = "auto",
@@ -512,6 +779,7 @@ def map_command(
     from retrieval.maps.render import map_format
     from retrieval.search.queries import Query, QueryPart
 
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home, device=device) as engine:
         map_format(out_path)  # a bad file name fails now, not after the layout
         if text is not None:
@@ -520,15 +788,18 @@ def map_command(
             part = QueryPart("image", image.expanduser().resolve())
         else:
             part = engine.resolve_image_ref(str(similar))
-        m = engine.map(
-            Query.of(part),
-            n=n,
-            expand=neighbours if expand else 0,
-            seed=seed,
-            perplexity=perplexity,
-            clusters=clusters,
-        )
-        rendered = engine.render_map(m, out_path, colour_by=colour)
+        with _map_stages(not as_json) as stage:
+            m = engine.map(
+                Query.of(part),
+                n=n,
+                expand=neighbours if expand else 0,
+                seed=seed,
+                perplexity=perplexity,
+                clusters=clusters,
+                filter=flt,
+                progress=stage,
+            )
+            rendered = engine.render_map(m, out_path, colour_by=colour, progress=stage)
         if as_json:
             payload = {**m.to_dict(), "out": str(rendered.path), "render_seconds": round(rendered.seconds, 4)}
             sys.stdout.write(json.dumps(payload, indent=2) + "\n")
@@ -941,11 +1212,21 @@ def duplicates(
     neighbours: Annotated[
         int, typer.Option("--neighbours", min=1, max=1000, help="Neighbours each image asks for.")
     ] = 20,
+    folders: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    camera: CameraOpt = None,
+    formats: FormatOpt = None,
+    min_width: MinWidthOpt = None,
+    min_height: MinHeightOpt = None,
+    near: NearOpt = None,
+    within_km: WithinOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Groups of near-duplicate images (resized, re-compressed, cropped copies) in an index."""
+    flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
     with _engine(index, home) as engine:
-        report = engine.duplicates(threshold=threshold, neighbours=neighbours)
+        report = engine.duplicates(threshold=threshold, neighbours=neighbours, filter=flt)
         if as_json:
             sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
             return

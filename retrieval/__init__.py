@@ -20,7 +20,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "Query", "QueryPart", "SearchHit", "__version__"]
+__all__ = ["Engine", "Filter", "Query", "QueryPart", "SearchHit", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from retrieval.engine import Engine
 
         return Engine
+    if name == "Filter":
+        from retrieval.metadata.filters import Filter
+
+        return Filter
     if name in {"Query", "QueryPart", "SearchHit"}:
         from retrieval.search import queries as search
 

@@ -53,13 +53,13 @@ if TYPE_CHECKING:
     from retrieval.embedders import Embedder
     from retrieval.embedders.projections import Projection
     from retrieval.export import ExportReport
+    from retrieval.files.thumbnails import ThumbnailCache
     from retrieval.ingest.pipeline import IngestProgress, IngestReport, PrepareStage, ProgressFn
     from retrieval.ingest.watch import WatchBatch, Watcher, WatchResult
-    from retrieval.maps.layout import NeighbourhoodMap
+    from retrieval.maps.layout import MapProgressFn, NeighbourhoodMap
     from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
     from retrieval.maps.render import ColourBy, RenderedMap
-    from retrieval.maps.thumbnails import ThumbnailCache
-    from retrieval.metadata import ImageRecord, IndexedFile, MetadataStore
+    from retrieval.metadata import Filter, ImageRecord, IndexedFile, MetadataStore, parse_filter
     from retrieval.quality.evaluation import EvalReport
     from retrieval.search.duplicates import DuplicateReport
     from retrieval.search.queries import Query, QueryPart, SearchHit
@@ -68,11 +68,13 @@ if TYPE_CHECKING:
 _REEXPORTS = {
     "MAP_VIEWER_FILES": ("retrieval.maps.render", "VIEWER_FILES"),
     "EvalReport": ("retrieval.quality.evaluation", "EvalReport"),
+    "Filter": ("retrieval.metadata.filters", "Filter"),
     "ImageRecord": ("retrieval.metadata", "ImageRecord"),
     "NeighbourhoodMap": ("retrieval.maps.layout", "NeighbourhoodMap"),
     "Query": ("retrieval.search.queries", "Query"),
     "QueryPart": ("retrieval.search.queries", "QueryPart"),
     "SearchHit": ("retrieval.search.queries", "SearchHit"),
+    "parse_filter": ("retrieval.metadata.filters", "parse_filter"),
 }
 
 
@@ -92,6 +94,7 @@ __all__ = [
     "DoctorReport",
     "Engine",
     "EvalReport",
+    "Filter",
     "ImageRecord",
     "IndexStats",
     "IndexStatus",
@@ -104,6 +107,7 @@ __all__ = [
     "evaluate",
     "list_indexes",
     "parse_cutoffs",
+    "parse_filter",
 ]
 
 DEFAULT_MODEL = "clip"
@@ -236,7 +240,8 @@ def _stop_between_files(progress: ProgressFn | None) -> Iterator[ProgressFn | No
     def checked(p: IngestProgress) -> None:
         if progress is not None:
             progress(p)
-        if requested.is_set():
+        # Decode threads report too: only the ingest's own thread stops, where it can save.
+        if requested.is_set() and threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, request_stop)
@@ -617,22 +622,33 @@ class Engine:
         workers: int | None = None,
         retry_failed: bool = False,
         ray_address: str | None = None,
+        thumbnails: bool = True,
+        refresh_metadata: bool = False,
     ) -> IngestReport:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
+
+        With `thumbnails` (the default), the thumbnails that maps and the web page show are made from the
+        pixels decoded for the model (on Ray, by the workers), so that they never wait for them; without,
+        they are made on first request.
 
         `ray_address` decodes and embeds on Ray (`retrieval.ingest.ray`; the `ray` extra): "local" starts a
         runtime on this machine, "auto" joins the one `ray start` runs here, "ray://HOST:10001" a cluster;
         `workers` then counts Ray actors (one model each) instead of decode threads.
 
+        `refresh_metadata` reads every image's metadata (EXIF, size, folder) again from its file's header,
+        keeping its vector: what an index made before a metadata column existed needs once.
+
         A new index whose first ingest fails before it records a file (a missing folder, weights that
         cannot be had, a bad model) is not left behind: its folder and lock are removed.
 
         Raises:
+            IngestInterrupted: Ctrl-C stopped it (a KeyboardInterrupt); its `report` says what was saved.
             UsageError: `root` is not a folder; a bad model name or weights file.
             IndexBusyError: another process is writing to this index.
             IndexMismatchError: the index was built with another model.
             ClusterError: the Ray cluster cannot be reached or failed (what was recorded is saved).
         """
+        from retrieval.files.thumbnails import SIDES
         from retrieval.ingest.pipeline import Ingestor
 
         folder = Path(root).expanduser()
@@ -646,7 +662,7 @@ class Engine:
             self._load_embedder(progress)  # first: a model that fails to load is not a write error
             with (
                 _stop_between_files(progress) as checked_progress,
-                self._ray_stage(ray_address, workers, checked_progress) as stage,
+                self._ray_stage(ray_address, workers, checked_progress, thumbnails) as stage,
                 _write_errors(self.dir),
             ):
                 store = self._open_for_writing()
@@ -659,6 +675,8 @@ class Engine:
                     progress=checked_progress,
                     retry_failed=retry_failed,
                     stage=stage,
+                    thumbnails=[self._thumbnail_cache(side) for side in SIDES] if thumbnails else (),
+                    refresh_metadata=refresh_metadata,
                 )
                 return ingestor.run(folder, prune=prune)
         except BaseException:
@@ -682,13 +700,14 @@ class Engine:
 
     @contextmanager
     def _ray_stage(
-        self, address: str | None, workers: int | None, progress: ProgressFn | None
+        self, address: str | None, workers: int | None, progress: ProgressFn | None, thumbnails: bool = True
     ) -> Iterator[PrepareStage | None]:
         """The Ray stage for an ingest at `address`; None (the local stage) without one. Ray is imported only
         here, only when asked for."""
         if address is None:
             yield None
             return
+        from retrieval.files.thumbnails import SIDES
         from retrieval.ingest.ray import EmbedderArgs, ray_stage
 
         name, pretrained, weights = self._embedder_args()
@@ -703,6 +722,7 @@ class Engine:
             batch_size=self.batch_size,
             workers=workers,
             progress=progress,
+            thumbnail_sides=SIDES if thumbnails else (),
         ) as stage:
             yield stage
 
@@ -907,6 +927,10 @@ class Engine:
             raise QueryError(f"{ref} is neither an indexed image id nor an image file")
         return QueryPart("image", path.resolve())
 
+    def _allowed(self, filter: Filter | None) -> np.ndarray | None:
+        """The ids `filter` allows, or None for no filter (an empty Filter limits nothing)."""
+        return None if filter is None or filter.is_empty else self.meta.allowed_ids(filter)
+
     def query_vector(self, query: Query) -> np.ndarray:
         from retrieval.search.queries import query_vector
 
@@ -921,38 +945,66 @@ class Engine:
         return self.embedder.embed_texts(texts)
 
     def search(
-        self, query: Query, *, k: int = 10, min_score: float | None = None, ef: int | None = None
+        self,
+        query: Query,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        ef: int | None = None,
+        filter: Filter | None = None,
     ) -> list[SearchHit]:
-        """Top-k images for a query of text/image/id parts, each added or subtracted."""
+        """Top-k images for a query of text/image/id parts, each added or subtracted; with `filter`, among
+        the images it allows only (none allowed: no results)."""
         from retrieval.search.queries import run_search
 
+        # A filter's SQL is MetadataStore's; an unfiltered search reads its rows through the reader.
+        meta = self._db if filter is None or filter.is_empty else self.meta
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
             return run_search(
-                vector, self.store, self._db, k=k, min_score=min_score, exclude=query.exclude_ids, ef=ef
+                vector,
+                self.store,
+                meta,
+                k=k,
+                min_score=min_score,
+                exclude=query.exclude_ids,
+                ef=ef,
+                filter=filter,
             )
 
-    def search_text(self, text: str, *, k: int = 10, min_score: float | None = None) -> list[SearchHit]:
+    def search_text(
+        self, text: str, *, k: int = 10, min_score: float | None = None, filter: Filter | None = None
+    ) -> list[SearchHit]:
         from retrieval.search.queries import Query, QueryPart
 
-        return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score)
+        return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score, filter=filter)
 
     def search_image(
-        self, image: Path | bytes, *, k: int = 10, min_score: float | None = None
+        self,
+        image: Path | bytes,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        filter: Filter | None = None,
     ) -> list[SearchHit]:
         from retrieval.search.queries import Query, QueryPart
 
         source = Path(image).expanduser() if isinstance(image, str | Path) else image
-        return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score)
+        return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score, filter=filter)
 
     def similar(
-        self, ref: str | int | Path, *, k: int = 10, min_score: float | None = None
+        self,
+        ref: str | int | Path,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        filter: Filter | None = None,
     ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
         from retrieval.search.queries import Query
 
-        return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score)
+        return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score, filter=filter)
 
     def map(
         self,
@@ -963,16 +1015,25 @@ class Engine:
         seed: int = 0,
         perplexity: float | None = None,
         clusters: int | None = None,
+        filter: Filter | None = None,
+        progress: MapProgressFn | None = None,
     ) -> NeighbourhoodMap:
         """A t-SNE map of the query and its top-n results; with expand > 0, also each result's `expand`
-        nearest neighbours. Draw it with `render_map`. See retrieval/maps/layout.py."""
-        from retrieval.maps.layout import build_map
+        nearest neighbours; with `filter`, results and neighbours both from the images it allows. Draw it
+        with `render_map`. See retrieval/maps/layout.py. `progress` is told when the layout starts (the
+        search and t-SNE take seconds)."""
+        from retrieval.maps.layout import MapProgress, build_map
         from retrieval.search.queries import run_search
 
+        if progress is not None:
+            progress(MapProgress("layout"))
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
-            hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+            allowed = self._allowed(filter)
+            hits = run_search(
+                vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
+            )
             return build_map(
                 query,
                 vector,
@@ -983,29 +1044,45 @@ class Engine:
                 seed=seed,
                 perplexity=perplexity,
                 clusters=clusters,
+                allowed=allowed,
             )
 
     def render_map(
-        self, m: NeighbourhoodMap, out: Path | str, *, colour_by: ColourBy = "cluster"
+        self,
+        m: NeighbourhoodMap,
+        out: Path | str,
+        *,
+        colour_by: ColourBy = "cluster",
+        progress: MapProgressFn | None = None,
     ) -> RenderedMap:
-        """Write a map as .png, .svg or .html; thumbnails are made once into the index's `thumbs/` folder."""
+        """Write a map as .png, .svg or .html; thumbnails missing from the index's `thumbs/` folder (ingest
+        makes them) are made once there. `progress` is told of the stages (thumbnails, drawing)."""
+        from retrieval.files.thumbnails import THUMB_SIDE, thumbnail_cache
         from retrieval.maps.render import render_map
-        from retrieval.maps.thumbnails import ThumbnailCache
 
-        return render_map(m, out, ThumbnailCache(self.dir / "thumbs"), self.meta, colour_by=colour_by)
+        cache = thumbnail_cache(self.dir / "thumbs", THUMB_SIDE)
+        return render_map(m, out, cache, self.meta, colour_by=colour_by, progress=progress)
 
-    def duplicates(self, *, threshold: float | None = None, neighbours: int | None = None) -> DuplicateReport:
+    def duplicates(
+        self,
+        *,
+        threshold: float | None = None,
+        neighbours: int | None = None,
+        filter: Filter | None = None,
+    ) -> DuplicateReport:
         """Groups of near-duplicate images found through the index (each image's nearest neighbours);
         `threshold` is a cosine, by default the one measured for this index's model; `neighbours` by default
-        DEFAULT_NEIGHBOURS of retrieval.search.duplicates."""
+        DEFAULT_NEIGHBOURS of retrieval.search.duplicates; with `filter`, only the images it allows are
+        grouped."""
         from retrieval.search.duplicates import DEFAULT_NEIGHBOURS, default_threshold, find_duplicates
 
         if threshold is None:
             threshold = default_threshold(self.manifest.get("embedder_id"))
         with self._reads:
             self.store.reload_if_changed()
+            allowed = self._allowed(filter)
             k = DEFAULT_NEIGHBOURS if neighbours is None else neighbours
-            return find_duplicates(self.store, self.meta, threshold=threshold, k=k)
+            return find_duplicates(self.store, self.meta, threshold=threshold, k=k, allowed=allowed)
 
     def export(self, out: Path | str, *, row_group: int | None = None) -> ExportReport:
         """Write the index to a Parquet file: one row per image (id, path, root, copies, every metadata
@@ -1094,6 +1171,11 @@ class Engine:
         digest = self.meta.content_hashes([image_id]).get(image_id, "")
         cache = self._thumbnail_cache(side)
         cached = cache.path_for(image_id, digest)
+        # Checked even when the thumbnail is cached (ingest makes them): a picture is shown only while
+        # its file is still the one indexed, as an original is.
+        source = self.original(image_id)
+        if source is None:
+            return None, digest
         with self._thumb_locks[image_id % len(self._thumb_locks)]:
             try:
                 data = cached.read_bytes()
@@ -1102,9 +1184,6 @@ class Engine:
             if data is not None and _whole_jpeg(data):
                 return data, digest
             cached.unlink(missing_ok=True)
-            source = self.original(image_id)
-            if source is None:
-                return None, digest
             return cache.get_many(self.meta, [(image_id, str(source))])[0], digest
 
     def original(self, image_id: int) -> Path | None:
@@ -1117,7 +1196,7 @@ class Engine:
                 return real
         return None
 
-    def serve_search(self, query: Query, *, k: int = 10) -> list[SearchHit]:
+    def serve_search(self, query: Query, *, k: int = 10, filter: Filter | None = None) -> list[SearchHit]:
         """`search` for a server: the query's uploaded images are decoded before the read lock is taken,
         within `upload_pixel_budget`, so one large upload does not hold up everyone else's searches."""
         from retrieval.search.queries import run_search
@@ -1126,9 +1205,11 @@ class Engine:
         with self._reads:
             self.store.reload_if_changed()
             vector = self._served_vector(query, uploads)
-            return run_search(vector, self.store, self.meta, k=k, exclude=query.exclude_ids)
+            return run_search(vector, self.store, self.meta, k=k, exclude=query.exclude_ids, filter=filter)
 
-    def serve_map(self, query: Query, *, n: int = 200, expand: int = 0, seed: int = 0) -> NeighbourhoodMap:
+    def serve_map(
+        self, query: Query, *, n: int = 200, expand: int = 0, seed: int = 0, filter: Filter | None = None
+    ) -> NeighbourhoodMap:
         """`map` for a server: uploads decoded as in `serve_search`, and the layout made outside the read
         lock, its store reads taking turns with searches. Should an ingest elsewhere drop some of the images
         mid-layout, the map fails with UsageError (400) rather than showing a mix of two generations."""
@@ -1139,9 +1220,12 @@ class Engine:
         with self._reads:
             self.store.reload_if_changed()
             vector = self._served_vector(query, uploads)
-            hits = run_search(vector, self.store, self.meta, k=n, exclude=query.exclude_ids)
+            allowed = self._allowed(filter)
+            hits = run_search(
+                vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
+            )
             store = cast(Store, _TakingTurns(self.store, self._reads))
-        return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed)
+        return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed, allowed=allowed)
 
     def _decode_uploads(self, query: Query) -> dict[bytes, Image.Image]:
         from retrieval.files.decoding import decode_image
@@ -1167,12 +1251,10 @@ class Engine:
         )
 
     def _thumbnail_cache(self, side: int) -> ThumbnailCache:
-        from retrieval.maps.thumbnails import ThumbnailCache
+        from retrieval.files.thumbnails import thumbnail_cache
 
         if side not in self._thumbs:
-            folder = self.dir / "thumbs"
-            default = ThumbnailCache(folder)
-            self._thumbs[side] = default if default.side == side else ThumbnailCache(folder / str(side), side)
+            self._thumbs[side] = thumbnail_cache(self.dir / "thumbs", side)
         return self._thumbs[side]
 
     def status(self) -> IndexStatus:

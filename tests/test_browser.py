@@ -385,3 +385,43 @@ def test_long_file_names_shorten_in_the_middle_keep_their_extension_and_show_who
         assert not problems, problems
     finally:
         page.close()
+
+
+def test_the_filter_bar_narrows_a_search_and_sends_its_fields_as_filter_parameters(served, browser):
+    base, _engine, _photos = served
+    expect = sync_api.expect
+    problems: list[str] = []
+    asked: list[str] = []
+    page = open_page(browser, base, problems)
+    page.on("request", lambda r: asked.append(r.url) if "/api/search" in r.url else None)
+    try:
+        expect(page.locator("#filters")).to_be_hidden()  # collapsed until opened
+        page.fill("#q", "a photo")
+        page.press("#q", "Enter")
+        expect(page.locator("#grid .hit")).to_have_count(N_PHOTOS)
+
+        page.click("#filter-bar summary")
+        page.fill("#f-in", "elsewhere")
+        page.click("#filters-apply")
+        expect(page.locator("#status")).to_contain_text("0 results")
+        expect(page.locator("#grid .hit")).to_have_count(0)
+        expect(page.locator("#filters-count")).to_have_text("(1)")
+        assert "in=elsewhere" in asked[-1]
+
+        # The drawn photos were written today: none was taken before 2000; all of them after.
+        page.fill("#f-in", "")
+        page.fill("#f-before", "2000-01-01")
+        page.click("#filters-apply")
+        expect(page.locator("#grid .hit")).to_have_count(0)
+        page.fill("#f-before", "")
+        page.fill("#f-after", "2000-01-01")
+        page.click("#filters-apply")
+        expect(page.locator("#grid .hit")).to_have_count(N_PHOTOS)
+        assert "after=2000-01-01" in asked[-1]
+
+        page.click("#filters-clear")
+        expect(page.locator("#filters-count")).to_have_text("")
+        expect(page.locator("#grid .hit")).to_have_count(N_PHOTOS)
+        assert not problems, problems
+    finally:
+        page.close()

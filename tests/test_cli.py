@@ -285,3 +285,45 @@ def test_failed_files_with_hostile_names_are_listed_one_line_each_by_ingest_and_
     assert_shown_safely(result.output, broken)
     recorded = json.loads(invoke("stats", "--json").stdout)["failures"]
     assert sorted(path for path, _ in recorded) == sorted(map(str, broken))
+
+
+def test_ingest_without_thumbnails_makes_none_and_with_them_makes_both_sides(make_photos, home):
+    paths = make_photos(3, fmt="PNG")
+    assert invoke("ingest", paths[0].parent, "--model", "classic", "--no-thumbnails").exit_code == 0
+    assert not (home / "default" / "thumbs").exists()
+    assert invoke("ingest", paths[0].parent, "--model", "classic", "--index", "t").exit_code == 0
+    assert len(list((home / "t" / "thumbs").glob("*.jpg"))) == 3
+    assert len(list((home / "t" / "thumbs" / "256").glob("*.jpg"))) == 3
+
+
+def test_ingest_bar_shows_files_decoded_and_embedded(make_photos):
+    paths = make_photos(4)
+    result = invoke("ingest", paths[0].parent, "--model", "classic")
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.stderr.splitlines()]
+    assert [words[0] for words in lines] == ["decoded", "embedded"]
+    assert all("4/4" in words for words in lines)
+
+
+def test_the_rate_is_a_windowed_average_that_falls_while_nothing_moves_and_the_eta_then_goes():
+    from types import SimpleNamespace
+
+    from retrieval_cli.main import RATE_WINDOW_S, STALL_S, _EtaColumn, _Window
+
+    window = _Window(0.0)
+    for second in range(1, 61):
+        window.add(10 * second, float(second), moved=True)  # 10 files a second for a minute
+    assert window.rate(60.0) == pytest.approx(10.0)
+    window.add(10_000, 60.5, moved=True)  # a burst: diluted over the window, not 19,000 files a second
+    assert window.rate(60.5) < 10_000 / RATE_WINDOW_S + 11
+    still = window.rate(60.5 + STALL_S)
+    assert still is not None and still < window.rate(60.5)  # falls while nothing comes
+
+    now = [61.0]
+    windows = {1: window}
+    eta = _EtaColumn(windows, clock=lambda: now[0])
+    task = SimpleNamespace(id=1, total=20_000, completed=10_000, finished=False)
+    task.fields = {"eta": True, "still": window}
+    assert str(eta.render(task)).startswith("eta ")
+    now[0] = 60.5 + STALL_S + 0.1
+    assert str(eta.render(task)) == ""  # nothing moved for STALL_S: no time left is claimed

@@ -63,6 +63,9 @@ def write_folder(folder: Path, n: int = 14) -> dict[str, str]:
         draw_photo(i, size).save(folder / f"p{i:02d}.{ext}", fmt)
     exif = Image.Exif()
     exif[0x0132] = "2021:06:01 12:30:00"  # DateTime
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"  # Make, Model
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2], gps[3], gps[4] = "N", (48.0, 51.0, 29.0), "E", (2.0, 17.0, 40.0)
     draw_photo(40).save(folder / "dated.jpg", "JPEG", exif=exif)
     shutil.copy(folder / "p01.webp", folder / "p01-copy.webp")
     (folder / "empty.jpg").write_bytes(b"")
@@ -71,13 +74,20 @@ def write_folder(folder: Path, n: int = 14) -> dict[str, str]:
     return {"empty.jpg": "empty", "notes.jpg": "not an image", "truncated.jpg": "truncated"}
 
 
+def thumbnails(index_dir: Path) -> dict[str, bytes]:
+    """The thumbnails an index holds, by path under its thumbs/ folder."""
+    folder = index_dir / "thumbs"
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.jpg")}
+
+
 def snapshot(index_dir: Path) -> dict[str, Any]:
     """Everything an index records about its images, read straight from its database and vectors."""
     db = sqlite3.connect(index_dir / "meta.sqlite")
     try:
         tables = {
-            "contents": "SELECT id, hash, width, height, format, captured_at, embedded FROM contents",
-            "files": "SELECT id, path, content_id, size, mtime_ns FROM files",
+            "contents": "SELECT id, hash, width, height, format, captured_at, embedded, camera_make, "
+            "camera_model, lens, gps_lat, gps_lon FROM contents",
+            "files": "SELECT id, path, content_id, size, mtime_ns, folder FROM files",
             "failures": "SELECT path, reason, size, mtime_ns FROM failures",
         }
         rows = {name: sorted(db.execute(sql).fetchall()) for name, sql in tables.items()}
@@ -199,7 +209,7 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
         yield SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
 
     def last_first(stage: RayStage, rows: list[dict[str, Any]]) -> Iterator[dict[str, np.ndarray]]:
-        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1, stage._embedded)
+        worker = EmbedWorker(stage.args, "cpu", stage.batch_size, 1, stage._embedded, stage.thumbnail_sides)
         columns = [
             {k: np.array([row[k] for row in rows[i : i + 3]]) for k in rows[0]}
             for i in range(0, len(rows), 3)
@@ -210,10 +220,19 @@ def test_results_arriving_in_any_order_are_recorded_in_the_listing_order(tmp_pat
     monkeypatch.setattr(RayStage, "_results", last_first)
     with Engine("local", model="classic") as engine:
         local = engine.ingest(folder)
+    seen: list[IngestProgress] = []
     with Engine("ray", model="classic") as engine:
-        reordered = engine.ingest(folder, ray_address="local")
+        reordered = engine.ingest(folder, ray_address="local", progress=seen.append)
     assert (reordered.embedded, reordered.linked, reordered.failed) == (local.embedded, 1, local.failed)
     assert_same_index(snapshot(home / "local"), snapshot(home / "ray"))
+    assert thumbnails(home / "ray") == thumbnails(home / "local") != {}  # made by the workers, the same
+    # Files count as decoded as their batch comes back from the cluster; both counts grow to the total.
+    ingest = [p for p in seen if p.phase == "ingest"]
+    decoded = [p.decoded for p in ingest]
+    steps = np.diff([0, *sorted(set(decoded))])
+    assert decoded == sorted(decoded) and steps.max() == 3  # by the batch of 3, not file by file
+    assert all(p.embedded <= p.done <= p.decoded for p in ingest)
+    assert (ingest[-1].decoded, ingest[-1].embedded) == (ingest[-1].total, ingest[-1].total)
 
 
 def _plan(resources: list[dict[str, float]], workers: int | None = None) -> tuple[int, str, float, float]:
@@ -265,6 +284,7 @@ def test_a_ray_ingest_records_the_ids_vectors_and_failures_of_a_local_ingest(ray
     assert ray_report == local_report
     counts = ("added", "updated", "removed", "unchanged", "embedded", "linked")
     assert [ray_report[c] for c in counts] == [16, 0, 0, 0, 15, 1]
+    assert thumbnails(home / "ray") == thumbnails(home / "local") != {}  # through Ray Data's batches
     failed = {Path(path).name: reason for path, reason in ray_report["failed"]}
     assert failed.keys() == broken.keys()
     assert all(word in failed[name] for name, word in broken.items()), failed
@@ -272,6 +292,7 @@ def test_a_ray_ingest_records_the_ids_vectors_and_failures_of_a_local_ingest(ray
     ray_index = snapshot(home / "ray")
     assert_same_index(snapshot(home / "local"), ray_index)
     assert any(row[5] is not None for row in ray_index["contents"])  # the capture time came back too
+    assert any(row[7:9] == ("Canon", "Canon EOS R5") and row[10] is not None for row in ray_index["contents"])
     assert_consistent(home / "ray", files=16)
 
 
@@ -357,7 +378,7 @@ def test_a_ray_ingest_driver_reads_no_photo_and_links_moved_and_copied_files(
     assert opened == []  # the workers read the photos; this process only listed them
     assert (second.added, second.removed, second.embedded, second.linked) == (2, 1, 0, 2)
     rows = snapshot(home / "ray")
-    content_of = {Path(path).name: content for _, path, content, _, _ in rows["files"]}
+    content_of = {Path(path).name: content for _, path, content, *_ in rows["files"]}
     assert content_of["moved.jpg"] == 1 and content_of["copy.jpg"] == content_of["photo001.jpg"]
     assert_consistent(home / "ray", files=7)
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from retrieval.demo import next_commands
 from retrieval.embedders.projections import HeadParams
-from retrieval.engine import Engine, list_indexes
+from retrieval.engine import Engine, Filter, list_indexes
 from retrieval.ingest.pipeline import IngestProgress
 from retrieval.settings import resolve_home
 
@@ -103,6 +103,20 @@ def test_stats_list_and_search_read_the_same_without_sqlalchemy_as_with_it(class
         full = (light.stats(failures=None), light.summary(), light.search_image(classic_index[1], k=6))
     assert fast == full
     assert fast[0].counts["failures"] == 1 and len(fast[2]) == 6
+
+
+def test_a_filtered_search_opens_the_metadata_store_and_keeps_to_the_filter(classic_index, make_photos):
+    """A filter's SQL is MetadataStore's: an index read through the sqlite3 reader opens the store for a
+    filtered search (only then), and the results keep to the filter."""
+    make_photos(3, classic_index[0].parent / "Holidays", start=10)
+    with Engine() as engine:
+        engine.ingest(classic_index[0].parent)
+    with Engine() as light:
+        everything = light.search_image(classic_index[1], k=9, filter=Filter())  # an empty filter: no limit
+        assert light._meta is None and len(everything) == 9
+        hits = light.search_image(classic_index[1], k=9, filter=Filter(folders=("Holidays",)))
+        assert light._meta is not None
+    assert sorted(Path(h.path).name for h in hits) == ["photo010.jpg", "photo011.jpg", "photo012.jpg"]
 
 
 def test_remove_and_stats_on_a_clip_index_do_not_load_the_model(make_photos, tmp_path):

@@ -167,10 +167,13 @@ def test_ctrl_c_stops_cleanly_having_saved_what_was_done(photos, home, tmp_path)
     finally:
         child.stop()
     lines = child.lines()
-    assert "interrupted: work done so far is saved; run the same command to finish" in lines
     assert not any("Traceback" in line for line in lines)
     last = max(done(line) for line in lines)
     assert N // 2 <= last < N
+    # One line says what was saved: every file recorded before the stop.
+    (summary,) = [line for line in lines if line.startswith("interrupted")]
+    assert f": saved {last} files ({last} embedded, 0 linked" in summary
+    assert summary.endswith("; run the same command to finish")
     # No checkpoint came before the interrupt: the stop itself saved every file it had finished.
     assert_consistent(home / "interrupted", files=last)
     with Engine("interrupted") as engine:

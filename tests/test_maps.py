@@ -19,18 +19,19 @@ from typer.testing import CliRunner
 from retrieval.engine import Engine
 from retrieval.errors import QueryError, UsageError
 from retrieval.files.decoding import ALPHA_BACKGROUND
+from retrieval.files.thumbnails import SIDES, make_thumbnail, thumbnail_cache, thumbnails_of
 from retrieval.maps import layout as maps
 from retrieval.maps.layout import (
     LargeMapWarning,
     LayoutParams,
     MapPoint,
+    MapProgress,
     NeighbourhoodMap,
     choose_perplexity,
     cluster_points,
     compute_layout,
 )
 from retrieval.maps.render import fill_template, render_html, script_json
-from retrieval.maps.thumbnails import make_thumbnail
 from retrieval.search.queries import Query, QueryPart
 
 GROUPS = 3
@@ -158,7 +159,7 @@ def grouped(tmp_path_factory) -> Iterator[tuple[Engine, dict[str, int]]]:
             _variant(base, rng).save(path, quality=90)
             group_of[str(path)] = g
     with Engine("maps", home=root / "home", model="classic") as engine:
-        engine.ingest(photos)
+        engine.ingest(photos, thumbnails=False)  # the maps make their own: the path tested here
         yield engine, group_of
 
 
@@ -212,6 +213,86 @@ def test_png_map_opens_at_the_expected_size_and_thumbnails_are_made_once(grouped
     assert len(list((engine.dir / "thumbs").glob("*.jpg"))) >= 13
     again = engine.render_map(m, tmp_path / "again.html", colour_by="score")
     assert again.thumbnails_made == 0
+
+
+def test_a_map_tells_its_stages_in_order_layout_thumbnails_drawing(grouped, tmp_path):
+    engine, _ = grouped
+    seen: list[MapProgress] = []
+    m = engine.map(Query.of(QueryPart("id", _first_id(engine, "g0-5"))), n=8, progress=seen.append)
+    engine.render_map(m, tmp_path / "stages.png", progress=seen.append)
+    stages = [p.stage for p in seen]
+    assert stages[0] == "layout" and stages[-1] == "drawing"
+    assert stages == sorted(stages, key=["layout", "thumbnails", "drawing"].index)
+    thumbs = [p for p in seen if p.stage == "thumbnails"]
+    assert thumbs[0].total == len(m.points)
+    done = [p.done for p in thumbs[1:]]
+    assert done == sorted(done) and done[-1] == thumbs[-1].total  # the ones still to make, counted up
+
+
+# -- thumbnails made during ingest ---------------------------------------------------------------------
+
+
+def no_photo_decoded(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """From now on, every decode a thumbnail request makes from a photo, recorded (and refused)."""
+    import retrieval.files.thumbnails as thumbnails
+
+    calls: list[object] = []
+
+    def refuse(source: object, **kwargs: object) -> None:
+        calls.append(source)
+        raise AssertionError(f"decoded {source} again for a thumbnail")
+
+    monkeypatch.setattr(thumbnails, "decode_image", refuse)
+    return calls
+
+
+def test_ingest_makes_the_thumbnails_maps_and_the_web_page_ask_for_and_none_is_decoded_again(
+    make_photos, home, tmp_path, monkeypatch
+):
+    paths = make_photos(6, fmt="PNG")  # 192x144
+    with Engine(model="classic") as engine:
+        engine.ingest(paths[0].parent)
+        ids = sorted(engine.meta.embedded_ids())
+        hashes = engine.meta.content_hashes(ids)
+        for side in SIDES:
+            cache = thumbnail_cache(engine.dir / "thumbs", side)
+            assert all(cache.path_for(i, hashes[i]).is_file() for i in ids), side
+        calls = no_photo_decoded(monkeypatch)
+        small, _ = engine.thumbnail(ids[0], 96)  # what /api/images/ID/thumbnail?size=small serves
+        large, _ = engine.thumbnail(ids[0], 256)  # ... and size=large
+        m = engine.map(Query.of(QueryPart("id", ids[0])), n=5)
+        rendered = engine.render_map(m, tmp_path / "map.png")
+    assert calls == [] and rendered.thumbnails_made == 0
+    assert small is not None and Image.open(io.BytesIO(small)).size == (96, 72)
+    assert large is not None and Image.open(io.BytesIO(large)).size == (192, 144)  # never enlarged
+
+
+def test_a_side_the_model_decoded_too_small_for_is_made_from_the_photo_on_request(make_photos, home):
+    paths = make_photos(1, fmt="JPEG")
+    draw_photo(7, (640, 480)).save(paths[0], quality=90)  # classic decodes it at 1/4 scale: 160x120
+    with Engine(model="classic") as engine:
+        engine.ingest(paths[0].parent)
+        (content_id,) = engine.meta.embedded_ids()
+        digest = engine.meta.content_hashes([content_id])[content_id]
+        small = thumbnail_cache(engine.dir / "thumbs", 96).path_for(content_id, digest)
+        large = thumbnail_cache(engine.dir / "thumbs", 256).path_for(content_id, digest)
+        assert small.is_file() and not large.exists()
+        data, _ = engine.thumbnail(content_id, 256)
+    assert data is not None and Image.open(io.BytesIO(data)).size == (256, 192)
+    assert large.is_file()
+
+
+def test_thumbnails_of_a_decoded_picture_flatten_transparency_and_leave_the_picture_whole():
+    art = Image.new("RGBA", (400, 300), (255, 255, 255, 0))
+    ImageDraw.Draw(art).ellipse((100, 50, 300, 250), fill=(200, 30, 30, 255))
+    made = thumbnails_of(art, SIDES)
+    assert art.size == (400, 300) and art.mode == "RGBA"
+    assert {side: Image.open(io.BytesIO(data)).size for side, data in made.items()} == {
+        96: (96, 72),
+        256: (256, 192),
+    }
+    corner = np.asarray(Image.open(io.BytesIO(made[256])).convert("RGB"), dtype=int)[5, 5]
+    assert np.abs(corner - np.array(ALPHA_BACKGROUND)).max() <= 3
 
 
 def test_svg_map_is_written(grouped, tmp_path):

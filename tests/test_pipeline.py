@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from retrieval.embedders.classic import ClassicEmbedder
 from retrieval.embedders.clip import encode_text
 from retrieval.engine import Engine
 from retrieval.files.decoding import ALPHA_BACKGROUND, decode_image
-from retrieval.ingest.pipeline import Ingestor
+from retrieval.ingest.pipeline import Ingestor, IngestProgress
 from retrieval.metadata import MetadataStore
 from retrieval.vectors.hnsw.store import VectorStore
 
@@ -285,6 +286,30 @@ def test_ingest_numbers_new_rows_after_the_existing_ones(tmp_path: Path, index: 
     Ingestor(meta, store, embedder, batch_size=4).run(tmp_path / "b")
     assert meta.embedded_ids() == set(range(1, 12))
     assert {int(i) for i in store.ids()} == set(range(1, 12))
+
+
+def test_progress_counts_decoded_and_embedded_files_that_only_grow_and_end_at_the_file_count(
+    tmp_path: Path, home: Path
+) -> None:
+    paths = write_photos(tmp_path / "photos", 30)
+    (tmp_path / "photos" / "copy.png").write_bytes(paths[0].read_bytes())  # linked, not embedded
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")  # failed
+    seen: list[IngestProgress] = []
+    with Engine(model="classic", batch_size=8) as engine:
+        report = engine.ingest(tmp_path / "photos", progress=seen.append)
+    assert (report.embedded, report.linked, len(report.failed)) == (30, 1, 1)
+    ingest = [p for p in seen if p.phase == "ingest"]
+    for count in ("decoded", "done", "embedded"):
+        values = [getattr(p, count) for p in ingest]
+        assert values == sorted(values), f"{count} went back"
+    assert all(p.embedded <= p.done <= p.decoded for p in ingest)
+    last = ingest[-1]
+    assert (last.decoded, last.done, last.embedded, last.total) == (32, 32, 32, 32)
+    assert sorted({p.decoded for p in ingest}) == list(range(33))  # told of every file as it is decoded
+    # Embedded moves by the batch (of 8), decoding runs ahead of it by up to a batch.
+    steps = [b.embedded - a.embedded for a, b in itertools.pairwise(ingest)]
+    assert max(steps) >= 8
+    assert max(p.decoded - p.embedded for p in ingest) >= 7
 
 
 # -- text and query path -----------------------------------------------------------------------------

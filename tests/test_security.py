@@ -361,7 +361,7 @@ def test_a_damaged_cached_thumbnail_is_made_again(classic):
     with local(create_app(engine)) as c:
         first = c.get("/api/images/1/thumbnail")
         assert first.status_code == 200
-        (cached,) = (engine.dir / "thumbs").rglob("1-*.jpg")
+        (cached,) = (engine.dir / "thumbs" / "256").glob("1-*.jpg")  # size=large, the default
         cached.write_bytes(first.content[: len(first.content) // 2])  # a crash or a full disk
         again = c.get("/api/images/1/thumbnail")
     assert again.status_code == 200 and again.content == first.content

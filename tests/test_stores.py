@@ -367,6 +367,53 @@ def test_every_store_answers_a_filtered_search_from_the_allowed_ids_only(new_sto
     assert (nothing == -1).all()
 
 
+#: How each store is made to take each of its filtered ways: Milvus's expression limits (terms per
+#: expression, expressions per search) and the default store's way.
+FILTER_PLANS = {
+    "one-expression": ((4096, 4), "exact"),
+    "chunked": ((32, 100), "scan"),
+    "widened": ((8, 0), "walk"),
+}
+
+
+@pytest.mark.parametrize("plan", list(FILTER_PLANS))
+@pytest.mark.parametrize("complement", [False, True], ids=["folder-and-singles", "all-but-a-few"])
+def test_every_store_answers_a_filtered_search_exactly_whichever_way_it_takes(
+    new_store, monkeypatch, plan, complement
+):
+    from retrieval.vectors import milvus
+    from retrieval.vectors.hnsw import filtered
+
+    (terms, exprs), way = FILTER_PLANS[plan]
+    monkeypatch.setattr(milvus, "FILTER_TERMS", terms)
+    monkeypatch.setattr(milvus, "FILTER_EXPRS", exprs)
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: way)
+    dim, n = 32, 600
+    rng = np.random.default_rng(11)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    store = new_store(dim)
+    store.add(ids, vecs)
+    store.remove([150])
+    store.save()
+    if complement:
+        allowed = np.setdiff1d(ids, rng.choice(ids, 20, replace=False))
+    else:  # a folder (ids 100..199) and scattered singles, with ids never stored
+        allowed = np.union1d(np.arange(100, 200), rng.choice(ids, 150, replace=False))
+    allowed = np.union1d(allowed, [n + 1, n + 2])
+    queries = vecs[[0, 77, 300, 451, 599]]
+    found, scores = store.search(queries, k=8, allowed=allowed)
+    live = allowed[(allowed <= n) & (allowed != 150)]
+    exact = queries @ vecs[live - 1].T
+    best = np.argsort(-exact, axis=1)[:, :8]
+    assert np.isin(found, live).all()  # allowed, stored and not removed
+    assert (found[:, 0] == live[best[:, 0]]).all()
+    hits = [len(set(f) & set(t)) for f, t in zip(found.tolist(), live[best].tolist(), strict=True)]
+    assert sum(hits) >= 0.95 * found.size
+    np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", queries, vecs[found - 1]), atol=1e-5)
+
+
 def test_duplicates_are_the_same_groups_on_every_store(store, tmp_path):
     folder = tmp_path / "dups"
     folder.mkdir()

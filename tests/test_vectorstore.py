@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import IndexCorruptError, IndexNotFoundError, UsageError
+from retrieval.vectors.hnsw import filtered
 from retrieval.vectors.hnsw.quantizer import Quantizer
 from retrieval.vectors.hnsw.store import LOW_HEAD_BOOST, MANIFEST, StoreParams, VectorStore
 
@@ -398,3 +399,129 @@ def test_rows_flushed_by_a_session_that_never_saved_are_trimmed(
     store.close()
     reopened = VectorStore.open(folder, writable=True)
     assert originals.stat().st_size == 100 * DIM * 4 and len(reopened) == 100
+
+
+# ---- filtered search -------------------------------------------------------------------------
+
+FILTER_N = 3000
+WAYS = ("exact", "scan", "walk")
+
+
+@pytest.fixture(scope="module")
+def filter_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A saved 3000-vector store (ids 10·i + 5) shared by the filtered-search tests, which only read it."""
+    path = tmp_path_factory.mktemp("filtered") / "vectors"
+    store, vecs = make_store(path, FILTER_N)
+    store.save()
+    store.close()
+    return path, vecs
+
+
+def _filter_rows(vecs: np.ndarray, share: float, correlated: bool, seed: int) -> np.ndarray:
+    """Rows of an allowed set: the nearest `share` of the vectors to one of them (a folder of one subject),
+    or a random subset."""
+    rng = np.random.default_rng(seed)
+    m = int(share * len(vecs))
+    if correlated:
+        return np.argsort(-(vecs @ vecs[rng.integers(len(vecs))]))[:m]
+    return rng.choice(len(vecs), m, replace=False)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("share", [0.1, 0.5])
+@pytest.mark.parametrize("correlated", [False, True], ids=["random", "folder"])
+def test_each_filtered_way_finds_the_exact_best_among_the_allowed_ids_only(
+    filter_store: tuple[Path, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    way: str,
+    share: float,
+    correlated: bool,
+) -> None:
+    path, vecs = filter_store
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: way)
+    ids = np.arange(FILTER_N) * 10 + 5
+    rows = np.sort(_filter_rows(vecs, share, correlated, seed=int(share * 10)))
+    allowed = ids[rows]
+    outside = np.setdiff1d(np.arange(FILTER_N), rows)  # queries from outside the folder: the hard case
+    queries = vecs[outside[:: len(outside) // 25][:25]]
+    with VectorStore.open(path) as store:
+        found, scores = store.search(queries, k=10, allowed=allowed)
+    truth = exact_top(vecs[rows], allowed, queries, 10)
+    assert np.isin(found, allowed).all()
+    assert (found[:, 0] == truth[:, 0]).all()  # the exact best is never missed
+    assert recall(found, truth) >= 0.98
+    exact = np.einsum("ij,ikj->ik", queries, vecs[(found - 5) // 10])
+    np.testing.assert_allclose(scores, exact, atol=1e-5)  # exact scores, best first
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_each_filtered_way_ignores_unknown_and_removed_ids_and_pads_short_sets(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: way)
+    store, vecs = make_store(folder, 1000)
+    store.save()
+    ids = np.arange(1000) * 10 + 5
+    query = vecs[7]
+    rows = np.sort(_filter_rows(vecs, 0.3, correlated=False, seed=5))
+    best = rows[np.argsort(-(vecs[rows] @ query))[:3]]
+    store.remove(ids[best].tolist())  # the three best allowed vectors are deleted
+    store.add(ids[best[:1]], vecs[[999]])  # and the best one comes back with another vector
+    store.save()
+    allowed = np.sort(np.concatenate([ids[rows], [6, 10**9]]))  # 6 and 10**9 were never stored
+    found, _ = store.search(query, k=10, allowed=allowed)
+    live = np.setdiff1d(rows, best[1:])
+    vectors_now = vecs.copy()
+    vectors_now[best[0]] = vecs[999]
+    truth = exact_top(vectors_now[live], ids[live], query[None], 10)
+    assert set(found[0].tolist()) <= set(ids[live].tolist())
+    assert found[0, 0] == truth[0, 0] and recall(found, truth) >= 0.9
+    few = np.array([ids[3], ids[4], 10**9], dtype=np.int64)
+    short, short_scores = store.search(query, k=5, allowed=few)
+    assert sorted(short[0, :2].tolist()) == sorted(ids[[3, 4]].tolist())
+    assert short[0, 2:].tolist() == [-1, -1, -1] and np.isneginf(short_scores[0, 2:]).all()
+
+
+def test_filtered_search_picks_exact_for_small_sets_a_scan_for_middle_ones_and_the_walk_for_large():
+    n = 1_000_000
+    assert filtered.choose(100, n, n, 128, graph=True) == "exact"
+    assert filtered.choose(10_000, n, n, 128, graph=True) == "scan"
+    assert filtered.choose(500_000, n, n, 128, graph=True) == "walk"
+    assert filtered.choose(500_000, n, n, 128, graph=False) == "scan"  # no graph to walk
+
+
+def test_a_read_only_allowed_array_is_reused_until_the_store_changes(folder: Path) -> None:
+    store, _ = make_store(folder, 600)
+    store.save()
+    ids = np.arange(600) * 10 + 5
+    allowed = np.sort(np.concatenate([ids[::2], [7]]))  # 7 is not stored yet
+    allowed.flags.writeable = False
+    query = unit_vectors(1, seed=42)[0]
+    first, _ = store.search(query, k=3, allowed=allowed)
+    assert 7 not in first[0]
+    store.add(np.array([7]), query[None])  # now stored, with the query's own vector
+    again, scores = store.search(query, k=3, allowed=allowed)
+    assert again[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    store.remove([7])  # removed: the slot count stays, the kept slots must not
+    after, _ = store.search(query, k=3, allowed=allowed)
+    assert 7 not in after[0] and (after[0] >= 0).all()
+
+
+def test_a_reader_keeps_its_head_codes_across_generations_and_scans_new_vectors(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "scan")
+    writer, vecs = make_store(folder, 800)
+    writer.save()
+    reader = VectorStore.open(folder)
+    allowed = np.arange(800) * 10 + 5
+    reader.search(vecs[0], k=3, allowed=allowed)
+    codes = reader._live().head_codes
+    query = unit_vectors(1, seed=77)[0]
+    writer.add(np.array([9001]), query[None])
+    writer.save()
+    assert reader.reload_if_changed()
+    found, _ = reader.search(query, k=3, allowed=np.append(allowed, 9001))
+    assert found[0, 0] == 9001  # the new vector is scanned too
+    assert reader._live().head_codes is codes  # extended, not rebuilt

@@ -123,6 +123,29 @@ _clock = time.monotonic
 
 
 @dataclass(frozen=True)
+class PhotoInfo:
+    """What a photo's EXIF says about how and where it was taken, for filtering (None where it says nothing).
+    A GPS position of exactly (0, 0) counts as absent: it is what cameras write when they have no fix."""
+
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What an image's header says, read without decoding its pixels (`read_header`)."""
+
+    width: int
+    height: int
+    format: str
+    captured_at: datetime | None
+    info: PhotoInfo
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     """An upright RGB picture (RGBA when asked to keep a transparent picture's alpha) plus what the file says
     about itself.
@@ -138,6 +161,7 @@ class DecodedImage:
     format: str
     captured_at: datetime | None
     warnings: tuple[str, ...] = ()
+    info: PhotoInfo = PhotoInfo()
 
 
 def decode_image(
@@ -290,7 +314,7 @@ def _decode_pixels(
     notes: list[str],
     keep_alpha: bool = False,
 ) -> DecodedImage:
-    im, orientation, captured_at = _open(fp, head, label, max_pixels, notes)
+    im, orientation, captured_at, info = _open(fp, head, label, max_pixels, notes)
     width, height = im.size
     if width * height > max_pixels:
         raise DecodeError(
@@ -334,6 +358,7 @@ def _decode_pixels(
         format=image_format,
         captured_at=captured_at,
         warnings=tuple(dict.fromkeys(notes)),
+        info=info,
     )
 
 
@@ -397,8 +422,9 @@ def _formats(head: bytes) -> list[str]:
 
 def _open(
     fp: _TimedFile, head: bytes, label: str, max_pixels: int, notes: list[str]
-) -> tuple[Image.Image, int, datetime | None]:
-    """Parse the header with an allowed decoder only, and read EXIF: (image, orientation, capture time).
+) -> tuple[Image.Image, int, datetime | None, PhotoInfo]:
+    """Parse the header with an allowed decoder only, and read EXIF: (image, orientation, capture time, what
+    else EXIF says).
 
     Pillow's hard decompression-bomb limit becomes DecodeError; its warnings go to `notes`."""
     formats = _formats(head)
@@ -409,7 +435,7 @@ def _open(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 im = Image.open(fp, formats=formats)
-                orientation, captured_at = _read_exif(im)
+                orientation, captured_at, info = _read_exif(im)
             finally:
                 _note(notes, *(str(w.message) for w in caught))
     except Image.DecompressionBombError as error:
@@ -424,7 +450,41 @@ def _open(
         if isinstance(error, EOFError) or "truncated" in str(error).lower():
             raise DecodeError(label, "truncated image header") from None
         raise DecodeError(label, f"corrupt image header ({_short(error)})") from None
-    return im, orientation, captured_at
+    return im, orientation, captured_at, info
+
+
+def read_header(path: Path | str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> HeaderInfo:
+    """Size (upright), format, capture time and EXIF of an image file, from its header only: what
+    `ingest --refresh-metadata` re-reads without decoding or embedding the picture again.
+
+    Raises:
+        DecodeError: the file cannot be opened, or its header is not one of an allowed format.
+    """
+    label = str(path)
+    try:
+        with Path(path).open("rb") as fp:
+            return _read_header(fp, label, max_pixels)
+    except OSError as error:
+        raise DecodeError(label, f"cannot open: {error.strerror or error}") from None
+
+
+def _read_header(fp: IO[bytes], label: str, max_pixels: int) -> HeaderInfo:
+    head = _peek(fp, label)
+    _refuse_unsupported_container(head, label)
+    notes: list[str] = []
+    deadline = _Deadline(settings.decode_seconds())
+    try:
+        with _captured(notes):
+            timed = _TimedFile(fp, deadline)
+            im, orientation, captured_at, info = _open(timed, head, label, max_pixels, notes)
+    except _Overtime:
+        raise DecodeError(label, "took too long to read its header") from None
+    with im:
+        width, height = im.size
+        image_format = _FORMAT_NAMES.get(im.format or "", im.format or "UNKNOWN")
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return HeaderInfo(width, height, image_format, captured_at, info)
 
 
 def _unidentified_reason(head: bytes) -> str:
@@ -460,8 +520,9 @@ def _check_decoded_bytes(im: Image.Image, label: str, max_pixels: int) -> None:
         )
 
 
-def _read_exif(im: Image.Image) -> tuple[int, datetime | None]:
-    """Return (orientation, capture time); damaged EXIF counts as absent rather than failing the image."""
+def _read_exif(im: Image.Image) -> tuple[int, datetime | None, PhotoInfo]:
+    """Return (orientation, capture time, camera, lens and position); damaged EXIF counts as absent rather
+    than failing the image, each part on its own."""
     try:
         exif = im.getexif()
         orientation = int(exif.get(ExifTags.Base.Orientation, 1) or 1)
@@ -470,8 +531,46 @@ def _read_exif(im: Image.Image) -> tuple[int, datetime | None]:
             sub.get(ExifTags.Base.DateTimeOriginal), sub.get(ExifTags.Base.OffsetTimeOriginal)
         ) or _parse_exif_datetime(exif.get(ExifTags.Base.DateTime), sub.get(ExifTags.Base.OffsetTime))
     except Exception:
-        return 1, None
-    return orientation, captured
+        return 1, None, PhotoInfo()
+    try:
+        lat, lon = _gps_position(exif.get_ifd(ExifTags.IFD.GPSInfo))
+    except Exception:
+        lat, lon = None, None
+    info = PhotoInfo(
+        camera_make=_exif_label(exif.get(ExifTags.Base.Make)),
+        camera_model=_exif_label(exif.get(ExifTags.Base.Model)),
+        lens=_exif_label(sub.get(ExifTags.Base.LensModel)),
+        gps_lat=lat,
+        gps_lon=lon,
+    )
+    return orientation, captured, info
+
+
+def _exif_label(value: object, limit: int = 120) -> str | None:
+    """A short EXIF text (a camera's make or model, a lens), without padding or control characters."""
+    text = "".join(ch for ch in _exif_text(value) if ch.isprintable())[:limit].strip()
+    return text or None
+
+
+def _gps_position(gps: Any) -> tuple[float | None, float | None]:
+    """Decimal degrees from the GPS IFD's degrees/minutes/seconds and N/S, E/W references."""
+
+    def degrees(value: Any, ref: object, negative: str, bound: float) -> float | None:
+        if value is None:
+            return None
+        parts = [float(v) for v in value]
+        if not parts or len(parts) > 3:
+            return None
+        number = sum(p / 60**i for i, p in enumerate(parts))
+        if _exif_text(ref).upper().startswith(negative):
+            number = -number
+        return number if np.isfinite(number) and abs(number) <= bound else None
+
+    lat = degrees(gps.get(ExifTags.GPS.GPSLatitude), gps.get(ExifTags.GPS.GPSLatitudeRef), "S", 90.0)
+    lon = degrees(gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef), "W", 180.0)
+    if lat is None or lon is None or (lat == 0.0 and lon == 0.0):
+        return None, None
+    return lat, lon
 
 
 def _parse_exif_datetime(value: object, offset: object = None) -> datetime | None:

@@ -6,15 +6,22 @@ needs and the model into vectors: by default (`LocalStage`) worker threads read,
 a Ray cluster do it. Either way the main thread writes, in the files' order, through the same code.
 Crash safety rests on one ordering: vectors are saved (atomically) before the database rows that
 call them embedded are committed, and `reconcile` repairs the one gap a crash can leave.
+
+Progress has two counts, as a user sees the work move: files decoded (reported by the stage as each file
+finishes, from its threads) and files embedded (per batch, as the model returns). Thumbnails for the maps
+and the web page are made in the decode threads from the pixels decoded for the model, and written once
+their content has an id.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
@@ -24,19 +31,29 @@ import numpy as np
 from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
-from retrieval.files.decoding import DecodedImage, check_file_size, decode_image
+from retrieval.files.decoding import DecodedImage, HeaderInfo, check_file_size, decode_image, read_header
 from retrieval.files.discovery import FOLDER_NOT_READABLE, FoundFile, Skipped, discover, file_hash
+from retrieval.files.thumbnails import ThumbnailCache, thumbnails_of
 from retrieval.metadata import Content, Failure, File, IngestWriter, MetadataStore, utcnow
 from retrieval.vectors.base import Store
 
 
 @dataclass(frozen=True)
 class IngestProgress:
-    """Reported through the caller's callback: `total` is None while still counting."""
+    """Reported through the caller's callback: `total` is None while still counting.
+
+    In the "ingest" phase, of the `total` files to look at: `decoded` have been read (hashed, decoded and
+    preprocessed, or found to hold known content, or failed), `done` recorded (saved at the next checkpoint,
+    or when the ingest stops), `embedded` finished (their vectors are in the store, or they need none:
+    linked to known content, failed). embedded <= done <= decoded, each only grows, all end at `total`.
+    Other phases ("scan", "loading MODEL") count in `done` only.
+    """
 
     phase: str
     done: int
     total: int | None
+    decoded: int = 0
+    embedded: int = 0
 
 
 @dataclass
@@ -54,12 +71,23 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unsupported: int = 0
+    #: Images whose metadata `--refresh-metadata` read again from their files (their vectors kept).
+    refreshed: int = 0
     interrupted: bool = False
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failed and not self.interrupted
+
+
+class IngestInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a KeyboardInterrupt from the progress callback) stopped an ingest; `report` says what was
+    saved before it stopped. A KeyboardInterrupt, so that callers that stop on one still do."""
+
+    def __init__(self, report: IngestReport) -> None:
+        super().__init__()
+        self.report = report
 
 
 @dataclass
@@ -76,9 +104,14 @@ class Prepared:
     format: str = ""
     captured_at: Any = None
     error: str | None = None
+    thumbnails: dict[int, bytes] = field(default_factory=dict)
+    #: What EXIF says beyond the capture time (a files.decoding.PhotoInfo), or None.
+    photo: Any = None
 
 
 ProgressFn = Callable[[IngestProgress], None]
+#: What a stage calls as files finish decoding (the count that finished), from any thread.
+DecodedFn = Callable[[int], None]
 
 _NOT_UTF8 = "file name is not valid UTF-8; rename the file to index it"
 
@@ -187,9 +220,12 @@ class PrepareStage(Protocol):
     """Where files become vectors. The ingestor lists and plans, then records what `prepared` yields, in
     order, and calls `vectors` once per batch of new content."""
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
+    def prepared(
+        self, todo: list[FoundFile], lookup: LookupFn, decoded: DecodedFn | None = None
+    ) -> Generator[Prepared, None, None]:
         """One `Prepared` per file of `todo`, in `todo`'s order. `lookup(hash)` is the id of content already
-        embedded (in the index or earlier in this run), so that its file is linked, not embedded again."""
+        embedded (in the index or earlier in this run), so that its file is linked, not embedded again.
+        `decoded(n)` is told as files finish, before they are yielded, from whichever thread did them."""
         ...
 
     def vectors(self, payloads: list[Any]) -> np.ndarray:
@@ -206,15 +242,23 @@ class SkipsEmbeddedContent(Protocol):
 
 
 class LocalStage:
-    """The default stage: decode threads on this machine, the model in the ingest's own thread."""
+    """The default stage: decode threads on this machine, the model in the ingest's own thread. With
+    `thumbnail_sides`, the decode threads also make JPEG thumbnails of those sides from the decoded pixels."""
 
     def __init__(
-        self, embedder: Embedder, *, workers: int, batch_size: int, max_file_bytes: int | None = None
+        self,
+        embedder: Embedder,
+        *,
+        workers: int,
+        batch_size: int,
+        max_file_bytes: int | None = None,
+        thumbnail_sides: tuple[int, ...] = (),
     ) -> None:
         self.embedder = embedder
         self.workers = workers
         self.batch_size = batch_size
         self.max_file_bytes = settings.max_file_bytes() if max_file_bytes is None else max_file_bytes
+        self.thumbnail_sides = thumbnail_sides
 
     def _prepare(self, found: FoundFile, lookup: LookupFn) -> Prepared:
         hashed, fp = read_and_hash(found, lookup, self.max_file_bytes)
@@ -226,6 +270,12 @@ class LocalStage:
                 payload, decoded = decode_for(self.embedder, fp)
         except DecodeError as exc:
             return Prepared(found, digest, error=exc.reason)
+        thumbnails: dict[int, bytes] = {}
+        if self.thumbnail_sides:
+            # A thumbnail that cannot be made here (out of memory) is made on request instead.
+            with suppress(Exception):
+                full_size = (decoded.width, decoded.height)
+                thumbnails = thumbnails_of(decoded.image, self.thumbnail_sides, full_size)
         return Prepared(
             found,
             digest,
@@ -234,15 +284,25 @@ class LocalStage:
             height=decoded.height,
             format=decoded.format,
             captured_at=decoded.captured_at,
+            thumbnails=thumbnails,
+            photo=decoded.info,
         )
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
+    def _counted(self, found: FoundFile, lookup: LookupFn, decoded: DecodedFn) -> Prepared:
+        prep = self._prepare(found, lookup)
+        decoded(1)
+        return prep
+
+    def prepared(
+        self, todo: list[FoundFile], lookup: LookupFn, decoded: DecodedFn | None = None
+    ) -> Generator[Prepared, None, None]:
+        tell = decoded or (lambda _n: None)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-decode")
         try:
             window: deque[Future[Prepared]] = deque()
             ahead = self.workers * 2 + self.batch_size
             for found in todo:
-                window.append(pool.submit(self._prepare, found, lookup))
+                window.append(pool.submit(self._counted, found, lookup, tell))
                 if len(window) >= ahead:
                     yield window.popleft().result()
             while window:
@@ -270,6 +330,8 @@ class Ingestor:
         progress: ProgressFn | None = None,
         retry_failed: bool = False,
         stage: PrepareStage | None = None,
+        thumbnails: Iterable[ThumbnailCache] = (),
+        refresh_metadata: bool = False,
     ) -> None:
         self.meta = meta
         self.store = store
@@ -280,7 +342,24 @@ class Ingestor:
         self.checkpoint_seconds = checkpoint_seconds
         self.progress = progress or (lambda _p: None)
         self.retry_failed = retry_failed
-        self.stage = stage or LocalStage(embedder, workers=self.workers, batch_size=batch_size)
+        self.thumbnails = {cache.side: cache for cache in thumbnails}
+        self.stage = stage or LocalStage(
+            embedder,
+            workers=self.workers,
+            batch_size=batch_size,
+            thumbnail_sides=tuple(sorted(self.thumbnails)),
+        )
+        # The counts reported in the "ingest" phase; the lock keeps them and the callback in step when
+        # decode threads and this one report at once (the callback is never called by two at a time).
+        self._counts = threading.Lock()
+        self._total = 0
+        self._decoded = 0
+        self._done = 0
+        self._embedded = 0
+        self._embedded_waiting = 0
+        self._thumb_writer: ThreadPoolExecutor | None = None
+        self.refresh_metadata = refresh_metadata
+        self._embedded_now: set[int] = set()
         self._run_hashes: dict[str, int] = {}
         self._unembedded: dict[str, int] = {}
         self._pending_ids: list[int] = []
@@ -294,11 +373,41 @@ class Ingestor:
             return self._run_hashes[digest]
         return self.meta.embedded_content_id(digest)
 
+    def _report(self, decoded: int = 0, done: int = 0, embedded: int = 0) -> None:
+        """Add to the counts and tell the caller; from any thread."""
+        with self._counts:
+            self._decoded += decoded
+            self._done += done
+            self._embedded += embedded
+            self.progress(
+                IngestProgress(
+                    "ingest", self._done, self._total, decoded=self._decoded, embedded=self._embedded
+                )
+            )
+
+    def _decoded_some(self, n: int) -> None:
+        self._report(decoded=n)
+
+    def _keep_thumbnails(self, content_id: int, prep: Prepared) -> None:
+        """Write the thumbnails the stage made, now that their content has an id; in a thread of their own
+        (a few small files per image), off the model's."""
+        if not prep.thumbnails or not self.thumbnails:
+            return
+        if self._thumb_writer is None:
+            self._thumb_writer = ThreadPoolExecutor(1, thread_name_prefix="retrieval-thumbs")
+        for side, data in prep.thumbnails.items():
+            cache = self.thumbnails.get(side)
+            if cache is not None:
+                self._thumb_writer.submit(cache.put, content_id, prep.hash, data)
+        prep.thumbnails = {}
+
     # -- main thread ------------------------------------------------------------------------------
 
-    def _flush_batch(self, w: IngestWriter) -> None:
+    def _flush_batch(self, w: IngestWriter) -> int:
+        """Embed and store the pending batch; the number of files it held."""
         if not self._pending_ids:
-            return
+            return 0
+        count = len(self._pending_ids)
         vectors = self.stage.vectors(self._pending_payloads)
         ids = np.asarray(self._pending_ids, dtype=np.int64)
         self.store.add(ids, np.asarray(vectors, dtype=np.float32))
@@ -308,6 +417,8 @@ class Ingestor:
         self._pending_ids.clear()
         self._pending_contents.clear()
         self._pending_payloads.clear()
+        self._embedded_waiting += count
+        return count
 
     def _checkpoint(self, w: IngestWriter) -> None:
         self._flush_batch(w)
@@ -315,7 +426,26 @@ class Ingestor:
         w.commit()
         self._run_hashes.clear()  # committed now: visible to workers through the database
 
+    def _flushed(self) -> int:
+        """The files embedded by flushes since the last call: reported between files, never inside a flush
+        or a checkpoint (the caller's callback may raise to stop the ingest)."""
+        count, self._embedded_waiting = self._embedded_waiting, 0
+        return count
+
     def run(self, root: Path, *, prune: bool = True) -> IngestReport:
+        """Ingest `root`.
+
+        Raises:
+            IngestInterrupted: a KeyboardInterrupt stopped it; what was recorded is saved, as its report says.
+        """
+        try:
+            return self._run(root, prune=prune)
+        finally:
+            if self._thumb_writer is not None:
+                self._thumb_writer.shutdown(wait=True)
+                self._thumb_writer = None
+
+    def _run(self, root: Path, *, prune: bool) -> IngestReport:
         started = time.monotonic()
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -375,22 +505,23 @@ class Ingestor:
                     continue
                 todo.append(item)
 
-            total = len(todo)
-            self.progress(IngestProgress("ingest", 0, total))
-            done = 0
+            self._total, self._decoded, self._done, self._embedded = len(todo), 0, 0, 0
+            self._report()
             since_checkpoint = 0
             last_checkpoint = time.monotonic()
             if isinstance(self.stage, SkipsEmbeddedContent):
                 self.stage.use_embedded_hashes(w.embedded_hashes())
-            stream = self.stage.prepared(todo, self._lookup_hash)
+            stream = self.stage.prepared(todo, self._lookup_hash, self._decoded_some)
             try:
                 for prep in stream:
+                    waiting = len(self._pending_ids)
                     self._apply(w, prep, root_id, known_files, known_failures, report)
+                    # Linked or failed: no vector to wait for.
+                    finished = int(len(self._pending_ids) == waiting)
                     if len(self._pending_ids) >= self.batch_size:
                         self._flush_batch(w)
-                    done += 1
                     since_checkpoint += 1
-                    self.progress(IngestProgress("ingest", done, total))
+                    self._report(done=1, embedded=finished + self._flushed())
                     if (
                         since_checkpoint >= self.checkpoint_every
                         or time.monotonic() - last_checkpoint > self.checkpoint_seconds
@@ -398,18 +529,22 @@ class Ingestor:
                         self._checkpoint(w)
                         since_checkpoint = 0
                         last_checkpoint = time.monotonic()
-            except (KeyboardInterrupt, ClusterError):
+            except (KeyboardInterrupt, ClusterError) as exc:
                 # Ctrl-C, or a cluster that lost its workers: save every file recorded so far, then stop.
                 report.interrupted = True
                 stream.close()
                 self._checkpoint(w)
                 report.seconds = time.monotonic() - started
+                if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, IngestInterrupted):
+                    raise IngestInterrupted(report) from None
                 raise
             finally:
                 stream.close()
 
             self._flush_batch(w)
             seen = {_path_key(f.path) for f in found}
+            if self.refresh_metadata:
+                report.refreshed = self._refresh(w, known_files, seen)
             if prune:
                 self._prune(w, root_id, seen, tuple(unlisted), known_files, known_failures, report)
             orphans = w.delete_orphans()
@@ -418,6 +553,8 @@ class Ingestor:
             w.set_manifest(updated_at=utcnow().isoformat(timespec="seconds"))
             self._checkpoint(w)
         report.seconds = time.monotonic() - started
+        with suppress(KeyboardInterrupt):  # everything is saved: a stop asked for now has nothing to stop
+            self._report(embedded=self._flushed())
         return report
 
     def _apply(
@@ -457,8 +594,11 @@ class Ingestor:
                 height=prep.height,
                 format=prep.format,
                 captured_at=prep.captured_at,
+                photo=prep.photo,
             )
             content_id = content.id
+            self._keep_thumbnails(content_id, prep)
+            self._embedded_now.add(content_id)
             self._run_hashes[prep.hash] = content_id
             self._pending_ids.append(content_id)
             self._pending_contents.append(content)
@@ -478,6 +618,37 @@ class Ingestor:
         if failure is not None:
             w.forget(failure)
 
+    def _refresh(self, w: IngestWriter, known_files: dict[str, tuple[File, bool]], seen: set[str]) -> int:
+        """Read the metadata of the images this run did not decode again from their files' headers (no pixel
+        is decoded, no vector made): what an index from before a metadata column existed needs. Returns
+        how many images were refreshed; a file that cannot be read now is left as it was."""
+        first_path: dict[int, str] = {}
+        for path in sorted(known_files):
+            row, _ = known_files[path]
+            if path not in seen:
+                continue
+            w.set_folder(row)
+            if row.content_id not in self._embedded_now:
+                first_path.setdefault(row.content_id, path)
+        total = len(first_path)
+        self.progress(IngestProgress("metadata", 0, total))
+        refreshed = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="retrieval-header") as pool:
+            headers = pool.map(_header_or_none, first_path.values())
+            for done, (content_id, header) in enumerate(zip(first_path, headers, strict=True), 1):
+                if header is not None:
+                    w.refresh_content(
+                        content_id,
+                        width=header.width,
+                        height=header.height,
+                        format=header.format,
+                        captured_at=header.captured_at,
+                        photo=header.info,
+                    )
+                    refreshed += 1
+                self.progress(IngestProgress("metadata", done, total))
+        return refreshed
+
     def _prune(
         self,
         w: IngestWriter,
@@ -493,6 +664,13 @@ class Ingestor:
             w.forget(known_files.pop(path)[0])
         report.removed += len(gone)
         w.forget_failures(p for p in known_failures if p not in seen and not p.startswith(unlisted))
+
+
+def _header_or_none(path: str) -> HeaderInfo | None:
+    try:
+        return read_header(path)
+    except DecodeError:
+        return None
 
 
 def remove_paths(meta: MetadataStore, store: Store, paths: Iterable[Path]) -> list[Path]:

@@ -8,9 +8,10 @@ each when the cluster has them). Each worker reads a file once: it checks that t
 listed, hashes it, and decodes and embeds it unless its content is among the hashes the index has already
 embedded (a sorted array of digests shipped once through the object store: 32 bytes a content, 32 MB
 for a million), so that a moved file or a copy is recognised as in a local ingest without being decoded.
-Hashes, vectors and failure reasons come back in batches in whatever order they finish; the driver puts
-them back in the listing's order and records them through the ingestor's own code, so ids, rows, failure
-records, transactions and checkpoints are those of a local ingest.
+Hashes, vectors, thumbnails (made from the decoded pixels) and failure reasons come back in batches in
+whatever order they finish; the driver puts them back in the listing's order and records them through the
+ingestor's own code, so ids, rows, failure records, transactions and checkpoints are those of a local
+ingest.
 
 Actors are planned per node (each node's CPUs and GPUs from `ray.nodes()`, not the cluster's totals, so
 that every actor fits on some node), restarted and retried a bounded number of times, and the GCS is
@@ -25,6 +26,8 @@ Ray is an optional extra (`pip install 'retrieval[ray]'`), imported here only, a
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -36,7 +39,7 @@ import time
 import warnings
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,9 +52,10 @@ import numpy as np
 from retrieval import settings
 from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder
 from retrieval.errors import ClusterError, DecodeError, IndexMismatchError, RetrievalError, UsageError
-from retrieval.files.decoding import check_file_size
+from retrieval.files.decoding import PhotoInfo, check_file_size
 from retrieval.files.discovery import FoundFile
-from retrieval.ingest.pipeline import LookupFn, Prepared, ProgressFn, decode_for, open_and_hash
+from retrieval.files.thumbnails import thumbnails_of
+from retrieval.ingest.pipeline import DecodedFn, LookupFn, Prepared, ProgressFn, decode_for, open_and_hash
 
 LOCAL = "local"
 INSTALL_HINT = "pip install 'retrieval[ray]'"
@@ -222,6 +226,7 @@ def ray_stage(
     batch_size: int = 32,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    thumbnail_sides: tuple[int, ...] = (),
 ) -> Iterator[RayStage]:
     """A `RayStage` on the cluster at `address` (see `ray_runtime`) for the block."""
     quiet = [logging.getLogger(name) for name in ("ray", "ray.data")]
@@ -231,7 +236,14 @@ def ray_stage(
             log.setLevel(logging.ERROR)  # no "Starting execution of Dataset" lines under the caller's output
         try:
             yield RayStage(
-                ray, embedder, args, device=device, batch_size=batch_size, workers=workers, progress=progress
+                ray,
+                embedder,
+                args,
+                device=device,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+                thumbnail_sides=thumbnail_sides,
             )
         finally:
             for log, level in zip(quiet, levels, strict=True):
@@ -247,12 +259,20 @@ def embedded_digests(hashes: Iterable[str]) -> np.ndarray:
 
 class EmbedWorker:
     """A Ray Data actor: builds the index's embedder once, then turns batches of (seq, path, size, mtime_ns)
-    rows into (seq, hash, known, vector, error, width, height, format, captured_at) rows. A file whose hash
-    is in `known` (content the index has embedded) is not decoded; one that cannot be read or decoded gets
-    the reason a local ingest records, and a zero vector."""
+    rows into (seq, hash, known, vector, error, width, height, format, captured_at, thumb_SIDE...) rows. A
+    file whose hash is in `known` (content the index has embedded) is not decoded; one that cannot be read
+    or decoded gets the reason a local ingest records, and a zero vector. With `thumbnail_sides`, the JPEG
+    thumbnails of the decoded picture come back too (b"" where none was made), as a local ingest makes
+    them."""
 
     def __init__(
-        self, args: EmbedderArgs, device: str, batch_size: int, threads: int, known: Any = None
+        self,
+        args: EmbedderArgs,
+        device: str,
+        batch_size: int,
+        threads: int,
+        known: Any = None,
+        thumbnail_sides: tuple[int, ...] = (),
     ) -> None:
         if device == "cpu":
             import torch
@@ -278,6 +298,7 @@ class EmbedWorker:
             known = ray.get(known[0])
         self.known: np.ndarray = np.asarray(known if known is not None else [], dtype="S32")
         self.max_bytes = settings.max_file_bytes()
+        self.thumbnail_sides = tuple(thumbnail_sides)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="retrieval-decode")
 
     def _is_known(self, digest: str) -> bool:
@@ -286,7 +307,8 @@ class EmbedWorker:
         return at < len(self.known) and self.known[at] == key
 
     def _prepare(self, path: str, size: int, mtime_ns: int) -> tuple[str, Any]:
-        """(hash, (payload, decoded)) for new content, (hash, None) for known content, ("", reason) else."""
+        """(hash, (payload, decoded, thumbnails)) for new content, (hash, None) for known content, ("",
+        reason) else."""
         try:
             check_file_size(path, size, self.max_bytes)  # as listed: refused before a byte is read
             fp, digest = open_and_hash(Path(path), self.max_bytes)
@@ -296,9 +318,15 @@ class EmbedWorker:
                     return "", CHANGED  # not the file listed: what the database would record is stale
                 if self._is_known(digest):
                     return digest, None
-                return digest, decode_for(self.embedder, fp)
+                payload, decoded = decode_for(self.embedder, fp)
         except DecodeError as exc:
             return "", exc.reason
+        thumbnails: dict[int, bytes] = {}
+        if self.thumbnail_sides:
+            with suppress(Exception):  # made on request instead
+                full_size = (decoded.width, decoded.height)
+                thumbnails = thumbnails_of(decoded.image, self.thumbnail_sides, full_size)
+        return digest, (payload, decoded, thumbnails)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = list(
@@ -309,6 +337,7 @@ class EmbedWorker:
         if new:
             vectors[new] = self.embedder.embed_preprocessed([results[i][1][0] for i in new])
         decoded = [r[1] if digest and r is not None else None for digest, r in results]
+        thumbs = [r[2] if digest and r is not None else {} for digest, r in results]
         return {
             "seq": batch["seq"],
             "hash": np.array([digest for digest, _ in results]),
@@ -321,6 +350,11 @@ class EmbedWorker:
             "captured_at": np.array(
                 [d.captured_at.isoformat() if d and d.captured_at else "" for d in decoded]
             ),
+            **{
+                f"thumb_{side}": np.array([t.get(side, b"") for t in thumbs], dtype=object)
+                for side in self.thumbnail_sides
+            },
+            "photo": np.array([json.dumps(dataclasses.asdict(d.info)) if d else "" for d in decoded]),
         }
 
 
@@ -351,8 +385,10 @@ class RayStage:
         batch_size: int = 32,
         workers: int | None = None,
         progress: ProgressFn | None = None,
+        thumbnail_sides: tuple[int, ...] = (),
     ) -> None:
         self.ray = ray
+        self.thumbnail_sides = tuple(thumbnail_sides)
         self.embedder = embedder
         self.args = args
         self.batch_size = batch_size
@@ -408,6 +444,7 @@ class RayStage:
                 "batch_size": self.batch_size,
                 "threads": plan.threads,
                 "known": [known],
+                "thumbnail_sides": self.thumbnail_sides,
             },
             batch_size=self.batch_size,
             batch_format="numpy",
@@ -482,7 +519,12 @@ class RayStage:
 
     # -- driver side: in the listing's order ----------------------------------------------------------------
 
-    def prepared(self, todo: list[FoundFile], lookup: LookupFn) -> Generator[Prepared, None, None]:
+    def prepared(
+        self, todo: list[FoundFile], lookup: LookupFn, decoded: DecodedFn | None = None
+    ) -> Generator[Prepared, None, None]:
+        """See `PrepareStage.prepared`; files count as decoded when their batch comes back from the cluster
+        (decoded and embedded there)."""
+        tell = decoded or (lambda _n: None)
         rows = [
             {"seq": i, "path": str(found.path), "size": found.size, "mtime_ns": found.mtime_ns}
             for i, found in enumerate(todo)
@@ -508,8 +550,10 @@ class RayStage:
         results = self._results(rows) if rows else iter(())
         try:
             for batch in results:
-                for i, seq in enumerate(batch["seq"].tolist()):
+                seqs = batch["seq"].tolist()
+                for i, seq in enumerate(seqs):
                     arrived[seq] = self._received(todo[seq], batch, i)
+                tell(len(seqs))
                 yield from ready()
         finally:
             close = getattr(results, "close", None)
@@ -521,14 +565,14 @@ class RayStage:
                 "what was recorded is saved, run the ingest again"
             )
 
-    @staticmethod
-    def _received(found: FoundFile, batch: dict[str, np.ndarray], i: int) -> Prepared:
+    def _received(self, found: FoundFile, batch: dict[str, np.ndarray], i: int) -> Prepared:
         error, digest = str(batch["error"][i]), str(batch["hash"][i])
         if error:
             return Prepared(found, "", error=error)
         if bool(batch["known"][i]):
             return Prepared(found, digest)
         captured = str(batch["captured_at"][i])
+        photo = str(batch["photo"][i]) if "photo" in batch else ""
         return Prepared(
             found,
             digest,
@@ -537,6 +581,12 @@ class RayStage:
             height=int(batch["height"][i]),
             format=str(batch["format"][i]),
             captured_at=datetime.fromisoformat(captured) if captured else None,
+            thumbnails={
+                side: bytes(data)
+                for side in self.thumbnail_sides
+                if (data := batch[f"thumb_{side}"][i] if f"thumb_{side}" in batch else b"")
+            },
+            photo=PhotoInfo(**json.loads(photo)) if photo else None,
         )
 
     def vectors(self, payloads: list[Any]) -> np.ndarray:

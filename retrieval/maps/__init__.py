@@ -1,4 +1,5 @@
 """Maps: t-SNE layouts of a result's neighbourhood, drawn as a picture or a page, with cached thumbnails.
 
-`layout` computes positions and clusters, `render` draws them, `thumbnails` makes the small JPEGs both use.
+`layout` computes positions and clusters, `render` draws them with the thumbnails that
+`retrieval.files.thumbnails` keeps.
 """

@@ -45,6 +45,20 @@ MAX_AUTO_CLUSTERS = 8
 TRUST_SAMPLE = 2000
 
 
+@dataclass(frozen=True)
+class MapProgress:
+    """Which stage a map is at, for a caller to show: "layout" (search and t-SNE), "thumbnails" (`done` of
+    `total` made from photos; none once cached), "drawing". `total` is None where there is nothing to
+    count."""
+
+    stage: str
+    done: int = 0
+    total: int | None = None
+
+
+MapProgressFn = Callable[[MapProgress], None]
+
+
 class LargeMapWarning(UserWarning):
     """A map with more points than WARN_POINTS: it works but takes seconds and is crowded."""
 
@@ -320,8 +334,10 @@ def build_map(
     perplexity: float | None = None,
     clusters: int | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
+    allowed: np.ndarray | None = None,
 ) -> NeighbourhoodMap:
-    """Lay out the query and its results (plus, with expand > 0, each result's `expand` nearest neighbours).
+    """Lay out the query and its results (plus, with expand > 0, each result's `expand` nearest neighbours;
+    with `allowed`, a filter's ids, neighbours among those only).
 
     Args:
         query: what was searched; a query that is one indexed image or one file is shown as that picture.
@@ -353,7 +369,7 @@ def build_map(
         raise UsageError(f"expand must be 0 or more neighbours per result, got {expand}")
     if expand > 0:
         taken = set(result_ids) | ({query_id} if query_id is not None else set())
-        ids, _ = store.search(result_vecs, min(len(store), expand + 1))
+        ids, _ = store.search(result_vecs, min(len(store), expand + 1), allowed=allowed)
         for row in ids:
             for i in row:  # each row starts with the result itself, already taken
                 i = int(i)

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from retrieval.errors import UsageError
-from retrieval.maps.layout import MapPoint, NeighbourhoodMap
-from retrieval.maps.thumbnails import ThumbnailCache
+from retrieval.files.thumbnails import ThumbnailCache
+from retrieval.maps.layout import MapPoint, MapProgress, MapProgressFn, NeighbourhoodMap
 from retrieval.metadata import MetadataStore
 
 if TYPE_CHECKING:
@@ -101,12 +101,21 @@ def render_map(
     *,
     colour_by: ColourBy = "cluster",
     size_px: tuple[int, int] = DEFAULT_SIZE_PX,
+    progress: MapProgressFn | None = None,
 ) -> RenderedMap:
-    """Fetch (or make, once) the points' thumbnails, then `save_map`; `seconds` counts both."""
+    """Fetch (or make, once) the points' thumbnails, then `save_map`; `seconds` counts both. `progress` is
+    told of the stages ("thumbnails", then "drawing")."""
     map_format(out)  # refuse a bad file name before any thumbnail is made
+    report = progress or (lambda _p: None)
     started = time.perf_counter()
     made = cache.made
-    thumbs = cache.get_many(meta, [(p.id, p.path) for p in m.points])
+    report(MapProgress("thumbnails", 0, len(m.points)))
+    thumbs = cache.get_many(
+        meta,
+        [(p.id, p.path) for p in m.points],
+        progress=lambda done, total: report(MapProgress("thumbnails", done, total)),
+    )
+    report(MapProgress("drawing"))
     rendered = save_map(m, out, thumbs, colour_by=colour_by, size_px=size_px)
     return replace(rendered, seconds=time.perf_counter() - started, thumbnails_made=cache.made - made)
 

@@ -12,8 +12,15 @@ from typing import TYPE_CHECKING, Any
 from retrieval.metadata.reader import DB_NAME, IN_CHUNK, ImageRecord, MetadataReader, chunked
 
 if TYPE_CHECKING:
+    from retrieval.metadata.filters import Filter, parse_filter
     from retrieval.metadata.models import Base, Content, Failure, File, Manifest, Root, utcnow
-    from retrieval.metadata.store import ExportColumn, IndexedFile, MetadataStore, head_revision
+    from retrieval.metadata.store import (
+        ExportColumn,
+        IndexedFile,
+        MetadataStore,
+        head_revision,
+        relative_folder,
+    )
     from retrieval.metadata.writer import IngestWriter
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "ExportColumn",
     "Failure",
     "File",
+    "Filter",
     "ImageRecord",
     "IndexedFile",
     "IngestWriter",
@@ -33,12 +41,17 @@ __all__ = [
     "Root",
     "chunked",
     "head_revision",
+    "parse_filter",
+    "relative_folder",
     "utcnow",
 ]
 
 _MODULES = {
+    **dict.fromkeys(("Filter", "parse_filter"), "filters"),
     **dict.fromkeys(("Base", "Content", "Failure", "File", "Manifest", "Root", "utcnow"), "models"),
-    **dict.fromkeys(("ExportColumn", "IndexedFile", "MetadataStore", "head_revision"), "store"),
+    **dict.fromkeys(
+        ("ExportColumn", "IndexedFile", "MetadataStore", "head_revision", "relative_folder"), "store"
+    ),
     "IngestWriter": "writer",
 }
 

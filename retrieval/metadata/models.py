@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from retrieval.metadata.reader import DB_NAME
@@ -44,6 +44,21 @@ class Content(Base):
     embedded: Mapped[bool] = mapped_column(Boolean, default=False)
     embedded_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     captured_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # What EXIF says (revision 0003; None where it says nothing, or until the file changes or
+    # `ingest --refresh-metadata` reads it again).
+    camera_make: Mapped[str | None] = mapped_column(Text, nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lens: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gps_lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gps_lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        Index("ix_contents_captured_at", "captured_at"),
+        Index("ix_contents_format", "format"),
+        Index("ix_contents_width", "width"),
+        Index("ix_contents_height", "height"),
+        Index("ix_contents_gps", "gps_lat", "gps_lon"),
+    )
 
 
 class File(Base):
@@ -54,6 +69,14 @@ class File(Base):
     content_id: Mapped[int] = mapped_column(ForeignKey("contents.id"))
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    #: The folder holding the file, relative to its indexed root ("" at the top; "/"-separated), for
+    #: `--in FOLDER` prefix filters (revision 0003).
+    folder: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_files_folder", "folder"),
+        Index("ix_files_mtime_ns", "mtime_ns"),
+    )
 
 
 class Failure(Base):

@@ -23,7 +23,7 @@ DB_NAME = "meta.sqlite"
 #: The newest revision in migrations/versions. A database already at it opens without Alembic, whose imports
 #: cost every command a third of a second (BENCHMARKS.md, "CLI start"); tests/test_migrations.py checks
 #: that it is Alembic's head.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 #: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
 IN_CHUNK = 500
 T = TypeVar("T")

@@ -16,7 +16,11 @@ from sqlalchemy.orm import Session
 
 from retrieval.metadata.models import Content, Failure, File, Root, utcnow
 from retrieval.metadata.reader import chunked
-from retrieval.metadata.store import MetadataStore, under_folder
+from retrieval.metadata.store import MetadataStore, relative_folder, under_folder
+
+#: The EXIF columns of `contents` that `content(photo=...)` and `refresh_content` fill (see
+#: files.decoding.PhotoInfo, whose fields have these names).
+PHOTO_COLUMNS = ("camera_make", "camera_model", "lens", "gps_lat", "gps_lon")
 
 
 class IngestWriter:
@@ -25,6 +29,7 @@ class IngestWriter:
     def __init__(self, meta: MetadataStore) -> None:
         self.meta = meta
         self.session = Session(meta.engine, expire_on_commit=False)
+        self._root_paths: dict[int, str] = {}
         # New contents are numbered here, from the highest id when the run starts (see `content`).
         try:
             self._last_id: int = self.session.scalar(select(func.max(Content.id))) or 0
@@ -100,6 +105,7 @@ class IngestWriter:
         height: int,
         format: str,
         captured_at: datetime | None,
+        photo: Any = None,
     ) -> Content:
         """The (not yet embedded) content row of new image bytes: the row `stale_id` that a crash or a repair
         left unembedded when there is one (hashes are unique), else a new row. New rows are numbered here
@@ -109,16 +115,54 @@ class IngestWriter:
             self._last_id += 1
             row = Content(id=self._last_id, hash=hash, embedded=False)
         row.width, row.height, row.format, row.captured_at = width, height, format, captured_at
+        for name in PHOTO_COLUMNS:  # `photo`: what EXIF says (a PhotoInfo), or None
+            setattr(row, name, getattr(photo, name, None))
         self.session.add(row)
         return row
+
+    def refresh_content(
+        self,
+        content_id: int,
+        *,
+        width: int,
+        height: int,
+        format: str,
+        captured_at: datetime | None,
+        photo: Any,
+    ) -> None:
+        """Write what a file's header says again over an existing content (`ingest --refresh-metadata`):
+        its vector stays."""
+        row = self.session.get(Content, content_id)
+        if row is None:
+            return
+        row.width, row.height, row.format, row.captured_at = width, height, format, captured_at
+        for name in PHOTO_COLUMNS:
+            setattr(row, name, getattr(photo, name, None))
+
+    def root_path(self, root_id: int) -> str:
+        """The path of indexed folder `root_id`, looked up once per run (not a query, nor a flush, per file:
+        rows go to SQLite once per batch)."""
+        if root_id not in self._root_paths:
+            with self.session.no_autoflush:
+                self._root_paths[root_id] = (
+                    self.session.scalar(select(Root.path).where(Root.id == root_id)) or ""
+                )
+        return self._root_paths[root_id]
 
     def add_file(self, *, root_id: int, path: str, content_id: int, size: int, mtime_ns: int) -> File:
         row = File(root_id=root_id, path=path, content_id=content_id, size=size, mtime_ns=mtime_ns)
+        row.folder = relative_folder(path, self.root_path(root_id))
         self.session.add(row)
         return row
 
+    def set_folder(self, row: File) -> None:
+        """Record the folder of `row` relative to its indexed root (rows from before revision 0003 have
+        it from the upgrade; this keeps it right)."""
+        row.folder = relative_folder(row.path, self.root_path(row.root_id))
+
     def update_file(self, row: File, *, content_id: int, size: int, mtime_ns: int) -> None:
         row.content_id, row.size, row.mtime_ns = content_id, size, mtime_ns
+        self.set_folder(row)
 
     def mark_embedded(self, contents: Iterable[Content]) -> None:
         """Call these contents embedded and send the pending rows to SQLite (committed by `commit`)."""

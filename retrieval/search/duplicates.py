@@ -120,16 +120,17 @@ class DuplicateReport:
 
 
 def similar_pairs(
-    store: Store, threshold: float, k: int = DEFAULT_NEIGHBOURS
+    store: Store, threshold: float, k: int = DEFAULT_NEIGHBOURS, allowed: np.ndarray | None = None
 ) -> list[tuple[int, int, float]]:
-    """(id a, id b, cosine) with a < b for every k-nearest-neighbour link at or above `threshold`."""
+    """(id a, id b, cosine) with a < b for every k-nearest-neighbour link at or above `threshold`; with
+    `allowed` (sorted ids, a filter's), among those images only."""
     if k < 1:
         raise UsageError(f"neighbours must be at least 1, got {k}")
-    ids = store.ids()
+    ids = store.ids() if allowed is None else np.intersect1d(store.ids(), allowed)
     best: dict[tuple[int, int], float] = {}
     for start in range(0, len(ids), _QUERY_BATCH):
         batch = ids[start : start + _QUERY_BATCH]
-        found, scores = store.search(store.vectors(batch.tolist()), min(k + 1, len(ids)))
+        found, scores = store.search(store.vectors(batch.tolist()), min(k + 1, len(ids)), allowed=allowed)
         for own, row_ids, row_scores in zip(batch, found, scores, strict=True):
             for other, score in zip(row_ids, row_scores, strict=True):
                 if other < 0 or other == own or score < threshold:
@@ -285,16 +286,23 @@ def find_duplicates(
     threshold: float,
     k: int = DEFAULT_NEIGHBOURS,
     exact_copies: bool = True,
+    allowed: np.ndarray | None = None,
 ) -> DuplicateReport:
     """Groups of near-duplicate images, most files first; with `exact_copies`, also single images held in
-    several identical files. Ids the database no longer knows are dropped."""
+    several identical files. Ids the database no longer knows are dropped. With `allowed` (a filter's ids),
+    only those images are grouped."""
     if not -1.0 <= threshold <= 1.0:
         raise UsageError(f"threshold is a cosine between -1 and 1, got {threshold}")
     cosines = store_similarity(store)
-    stars = star_groups(similar_pairs(store, threshold, k), threshold=threshold, similarity=cosines)
+    stars = star_groups(similar_pairs(store, threshold, k, allowed), threshold=threshold, similarity=cosines)
     grouped = {i for g in stars for i in g.members}
+    keep = None if allowed is None else {int(i) for i in allowed}
     if exact_copies:
-        stars += [StarGroup([i], [1.0], 1.0) for i in meta.copied_ids() if i not in grouped and i in store]
+        stars += [
+            StarGroup([i], [1.0], 1.0)
+            for i in meta.copied_ids()
+            if i not in grouped and i in store and (keep is None or i in keep)
+        ]
     paths = meta.paths_of(sorted({i for g in stars for i in g.members}))
     groups = []
     for star in stars:
@@ -309,4 +317,5 @@ def find_duplicates(
                 weakest = float(cosines([m.id for m in members]).min()) if len(members) > 1 else 1.0
             groups.append(DuplicateGroup(members, weakest))
     groups.sort(key=lambda g: (-g.files, g.members[0].paths[0]))
-    return DuplicateReport(threshold, k, len(store), groups)
+    images = len(store) if allowed is None else len(np.intersect1d(store.ids(), allowed))
+    return DuplicateReport(threshold, k, images, groups)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from retrieval.errors import QueryError
+from retrieval.metadata.reader import MetadataReader
 from retrieval.vectors.base import Store
 
 if TYPE_CHECKING:
-    from retrieval.metadata import MetadataReader, MetadataStore
+    from retrieval.metadata import Filter, MetadataStore
 
 PartKind = Literal["text", "image", "id"]
 MAX_K = 10_000
@@ -95,16 +96,33 @@ def run_search(
     min_score: float | None = None,
     exclude: set[int] | None = None,
     ef: int | None = None,
+    filter: Filter | None = None,
+    allowed: np.ndarray | None = None,
 ) -> list[SearchHit]:
-    """Nearest images to `vector`, best first, with metadata; ids unknown to the database are dropped."""
+    """Nearest images to `vector`, best first, with metadata; ids unknown to the database are dropped.
+
+    With a `filter`, results come only from the images it allows (`allowed`, when the caller has computed
+    them already: `MetadataStore.allowed_ids(filter)`), and each hit reports its first file the filter
+    allows; a filter that allows nothing gives no results."""
     if not 1 <= k <= MAX_K:
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
-    if len(store) == 0:
+    if filter is not None and filter.is_empty:
+        filter = None
+    filtering: MetadataStore | None = None
+    if filter is not None:
+        if isinstance(meta, MetadataReader):
+            # A filter's SQL lives in MetadataStore; the sqlite3 reader serves unfiltered searches only.
+            raise TypeError("a filtered search reads through MetadataStore, not MetadataReader")
+        filtering = meta
+        if allowed is None:
+            allowed = filtering.allowed_ids(filter)
+    pool = len(store) if allowed is None else min(len(store), len(allowed))
+    if pool == 0:
         return []
     exclude = exclude or set()
-    ask = min(len(store), k + len(exclude))
+    ask = min(pool, k + len(exclude))
     while True:
-        ids, scores = store.search(np.asarray(vector, dtype=np.float32), ask, ef=ef)
+        ids, scores = store.search(np.asarray(vector, dtype=np.float32), ask, ef=ef, allowed=allowed)
         ids, scores = ids.reshape(-1), scores.reshape(-1)
         pairs = [
             (int(i), float(sc)) for i, sc in zip(ids, scores, strict=True) if i >= 0 and int(i) not in exclude
@@ -115,21 +133,25 @@ def run_search(
         records = meta.records([i for i, _ in pairs])
         # Vectors without a row (left by an interrupted write until the next repair) are dropped;
         # ask the store for more so that k results still come back.
-        if sum(i in records for i, _ in pairs) >= k or weak or ask >= len(store):
+        if sum(i in records for i, _ in pairs) >= k or weak or ask >= pool:
             break
-        ask = min(len(store), ask * 2)
+        ask = min(pool, ask * 2)
+    shown: dict[int, tuple[str, str]] = {}
+    if filtering is not None and filter is not None and filter.limits_files:
+        shown = filtering.matching_paths([i for i, _ in pairs if i in records], filter)
     hits: list[SearchHit] = []
     for i, score in pairs:
         rec = records.get(i)
         if rec is None:
             continue
+        path, root = shown.get(i, (rec.path, rec.root))
         hits.append(
             SearchHit(
                 rank=len(hits) + 1,
                 id=i,
                 score=score,
-                path=rec.path,
-                root=rec.root,
+                path=path,
+                root=root,
                 width=rec.width,
                 height=rec.height,
                 format=rec.format,

@@ -53,11 +53,13 @@ from retrieval.engine import (
     DEFAULT_INDEX,
     MAP_VIEWER_FILES,
     Engine,
+    Filter,
     ImageRecord,
     NeighbourhoodMap,
     Query,
     QueryPart,
     SearchHit,
+    parse_filter,
 )
 from retrieval.errors import (
     DecodeError,
@@ -310,6 +312,80 @@ Upload = Annotated[
     UploadFile, File(description="An image file: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF.")
 ]
 
+
+def _filter(
+    folders: Annotated[
+        list[str] | None,
+        QueryParam(
+            alias="in",
+            max_length=100,
+            description="Only images in this folder or below (relative to the indexed folder, or absolute); "
+            "repeat for several (any of them).",
+        ),
+    ] = None,
+    after: Annotated[
+        str | None,
+        QueryParam(
+            max_length=40,
+            description="Only photos taken (EXIF), else modified, on or after this day (YYYY-MM-DD).",
+            examples=["2023-01-01"],
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        QueryParam(
+            max_length=40,
+            description="Only photos taken (EXIF), else modified, before this day (YYYY-MM-DD).",
+            examples=["2024-01-01"],
+        ),
+    ] = None,
+    camera: Annotated[
+        str | None,
+        QueryParam(max_length=120, description="Only photos whose camera make or model contains this text."),
+    ] = None,
+    format: Annotated[
+        str | None,
+        QueryParam(max_length=200, description="Only these formats, comma-separated: jpeg,png,webp,heic,..."),
+    ] = None,
+    min_width: Annotated[
+        str | None, QueryParam(max_length=12, description="Minimum width in pixels.")
+    ] = None,
+    min_height: Annotated[
+        str | None, QueryParam(max_length=12, description="Minimum height in pixels.")
+    ] = None,
+    near: Annotated[
+        str | None,
+        QueryParam(
+            max_length=60,
+            description="Only photos taken near LAT,LON (EXIF GPS); with within_km.",
+            examples=["48.86,2.35"],
+        ),
+    ] = None,
+    within_km: Annotated[
+        str | None, QueryParam(max_length=20, description="With near: the distance in km.")
+    ] = None,
+) -> Filter | None:
+    """The filter query parameters as one Filter (read by the same parser as the CLI's options); a
+    malformed value is a 422 naming it."""
+    try:
+        return parse_filter(
+            folders=folders,
+            after=after,
+            before=before,
+            camera=camera,
+            formats=format,
+            min_width=min_width,
+            min_height=min_height,
+            near=near,
+            within_km=within_km,
+            style="http",
+        )
+    except UsageError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+Filters = Annotated[Filter | None, Depends(_filter)]
+
 _ERROR_TEXT = {
     400: "A Host header naming another server (see --allowed-host), or a query the index cannot answer",
     401: "No token or a wrong one (a server started with --token)",
@@ -435,23 +511,23 @@ def stats(served: Served) -> StatsOut:
 
 
 @router.get("/search", summary="Search by text (CLIP indexes)")
-def search_text(served: Served, q: Text, k: K = DEFAULT_K) -> SearchOut:
+def search_text(served: Served, q: Text, flt: Filters, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(QueryPart("text", q))
-    return _hits(query, k, served.engine.serve_search(query, k=k))
+    return _hits(query, k, served.engine.serve_search(query, k=k, filter=flt))
 
 
 @router.post("/search/image", summary="Search by an uploaded example image")
-def search_image(served: Served, image: Upload, k: K = DEFAULT_K) -> SearchOut:
+def search_image(served: Served, image: Upload, flt: Filters, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(QueryPart("image", _read_upload(image, served.max_upload_bytes)))
-    return _hits(query, k, served.heavy.run(lambda: served.engine.serve_search(query, k=k)))
+    return _hits(query, k, served.heavy.run(lambda: served.engine.serve_search(query, k=k, filter=flt)))
 
 
 @router.get(
     "/similar/{image_id}", summary="More like an indexed image (itself left out)", responses=_errors(404)
 )
-def similar(served: Served, image_id: ImageId, k: K = DEFAULT_K) -> SearchOut:
+def similar(served: Served, image_id: ImageId, flt: Filters, k: K = DEFAULT_K) -> SearchOut:
     query = Query.of(_known(served, image_id))
-    return _hits(query, k, served.engine.serve_search(query, k=k))
+    return _hits(query, k, served.engine.serve_search(query, k=k, filter=flt))
 
 
 @router.get(
@@ -463,6 +539,7 @@ def similar(served: Served, image_id: ImageId, k: K = DEFAULT_K) -> SearchOut:
 )
 def map_query(
     served: Served,
+    flt: Filters,
     q: MapText = None,
     like: MapLike = None,
     n: MapN = DEFAULT_K,
@@ -473,16 +550,16 @@ def map_query(
         raise HTTPException(422, "give exactly one of q (text) or like (an image id)")
     part = QueryPart("text", q) if q is not None else _known(served, int(like))  # type: ignore[arg-type]
     query = Query.of(part)
-    m = served.heavy.run(lambda: served.engine.serve_map(query, n=n, expand=expand, seed=seed))
+    m = served.heavy.run(lambda: served.engine.serve_map(query, n=n, expand=expand, seed=seed, filter=flt))
     return _map_out(served, m)
 
 
 @router.post("/map/image", summary="t-SNE map of an uploaded image's neighbourhood")
 def map_image(
-    served: Served, image: Upload, n: MapN = DEFAULT_K, expand: MapExpand = 0, seed: Seed = 0
+    served: Served, image: Upload, flt: Filters, n: MapN = DEFAULT_K, expand: MapExpand = 0, seed: Seed = 0
 ) -> MapOut:
     query = Query.of(QueryPart("image", _read_upload(image, served.max_upload_bytes)))
-    m = served.heavy.run(lambda: served.engine.serve_map(query, n=n, expand=expand, seed=seed))
+    m = served.heavy.run(lambda: served.engine.serve_map(query, n=n, expand=expand, seed=seed, filter=flt))
     return _map_out(served, m)
 
 

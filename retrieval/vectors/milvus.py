@@ -5,7 +5,9 @@ Milvus), and `vector`, FLOAT_VECTOR. Milvus keeps the float32 vectors, so "more 
 read them back by id. Milvus searches an approximate index (HNSW_SQ where the server has it, else HNSW,
 else IVF_SQ8: the type chosen is in `stats()`); the store asks it for a few times k candidates and scores
 them exactly against their float32 vectors, read back in one `get`, so every score is a true cosine and an
-indexed image is its own first result, whichever index the server built.
+indexed image is its own first result, whichever index the server built. A filtered search (`allowed=ids`)
+sends the ids as boolean expressions on `id` (`filter_exprs`: ranges, `in` / `not in` lists), so Milvus
+filters inside its own search; sets too scattered for a few expressions widen an unfiltered search instead.
 
 Consistency (a server): collections are Bounded, so a search does not wait for the server's time tick
 (~4 ms, not ~400 ms at Strong); a reader may lag up to ~5 s behind other clients' writes. A writer reads
@@ -81,6 +83,14 @@ RERANK_FACTOR = 4
 RERANK_EXTRA = 32
 MAX_TOPK = 16_384  # Milvus's limit on k, and on the rows of one query or get
 BATCH = 4096  # rows per insert, query and delete call
+#: A filtered search sends the allowed ids to Milvus as boolean expressions on `id` (ranges for runs of
+#: consecutive ids, `in [...]` lists, or `not in [...]` when the gaps are fewer), at most FILTER_TERMS
+#: terms each; a set that needs more than FILTER_EXPRS of them is searched unfiltered with a limit widened
+#: by the inverse of its share and filtered here, and the expressions are used only for queries that
+#: found fewer than k allowed that way.
+FILTER_TERMS = 4096
+FILTER_EXPRS = 4
+RUN_MIN = 4  # consecutive ids written as one range
 #: How far a Bounded read may lag other clients' writes (Milvus's common.gracefulTime is 5 s).
 BOUNDED_LAG_S = 6.0
 
@@ -555,8 +565,8 @@ class MilvusStore:
         best first, padded with id -1 and score -inf. Milvus proposes `rerank_candidates(k)` candidates per
         query; they are scored exactly against their float32 vectors. `ef`: HNSW candidates per query
         (default EF_SEARCH, at least the candidates asked for). `allowed`: the only ids results may come
-        from, scored exactly from their vectors."""
-        client = self._live()
+        from: Milvus filters on them server-side (`filter_exprs`) and the candidates are scored exactly."""
+        self._live()
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -570,55 +580,74 @@ class MilvusStore:
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         if len(q) == 0:
             return out_ids, out_scores
-        if allowed is not None:
-            among = np.unique(np.asarray(allowed, dtype=np.int64))
-            return self._search_among(q, k, among, out_ids, out_scores)
         limit = rerank_candidates(k)
+        if allowed is None:
+            return self._rerank(q, k, self._candidates(q, limit, ef), out_ids, out_scores)
+        among = np.unique(np.asarray(allowed, dtype=np.int64))
+        among = among[among >= 0]
+        if not len(among):
+            return out_ids, out_scores
+        exprs = filter_exprs(among)
+        if len(exprs) <= FILTER_EXPRS:
+            candidates = [np.empty(0, dtype=np.int64)] * len(q)
+            for expr in exprs:
+                found = self._candidates(q, min(limit, len(among)), ef, expr)
+                candidates = [np.concatenate(pair) for pair in zip(candidates, found, strict=True)]
+            return self._rerank(q, k, candidates, out_ids, out_scores)
+        # Too many terms for a few server-side filters: widen an unfiltered search by the set's share.
+        share = min(1.0, len(among) / max(len(self), 1))
+        wide = min(int(np.ceil(2 * limit / share)), MAX_TOPK)
+        found = self._candidates(q, wide, ef)
+        candidates = [ids[np.isin(ids, among, assume_unique=True)] for ids in found]
+        out_ids, out_scores = self._rerank(q, k, candidates, out_ids, out_scores)
+        short = np.flatnonzero((out_ids < 0).any(axis=1))  # fewer than k allowed in the widened results
+        if len(short) and len(among) > int((out_ids[short] >= 0).sum(axis=1).min()):
+            extra = [np.empty(0, dtype=np.int64)] * len(short)
+            for expr in exprs:
+                got = self._candidates(q[short], min(limit, len(among)), ef, expr)
+                extra = [np.concatenate(pair) for pair in zip(extra, got, strict=True)]
+            ids, scores = self._rerank(
+                q[short], k, extra, np.full((len(short), k), -1, np.int64), np.full((len(short), k), -np.inf)
+            )
+            out_ids[short], out_scores[short] = ids, scores.astype(np.float32)
+        return out_ids, out_scores
+
+    def _candidates(
+        self, q: np.ndarray, limit: int, ef: int | None, expr: str | None = None
+    ) -> list[np.ndarray]:
+        """Milvus's `limit` best ids for each query, among those `expr` allows (filtered server-side)."""
         params = (
             {"nprobe": NPROBE}
             if self._index_type.startswith("IVF")
             else {"ef": min(max(ef or EF_SEARCH, limit), 32_768)}
         )
-        level = self._level()
         results = self._call(
             "search",
-            client.search,
+            self._live().search,
             self.collection,
             data=q.tolist(),
             limit=limit,
             anns_field=VECTOR,
             search_params={"metric_type": "IP", "params": params},
             output_fields=[ID],  # an empty list would mean every field to Milvus Lite, vectors included
-            **level,
+            **({"filter": expr} if expr else {}),
+            **self._level(),
         )
-        candidates = [np.array([int(hit["id"]) for hit in hits], dtype=np.int64) for hits in results]
-        # One `get` for every query's candidates: the exact scores come from the float32 vectors.
-        got = self._fetch(np.unique(np.concatenate(candidates))) if candidates else {}
+        return [np.array([int(hit["id"]) for hit in hits], dtype=np.int64) for hits in results]
+
+    def _rerank(
+        self, q: np.ndarray, k: int, candidates: list[np.ndarray], out_ids: np.ndarray, out_scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top-k of each query's candidates, scored against their float32 vectors (one `get`)."""
+        wanted = np.unique(np.concatenate(candidates)) if candidates else np.empty(0, dtype=np.int64)
+        got = self._fetch(wanted) if len(wanted) else {}
         for row, found in enumerate(candidates):
-            found = np.array([i for i in found.tolist() if i in got], dtype=np.int64)
+            found = np.array([i for i in np.unique(found).tolist() if i in got], dtype=np.int64)
             if not len(found):
                 continue
             scores = np.asarray([got[i] for i in found.tolist()], dtype=np.float32) @ q[row]
             order = np.argsort(-scores, kind="stable")[:k]
             out_ids[row, : len(order)], out_scores[row, : len(order)] = found[order], scores[order]
-        return out_ids, out_scores
-
-    def _search_among(
-        self, q: np.ndarray, k: int, allowed: np.ndarray, out_ids: np.ndarray, out_scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of each query among `allowed` (those stored), read from Milvus block by block."""
-        for start in range(0, len(allowed), MAX_TOPK):
-            got = self._fetch(allowed[start : start + MAX_TOPK])
-            if not got:
-                continue
-            ids = np.fromiter(got, dtype=np.int64, count=len(got))
-            scores = q @ np.asarray(list(got.values()), dtype=np.float32).T
-            both_ids = np.concatenate([out_ids, np.broadcast_to(ids, scores.shape)], axis=1)
-            both = np.concatenate([out_scores, scores], axis=1)
-            order = np.argsort(-both, axis=1, kind="stable")[:, :k]
-            out_ids = np.take_along_axis(both_ids, order, axis=1)
-            out_scores = np.take_along_axis(both, order, axis=1)
-        out_ids[~np.isfinite(out_scores)] = -1
         return out_ids, out_scores
 
     # ---- persistence -----------------------------------------------------------------------
@@ -749,6 +778,37 @@ def _as_ids(ids: Any) -> np.ndarray:
     if (arr < 0).any():
         raise UsageError(f"ids must be >= 0 (-1 marks padding), got {int(arr.min())}")
     return arr
+
+
+def filter_exprs(allowed: np.ndarray) -> list[str]:
+    """Boolean expressions on `id` that together allow exactly `allowed` (sorted unique, >= 0), each of at
+    most FILTER_TERMS terms: `not in` the gaps when they are fewer, else ranges for runs of RUN_MIN or more
+    consecutive ids and `in` lists for the rest."""
+    lo, hi = int(allowed[0]), int(allowed[-1])
+    gaps = hi - lo + 1 - len(allowed)
+    if gaps <= FILTER_TERMS:
+        if gaps == 0:
+            return [f"{ID} >= {lo} and {ID} <= {hi}"]
+        full = np.ones(hi - lo + 1, dtype=bool)
+        full[allowed - lo] = False
+        missing = (np.flatnonzero(full) + lo).tolist()
+        return [f"{ID} >= {lo} and {ID} <= {hi} and {ID} not in {missing}"]
+    breaks = np.flatnonzero(np.diff(allowed) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(allowed)]])
+    terms: list[str] = []
+    singles: list[int] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b - a >= RUN_MIN:
+            terms.append(f"({ID} >= {int(allowed[a])} and {ID} <= {int(allowed[b - 1])})")
+        else:
+            singles += allowed[a:b].tolist()
+    exprs = []
+    for start in range(0, len(singles), FILTER_TERMS):
+        exprs.append(f"{ID} in {singles[start : start + FILTER_TERMS]}")
+    for start in range(0, len(terms), FILTER_TERMS):
+        exprs.append(" or ".join(terms[start : start + FILTER_TERMS]))
+    return exprs
 
 
 def _blocks(arr: np.ndarray) -> Iterator[np.ndarray]:

@@ -29,6 +29,23 @@ function upload(file) {
   return { method: "POST", body: form };
 }
 
+// The filter bar's fields -> the API's filter parameters (see /openapi.json); empty fields are left out.
+const FILTER_FIELDS = { "f-in": "in", "f-after": "after", "f-before": "before", "f-camera": "camera" };
+
+function withFilters(params) {
+  const query = new URLSearchParams(params);
+  let active = 0;
+  for (const [id, name] of Object.entries(FILTER_FIELDS)) {
+    const value = $(id).value.trim();
+    if (value) {
+      query.append(name, value);
+      active += 1;
+    }
+  }
+  $("filters-count").textContent = active ? `(${active})` : "";
+  return query;
+}
+
 function setStatus(text, isError = false) {
   const status = $("status");
   status.textContent = text;
@@ -120,11 +137,11 @@ async function search(query) {
   try {
     let data;
     if (query.kind === "text") {
-      data = await api(`/api/search?${new URLSearchParams({ q: query.text, k })}`);
+      data = await api(`/api/search?${withFilters({ q: query.text, k })}`);
     } else if (query.kind === "image") {
-      data = await api(`/api/search/image?k=${k}`, upload(query.file));
+      data = await api(`/api/search/image?${withFilters({ k })}`, upload(query.file));
     } else {
-      data = await api(`/api/similar/${query.id}?k=${k}`);
+      data = await api(`/api/similar/${query.id}?${withFilters({ k })}`);
     }
     if (seq !== state.seq) return;
     state.hits = data.results;
@@ -222,11 +239,11 @@ async function loadMap() {
   try {
     let data;
     if (query.kind === "text") {
-      data = await api(`/api/map?${new URLSearchParams({ q: query.text, n, expand })}`);
+      data = await api(`/api/map?${withFilters({ q: query.text, n, expand })}`);
     } else if (query.kind === "image") {
-      data = await api(`/api/map/image?n=${n}&expand=${expand}`, upload(query.file));
+      data = await api(`/api/map/image?${withFilters({ n, expand })}`, upload(query.file));
     } else {
-      data = await api(`/api/map?like=${query.id}&n=${n}&expand=${expand}`);
+      data = await api(`/api/map?${withFilters({ like: query.id, n, expand })}`);
     }
     const queryImage = query.kind === "image" ? await query.bitmap : null;
     if (seq !== state.seq) return;
@@ -270,6 +287,16 @@ function setupInput() {
   });
   $("k").addEventListener("change", () => {
     if (state.query) search(state.query);
+  });
+  $("filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (state.query) search(state.query);
+    else withFilters({});
+  });
+  $("filters-clear").addEventListener("click", () => {
+    for (const id of Object.keys(FILTER_FIELDS)) $(id).value = "";
+    if (state.query) search(state.query);
+    else withFilters({});
   });
   $("tab-grid").addEventListener("click", () => showView("grid"));
   $("tab-map").addEventListener("click", () => showView("map"));

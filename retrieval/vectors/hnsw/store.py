@@ -44,7 +44,7 @@ from retrieval.errors import (
     RetrievalError,
     UsageError,
 )
-from retrieval.vectors.hnsw import fileformat
+from retrieval.vectors.hnsw import fileformat, filtered
 from retrieval.vectors.hnsw.fileformat import MANIFEST
 from retrieval.vectors.hnsw.originals import Originals as _Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
@@ -59,7 +59,16 @@ _ROW_BLOCK = 16384
 #: by default it gets LOW_HEAD_BOOST times the candidates (BENCHMARKS.md, search section).
 LOW_HEAD_SHARE = 0.5
 LOW_HEAD_BOOST = 2
+#: A filtered search collects FILTER_EF allowed candidates per query by default (times LOW_HEAD_BOOST as
+#: above) for the re-rank, fewer than an unfiltered one (the walk's cost grows with it). At 1M a folder of
+#: half the store reached recall@10 0.970 with 128, 0.987 with 192, 0.990 with 256 (BENCHMARKS.md,
+#: "Filtered search").
+FILTER_EF = 192
 _OPEN_ATTEMPTS = 5
+#: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
+#: while the largest id is at most DENSE_IDS times the number stored, else by binary search in sorted
+#: arrays (16 bytes per id): a filter's 500k ids take ~2 ms from the table, ~170 ms by binary search at 1M.
+DENSE_IDS = 2
 
 
 @dataclass(frozen=True)
@@ -105,36 +114,57 @@ class StoreParams:
 
 
 class _IdIndex:
-    """id → slot lookups without a Python dict entry (~100 bytes) per id: sorted arrays + recent changes."""
+    """id → slot lookups without a Python dict entry (~100 bytes) per id: a table indexed by id where ids are
+    dense (as a database's are), else sorted arrays; plus the changes since it was built."""
 
     def __init__(self, slot_ids: np.ndarray) -> None:
         alive = np.flatnonzero(slot_ids >= 0)
         keys = slot_ids[alive]
-        order = np.argsort(keys, kind="stable")
-        self._keys = keys[order]
-        self._slots = alive[order]
+        top = int(keys.max()) + 1 if len(keys) else 0
+        self._table: np.ndarray | None = None
+        self._keys = self._slots = np.empty(0, dtype=np.int64)
+        if top <= DENSE_IDS * len(keys) + 1024:
+            self._table = np.full(top, -1, dtype=np.int64)
+            self._table[keys] = alive
+        else:
+            order = np.argsort(keys, kind="stable")
+            self._keys = keys[order]
+            self._slots = alive[order]
+        self._n = len(keys)
         self._recent: dict[int, int] = {}  # changes since the arrays were built; -1 = removed
 
     @property
     def stale(self) -> bool:
-        return len(self._recent) > max(4096, len(self._keys) // 4)
+        return len(self._recent) > max(4096, self._n // 4)
 
     @property
     def nbytes(self) -> int:
-        return self._keys.nbytes + self._slots.nbytes + 100 * len(self._recent)
+        table = self._table.nbytes if self._table is not None else 0
+        return table + self._keys.nbytes + self._slots.nbytes + 100 * len(self._recent)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where absent."""
         out = np.full(len(ids), -1, dtype=np.int64)
-        if len(self._keys):
+        if self._table is not None:
+            inside = np.flatnonzero((ids >= 0) & (ids < len(self._table)))
+            out[inside] = self._table[ids[inside]]
+        elif len(self._keys):
             pos = np.minimum(np.searchsorted(self._keys, ids), len(self._keys) - 1)
             hit = self._keys[pos] == ids
             out[hit] = self._slots[pos[hit]]
-        if self._recent:
+        if self._recent and len(ids) <= len(self._recent):
             for i, key in enumerate(ids.tolist()):
                 slot = self._recent.get(key)
                 if slot is not None:
                     out[i] = slot
+        elif self._recent:  # a large lookup (a filter's ids): the changes as sorted arrays, not a loop per id
+            keys = np.fromiter(self._recent, dtype=np.int64, count=len(self._recent))
+            slots = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
+            order = np.argsort(keys)
+            keys, slots = keys[order], slots[order]
+            pos = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+            hit = keys[pos] == ids
+            out[hit] = slots[pos[hit]]
         return out
 
     def update(self, ids: Iterable[int], slots: Iterable[int]) -> None:
@@ -156,6 +186,16 @@ class _State:
     originals_epoch: int
     id_index: _IdIndex | None  # built on first lookup by id: search-only readers never pay for it
     files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
+    head_codes: filtered.HeadCodes | None = None  # built by the first filtered scan
+
+    def head_codes_now(self) -> filtered.HeadCodes:
+        """The int8 heads of every slot, built or extended to the current slots."""
+        assert self.quantizer is not None
+        if self.head_codes is None or self.head_codes.quantizer is not self.quantizer:
+            self.head_codes = filtered.HeadCodes.build(self.quantizer, self.originals, self.n_slots)
+        else:
+            self.head_codes.extend(self.originals, self.n_slots)
+        return self.head_codes
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where absent."""
@@ -188,6 +228,8 @@ class VectorStore:
         self.writable = writable
         self._state: _State | None = state
         self._dirty = False
+        # (allowed array, state, n_slots, its slots, its mask): see _allowed_slots; dropped by any removal
+        self._filter_cache: tuple[np.ndarray, _State, int, np.ndarray, bytes | None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -382,6 +424,7 @@ class VectorStore:
         return removed
 
     def _drop_slots(self, st: _State, slots: np.ndarray) -> int:
+        self._filter_cache = None  # its slots may include these
         present = slots[slots >= 0]
         if not len(present):
             return 0
@@ -446,6 +489,8 @@ class VectorStore:
                 graph.add_items(head, block)
             st.graph = graph
         st.id_index = None
+        st.head_codes = None  # slots renumbered or a new rotation
+        self._filter_cache = None
 
     # ---- search ----------------------------------------------------------------------------
 
@@ -473,9 +518,7 @@ class VectorStore:
         if st.n_alive == 0 or len(q) == 0:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
         if allowed is not None:
-            slots = st.lookup(np.asarray(allowed, dtype=np.int64).reshape(-1))
-            slots, scores = self._exact_search(st, q, k, np.sort(slots[slots >= 0]))
-            return self._padded(st, slots, scores, k)
+            return self._filtered_search(st, q, k, ef, allowed)
         cands = np.full(len(q), max(ef or self.params.ef_search, k))
         if ef is None and st.quantizer is not None and st.quantizer.tail_dims:
             cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
@@ -519,22 +562,113 @@ class VectorStore:
         labels = labels.view(np.int64)  # labels are slots, far below 2**63
         # hnswlib's "ip" distance is 1 - q·x: the exact head score.
         scores = (bias + 1.0)[:, None] - dist
-        n_rescore = min(max(self.params.rescore, k), cands) if self.params.rescore else 0
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         # One row at a time with 2-D operations: fewer and cheaper numpy calls than 3-D batches
         # for the usual single query, and bounded temporaries for large batches.
         for i in range(len(q)):
-            slots, row = labels[i], scores[i]
-            if quantizer.tail_dims:
-                row = row + st.codes.take(slots, axis=0) @ weights[i]
-            if n_rescore:
-                if n_rescore < cands:
-                    slots = slots[np.argpartition(row, cands - n_rescore)[cands - n_rescore :]]
-                row = st.originals.get(slots) @ q[i]
-            order = np.argsort(row)[::-1][:k]
-            out_slots[i], out_scores[i] = slots[order], row[order]
+            out_slots[i], out_scores[i] = self._rerank(st, q[i], labels[i], scores[i], weights[i], k)
         return out_slots, out_scores
+
+    def _rerank(
+        self, st: _State, q: np.ndarray, slots: np.ndarray, head: np.ndarray, weights: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best k of one query's candidates (`slots`, at least k, with their head scores plus the tail
+        bias): head + int8 tail, then the best `rescore` of those scored exactly from the originals."""
+        assert st.quantizer is not None
+        cands = len(slots)
+        n_rescore = min(max(self.params.rescore, k), cands) if self.params.rescore else 0
+        row = head
+        if st.quantizer.tail_dims:
+            row = row + st.codes.take(slots, axis=0) @ weights
+        if n_rescore:
+            if n_rescore < cands:
+                slots = slots[np.argpartition(row, cands - n_rescore)[cands - n_rescore :]]
+            row = st.originals.get(slots) @ q
+        order = np.argsort(row)[::-1][:k]
+        return slots[order], row[order]
+
+    def _filtered_search(
+        self, st: _State, q: np.ndarray, k: int, ef: int | None, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among the allowed ids, by the way `filtered.choose` finds cheapest for their number."""
+        slots, mask = self._allowed_slots(st, allowed)
+        m = len(slots)
+        if m == 0:
+            return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
+        cands = np.full(len(q), max(ef or FILTER_EF, k))
+        quantizer, graph = st.quantizer, st.graph
+        if ef is None and quantizer is not None and quantizer.tail_dims:
+            cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
+        way = "exact"
+        if quantizer is not None:
+            way = filtered.choose(m, st.n_slots, st.n_alive, int(cands.max()), graph=graph is not None)
+        if way == "exact":
+            found, scores = self._exact_search(st, q, k, slots)
+            self._refuse_garbled(st, q, scores)
+            return self._padded(st, found, scores, k)
+        assert quantizer is not None
+        graph_query, weights, bias = quantizer.prepare_queries(q)
+        width = min(k, m)  # fewer allowed than k: padded below
+        out_slots = np.empty((len(q), width), dtype=np.int64)
+        out_scores = np.empty((len(q), width), dtype=np.float32)
+        allowed_slot = None
+        if way == "walk":
+            assert graph is not None
+            if mask is None:
+                mask = self._slot_mask(st, slots)
+            allowed_slot = mask.__getitem__
+        for i in range(len(q)):
+            c = min(int(cands[i]), m)
+            if way == "scan":
+                head = st.head_codes_now().scores(slots, graph_query[i])
+                best = np.argpartition(head, m - c)[m - c :] if c < m else np.arange(m)
+                picked, head = slots[best], head[best] + bias[i]
+            else:
+                assert graph is not None
+                graph.set_ef(c)
+                try:
+                    labels, dist = graph.knn_query(graph_query[i : i + 1], k=c, filter=allowed_slot)
+                except RuntimeError:  # fewer than c allowed nodes reachable (heavy deletes): score them all
+                    row_slots, row_scores = self._exact_search(st, q[i : i + 1], k, slots)
+                    out_slots[i], out_scores[i] = row_slots[0], row_scores[0]
+                    continue
+                picked = labels[0].view(np.int64)
+                head = (bias[i] + 1.0) - dist[0]
+            out_slots[i], out_scores[i] = self._rerank(st, q[i], picked, head, weights[i], width)
+        self._refuse_garbled(st, q, out_scores)
+        return self._padded(st, out_slots, out_scores, k)
+
+    def _allowed_slots(self, st: _State, allowed: np.ndarray) -> tuple[np.ndarray, bytes | None]:
+        """The live slots of the allowed ids, ascending, and their mask if known. An allowed array that is
+        not writeable is taken to stay as it is: its slots and mask are kept for the next search given
+        the same array (every query of a filtered session, a page of results)."""
+        cached = self._filter_cache
+        if cached is not None and cached[0] is allowed and cached[1] is st and cached[2] == st.n_slots:
+            return cached[3], cached[4]
+        ids = np.asarray(allowed).reshape(-1)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise UsageError(f"allowed must hold integer ids, got dtype {ids.dtype}")
+        slots = st.lookup(ids.astype(np.int64, copy=False))
+        slots = slots[slots >= 0]
+        mask = None
+        if 32 * len(slots) > st.n_slots:  # many: ascending from the mask (O(n)) beats sorting them
+            mask = self._slot_mask(st, slots)
+            slots = np.flatnonzero(np.frombuffer(mask, dtype=np.uint8))
+        else:
+            slots = np.sort(slots)
+        if isinstance(allowed, np.ndarray) and not allowed.flags.writeable:
+            if mask is None and len(slots) > FILTER_EF:
+                mask = self._slot_mask(st, slots)
+            self._filter_cache = (allowed, st, st.n_slots, slots, mask)
+        return slots, mask
+
+    @staticmethod
+    def _slot_mask(st: _State, slots: np.ndarray) -> bytes:
+        """One byte per slot, 1 where allowed: hnswlib's filter calls `mask[slot]` for each node it meets."""
+        mask = np.zeros(st.n_slots, dtype=np.uint8)
+        mask[slots] = 1
+        return mask.tobytes()
 
     def _refuse_garbled(self, st: _State, q: np.ndarray, scores: np.ndarray) -> None:
         """Unit vectors score within ±|q|: a score beyond (or NaN) comes from a garbled original."""
@@ -622,6 +756,16 @@ class VectorStore:
             )
         manifest, state = _load_current(self.folder, writable=self.writable)
         self.params = StoreParams.from_dict(manifest["params"])
+        same = ("crc32", "size")
+        if (
+            st.head_codes is not None
+            and state.quantizer is not None
+            and st.originals_epoch == state.originals_epoch  # slots keep their vectors: no compaction
+            and {k: st.files.get("quantizer", {}).get(k) for k in same}
+            == {k: state.files.get("quantizer", {}).get(k) for k in same}
+        ):  # the same rotation over the same slots: the next scan only encodes the slots added since
+            st.head_codes.quantizer = state.quantizer
+            state.head_codes = st.head_codes
         self._state = state
         return True
 
@@ -641,6 +785,7 @@ class VectorStore:
             + (st.id_index.nbytes if st.id_index is not None else 0)
             + st.originals.pending_bytes
             + (st.quantizer.basis.nbytes if st.quantizer is not None else 0)
+            + (st.head_codes.nbytes if st.head_codes is not None else 0)
         )
         return {
             "n": st.n_alive,

@@ -1,0 +1,365 @@
+"""Filtered search in the default store: recall@10 and queries/s at every selectivity, next to unfiltered
+search and the naive way (search k/selectivity, then filter), in one run.
+
+    python benchmarks/filtered_search.py [--n 1000000] [--queries 200] [--rounds 2] [--seed 0] [--no-write]
+                                         [--build-only]
+
+The store (ids 0..n-1, benchmarks/vectors.py at dim 512, built as benchmarks/search.py builds it) is made
+once and cached in ~/.cache/retrieval-bench/filtered-N-seedS/ with its queries and each vector's cluster
+(a 1M store takes a long time to build on a loaded machine; `--build-only` makes it and stops). Filters of
+selectivity 50 %, 10 %, 1 %, 0.1 % and 0.01 %: "random" (a random subset: uncorrelated with the vectors)
+and "folder" (whole clusters, topped up from one more: a folder of one subject, correlated). Ground truth:
+exact top-10 among the allowed ids. Contenders, timed interleaved one query at a time on one thread
+(benchmarks/_common.py): unfiltered `search`; filtered `search(allowed=ids)` with a read-only ids array
+(the store keeps its slots and mask across queries) and with fresh ids each query (a writable copy: the
+O(n) lookup every time); naive: `search(k=ceil(k/selectivity))` then keep the allowed (fewer queries at low
+selectivity, where one takes seconds). Rewrites the section "## Filtered search" of BENCHMARKS.md.
+
+The script re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they slow numpy on these
+machines) and with BLAS pinned to one thread; tests never change them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from _common import INTERLEAVE, env_note, interleaved_best_times, run_without_slow_numpy_env, write_section
+
+if __name__ == "__main__":
+    run_without_slow_numpy_env({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import vectors  # noqa: E402
+from search import DIM, build_store  # noqa: E402
+
+from retrieval.vectors.hnsw import filtered  # noqa: E402
+from retrieval.vectors.hnsw.store import FILTER_EF, StoreParams, VectorStore  # noqa: E402
+
+HEADING = "## Filtered search"
+K = 10
+SELECTIVITIES = (0.5, 0.1, 0.01, 0.001, 0.0001)
+NAIVE_MAX_K = 100_000
+
+WHY = """\
+### The cut-overs, and why
+
+`search(allowed=ids)` maps the ids to slots (a table indexed by id: one gather, ~2 ms for 500k ids at 1M
+where binary search took ~170 ms) and takes the cheapest of three ways by a cost model in units of one
+float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending in exact scores:
+
+- **exact** (m rows): score the memory-mapped originals; cheapest below ~200 allowed vectors.
+- **scan** (0.16·m + 150): score the allowed slots on an int8 copy of the PCA head (111 B per vector, built
+  from the originals on the first scan and kept with the generation), keep the best 192, then the graph
+  path's re-rank (int8 tail, best 16 exactly). A head row costs ~1/6 of an original (111 bytes instead of
+  2048, in RAM), which is what keeps 1 % of 1M (10k vectors) near unfiltered speed.
+- **walk** (2.7·192·n/m + 150 + a mask of n bytes): hnswlib's graph walk with the filter applied during the
+  walk, collecting 192 allowed candidates; it visits about 192·n/m nodes, so it wins for large sets only.
+  Over-fetching unfiltered results and filtering them afterwards (a widening `ef`) costs the same for a
+  random subset but finds nothing for a folder far from the query (an exploratory run at 100k, not part of
+  this script: recall@10 0.72-0.82 on folders of 10-50 %, some queries left with no allowed candidate);
+  the filtered walk carries on through disallowed nodes, so it was kept and the widening dropped.
+
+With 192 candidates the walk crosses the scan at m² ≈ 17·192·n: ~18 % of 100k, ~6 % of 1M; the scan crosses
+exact at ~180 vectors. The constants were fitted on the forced-way tables (this one and a 100k run) on a
+loaded machine; near a cut-over the two ways cost about the same, so the choice is not sensitive to them.
+A filtered search collects 192 candidates (`FILTER_EF`), not the unfiltered 384: the walk's cost is
+proportional to it, and at 1M a folder of half the store reached recall@10 0.970 with 128, 0.987 with 192
+and 0.990 with 256 (60 queries, a separate run).
+
+What is left: between ~5 % and 50 % the walk is the cheapest way and still costs 1.4-9× an unfiltered
+search. It visits ~192·n/m nodes, and hnswlib calls the Python filter (a GIL round trip) for each node it
+meets; on a folder the queries outside it first cross their own region of disallowed nodes (the 50 % and
+10 % folders cost ~2.4× the random subsets). The naive search at 1 % is only ~3× slower than unfiltered here
+(k = 1000 from a graph that is fast at any k), so 5× naive would need 1.6× unfiltered speed at 1 %, where
+the scan runs at unfiltered speed. Next steps, not done: a C-level filter (faiss's IDSelectorBitmap, or
+hnswlib built with a bitmap filter) instead of the Python callback, and links per folder (Qdrant's payload
+index) for correlated filters. "q/s, fresh ids" at 50 % (~35 q/s) is the O(n) id-to-slot map and mask per
+query; the engine should pass one read-only array per filtered request (the SQLite query that makes the
+ids costs more anyway).
+"""
+
+CACHE = Path.home() / ".cache" / "retrieval-bench"
+CACHE_QUERIES = 1000  # queries kept with the cached store; a run uses the first --queries of them
+
+
+def cached_store(n: int, seed: int, params: StoreParams) -> Path:
+    """The folder of a store of `n` benchmark vectors (ids 0..n-1), with its queries and clusters beside it:
+    built once (a 1M store takes many minutes), then reused while n, seed and the store's settings match."""
+    folder = CACHE / f"filtered-{n}-seed{seed}"
+    meta = {"n": n, "seed": seed, "dim": DIM, "queries": CACHE_QUERIES, "params": params.to_dict()}
+    done = folder / "meta.json"
+    if done.exists():
+        recorded = json.loads(done.read_text())
+        if {key: recorded.get(key) for key in meta} == meta:
+            return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    t = time.perf_counter()
+    base, queries, clusters = vectors.make_with_clusters(n, DIM, CACHE_QUERIES, seed=seed)
+    np.save(partial / "queries.npy", queries)
+    np.save(partial / "clusters.npy", clusters)
+    build_s = build_store(base, partial / "store", params)
+    del base
+    meta["build_s"] = round(build_s, 1)
+    meta["total_s"] = round(time.perf_counter() - t, 1)
+    (partial / "meta.json").write_text(json.dumps(meta))
+    partial.rename(folder)
+    print(f"built {folder} in {meta['total_s']:.0f} s", file=sys.stderr, flush=True)
+    return folder
+
+
+@dataclass
+class Filter:
+    kind: str  # "random" or "folder"
+    share: float
+    allowed: np.ndarray  # sorted ids, read-only
+    mask: np.ndarray  # bool over ids
+
+
+def make_filters(n: int, clusters: np.ndarray, seed: int) -> list[Filter]:
+    """A random subset and a folder (whole clusters, topped up from one more) of each selectivity."""
+    rng = np.random.default_rng(seed + 1)
+    sizes = np.bincount(clusters)
+    out = []
+    for share in SELECTIVITIES:
+        m = max(1, round(share * n))
+        rand = np.sort(rng.choice(n, m, replace=False))
+        chosen, total = [], 0
+        for c in rng.permutation(len(sizes)):
+            if total + sizes[c] <= m and sizes[c]:
+                chosen.append(c)
+                total += sizes[c]
+            if total == m:
+                break
+        rows = np.flatnonzero(np.isin(clusters, chosen))
+        if total < m:  # top up from one cluster left out
+            rest = next(c for c in rng.permutation(len(sizes)) if c not in chosen and sizes[c] >= m - total)
+            rows = np.union1d(rows, np.flatnonzero(clusters == rest)[: m - total])
+        for kind, ids in (("random", rand), ("folder", rows)):
+            ids = ids.astype(np.int64)
+            ids.flags.writeable = False
+            mask = np.zeros(n, dtype=bool)
+            mask[ids] = True
+            out.append(Filter(kind, share, ids, mask))
+    return out
+
+
+def exact_truths(read, n: int, queries: np.ndarray, masks: list[np.ndarray | None]) -> list[np.ndarray]:
+    """Exact top-K ids of each query among each mask's rows (None: all), in one blocked pass over the n
+    base vectors (`read(lo, hi)` returns rows lo..hi-1)."""
+    best = [np.full((len(queries), 0), -1, dtype=np.int64) for _ in masks]
+    best_s = [np.full((len(queries), 0), -np.inf, dtype=np.float32) for _ in masks]
+    for start in range(0, n, 65536):
+        block = read(start, start + 65536)
+        scores = queries @ block.T
+        rows = np.arange(start, start + len(block))
+        for j, mask in enumerate(masks):
+            keep = slice(None) if mask is None else np.flatnonzero(mask[rows])
+            ids = np.concatenate(
+                [best[j], np.broadcast_to(rows[keep], (len(queries), len(rows[keep])))], axis=1
+            )
+            sc = np.concatenate([best_s[j], scores[:, keep]], axis=1)
+            top = np.argsort(-sc, axis=1)[:, :K]
+            best[j], best_s[j] = np.take_along_axis(ids, top, axis=1), np.take_along_axis(sc, top, axis=1)
+    return best
+
+
+def bench(a: argparse.Namespace, params: StoreParams) -> str:
+    folder = cached_store(a.n, a.seed, params)
+    meta = json.loads((folder / "meta.json").read_text())
+    queries = np.load(folder / "queries.npy")[: a.queries]
+    clusters = np.load(folder / "clusters.npy")
+    store = VectorStore.open(folder / "store")
+    st = store._live()
+    assert (st.slot_ids[: st.n_slots] == np.arange(a.n)).all()  # slot i holds id i: originals are the base
+    t = time.perf_counter()
+    filters = make_filters(a.n, clusters, a.seed)
+    read = lambda lo, hi: st.originals.get(np.arange(lo, min(hi, a.n)))  # noqa: E731
+    truths_all, *truths = exact_truths(read, a.n, queries, [None] + [f.mask for f in filters])
+    truth_s = time.perf_counter() - t
+    t = time.perf_counter()
+    st.head_codes_now()
+    head_s = time.perf_counter() - t
+
+    def unfiltered(q: np.ndarray) -> np.ndarray:
+        return store.search(q, K)[0][0]
+
+    def with_filter(f: Filter, fresh: bool):
+        def one(q: np.ndarray) -> np.ndarray:
+            return store.search(q, K, allowed=f.allowed.copy() if fresh else f.allowed)[0][0]
+
+        return one
+
+    def naive(f: Filter):
+        wide = min(int(np.ceil(K / f.share)), NAIVE_MAX_K)
+
+        def one(q: np.ndarray) -> np.ndarray:
+            ids = store.search(q, wide)[0][0]
+            ids = ids[ids >= 0]
+            kept = ids[f.mask[ids]][:K]
+            return np.pad(kept, (0, K - len(kept)), constant_values=-1)
+
+        return one
+
+    searches, counts, labels = [unfiltered], [len(queries)], [("unfiltered", None)]
+    for f in filters:
+        n_naive = len(queries) if f.share >= 0.1 else max(10, int(len(queries) * f.share * 20))
+        searches += [with_filter(f, False), with_filter(f, True), naive(f)]
+        counts += [len(queries), len(queries), min(n_naive, len(queries))]
+        labels += [("filtered", f), ("fresh", f), ("naive", f)]
+    for search in searches[1::3]:
+        search(queries[0])  # first use: slots and mask cached
+    timed = interleaved_best_times(searches, counts, queries, K, a.rounds)
+    res = {}
+    for (what, f), (lat, ids), count in zip(labels, timed, counts, strict=True):
+        truth = truths_all if f is None else truths[filters.index(f)]
+        res[(what, None if f is None else (f.kind, f.share))] = (
+            vectors.recall_at_k(ids, truth[:count], K),
+            1 / lat.mean(),
+        )
+    u_rec, u_qps = res[("unfiltered", None)]
+    lines = [
+        f"### n = {a.n:,}, dim {DIM}, seed {a.seed}, {len(queries)} queries, k = {K}\n",
+        f"Unfiltered: recall@10 {u_rec:.4f}, {u_qps:.0f} q/s. Store built in {meta['build_s']:.0f} s "
+        "(cached); "
+        f"exact ground truth {truth_s:.0f} s; int8 head codes built on the first scan in {head_s:.1f} s "
+        f"({st.head_codes.nbytes / a.n if st.head_codes else 0:.0f} B per vector of RAM).\n",
+        "| filter | selectivity | allowed | way | recall@10 | q/s | ÷ unfiltered | q/s, fresh ids | "
+        "naive recall@10 | naive q/s | ÷ naive |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in filters:
+        key = (f.kind, f.share)
+        rec, qps = res[("filtered", key)]
+        _, fresh = res[("fresh", key)]
+        n_rec, n_qps = res[("naive", key)]
+        way = filtered.choose(len(f.allowed), a.n, a.n, FILTER_EF, graph=True)
+        lines.append(
+            f"| {f.kind} | {f.share:.2%} | {len(f.allowed):,} | {way} | {rec:.4f} | {qps:.0f} | "
+            f"{qps / u_qps:.2f} | {fresh:.0f} | {n_rec:.4f} | {n_qps:.1f} | {qps / n_qps:.1f} |"
+        )
+    lines += ["", verdict(res, filters, u_qps)]
+    if a.ways:
+        lines += ["", *compare_ways(store, filters, queries[: a.ways], truths, a.rounds)]
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    return text
+
+
+def verdict(res: dict, filters: list[Filter], u_qps: float) -> str:
+    """The issue's three targets against this run."""
+    recalls = [(res[("filtered", (f.kind, f.share))][0], f) for f in filters]
+    ratios = [(res[("filtered", (f.kind, f.share))][1] / u_qps, f) for f in filters]
+    at1 = [f for f in filters if f.share == 0.01]
+    naive = [res[("filtered", (f.kind, f.share))][1] / res[("naive", (f.kind, f.share))][1] for f in at1]
+    low_r, low_rf = min(recalls, key=lambda x: x[0])
+    missed = [f"{f.kind} {f.share:.0%} ({r:.2f})" for r, f in ratios if r < 0.5]
+    return (
+        f"Targets: recall@10 >= 0.98 at every selectivity: {'met' if low_r >= 0.98 else 'NOT met'} "
+        f"(lowest {low_r:.4f}, {low_rf.kind} {low_rf.share:.2%}); q/s >= 0.5 × unfiltered at every "
+        f"selectivity: {'met' if not missed else 'NOT met for ' + ', '.join(missed)}; >= 5 × naive at 1 %: "
+        f"{'met' if min(naive) >= 5 else 'NOT met'} ({', '.join(f'{x:.1f}×' for x in naive)}: random, "
+        "folder)."
+    )
+
+
+def compare_ways(
+    store: VectorStore, filters: list[Filter], queries: np.ndarray, truths, rounds: int
+) -> list[str]:
+    """Each way forced on each filter (what the cut-overs are chosen from): ms per query and recall@10.
+    A way the cost model puts above 3 exact scans of 100k rows is skipped (around a second per query)."""
+    ways = ("exact", "scan", "walk")
+    n = len(store)
+    chosen = filtered.choose
+    cells: dict[tuple[int, str], str] = {}
+    try:
+        for j, f in enumerate(filters):
+            m = len(f.allowed)
+            cost = {
+                "exact": float(m),
+                "scan": filtered.SCAN_ROW * m,
+                "walk": filtered.WALK_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf"),
+            }
+            for way in ways:
+                if cost[way] > 300_000:
+                    cells[(j, way)] = "skipped"
+                    continue
+                filtered.choose = lambda *args, way=way, **kwargs: way
+                lat, ids = interleaved_best_times(
+                    [lambda q, f=f: store.search(q, K, allowed=f.allowed)[0][0]],
+                    [len(queries)],
+                    queries,
+                    K,
+                    rounds,
+                )[0]
+                rec = vectors.recall_at_k(ids, truths[j][: len(queries)], K)
+                cells[(j, way)] = f"{lat.mean() * 1e3:.2f} ms / {rec:.3f}"
+    finally:
+        filtered.choose = chosen
+    out = [
+        f"Each way forced ({len(queries)} queries, ms per query / recall@10; the chosen way in bold):\n",
+        "| filter | selectivity | " + " | ".join(ways) + " |",
+        "|---|---:|" + "---:|" * len(ways),
+    ]
+    for j, f in enumerate(filters):
+        pick = chosen(len(f.allowed), n, n, FILTER_EF, graph=True)
+        row = [f"**{cells[(j, w)]}**" if w == pick else cells[(j, w)] for w in ways]
+        out.append(f"| {f.kind} | {f.share:.2%} | " + " | ".join(row) + " |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each query keeps its best time")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--ways", type=int, default=20, help="queries for the table of forced ways (0: none)")
+    ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    a = ap.parse_args()
+    params = StoreParams()
+    if a.build_only:
+        cached_store(a.n, a.seed, params)
+        return
+    load_before = os.getloadavg()[0]
+    t = time.perf_counter()
+    section = bench(a, params)
+    cmd = "python benchmarks/filtered_search.py " + " ".join(sys.argv[1:])
+    body = (
+        f"{HEADING}\n\n"
+        f"Command: `{cmd}` ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores shared with other jobs; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after; {time.perf_counter() - t:.0f} s). One query per call, one thread "
+        f"({env_note()}; BLAS pinned to one thread), contenders interleaved {INTERLEAVE} queries at a time "
+        f"over {a.rounds} rounds, each query keeping its best time: read the ratios. recall@10 is against "
+        f'the exact top-10 among the allowed ids. "way" is what the store chose (retrieval/vectors/hnsw/'
+        f'filtered.py). "q/s, fresh ids" passes a new ids array each query, so the store maps ids to '
+        f"slots (and, for the walk, builds its mask) every time; the other column passes one read-only "
+        f"array, as a filtered session does. Naive: `search(k=ceil(10/selectivity))`, then keep the "
+        f"allowed ids (capped at k = {NAIVE_MAX_K:,}; fewer queries below 10 %).\n\n" + section + "\n" + WHY
+    )
+    if not a.no_write:
+        write_section(body, a.output)
+
+
+if __name__ == "__main__":
+    main()
