@@ -1,6 +1,7 @@
 """How long a `retrieval` command takes from the shell prompt to its answer, in fresh processes.
 
-    python benchmarks/cli_start.py [--runs 10] [--clip clip:tiny-test|clip:ViT-B-32] [--no-write]
+    python benchmarks/cli_start.py [--runs 10] [--clip clip:tiny-test|clip:ViT-B-32] [--against CHECKOUT]
+                                   [--no-write]
 
 Builds, in a scratch folder, a `classic` index and a CLIP index (random weights: the work is real, the scores
 mean nothing) of 24 drawn photos, then runs each command `--runs` times as the installed `retrieval` script,
@@ -8,12 +9,20 @@ each run a new process, and reports the median wall time and CPU time (user + sy
 
 - `retrieval --help`
 - `retrieval stats` (classic index)
+- `retrieval list`
 - `retrieval search --image PHOTO` (classic index)
 - `retrieval search TEXT` (CLIP index, built beforehand: the files are in the page cache)
 
 One more run of each under `python -X importtime` gives the cumulative import time of the packages that
-matter for start-up, so a regression names its cause. Targets on a quiet machine: `--help` <= 0.3 s,
-`stats` <= 0.6 s, classic image search <= 1.0 s; the load average is recorded beside the figures.
+matter for start-up, so a regression names its cause. `--against CHECKOUT` runs that checkout's installed
+script too (its `.venv/bin/retrieval`, e.g. main's), each run right after this one's, on the same indexes:
+a before/after in one run, on the same load.
+
+The commands run as an installed program does, from cached bytecode: the children get a scratch
+PYTHONPYCACHEPREFIX (and no PYTHONDONTWRITEBYTECODE, which these machines set and which would make every
+run compile retrieval's own modules again, about 0.5 s of `stats`), filled by one untimed run of each.
+Targets on a quiet machine: `--help` <= 0.3 s, `stats` <= 0.6 s, classic image search <= 1.0 s; the load
+average is recorded beside the figures.
 """
 
 from __future__ import annotations
@@ -96,6 +105,11 @@ def import_ms(args: list[str], env: dict[str, str]) -> dict[str, float]:
     return found
 
 
+def _commit(checkout: Path) -> str:
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True)
+    return done.stdout.decode().strip() or "unknown commit"
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -104,14 +118,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--clip", default="clip:tiny-test", help="CLIP model of the text-search index")
+    parser.add_argument("--against", type=Path, help="another checkout to time beside this one (before)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    other = args.against / ".venv" / "bin" / "retrieval" if args.against else None
+    if other is not None and not other.exists():
+        raise SystemExit(f"no installed `retrieval` script in {other.parent}")
 
     exe = Path(sys.executable).parent / "retrieval"
     if not exe.exists():
         raise SystemExit(f"no installed `retrieval` script beside {sys.executable}; pip install -e . first")
     scratch = Path(tempfile.mkdtemp(prefix="cli-start-"))
     env = {**os.environ, "RETRIEVAL_HOME": str(scratch / "home"), "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")
     try:
         photos = draw_photos(scratch / "photos", 24)
         quiet = {"env": env, "check": True, "capture_output": True}
@@ -125,6 +145,7 @@ def main() -> None:
         commands = [
             ("--help", "`retrieval --help`", ["--help"]),
             ("stats", "`retrieval stats` (classic index)", ["stats"]),
+            ("list", "`retrieval list` (both indexes)", ["list"]),
             (
                 "classic image search",
                 "`retrieval search --image PHOTO -k 5` (classic)",
@@ -136,15 +157,21 @@ def main() -> None:
                 ["search", "a red square", "--index", "clip", "-k", "5"],
             ),
         ]
+        scripts = [exe, *([other] if other else [])]
+        for _, _, words in commands:  # fills the bytecode cache of both checkouts
+            for script in scripts:
+                timed([str(script), *words], env)
         load_before = load()
         rows = []
         for label, shown, words in commands:
-            runs = [timed([str(exe), *words], env) for _ in range(args.runs)]
-            wall = statistics.median(w for w, _ in runs)
-            cpu = statistics.median(c for _, c in runs)
+            runs = [[timed([str(script), *words], env) for script in scripts] for _ in range(args.runs)]
+            medians = [
+                (statistics.median(r[i][0] for r in runs), statistics.median(r[i][1] for r in runs))
+                for i in range(len(scripts))
+            ]
             imports = import_ms(words, env)
-            rows.append((label, shown, wall, cpu, imports))
-            print(f"{label}: wall {wall:.2f} s, CPU {cpu:.2f} s, imports {imports}", flush=True)
+            rows.append((label, shown, medians, imports))
+            print(f"{label}: (wall, CPU) {medians}, imports {imports}", flush=True)
         load_after = load()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -155,17 +182,39 @@ def main() -> None:
         f"Each command run {args.runs} times as the installed `retrieval` script, each run a fresh process; "
         "median wall and CPU (user + system) seconds. A classic index and a CLIP index of 24 photos in a "
         "scratch home; import times (cumulative ms, `-X importtime`, one more run) of the packages that "
-        "weigh on start-up (cumulative: open_clip includes the torch and torchvision it imports).",
+        "weigh on start-up (cumulative: open_clip includes the torch and torchvision it imports). Bytecode "
+        "cached, as for an installed program (see the script's docstring)."
+        + (
+            f" Before: the checkout {args.against} ({_commit(args.against)}), each of its runs right after "
+            f"this branch's ({_commit(Path(__file__).resolve().parent.parent)}) on the same indexes."
+            if other
+            else ""
+        ),
         "",
-        "| command | wall p50 s | CPU p50 s | target on a quiet machine (wall) | imports, ms |",
-        "|---|---|---|---|---|",
     ]
-    for label, shown, wall, cpu, imports in rows:
+    if other:
+        lines += [
+            "| command | wall p50 s before | wall p50 s after | CPU p50 s before | CPU p50 s after | "
+            "target on a quiet machine (wall) | imports after, ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| command | wall p50 s | CPU p50 s | target on a quiet machine (wall) | imports, ms |",
+            "|---|---|---|---|---|",
+        ]
+    for label, shown, medians, imports in rows:
         target = f"<= {TARGETS[label]:.1f} s" if label in TARGETS else "-"
         packages = ", ".join(
             f"{name} {ms:.0f}" for name, ms in sorted(imports.items(), key=lambda kv: -kv[1])
         )
-        lines.append(f"| {shown} | {wall:.2f} | {cpu:.2f} | {target} | {packages} |")
+        (wall, cpu), *before = medians
+        if before:
+            ((old_wall, old_cpu),) = before
+            figures = f"{old_wall:.2f} | {wall:.2f} | {old_cpu:.2f} | {cpu:.2f}"
+            lines.append(f"| {shown} | {figures} | {target} | {packages} |")
+        else:
+            lines.append(f"| {shown} | {wall:.2f} | {cpu:.2f} | {target} | {packages} |")
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
@@ -174,18 +223,24 @@ def main() -> None:
 
 NOTES = """Why it is this fast, and what is left. No command imports a model's packages (torch, open_clip,
 torchvision) until it embeds: `retrieval.embedders.base` imports torch inside the functions that run a model,
-the classic embedder needs none, and `cli/main.py` imports the engine inside each command. scikit-learn,
+the classic embedder needs none, and `cli/main.py` imports the engine inside each command. `retrieval.engine`
+imports its stages (embedders, ingest, maps, evaluation, search, decoding) in the methods that use them, so
+`stats` loads no embedder and a search no map or ingest code. `stats`, `list` and a search read a database
+at the current schema through stdlib sqlite3 (`retrieval/metadata/reader.py`: manifest, counts, folders,
+failures, the rows of results), so they never import SQLAlchemy, the largest import they had (0.4-0.7 s
+of CPU on these cores); anything else opens the SQLAlchemy store as before, and so does any database that is
+not at the current schema or fails SQLite's quick check. `list` opens no vector store (no numpy). A decode
+loads only the allowed formats' Pillow plugins, and pillow-heif only for an ISO media file. scikit-learn,
 scipy and matplotlib load only for maps and evaluation; Ray and pymilvus only for `--ray` and Milvus
-indexes (tests/test_first_run.py checks `--help`, `stats`, `list`, `doctor`, `duplicates` and a classic
-image search in a fresh interpreter, and `stats` and `remove` on a CLIP index). A database already at
-the newest schema opens without Alembic.
-What a classic command still pays: SQLAlchemy (the metadata store), numpy, and pydantic, which typer imports
-to convert option values as soon as a command parses its arguments (`--help` does not). CPU time is the
-figure to read on a busy machine: wall time then includes waiting for a core.
-
-Before (commit 33d0b47, which imported torch in every command; 2026-12-01 on the same 2 busy cores, load
-5.7-8.4, 3 runs interleaved with this branch's): `--help` 12.8-17.8 s wall, 5.2-5.7 s CPU (this branch:
-0.7-1.3 s, 0.33-0.37 s); `stats` 8.7-16.4 s wall, 4.1-5.6 s CPU (this branch: 2.9-4.2 s, 1.2-1.6 s)."""
+indexes. tests/test_first_run.py checks `--help`, `stats`, `list`, `doctor`, `duplicates` and a classic
+image search in a fresh interpreter, SQLAlchemy's absence from `stats`, `list` and the search, numpy's
+from `list`, and `stats` and `remove` on a CLIP index.
+What a classic command still pays: typer and rich; pydantic, which typer imports to convert option values
+as soon as a command parses its arguments (`--help` does not); numpy and hnswlib for the vector store
+(`stats` and a search). CPU time is the figure to read on a busy machine: wall time then includes waiting
+for a core.
+Earlier (commit 33d0b47, which imported torch in every command; same 2 busy cores, load 5.7-8.4): `--help`
+5.2-5.7 s CPU, `stats` 4.1-5.6 s CPU."""
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ search, the model on the first query or ingest that needs it. Close it (or use `
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -18,12 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-from filelock import FileLock, Timeout
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-
-from retrieval.embedders import Embedder, SupersededEmbedderWarning, create_embedder, parse_embedder_name
-from retrieval.embedders.projections import KINDS, HeadParams, ProjectedEmbedder, Projection, fit_projection
 from retrieval.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -34,35 +29,7 @@ from retrieval.errors import (
     StoreUnavailableError,
     UsageError,
 )
-from retrieval.files.decoding import decode_image
-from retrieval.files.thumbnails import SIDES, THUMB_SIDE, ThumbnailCache, thumbnail_cache
-from retrieval.ingest.pipeline import (
-    Ingestor,
-    IngestProgress,
-    IngestReport,
-    PrepareStage,
-    ProgressFn,
-    reconcile,
-    remove_paths,
-)
-from retrieval.maps.layout import MapProgress, MapProgressFn, NeighbourhoodMap, build_map
-from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
-from retrieval.maps.render import ColourBy, RenderedMap, render_map
-from retrieval.metadata import DB_NAME, Filter, ImageRecord, IndexedFile, MetadataStore, parse_filter, utcnow
-from retrieval.quality.evaluation import (
-    METHODS,
-    EvalReport,
-    embed_labelled,
-    evaluate_folder,
-    load_labelled_folder,
-)
-from retrieval.search.duplicates import (
-    DEFAULT_NEIGHBOURS,
-    DuplicateReport,
-    default_threshold,
-    find_duplicates,
-)
-from retrieval.search.queries import Query, QueryPart, SearchHit, query_vector, run_search
+from retrieval.metadata import DB_NAME, MetadataReader
 from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir, resolve_home
 from retrieval.storage import write_error, write_refusal
 from retrieval.vectors import (
@@ -76,11 +43,49 @@ from retrieval.vectors import (
     vectors_saved,
 )
 
+# The stages load when a method needs them, not with this module: `retrieval stats` or a classic search would
+# otherwise pay for the maps, evaluation, ingest and every embedder's imports (BENCHMARKS.md, "CLI start").
 if TYPE_CHECKING:
+    import numpy as np
+    from filelock import FileLock
     from PIL import Image
 
+    from retrieval.embedders import Embedder
+    from retrieval.embedders.projections import Projection
     from retrieval.export import ExportReport
+    from retrieval.files.thumbnails import ThumbnailCache
+    from retrieval.ingest.pipeline import IngestProgress, IngestReport, PrepareStage, ProgressFn
     from retrieval.ingest.watch import WatchBatch, Watcher, WatchResult
+    from retrieval.maps.layout import MapProgressFn, NeighbourhoodMap
+    from retrieval.maps.render import VIEWER_FILES as MAP_VIEWER_FILES
+    from retrieval.maps.render import ColourBy, RenderedMap
+    from retrieval.metadata import Filter, ImageRecord, IndexedFile, MetadataStore, parse_filter
+    from retrieval.quality.evaluation import EvalReport
+    from retrieval.search.duplicates import DuplicateReport
+    from retrieval.search.queries import Query, QueryPart, SearchHit
+
+#: Names this module re-exports, each loaded from its stage on first use (see `__getattr__`).
+_REEXPORTS = {
+    "MAP_VIEWER_FILES": ("retrieval.maps.render", "VIEWER_FILES"),
+    "EvalReport": ("retrieval.quality.evaluation", "EvalReport"),
+    "Filter": ("retrieval.metadata.filters", "Filter"),
+    "ImageRecord": ("retrieval.metadata", "ImageRecord"),
+    "NeighbourhoodMap": ("retrieval.maps.layout", "NeighbourhoodMap"),
+    "Query": ("retrieval.search.queries", "Query"),
+    "QueryPart": ("retrieval.search.queries", "QueryPart"),
+    "SearchHit": ("retrieval.search.queries", "SearchHit"),
+    "parse_filter": ("retrieval.metadata.filters", "parse_filter"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _REEXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _REEXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_INDEX",
@@ -200,6 +205,8 @@ def _write_errors(folder: Path) -> Iterator[None]:
     fails leaves the previous version of the index whole. SQLite's vaguer reasons ("disk I/O error",
     "attempt to write a readonly database") give way to the OS's own when a probe write is refused.
     """
+    from sqlalchemy.exc import OperationalError
+
     try:
         yield
     except (OSError, OperationalError) as exc:
@@ -332,6 +339,7 @@ class Engine:
         self._embedder: Embedder | None = None
         self._store: Store | None = None
         self._meta: MetadataStore | None = None
+        self._reader: MetadataReader | None = None
         # Reads share the embedder, the vector store's reload and hnswlib's search settings, none of which
         # is made for concurrent use: a server's threads take turns through this lock.
         self._reads = threading.RLock()
@@ -340,7 +348,13 @@ class Engine:
         self._thumb_locks = tuple(threading.Lock() for _ in range(64))
         self._watcher: Watcher | None = None
         if self.exists:
-            self._meta = MetadataStore(self.dir / DB_NAME)
+            # A database at the current schema is read without SQLAlchemy until something needs more than
+            # `stats` and `list` read (retrieval/metadata/reader.py); any other opens MetadataStore now.
+            self._reader = MetadataReader.open(self.dir / DB_NAME)
+            if self._reader is None:
+                from retrieval.metadata import MetadataStore
+
+                self._meta = MetadataStore(self.dir / DB_NAME)
             try:
                 self._refuse_emptied_database()
                 self._check_model_matches()
@@ -360,6 +374,10 @@ class Engine:
 
     @property
     def meta(self) -> MetadataStore:
+        if self._meta is None and self._reader is not None:
+            from retrieval.metadata import MetadataStore
+
+            self._meta = MetadataStore(self.dir / DB_NAME)
         if self._meta is None:
             raise IndexNotFoundError(
                 f"no index named {self.name!r} in {self.dir.parent}; build one with `retrieval ingest DIR`"
@@ -368,7 +386,13 @@ class Engine:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return self.meta.get_manifest()
+        return self._db.get_manifest()
+
+    @property
+    def _db(self) -> MetadataStore | MetadataReader:
+        """Where the few reads of `stats`, `list` and a search's results go: the database store once it is
+        open, else the reader."""
+        return self._reader if self._meta is None and self._reader is not None else self.meta
 
     @property
     def store_spec(self) -> StoreSpec:
@@ -383,7 +407,7 @@ class Engine:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self.meta  # noqa: B018 - raises IndexNotFoundError for an index that does not exist
+            self.manifest  # noqa: B018 - raises IndexNotFoundError for an index that does not exist
             try:
                 self._store = open_store(self.store_spec, self.dir / "vectors")
             except IndexNotFoundError:
@@ -400,6 +424,9 @@ class Engine:
     @property
     def embedder(self) -> Embedder:
         """The index's embedder, loaded on first use (from the manifest for an existing index)."""
+        from retrieval.embedders import SupersededEmbedderWarning, create_embedder
+        from retrieval.embedders.projections import ProjectedEmbedder, Projection
+
         if self._embedder is None:
             name, pretrained, weights = self._embedder_args()
             emb = create_embedder(
@@ -425,6 +452,9 @@ class Engine:
     def _load_embedder(self, progress: ProgressFn | None) -> Embedder:
         """The embedder, loaded now; a model with weights is announced through `progress` (a phase named
         "loading MODEL", 0 of unknown, then 1 of 1), since loading one takes seconds before any file moves."""
+        from retrieval.embedders import parse_embedder_name
+        from retrieval.ingest.pipeline import IngestProgress
+
         name, pretrained, _ = self._embedder_args()
         spec = parse_embedder_name(name, pretrained)
         if self._embedder is not None or progress is None or spec.family == "classic":
@@ -453,7 +483,7 @@ class Engine:
 
     def _refuse_emptied_database(self) -> None:
         """No model recorded but vectors saved: the database was truncated to nothing or replaced."""
-        if "model" not in self.meta.get_manifest() and vectors_saved(self.dir / "vectors"):
+        if "model" not in self.manifest and vectors_saved(self.dir / "vectors"):
             path = self.meta.path
             self.close()
             raise IndexCorruptError(
@@ -462,9 +492,11 @@ class Engine:
             )
 
     def _check_model_matches(self) -> None:
-        manifest = self.meta.get_manifest()
+        manifest = self.manifest
         if self._model_arg is None or "model" not in manifest:
             return
+        from retrieval.embedders import parse_embedder_name
+
         asked = parse_embedder_name(self._model_arg, self._pretrained_arg)
         recorded = parse_embedder_name(_recorded_model(manifest), manifest.get("pretrained"))
         if asked != recorded:
@@ -481,6 +513,10 @@ class Engine:
     def _back_to_saved_version(self) -> None:
         """After a failed or interrupted write: forget unsaved changes, and drop vectors saved for rows the
         database never committed, which would crowd results out (best effort: the next writer does it too)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from retrieval.ingest.pipeline import reconcile
+
         self._drop_store()
         try:
             with open_store(self.store_spec, self.dir / "vectors", writable=True) as store:
@@ -498,6 +534,9 @@ class Engine:
         if self._meta is not None:
             self._meta.close()
             self._meta = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __enter__(self) -> Engine:
         return self
@@ -508,13 +547,17 @@ class Engine:
     def _lock(self) -> FileLock:
         """The write lock of this index. Every writer takes it first, so a database that could only be opened
         read-only (a full disk, a read-only mount) refuses the write here, before any model loads."""
-        if self._meta is not None:
-            self._meta.require_writable()
+        from filelock import FileLock
+
+        if self._meta is not None or self._reader is not None:
+            self.meta.require_writable()
         with _write_errors(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(self.dir / "write.lock", timeout=0)
 
     def _acquire(self, lock: FileLock) -> None:
+        from filelock import Timeout
+
         try:
             lock.acquire()
         except Timeout:  # an OSError too: caught first
@@ -530,6 +573,9 @@ class Engine:
 
         Only a new index loads the model (for its id and dim); `remove` and `doctor --fix` on an existing
         one work from the manifest, without torch."""
+        from retrieval.ingest.pipeline import reconcile
+        from retrieval.metadata import MetadataStore, utcnow
+
         if self._meta is None:
             self._meta = MetadataStore(self.dir / DB_NAME)
         manifest = self._meta.get_manifest()
@@ -602,6 +648,9 @@ class Engine:
             IndexMismatchError: the index was built with another model.
             ClusterError: the Ray cluster cannot be reached or failed (what was recorded is saved).
         """
+        from retrieval.files.thumbnails import SIDES
+        from retrieval.ingest.pipeline import Ingestor
+
         folder = Path(root).expanduser()
         if not folder.is_dir():
             raise UsageError(f"{folder} is not a folder; pass the folder of photos to index")
@@ -658,6 +707,7 @@ class Engine:
         if address is None:
             yield None
             return
+        from retrieval.files.thumbnails import SIDES
         from retrieval.ingest.ray import EmbedderArgs, ray_stage
 
         name, pretrained, weights = self._embedder_args()
@@ -682,6 +732,8 @@ class Engine:
         Raises:
             IndexNotFoundError: there is no such index (none is created).
         """
+        from retrieval.ingest.pipeline import remove_paths
+
         self.meta  # noqa: B018 - raises IndexNotFoundError before a lock or folder is made
         wanted = [Path(p).expanduser().resolve() for p in paths]
         lock = self._lock()
@@ -788,6 +840,8 @@ class Engine:
             UsageError: the index exists already (a projection only starts a new index).
             IndexMismatchError: the projection was fitted on another model's vectors.
         """
+        from retrieval.embedders.projections import ProjectedEmbedder
+
         self._refuse_existing()
         base = self.embedder
         fitted_on = projection.info.get("embedder_id")
@@ -801,6 +855,8 @@ class Engine:
         try:
             self._refuse_existing()
             projection.save(self.dir)
+            from retrieval.metadata import MetadataStore
+
             self._meta = MetadataStore(self.dir / DB_NAME)
             with self._meta.session() as s:
                 self._meta.set_manifest(s, projection=projection.describe())
@@ -820,6 +876,9 @@ class Engine:
     ) -> Projection:
         """Fit a `kind` projection ("pca", "lda", "head") on a labelled folder (one sub-folder per class)
         with this index's model, then start this new index with it (see `set_projection`)."""
+        from retrieval.embedders.projections import fit_projection
+        from retrieval.quality.evaluation import embed_labelled, load_labelled_folder
+
         self._refuse_existing()
         embedded = embed_labelled(
             load_labelled_folder(folder), self.embedder, batch_size=self.batch_size, progress=progress
@@ -839,6 +898,8 @@ class Engine:
     # -- reading ----------------------------------------------------------------------------------
 
     def _embed_image(self, source: Path | bytes) -> np.ndarray:
+        from retrieval.files.decoding import decode_image
+
         if isinstance(source, Path) and not source.is_file():
             raise QueryError(f"query image {source} does not exist")
         # Bytes are an upload (the server's or a caller's): the lower pixel budget of untrusted input.
@@ -854,6 +915,8 @@ class Engine:
 
     def resolve_image_ref(self, ref: str | int | Path) -> QueryPart:
         """An indexed image by id or path, or else an image file to embed: the part for 'more like this'."""
+        from retrieval.search.queries import QueryPart
+
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             return QueryPart("id", int(ref))
         path = Path(ref).expanduser()
@@ -869,6 +932,8 @@ class Engine:
         return None if filter is None or filter.is_empty else self.meta.allowed_ids(filter)
 
     def query_vector(self, query: Query) -> np.ndarray:
+        from retrieval.search.queries import query_vector
+
         return query_vector(
             query,
             embed_texts=self._embed_texts,
@@ -890,13 +955,17 @@ class Engine:
     ) -> list[SearchHit]:
         """Top-k images for a query of text/image/id parts, each added or subtracted; with `filter`, among
         the images it allows only (none allowed: no results)."""
+        from retrieval.search.queries import run_search
+
+        # A filter's SQL is MetadataStore's; an unfiltered search reads its rows through the reader.
+        meta = self._db if filter is None or filter.is_empty else self.meta
         with self._reads:
             self.store.reload_if_changed()
             vector = self.query_vector(query)
             return run_search(
                 vector,
                 self.store,
-                self.meta,
+                meta,
                 k=k,
                 min_score=min_score,
                 exclude=query.exclude_ids,
@@ -907,6 +976,8 @@ class Engine:
     def search_text(
         self, text: str, *, k: int = 10, min_score: float | None = None, filter: Filter | None = None
     ) -> list[SearchHit]:
+        from retrieval.search.queries import Query, QueryPart
+
         return self.search(Query.of(QueryPart("text", text)), k=k, min_score=min_score, filter=filter)
 
     def search_image(
@@ -917,6 +988,8 @@ class Engine:
         min_score: float | None = None,
         filter: Filter | None = None,
     ) -> list[SearchHit]:
+        from retrieval.search.queries import Query, QueryPart
+
         source = Path(image).expanduser() if isinstance(image, str | Path) else image
         return self.search(Query.of(QueryPart("image", source)), k=k, min_score=min_score, filter=filter)
 
@@ -929,6 +1002,8 @@ class Engine:
         filter: Filter | None = None,
     ) -> list[SearchHit]:
         """More like an indexed image (by id or path; the image itself is left out) or an image file."""
+        from retrieval.search.queries import Query
+
         return self.search(Query.of(self.resolve_image_ref(ref)), k=k, min_score=min_score, filter=filter)
 
     def map(
@@ -947,6 +1022,9 @@ class Engine:
         nearest neighbours; with `filter`, results and neighbours both from the images it allows. Draw it
         with `render_map`. See retrieval/maps/layout.py. `progress` is told when the layout starts (the
         search and t-SNE take seconds)."""
+        from retrieval.maps.layout import MapProgress, build_map
+        from retrieval.search.queries import run_search
+
         if progress is not None:
             progress(MapProgress("layout"))
         with self._reads:
@@ -979,6 +1057,9 @@ class Engine:
     ) -> RenderedMap:
         """Write a map as .png, .svg or .html; thumbnails missing from the index's `thumbs/` folder (ingest
         makes them) are made once there. `progress` is told of the stages (thumbnails, drawing)."""
+        from retrieval.files.thumbnails import THUMB_SIDE, thumbnail_cache
+        from retrieval.maps.render import render_map
+
         cache = thumbnail_cache(self.dir / "thumbs", THUMB_SIDE)
         return render_map(m, out, cache, self.meta, colour_by=colour_by, progress=progress)
 
@@ -986,18 +1067,22 @@ class Engine:
         self,
         *,
         threshold: float | None = None,
-        neighbours: int = DEFAULT_NEIGHBOURS,
+        neighbours: int | None = None,
         filter: Filter | None = None,
     ) -> DuplicateReport:
         """Groups of near-duplicate images found through the index (each image's nearest neighbours);
-        `threshold` is a cosine, by default the one measured for this index's model; with `filter`, only
-        the images it allows are grouped."""
+        `threshold` is a cosine, by default the one measured for this index's model; `neighbours` by default
+        DEFAULT_NEIGHBOURS of retrieval.search.duplicates; with `filter`, only the images it allows are
+        grouped."""
+        from retrieval.search.duplicates import DEFAULT_NEIGHBOURS, default_threshold, find_duplicates
+
         if threshold is None:
             threshold = default_threshold(self.manifest.get("embedder_id"))
         with self._reads:
             self.store.reload_if_changed()
             allowed = self._allowed(filter)
-            return find_duplicates(self.store, self.meta, threshold=threshold, k=neighbours, allowed=allowed)
+            k = DEFAULT_NEIGHBOURS if neighbours is None else neighbours
+            return find_duplicates(self.store, self.meta, threshold=threshold, k=k, allowed=allowed)
 
     def export(self, out: Path | str, *, row_group: int | None = None) -> ExportReport:
         """Write the index to a Parquet file: one row per image (id, path, root, copies, every metadata
@@ -1007,6 +1092,8 @@ class Engine:
             UsageError: pyarrow is missing (the `export` extra); `out` cannot be written.
             IndexNotFoundError: there is no such index.
         """
+        import numpy as np
+
         from retrieval.export import ROW_GROUP, check_output, write_parquet
 
         check_output(Path(out))  # before the vectors load
@@ -1112,6 +1199,8 @@ class Engine:
     def serve_search(self, query: Query, *, k: int = 10, filter: Filter | None = None) -> list[SearchHit]:
         """`search` for a server: the query's uploaded images are decoded before the read lock is taken,
         within `upload_pixel_budget`, so one large upload does not hold up everyone else's searches."""
+        from retrieval.search.queries import run_search
+
         uploads = self._decode_uploads(query)
         with self._reads:
             self.store.reload_if_changed()
@@ -1124,6 +1213,9 @@ class Engine:
         """`map` for a server: uploads decoded as in `serve_search`, and the layout made outside the read
         lock, its store reads taking turns with searches. Should an ingest elsewhere drop some of the images
         mid-layout, the map fails with UsageError (400) rather than showing a mix of two generations."""
+        from retrieval.maps.layout import build_map
+        from retrieval.search.queries import run_search
+
         uploads = self._decode_uploads(query)
         with self._reads:
             self.store.reload_if_changed()
@@ -1136,6 +1228,8 @@ class Engine:
         return build_map(query, vector, hits, store, self.meta, expand=expand, seed=seed, allowed=allowed)
 
     def _decode_uploads(self, query: Query) -> dict[bytes, Image.Image]:
+        from retrieval.files.decoding import decode_image
+
         with self._reads:
             min_side = self.embedder.input_size
         return {
@@ -1145,6 +1239,8 @@ class Engine:
         }
 
     def _served_vector(self, query: Query, uploads: dict[bytes, Image.Image]) -> np.ndarray:
+        from retrieval.search.queries import query_vector
+
         def embed_image(source: Path | bytes) -> np.ndarray:
             if isinstance(source, bytes) and source in uploads:
                 return self.embedder.embed_images([uploads[source]])[0]
@@ -1155,6 +1251,8 @@ class Engine:
         )
 
     def _thumbnail_cache(self, side: int) -> ThumbnailCache:
+        from retrieval.files.thumbnails import thumbnail_cache
+
         if side not in self._thumbs:
             self._thumbs[side] = thumbnail_cache(self.dir / "thumbs", side)
         return self._thumbs[side]
@@ -1190,12 +1288,12 @@ class Engine:
             model=manifest.get("model"),
             embedder_id=manifest.get("embedder_id"),
             dim=manifest.get("dim"),
-            counts=self.meta.counts(),
+            counts=self._db.counts(),
             vectors=vectors,
             bytes_on_disk={"database": db_bytes, "vectors": _folder_size(self.dir / "vectors")},
             store=store_stats,
-            failures=self.meta.failures(limit=failures),
-            folders=self.meta.roots(),
+            failures=self._db.failures(limit=failures),
+            folders=self._db.roots(),
         )
 
     def summary(self) -> IndexSummary:
@@ -1205,7 +1303,7 @@ class Engine:
             IndexNotFoundError: there is no such index.
         """
         manifest = self.manifest
-        counts = self.meta.counts()
+        counts = self._db.counts()
         return IndexSummary(
             name=self.name,
             path=str(self.dir),
@@ -1213,7 +1311,7 @@ class Engine:
             images=counts["images"],
             files=counts["files"],
             bytes_on_disk=_folder_size(self.dir),
-            folders=self.meta.roots(),
+            folders=self._db.roots(),
             last_ingest=manifest.get("updated_at"),
         )
 
@@ -1225,6 +1323,8 @@ class Engine:
 
         A damaged database is refused when the engine opens (IndexCorruptError); it is not repaired here.
         """
+        from retrieval.ingest.pipeline import reconcile
+
         folder = self.dir / "vectors"
         embedded = self.meta.embedded_ids()
         in_store: set[int] = set()
@@ -1290,6 +1390,8 @@ class Engine:
         except IndexCorruptError as exc:
             if dim is None:
                 raise
+            from retrieval.metadata import utcnow
+
             aside = folder.with_name(f"vectors.damaged-{utcnow():%Y%m%dT%H%M%S}")
             folder.rename(aside)
             repairs.append(f"nothing could be recovered ({exc}): moved the vector index to {aside.name}")
@@ -1361,6 +1463,10 @@ def evaluate(
         UsageError: an unknown projection, --save-projection without a new index name, or bad cut-offs.
         WeightsUnavailableError, IndexMismatchError: as `Engine`.
     """
+    from retrieval.embedders import create_embedder
+    from retrieval.embedders.projections import KINDS, HeadParams
+    from retrieval.quality.evaluation import METHODS, evaluate_folder
+
     methods = ["raw", *(METHODS[1:] if compare else []), *(projections or [])]
     unknown = [m for m in [*methods, *([save_projection] if save_projection else [])] if m not in METHODS]
     if unknown:

@@ -16,12 +16,21 @@ from typer.testing import CliRunner
 
 from retrieval.demo import next_commands
 from retrieval.embedders.projections import HeadParams
-from retrieval.engine import Engine, list_indexes
+from retrieval.engine import Engine, Filter, list_indexes
 from retrieval.ingest.pipeline import IngestProgress
 from retrieval.settings import resolve_home
 
 runner = CliRunner()
 HEAVY = ("torch", "open_clip", "torchvision", "sklearn", "matplotlib", "ray", "pymilvus", "scipy", "skimage")
+#: What each command also does without (BENCHMARKS.md, "CLI start"): `--help` imports no library module;
+#: `stats`, `list` and a search read a database at the current schema through stdlib sqlite3, not
+#: SQLAlchemy or Alembic; `list` opens no vector store.
+LIGHTER = {
+    "--help": ("numpy", "sqlalchemy", "PIL", "hnswlib"),
+    "stats": ("sqlalchemy", "alembic", "PIL"),
+    "list": ("sqlalchemy", "alembic", "numpy", "hnswlib", "PIL"),
+    "search --image IMAGE": ("sqlalchemy", "alembic"),
+}
 
 # Runs the CLI in a fresh interpreter, then writes its exit code and which of the packages named in argv[2]
 # it imported to the file named in argv[1].
@@ -38,10 +47,10 @@ with open(report, "w") as f:
 """
 
 
-def heavy_imports(tmp_path: Path, *argv: str) -> list[str]:
-    """The heavy packages `retrieval ARGV` imports in a fresh interpreter (it must exit with 0)."""
+def heavy_imports(tmp_path: Path, *argv: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """Which of `heavy` `retrieval ARGV` imports in a fresh interpreter (it must exit with 0)."""
     report = tmp_path / "imported.json"
-    probe = [sys.executable, "-c", _PROBE, str(report), json.dumps(HEAVY), *argv]
+    probe = [sys.executable, "-c", _PROBE, str(report), json.dumps(heavy), *argv]
     subprocess.run(probe, check=True, capture_output=True)
     result = json.loads(report.read_text())
     assert result["code"] in (0, None)
@@ -70,7 +79,44 @@ def classic_index(make_photos) -> list[Path]:
 )
 def test_commands_that_need_no_model_start_without_the_heavy_packages(args, classic_index, tmp_path):
     argv = [str(classic_index[2]) if a == "IMAGE" else a for a in args]
-    assert heavy_imports(tmp_path, *argv) == []
+    heavy = HEAVY + LIGHTER.get(" ".join(args), ())
+    assert heavy_imports(tmp_path, *argv, heavy=heavy) == []
+
+
+def test_the_import_probe_sees_a_heavy_package_that_a_command_imports(classic_index, tmp_path):
+    """The probe above can fail: `ingest` of a new classic index does import SQLAlchemy."""
+    assert heavy_imports(tmp_path, "ingest", str(classic_index[0].parent), heavy=("sqlalchemy",)) == [
+        "sqlalchemy"
+    ]
+
+
+def test_stats_list_and_search_read_the_same_without_sqlalchemy_as_with_it(classic_index, tmp_path):
+    """The sqlite3 reader (a database at the current schema) and MetadataStore give the same answers."""
+    (classic_index[0].parent / "broken.jpg").write_bytes(b"not a jpeg")
+    with Engine() as engine:
+        engine.ingest(classic_index[0].parent)
+    with Engine() as light:
+        assert light._meta is None  # read through the reader until something needs more
+        fast = (light.stats(failures=None), light.summary(), light.search_image(classic_index[1], k=6))
+        assert light._meta is None
+        _ = light.meta  # opens MetadataStore: every read now goes through SQLAlchemy
+        full = (light.stats(failures=None), light.summary(), light.search_image(classic_index[1], k=6))
+    assert fast == full
+    assert fast[0].counts["failures"] == 1 and len(fast[2]) == 6
+
+
+def test_a_filtered_search_opens_the_metadata_store_and_keeps_to_the_filter(classic_index, make_photos):
+    """A filter's SQL is MetadataStore's: an index read through the sqlite3 reader opens the store for a
+    filtered search (only then), and the results keep to the filter."""
+    make_photos(3, classic_index[0].parent / "Holidays", start=10)
+    with Engine() as engine:
+        engine.ingest(classic_index[0].parent)
+    with Engine() as light:
+        everything = light.search_image(classic_index[1], k=9, filter=Filter())  # an empty filter: no limit
+        assert light._meta is None and len(everything) == 9
+        hits = light.search_image(classic_index[1], k=9, filter=Filter(folders=("Holidays",)))
+        assert light._meta is not None
+    assert sorted(Path(h.path).name for h in hits) == ["photo010.jpg", "photo011.jpg", "photo012.jpg"]
 
 
 def test_remove_and_stats_on_a_clip_index_do_not_load_the_model(make_photos, tmp_path):

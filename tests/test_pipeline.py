@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 from support.photos import draw_photo
 
-import retrieval.engine as engine_module
+from retrieval import embedders
 from retrieval.embedders import create_embedder
 from retrieval.embedders.base import PillowPreprocess
 from retrieval.embedders.classic import ClassicEmbedder
@@ -348,7 +348,7 @@ def test_queries_load_the_model_the_index_and_the_tokenizer_once(
 
         return wrapper
 
-    monkeypatch.setattr(engine_module, "create_embedder", counted("model", engine_module.create_embedder))
+    monkeypatch.setattr(embedders, "create_embedder", counted("model", embedders.create_embedder))
     monkeypatch.setattr(VectorStore, "open", classmethod(counted("store", VectorStore.open.__func__)))
     monkeypatch.setattr(open_clip, "get_tokenizer", counted("tokenizer", open_clip.get_tokenizer))
     with Engine("q", device="cpu") as engine:

@@ -22,7 +22,7 @@ from retrieval_cli.main import app as cli_app
 from test_server import assert_error, jpeg_bytes, local, png_bomb, tiny_clip_engine, write_photos
 from typer.testing import CliRunner
 
-import retrieval.engine
+import retrieval.files.decoding
 import retrieval.maps.layout
 from retrieval.engine import Engine
 from retrieval.serve import app as served_app
@@ -386,7 +386,7 @@ def test_a_map_being_laid_out_does_not_hold_up_searches(clip, held):
 
 
 def test_an_upload_being_decoded_does_not_hold_up_searches(clip, held):
-    entered, release = held(retrieval.engine, "decode_image")
+    entered, release = held(retrieval.files.decoding, "decode_image")  # the engine imports it per call
     upload = {"image": ("q.jpg", jpeg_bytes(3), "image/jpeg")}
     with local(create_app(clip)) as c, ThreadPoolExecutor(2) as pool:
         uploading = pool.submit(c.post, "/api/search/image", files=upload)

@@ -198,7 +198,7 @@ def test_an_unknown_store_is_a_usage_error_before_any_model_loads(monkeypatch):
     def no_model(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("retrieval.engine.create_embedder", no_model)
+    monkeypatch.setattr("retrieval.embedders.create_embedder", no_model)
     with pytest.raises(UsageError, match="unknown store 'faiss'"):
         Engine(model="classic", store="faiss")
 

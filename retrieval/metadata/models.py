@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-DB_NAME = "meta.sqlite"
+from retrieval.metadata.reader import DB_NAME
+
+__all__ = ["DB_NAME", "Base", "Content", "Failure", "File", "Manifest", "Root", "utcnow"]
 
 
 def utcnow() -> datetime:

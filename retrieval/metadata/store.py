@@ -32,32 +32,23 @@ from sqlalchemy.orm import Session
 from retrieval.errors import IndexCorruptError, SchemaTooNewError, StorageError
 from retrieval.metadata.filters import Filter, bounding_box, haversine_km
 from retrieval.metadata.models import Content, Failure, File, Manifest, Root
+from retrieval.metadata.reader import (
+    HEAD_REVISION,
+    ImageRecord,
+    _detail,
+    _error_name,
+    _is_damage,
+    chunked,
+    damaged,
+)
 from retrieval.storage import write_error, write_refusal
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-#: Ids per `IN (...)` list: well under SQLite's bound-parameter limit, whatever the SQLite build.
-IN_CHUNK = 500
-#: The newest revision in migrations/versions. A database already at it opens without Alembic, whose imports
-#: cost every command a third of a second (BENCHMARKS.md, "CLI start"); tests/test_migrations.py checks
-#: that it is Alembic's head.
-HEAD_REVISION = "0003"
 T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
-    """`values` in lists of at most `size`, for `IN (...)` clauses."""
-    batch: list[T] = []
-    for value in values:
-        batch.append(value)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def under_folder(column: Any, folder: str) -> tuple[Any, Any]:
@@ -66,20 +57,6 @@ def under_folder(column: Any, folder: str) -> tuple[Any, Any]:
     (LIKE would need its wildcards escaped in file names and would not use the index.)"""
     prefix = folder.rstrip("/") + "/"
     return column >= prefix, column < prefix[:-1] + "0"
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """What a search result needs to know about one content."""
-
-    id: int
-    path: str
-    root: str
-    width: int
-    height: int
-    format: str
-    captured_at: datetime | None
-    copies: int
 
 
 @dataclass(frozen=True)
@@ -210,34 +187,11 @@ def _on_connect(dbapi_conn: Any, _record: Any, *, read_only: bool = False) -> No
         cur.close()
 
 
-#: SQLite's own words for a damaged file; any other failure to open is first blamed on the disk if it refuses.
-_DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 #: Failures that a disk refusing writes causes (a WAL database needs its -shm file even to be read).
 _STORAGE = ("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_PERM")
 #: How a database is opened when its folder refuses writes: read-only through the usual locks (works while
 #: the -shm file can be used), else as immutable (the file as it is, no locks, no -shm file needed).
 _READ_ONLY_MODES = ({"mode": "ro"}, {"mode": "ro", "immutable": "1"})
-
-
-def _error_name(exc: BaseException) -> str:
-    return str(getattr(getattr(exc, "orig", exc), "sqlite_errorname", None) or "")
-
-
-def _detail(exc: BaseException) -> str:
-    """The first line of a database error, short (it may quote garbage bytes)."""
-    text = str(getattr(exc, "orig", None) or exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
-def _is_damage(exc: BaseException) -> bool:
-    """Whether SQLite's error means a damaged file (not a refusing disk, a busy lock or a bug of ours)."""
-    orig = getattr(exc, "orig", exc)
-    text = str(orig)
-    return (
-        isinstance(orig, UnicodeError)
-        or _error_name(orig).startswith(_DAMAGE)
-        or text.startswith(("no such table", "no such column", "malformed", "Could not decode to UTF-8"))
-    )
 
 
 def _reads(method: Callable[P, R]) -> Callable[P, R]:
@@ -369,11 +323,7 @@ class MetadataStore:
             raise write_error(self.path.parent, self.read_only)
 
     def _damaged(self, detail: str) -> IndexCorruptError:
-        """The database holds the only record of paths: damaged, it cannot be rebuilt from the vectors."""
-        return IndexCorruptError(
-            f"database {self.path} is damaged ({detail}); restore it from a backup, or delete the index "
-            f"folder {self.path.parent} and ingest again (the photos themselves are not touched)"
-        )
+        return damaged(self.path, detail)
 
     def _check_and_migrate(self, migrate: bool) -> None:
         with self.engine.begin() as conn:

@@ -15,7 +15,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from retrieval.metadata.models import Content, Failure, File, Root, utcnow
-from retrieval.metadata.store import MetadataStore, chunked, relative_folder, under_folder
+from retrieval.metadata.reader import chunked
+from retrieval.metadata.store import MetadataStore, relative_folder, under_folder
 
 #: The EXIF columns of `contents` that `content(photo=...)` and `refresh_content` fill (see
 #: files.decoding.PhotoInfo, whose fields have these names).

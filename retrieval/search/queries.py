@@ -6,13 +6,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from retrieval.errors import QueryError
-from retrieval.metadata import Filter, MetadataStore
+from retrieval.metadata.reader import MetadataReader
 from retrieval.vectors.base import Store
+
+if TYPE_CHECKING:
+    from retrieval.metadata import Filter, MetadataStore
 
 PartKind = Literal["text", "image", "id"]
 MAX_K = 10_000
@@ -87,7 +90,7 @@ def combine(vectors: Sequence[np.ndarray], signs: Sequence[int]) -> np.ndarray:
 def run_search(
     vector: np.ndarray,
     store: Store,
-    meta: MetadataStore,
+    meta: MetadataStore | MetadataReader,
     *,
     k: int,
     min_score: float | None = None,
@@ -105,8 +108,14 @@ def run_search(
         raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
     if filter is not None and filter.is_empty:
         filter = None
-    if filter is not None and allowed is None:
-        allowed = meta.allowed_ids(filter)
+    filtering: MetadataStore | None = None
+    if filter is not None:
+        if isinstance(meta, MetadataReader):
+            # A filter's SQL lives in MetadataStore; the sqlite3 reader serves unfiltered searches only.
+            raise TypeError("a filtered search reads through MetadataStore, not MetadataReader")
+        filtering = meta
+        if allowed is None:
+            allowed = filtering.allowed_ids(filter)
     pool = len(store) if allowed is None else min(len(store), len(allowed))
     if pool == 0:
         return []
@@ -128,8 +137,8 @@ def run_search(
             break
         ask = min(pool, ask * 2)
     shown: dict[int, tuple[str, str]] = {}
-    if filter is not None and filter.limits_files:
-        shown = meta.matching_paths([i for i, _ in pairs if i in records], filter)
+    if filtering is not None and filter is not None and filter.limits_files:
+        shown = filtering.matching_paths([i for i, _ in pairs if i in records], filter)
     hits: list[SearchHit] = []
     for i, score in pairs:
         rec = records.get(i)

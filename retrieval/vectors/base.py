@@ -11,12 +11,13 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from retrieval.errors import IndexMismatchError, UsageError
 from retrieval.settings import milvus_db_from_env, milvus_token_from_env, milvus_uri_from_env
+
+if TYPE_CHECKING:  # the store's types only: `retrieval list` reads no vectors and needs no numpy
+    import numpy as np
 
 #: What users type (`--store`) → what the manifest records.
 KINDS = {"hnswlib": "hnswlib-int8", "hnswlib-int8": "hnswlib-int8", "milvus": "milvus"}

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-import retrieval.engine
+import retrieval.ingest.pipeline
 import retrieval.vectors.hnsw.fileformat
 from retrieval.ingest.pipeline import Ingestor, IngestProgress
 
@@ -67,7 +67,7 @@ def run(
             super()._checkpoint(s)
             _say(f"checkpoint {self.checkpoints}")
 
-    retrieval.engine.Ingestor = ObservedIngestor  # type: ignore[misc]
+    retrieval.ingest.pipeline.Ingestor = ObservedIngestor  # type: ignore[misc]  # the engine imports it per ingest
     from retrieval_cli.main import app
 
     try:
