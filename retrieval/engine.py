@@ -1271,14 +1271,24 @@ class Engine:
     def stats(self, *, failures: int | None = 20) -> IndexStats:
         """Counts, model and sizes of the index, with its first `failures` failed files by path (None: all;
         `counts["failures"]` always has how many there are)."""
+        from retrieval.vectors import saved_stats
+
         manifest = self.manifest
         store_stats: dict[str, Any] = {}
         vectors: int | None = 0
         try:
-            store_stats = self.store.stats()
-            vectors = len(self.store)
+            # The default store answers from its manifest (what it last saved): a million-vector graph is
+            # not loaded (seconds, hundreds of MB) to count it.
+            saved = saved_stats(self.store_spec, self.dir / "vectors")
+            store_stats = saved if saved is not None else self.store.stats()
+            vectors = int(store_stats["n"]) if saved is not None else len(self.store)
         except IndexNotFoundError:
             pass
+        except IndexCorruptError as exc:
+            raise IndexCorruptError(
+                f"the vector index of {self.name!r} is damaged: {exc}; "
+                "`retrieval doctor --fix` rebuilds it from the stored vectors"
+            ) from exc
         except StoreUnavailableError as exc:  # the local part is still worth showing
             store_stats, vectors = {"kind": self.store_spec.kind, "unavailable": str(exc)}, None
         db_bytes = sum(p.stat().st_size for p in self.dir.glob(DB_NAME + "*") if p.is_file())

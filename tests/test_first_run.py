@@ -24,10 +24,10 @@ runner = CliRunner()
 HEAVY = ("torch", "open_clip", "torchvision", "sklearn", "matplotlib", "ray", "pymilvus", "scipy", "skimage")
 #: What each command also does without (BENCHMARKS.md, "CLI start"): `--help` imports no library module;
 #: `stats`, `list` and a search read a database at the current schema through stdlib sqlite3, not
-#: SQLAlchemy or Alembic; `list` opens no vector store.
+#: SQLAlchemy or Alembic; `list` opens no vector store, and `stats` reads only the store's manifest.
 LIGHTER = {
     "--help": ("numpy", "sqlalchemy", "PIL", "hnswlib"),
-    "stats": ("sqlalchemy", "alembic", "PIL"),
+    "stats": ("sqlalchemy", "alembic", "PIL", "numpy", "hnswlib"),
     "list": ("sqlalchemy", "alembic", "numpy", "hnswlib", "PIL"),
     "search --image IMAGE": ("sqlalchemy", "alembic"),
 }

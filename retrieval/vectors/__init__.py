@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from retrieval.errors import UsageError
 from retrieval.vectors.base import DEFAULT_KIND, KINDS, Store, StoreSpec, parse_kind
@@ -27,6 +28,7 @@ __all__ = [
     "open_store",
     "parse_kind",
     "rebuild_store",
+    "saved_stats",
     "vectors_present",
     "vectors_saved",
 ]
@@ -101,6 +103,21 @@ def vectors_present(folder: Path) -> bool:
     from retrieval.vectors.milvus import LITE_DIR
 
     return (folder / MARKER).is_file() or VectorStore.exists(folder) or (folder / LITE_DIR).exists()
+
+
+def saved_stats(spec: StoreSpec, folder: Path) -> dict[str, Any] | None:
+    """The store's sizes and settings as last saved, read without opening it (a million-vector graph takes
+    seconds to load; `retrieval stats` should not); None for a store that only its server can tell about.
+
+    Raises:
+        IndexNotFoundError: no store in `folder`.
+        IndexCorruptError: its manifest is damaged.
+    """
+    if spec.kind != DEFAULT_KIND:
+        return None
+    from retrieval.vectors.hnsw.fileformat import saved_stats as from_manifest
+
+    return from_manifest(folder)
 
 
 def rebuild_store(spec: StoreSpec, folder: Path, *, dim: int | None) -> tuple[Store, int]:

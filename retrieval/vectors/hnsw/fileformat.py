@@ -8,11 +8,12 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Any
-
-import hnswlib
+from typing import TYPE_CHECKING, Any
 
 from retrieval.errors import IndexCorruptError, IndexNotFoundError, SchemaTooNewError
+
+if TYPE_CHECKING:  # `stats` reads the manifest without loading hnswlib (or numpy)
+    import hnswlib
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
@@ -99,6 +100,29 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if crc != manifest_checksum(body):
         raise IndexCorruptError(f"{path} is garbled: checksum mismatch")
     return body
+
+
+def saved_stats(folder: Path) -> dict[str, Any]:
+    """What the store last saved, from its manifest alone (no graph, no vectors loaded): the keys of
+    `VectorStore.stats()` that do not need the store in memory.
+
+    Raises:
+        IndexNotFoundError: no store in `folder`.
+        IndexCorruptError, SchemaTooNewError: as `read_manifest`.
+    """
+    body = read_manifest(folder)
+    try:
+        disk = sum(int(entry["size"]) for entry in body["files"].values())
+        return {
+            "n": int(body["n_alive"]),
+            "dim": int(body["dim"]),
+            "params": body["params"],
+            "generation": int(body["generation"]),
+            "slots": int(body["n_slots"]),
+            "bytes_on_disk": disk + int(body["n_slots"]) * int(body["dim"]) * 4,
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise IndexCorruptError(f"{folder / MANIFEST} is garbled: {exc!r}") from None
 
 
 def verified(folder: Path, entry: dict[str, Any]) -> Path:
