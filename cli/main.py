@@ -173,6 +173,33 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 @contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (systemd, docker stop, kill) stops a long command as Ctrl-C does, saving what was done,
+    instead of ending it mid-batch: it runs whatever handles Ctrl-C at that moment (the engine's "stop
+    between files" during an ingest), else raises KeyboardInterrupt, also where Ctrl-C is ignored (a
+    command started in the background by a script or nohup)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, frame: object) -> None:
+        on_ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(on_ctrl_c) and on_ctrl_c is not signal.default_int_handler:
+            on_ctrl_c(signal.SIGINT, frame)  # type: ignore[arg-type]
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def _one_line_errors() -> Iterator[None]:
     """Library errors become one line and their exit code (see retrieval.errors)."""
     warnings.showwarning = _show_warning
@@ -463,7 +490,7 @@ def ingest(
         milvus_uri=milvus_uri,
     ) as engine:
         stopped: KeyboardInterrupt | None = None
-        with _progress_bar(progress and not as_json) as update:
+        with _progress_bar(progress and not as_json) as update, _sigterm_as_ctrl_c():
             try:
                 report = engine.ingest(
                     folder,
@@ -557,15 +584,16 @@ def watch(
         batch_size=batch_size,
     ) as engine:
         out.print(f"watching {_safe(folder)} for index {_safe(repr(index))}; Ctrl-C stops", highlight=False)
-        result = engine.watch(
-            folder,
-            quiet=debounce,
-            max_delay=max(max_delay, debounce),
-            poll_interval=poll_interval,
-            polling=poll,
-            on_batch=_print_batch,
-            workers=workers,
-        )
+        with _sigterm_as_ctrl_c():
+            result = engine.watch(
+                folder,
+                quiet=debounce,
+                max_delay=max(max_delay, debounce),
+                poll_interval=poll_interval,
+                polling=poll,
+                on_batch=_print_batch,
+                workers=workers,
+            )
         if result.interrupted:
             err.print("interrupted: work done so far is saved; run the same command to finish")
             raise typer.Exit(130)

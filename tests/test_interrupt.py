@@ -159,11 +159,12 @@ def test_killed_ingests_leave_a_consistent_index_and_the_rerun_does_only_the_res
     assert_consistent(index, files=N)
 
 
-def test_ctrl_c_stops_cleanly_having_saved_what_was_done(photos, home, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_cleanly_having_saved_what_was_done(photos, home, tmp_path, stop):
     child = Child(tmp_path / "child.log", ingest_args(photos, home, "interrupted"), every=10_000, delay=0.005)
     try:
         child.wait_for(lambda line: done(line) >= N // 2)
-        assert child.signal(signal.SIGINT) == 130
+        assert child.signal(stop) == 130
     finally:
         child.stop()
     lines = child.lines()

@@ -263,8 +263,8 @@ class Child:
             time.sleep(0.01)
         pytest.fail("child too slow:\n" + "\n".join(self.lines()[-20:]))
 
-    def interrupt(self) -> int | None:
-        os.kill(self.process.pid, signal.SIGINT)
+    def interrupt(self, stop: int = signal.SIGINT) -> int | None:
+        os.kill(self.process.pid, stop)
         self.process.join(30)
         return self.process.exitcode
 
@@ -316,3 +316,21 @@ def test_ctrl_c_while_watching_stops_with_exit_0_and_mid_batch_with_130_having_s
     done = max(int(line.split()[2]) for line in lines if line.startswith("progress ingest "))
     assert 10 <= done < 30
     assert_consistent(home / "default", files=30 + done)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_watcher_as_ctrl_c_does_even_where_ctrl_c_is_ignored(make_photos, home, tmp_path):
+    """systemd, `docker stop` and `kill` send SIGTERM, to a watcher often started with SIGINT ignored."""
+    paths = make_photos(3)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a service or a `cmd &` in a script
+    try:
+        child = Child(tmp_path / "term.log", watch_args(paths[0].parent, home), every=10_000)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        child.wait_for(lambda line: " catch-up: " in line)
+        assert child.interrupt(signal.SIGTERM) == 0
+    finally:
+        child.stop()
+    assert "stopped watching after 1 ingest" in child.lines()
+    assert_consistent(home / "default", files=3)
