@@ -1331,10 +1331,12 @@ class Engine:
         index from the stored vectors, then make the database agree; images left without a vector are
         embedded again by the next ingest.
 
-        A damaged database is refused when the engine opens (IndexCorruptError); it is not repaired here.
+        A damaged database is refused (IndexCorruptError): when the engine opens one of up to
+        QUICK_CHECK_MAX_BYTES, here for one of any size. It is not repaired here.
         """
         from retrieval.ingest.pipeline import reconcile
 
+        self.meta.check()
         folder = self.dir / "vectors"
         embedded = self.meta.embedded_ids()
         in_store: set[int] = set()

@@ -31,6 +31,7 @@ from support.photos import draw_photo
 from typer.testing import CliRunner
 
 import retrieval.ingest.pipeline as ingest_module
+import retrieval.metadata.reader as reader_module
 from retrieval.engine import Engine
 from retrieval.errors import IndexCorruptError, IndexWriteError
 from retrieval.files.decoding import ALPHA_BACKGROUND
@@ -331,6 +332,36 @@ def test_a_damaged_database_is_refused_in_one_line_with_exit_6(make_photos, home
     result = invoke("search", "--image", photos[0])
     assert result.exit_code == 6
     assert result.output.count("\n") == 1 and "meta.sqlite is damaged" in result.output
+
+
+def test_a_large_database_is_quick_checked_by_doctor_not_before_every_command(make_photos, home, monkeypatch):
+    """quick_check reads every page (seconds for a million files): every open checks a small database, and
+    only `doctor` a large one."""
+    photos = make_photos(30)
+    invoke("ingest", photos[0].parent, "--model", "classic", "--no-progress")
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)  # type: ignore[arg-type]
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)  # the reader's connections
+    monkeypatch.setattr(sqlite3.dbapi2, "connect", traced)  # SQLAlchemy's
+    checks = lambda: sum("quick_check" in s for s in statements)  # noqa: E731
+    assert invoke("stats").exit_code == 0 and checks() >= 1  # a small database: checked at open
+    monkeypatch.setattr(reader_module, "QUICK_CHECK_MAX_BYTES", 0)  # as if it held a million files
+    statements.clear()
+    assert invoke("stats").exit_code == 0
+    assert invoke("search", "--image", photos[1]).exit_code == 0
+    assert invoke("duplicates").exit_code == 0
+    assert checks() == 0
+    assert invoke("doctor").exit_code == 0 and checks() == 1
+    scribble(home / "default" / "meta.sqlite", "garble")
+    result = invoke("doctor")
+    assert result.exit_code == 6 and result.output.count("\n") == 1
+    assert "meta.sqlite is damaged" in result.output
 
 
 def garbled_copies(data: bytes) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ from retrieval.metadata.reader import (
     _detail,
     _error_name,
     _is_damage,
+    checked_at_open,
     chunked,
     damaged,
 )
@@ -325,13 +326,27 @@ class MetadataStore:
     def _damaged(self, detail: str) -> IndexCorruptError:
         return damaged(self.path, detail)
 
+    def check(self) -> None:
+        """Read every page (SQLite's quick_check), as an open does for a database of up to
+        QUICK_CHECK_MAX_BYTES; `retrieval doctor` calls it for one of any size.
+
+        Raises:
+            IndexCorruptError: the database is damaged.
+        """
+        with self.engine.connect() as conn:
+            self._quick_check(conn)
+
+    def _quick_check(self, conn: Connection) -> None:
+        # quick_check reports damage as rows of text, not as an error: "ok" is the only good answer.
+        verdict = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        if verdict != ["ok"]:
+            lines = [line for row in verdict for line in row.splitlines() if "***" not in line]
+            raise self._damaged((lines or ["quick_check failed"])[0])
+
     def _check_and_migrate(self, migrate: bool) -> None:
         with self.engine.begin() as conn:
-            # quick_check reports damage as rows of text, not as an error: "ok" is the only good answer.
-            verdict = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
-            if verdict != ["ok"]:
-                lines = [line for row in verdict for line in str(row).splitlines() if "***" not in line]
-                raise self._damaged((lines or ["quick_check failed"])[0])
+            if checked_at_open(self.path):
+                self._quick_check(conn)
             if _stored_revision(conn) == HEAD_REVISION:
                 return
             from alembic import command
