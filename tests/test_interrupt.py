@@ -8,16 +8,15 @@ would cost seconds of imports each.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from retrieval_cli.main import app
-from support import ingest_child
+from support.children import Child
 from support.index_checks import assert_consistent, assert_repairable, read_state
 from support.photos import draw_photo
 from typer.testing import CliRunner
@@ -29,8 +28,6 @@ from retrieval.metadata import DB_NAME, MetadataStore
 N = 120
 EVERY = 12  # files per checkpoint in the children: the first comes at 10 %
 pytestmark = pytest.mark.slow  # child processes killed and interrupted
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["retrieval_cli.main", "support.ingest_child"])
 
 
 @pytest.fixture(scope="module")
@@ -41,44 +38,6 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         paths.append(folder / f"p{i:03d}.jpg")
         draw_photo(i, size=(64, 48)).save(paths[-1], quality=85)
     return paths
-
-
-class Child:
-    """One `retrieval ingest` child and the lines it has logged."""
-
-    def __init__(self, log: Path, argv: list[str], **options: object) -> None:
-        self.log = log
-        self.process = _context.Process(target=ingest_child.run, args=(argv, str(log)), kwargs=options)
-        self.process.start()
-
-    def lines(self) -> list[str]:
-        return self.log.read_text().splitlines() if self.log.exists() else []
-
-    def wait_for(self, wanted: Callable[[str], bool], timeout: float = 60.0) -> str:
-        """The first logged line that `wanted` accepts; fails if the child ends or time runs out first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines():
-                if wanted(line):
-                    return line
-            if not self.process.is_alive():
-                pytest.fail(f"child ended ({self.process.exitcode}) first:\n" + "\n".join(self.lines()[-20:]))
-            time.sleep(0.005)
-        pytest.fail("child too slow:\n" + "\n".join(self.lines()[-20:]))
-
-    def signal(self, sig: int) -> int | None:
-        os.kill(self.process.pid, sig)
-        self.process.join(30)
-        return self.process.exitcode
-
-    def finish(self) -> int | None:
-        self.process.join(120)
-        return self.process.exitcode
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(10)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ waited for (its files kept), Ctrl-C stops cleanly, and `serve --watch` serves wh
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from retrieval_cli.main import app
-from support import ingest_child
+from support.children import Child
 from support.index_checks import assert_consistent
 from support.photos import draw_photo
 from typer.testing import CliRunner
@@ -238,41 +237,6 @@ def test_serve_with_watch_serves_a_photo_copied_into_the_folder_within_seconds(t
 
 # -- Ctrl-C in a real process ------------------------------------------------------------------------------
 
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["retrieval_cli.main", "support.ingest_child"])
-
-
-class Child:
-    """`retrieval watch` in a child process (tests/support/ingest_child.py logs its progress)."""
-
-    def __init__(self, log: Path, argv: list[str], **options: object) -> None:
-        self.log = log
-        self.process = _context.Process(target=ingest_child.run, args=(argv, str(log)), kwargs=options)
-        self.process.start()
-
-    def lines(self) -> list[str]:
-        return self.log.read_text().splitlines() if self.log.exists() else []
-
-    def wait_for(self, wanted: Callable[[str], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(wanted(line) for line in self.lines()):
-                return
-            if not self.process.is_alive():
-                pytest.fail(f"child ended ({self.process.exitcode}) first:\n" + "\n".join(self.lines()[-20:]))
-            time.sleep(0.01)
-        pytest.fail("child too slow:\n" + "\n".join(self.lines()[-20:]))
-
-    def interrupt(self, stop: int = signal.SIGINT) -> int | None:
-        os.kill(self.process.pid, stop)
-        self.process.join(30)
-        return self.process.exitcode
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(10)
-
 
 @pytest.fixture
 def ctrl_c_is_delivered() -> Iterator[None]:
@@ -295,7 +259,7 @@ def test_ctrl_c_while_watching_stops_with_exit_0_and_mid_batch_with_130_having_s
     idle = Child(tmp_path / "idle.log", watch_args(paths[0].parent, home), every=10_000)
     try:
         idle.wait_for(lambda line: " catch-up: " in line)
-        assert idle.interrupt() == 0
+        assert idle.signal(signal.SIGINT) == 0
     finally:
         idle.stop()
     assert any(line == "stopped watching after 1 ingest" for line in idle.lines())
@@ -307,7 +271,7 @@ def test_ctrl_c_while_watching_stops_with_exit_0_and_mid_batch_with_130_having_s
     busy = Child(tmp_path / "busy.log", watch_args(paths[0].parent, home), every=10_000, delay=0.02)
     try:
         busy.wait_for(lambda line: line.startswith("progress ingest 10 30"))
-        assert busy.interrupt() == 130
+        assert busy.signal(signal.SIGINT) == 130
     finally:
         busy.stop()
     lines = busy.lines()
@@ -329,7 +293,7 @@ def test_sigterm_stops_a_watcher_as_ctrl_c_does_even_where_ctrl_c_is_ignored(mak
         signal.signal(signal.SIGINT, previous)
     try:
         child.wait_for(lambda line: " catch-up: " in line)
-        assert child.interrupt(signal.SIGTERM) == 0
+        assert child.signal(signal.SIGTERM) == 0
     finally:
         child.stop()
     assert "stopped watching after 1 ingest" in child.lines()
