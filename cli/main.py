@@ -6,28 +6,13 @@ import json
 import logging
 import re
 import sys
-import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from retrieval.errors import IndexCorruptError, RetrievalError
 from retrieval.settings import ray_address_from_env, token_from_env
@@ -36,6 +21,8 @@ from retrieval.settings import ray_address_from_env, token_from_env
 # an index, and a model's packages (torch, open_clip) when one embeds, so `--help` and `stats` start fast
 # (BENCHMARKS.md, "CLI start"; tests/test_first_run.py).
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from retrieval.engine import Engine, Filter
     from retrieval.ingest.pipeline import IngestProgress, IngestReport
     from retrieval.ingest.watch import WatchBatch
@@ -53,8 +40,33 @@ app = typer.Typer(
     # would take for tags ("--help" failed with MarkupError).
     rich_markup_mode=None,
 )
-out = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
-err = Console(stderr=True, soft_wrap=True)
+
+
+class _LazyConsole:
+    """A rich Console made on first use: rich costs ~50 ms to import, which `--help` and a command that
+    only fails need not pay. Attribute reads and writes go to the Console (`.real` is the Console itself)."""
+
+    def __init__(self, **options: Any) -> None:
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_console", None)
+
+    @property
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            object.__setattr__(self, "_console", Console(**self._options))
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.real, name, value)
+
+
+out = _LazyConsole(soft_wrap=True)  # long paths stay on one line, for copy and paste
+err = _LazyConsole(stderr=True, soft_wrap=True)
 
 IndexOpt = Annotated[str, typer.Option("--index", "-i", help="Index name (a folder under the home).")]
 HomeOpt = Annotated[
@@ -162,6 +174,8 @@ def _safe(text: object) -> str:
     """Untrusted text (a file name, a library message) made safe for the terminal: control characters,
     escape sequences and bidi overrides shown as visible escapes (`\\x1b`, `\\n`, `\\u202e`), Rich
     markup escaped. Every path and message reaches the terminal through this; `--json` keeps exact names."""
+    from rich.markup import escape
+
     shown = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
     return escape(shown)
 
@@ -230,151 +244,18 @@ def _ray_address(ray: bool | None, address: str | None) -> str | None:
     return address or ray_address_from_env() or ("local" if ray else None)
 
 
-#: The rate is the count's growth over about this many seconds (the last count before the window and the
-#: newest one): steady while batches come every few seconds, falling while nothing comes.
-RATE_WINDOW_S = 30.0
-#: No ETA once neither count has moved for this long (a model working through a slow batch).
-STALL_S = 15.0
-_PHASES_WITH_RATE = ("ingest", "embed")
+def _bar(enabled: bool) -> AbstractContextManager[Callable[[IngestProgress], None]]:
+    """The ingest's (or eval's) progress bar on stderr (cli/progress.py, loaded only here)."""
+    from retrieval_cli.progress import ingest_bar
+
+    return ingest_bar(enabled, err.real, _safe)
 
 
-class _Window:
-    """A count over time, for a rate that is an average over the last RATE_WINDOW_S seconds and that
-    falls, at each redraw, while the count stands still (rich's own speed stays at its last value)."""
+def _map_spinner(enabled: bool) -> AbstractContextManager[Callable[[MapProgress], None]]:
+    """The map's stages on stderr, as a spinner (cli/progress.py, loaded only here)."""
+    from retrieval_cli.progress import map_spinner
 
-    def __init__(self, now: float) -> None:
-        self.samples: deque[tuple[float, int]] = deque([(now, 0)])
-        self.moved_at = now
-
-    def add(self, count: int, now: float, *, moved: bool) -> None:
-        if count != self.samples[-1][1]:
-            self.samples.append((now, count))
-        if moved:
-            self.moved_at = now
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        while len(self.samples) > 1 and self.samples[1][0] <= now - RATE_WINDOW_S:
-            self.samples.popleft()
-
-    def rate(self, now: float) -> float | None:
-        """Counts a second; None in the first second (too soon to say)."""
-        self._trim(now)
-        (since, first), (_, last) = self.samples[0], self.samples[-1]
-        span = now - since
-        return (last - first) / span if span >= 1.0 else None
-
-    def moving(self, now: float) -> bool:
-        return now - self.moved_at < STALL_S
-
-
-class _CountColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        done = int(task.completed)
-        return Text(f"{done}/{int(task.total)}" if task.total is not None else f"{done}")
-
-
-class _RateColumn(ProgressColumn):
-    """The windowed rate while running; once finished, the average over the whole phase."""
-
-    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.windows = windows
-        self.clock = clock
-
-    def render(self, task: Task) -> Text:
-        window = self.windows.get(task.id)
-        if window is None:
-            return Text("")
-        if task.finished:
-            elapsed = task.finished_time or 0.0
-            rate = task.completed / elapsed if elapsed >= 1.0 else None
-        else:
-            rate = window.rate(self.clock())
-        return Text(f"{rate:.1f} img/s" if rate is not None else "", style="cyan")
-
-
-class _EtaColumn(ProgressColumn):
-    """Time left at the windowed rate, on the lines that ask for it; nothing while the ingest's counts stand
-    still, or before there is a rate."""
-
-    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.windows = windows
-        self.clock = clock
-
-    def render(self, task: Task) -> Text:
-        window = self.windows.get(task.id)
-        now = self.clock()
-        if window is None or not task.fields.get("eta") or task.finished or task.total is None:
-            return Text("")
-        rate = window.rate(now)
-        if not rate or not task.fields["still"].moving(now):
-            return Text("")
-        left = int((task.total - task.completed) / rate)
-        return Text(f"eta {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
-
-
-@contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None]]:
-    """A callback that draws an ingest's (or eval's) progress on stderr, a line per phase; the ingest has
-    two, files decoded (per file) and embedded (per batch), and the scan's line goes when the scan ends.
-    Called from the decode threads too (rich's Progress takes a lock)."""
-    if not enabled:
-        yield lambda _p: None
-        return
-    windows: dict[Any, _Window] = {}
-    columns = (
-        TextColumn("{task.description:<8}"),
-        BarColumn(bar_width=30),
-        _CountColumn(),
-        _RateColumn(windows),
-        TimeElapsedColumn(),
-        _EtaColumn(windows),
-    )
-    # Started on the first report, so that a command failing before any (a missing folder, a bad model) prints
-    # its error alone, without the empty line of a bar that never ran.
-    bar = Progress(*columns, console=err, transient=False)
-    tasks: dict[str, Any] = {}
-    # When either of the ingest's counts last moved: no ETA while neither does.
-    still = _Window(time.monotonic())
-
-    def line(name: str, total: int | None, *, rate: bool, eta: bool = False) -> Any:
-        if name not in tasks:
-            tasks[name] = bar.add_task(_safe(name), total=total, eta=eta, still=still)
-            if rate:
-                windows[tasks[name]] = _Window(time.monotonic())
-        return tasks[name]
-
-    def count(task: Any, done: int, total: int | None) -> None:
-        bar.update(task, completed=done, total=total)
-        window = windows.get(task)
-        if window is not None:
-            now = time.monotonic()
-            moved = done != window.samples[-1][1]
-            window.add(done, now, moved=moved)
-            if moved:
-                still.add(0, now, moved=True)
-
-    def update(p: IngestProgress) -> None:
-        if not tasks:
-            bar.start()
-        if p.phase != "scan" and "scan" in tasks:
-            bar.remove_task(tasks.pop("scan"))
-        if p.phase == "ingest":
-            if "decoded" not in tasks:
-                still.add(0, time.monotonic(), moved=True)
-            count(line("decoded", p.total, rate=True), p.decoded, p.total)
-            count(line("embedded", p.total, rate=True, eta=True), p.embedded, p.total)
-        else:
-            rated = p.phase in _PHASES_WITH_RATE
-            count(line(p.phase, p.total, rate=rated, eta=rated), p.done, p.total)
-
-    try:
-        yield update
-    finally:
-        if tasks:
-            bar.stop()
+    return map_spinner(enabled, err.real, _safe)
 
 
 def _interrupted_summary(report: IngestReport | None) -> str:
@@ -490,7 +371,7 @@ def ingest(
         milvus_uri=milvus_uri,
     ) as engine:
         stopped: KeyboardInterrupt | None = None
-        with _progress_bar(progress and not as_json) as update, _sigterm_as_ctrl_c():
+        with _bar(progress and not as_json) as update, _sigterm_as_ctrl_c():
             try:
                 report = engine.ingest(
                     folder,
@@ -718,36 +599,6 @@ def similar(
         _print_hits(query, hits, as_json)
 
 
-_MAP_STAGES = {"layout": "laying out the map", "thumbnails": "making thumbnails", "drawing": "drawing"}
-
-
-@contextmanager
-def _map_stages(enabled: bool) -> Iterator[Callable[[MapProgress], None]]:
-    """A spinner on stderr naming the map's stage (and the thumbnails made of how many), gone at the end."""
-    if not enabled:
-        yield lambda _p: None
-        return
-    spinner = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True)
-    task = spinner.add_task("")
-    started = False
-
-    def show(p: MapProgress) -> None:
-        nonlocal started
-        if not started:
-            spinner.start()
-            started = True
-        what = _MAP_STAGES.get(p.stage, p.stage)
-        if p.stage == "thumbnails" and p.total:
-            what += f" {p.done}/{p.total}" if p.done else ""
-        spinner.update(task, description=_safe(what))
-
-    try:
-        yield show
-    finally:
-        if started:
-            spinner.stop()
-
-
 @app.command("map")
 def map_command(
     text: Annotated[str | None, typer.Argument(help="Text whose results to map (CLIP indexes).")] = None,
@@ -816,7 +667,7 @@ def map_command(
             part = QueryPart("image", image.expanduser().resolve())
         else:
             part = engine.resolve_image_ref(str(similar))
-        with _map_stages(not as_json) as stage:
+        with _map_spinner(not as_json) as stage:
             m = engine.map(
                 Query.of(part),
                 n=n,
@@ -1198,7 +1049,7 @@ def eval_command(
     from retrieval.ingest.pipeline import IngestProgress
 
     with _one_line_errors():
-        with _progress_bar(progress and not as_json) as update:
+        with _bar(progress and not as_json) as update:
             report = evaluate(
                 folder,
                 model=model,
@@ -1263,6 +1114,8 @@ def duplicates(
             f"(cosine >= {report.threshold:.3f}, {report.neighbours} neighbours each)",
             highlight=False,
         )
+        from rich.table import Table
+
         table = Table("group", "files", "weakest", "id", box=None, header_style="bold")
         table.add_column("path", overflow="fold")
         for number, group in enumerate(report.groups, 1):

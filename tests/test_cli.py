@@ -251,7 +251,7 @@ def assert_shown_safely(output: str, paths: list[Path]) -> None:
 def test_file_names_with_markup_and_escape_sequences_are_shown_as_written(tmp_path, monkeypatch):
     from retrieval_cli import main
 
-    monkeypatch.setattr(main.out, "width", 2000)  # the duplicates table folds long paths at 80 columns
+    monkeypatch.setattr(main.out.real, "width", 2000)  # the duplicates table folds long paths at 80 columns
     paths = hostile_photos(tmp_path / "photos")
     result = invoke("ingest", tmp_path / "photos", "--model", "classic", "--no-progress")
     assert result.exit_code == 0, result.output
@@ -308,7 +308,7 @@ def test_ingest_bar_shows_files_decoded_and_embedded(make_photos):
 def test_the_rate_is_a_windowed_average_that_falls_while_nothing_moves_and_the_eta_then_goes():
     from types import SimpleNamespace
 
-    from retrieval_cli.main import RATE_WINDOW_S, STALL_S, _EtaColumn, _Window
+    from retrieval_cli.progress import RATE_WINDOW_S, STALL_S, _EtaColumn, _Window
 
     window = _Window(0.0)
     for second in range(1, 61):
