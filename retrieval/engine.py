@@ -320,7 +320,7 @@ class Engine:
         text_batch: most texts of concurrent text queries embedded in one forward (`text_batcher`); 1 runs
             each query's own forward (default $RETRIEVAL_TEXT_BATCH, else 32).
         text_batch_window: seconds a shared forward may wait for more texts (default
-            $RETRIEVAL_TEXT_BATCH_WINDOW_MS, else 3 ms; a lone query never waits).
+            $RETRIEVAL_TEXT_BATCH_WINDOW_MS, else 0: none; a lone query never waits).
     """
 
     def __init__(
@@ -975,12 +975,22 @@ class Engine:
         return self._forward_texts(texts)
 
     def _forward_texts(self, texts: list[str]) -> np.ndarray:
-        """One forward of the text tower (the batcher's), taking turns with the model's other forwards."""
+        """One forward of the text tower (the batcher's), taking turns with the model's other forwards.
+
+        A forward of several texts (queries sharing it, or one query's parts) runs on one CPU thread: other
+        requests are then under way, and their searches want the other cores. On 2 busy cores, 8 short
+        texts took 11 ms on one thread and 260 ms on two (BENCHMARKS.md, "Serving")."""
         if self._embedder is None:  # made under the read lock, as every reader makes it
             with self._reads:
                 self.embedder  # noqa: B018
+        embedder = self.embedder
         with self._forwards:
-            return self.embedder.embed_texts(texts)
+            if len(texts) < 2 or not embedder.supports_text or embedder.device != "cpu":
+                return embedder.embed_texts(texts)
+            from retrieval.embedders.base import torch_threads
+
+            with torch_threads(1):
+                return embedder.embed_texts(texts)
 
     def _texts_embedded(self, query: Query) -> Callable[[list[str]], np.ndarray]:
         """What embeds the query's texts once the read lock is taken: their vectors, made beforehand by the

@@ -153,8 +153,9 @@ def token_from_env() -> str | None:
 #: Most texts of concurrent queries embedded in one forward of the text tower; 1 turns batching off.
 DEFAULT_TEXT_BATCH = 32
 #: Longest a shared forward waits for more texts, in milliseconds (only when the forwards before it were
-#: shared: a lone query never waits). BENCHMARKS.md, "Serving".
-DEFAULT_TEXT_BATCH_WINDOW_MS = 3.0
+#: shared: a lone query never waits). 0: a forward takes the texts that queued while the one before it ran,
+#: and waits for none; a 3 ms window measured no better (BENCHMARKS.md, "Serving").
+DEFAULT_TEXT_BATCH_WINDOW_MS = 0.0
 MAX_TEXT_BATCH = 256
 MAX_TEXT_BATCH_WINDOW_MS = 50.0
 
@@ -172,7 +173,7 @@ def text_batch() -> int:
 
 
 def text_batch_window() -> float:
-    """Seconds a shared text forward may wait for more texts: $RETRIEVAL_TEXT_BATCH_WINDOW_MS, else 3 ms."""
+    """Seconds a shared text forward may wait for more texts: $RETRIEVAL_TEXT_BATCH_WINDOW_MS, else 0."""
     text = os.environ.get(TEXT_BATCH_WINDOW_ENV, "").strip()
     if not text:
         return DEFAULT_TEXT_BATCH_WINDOW_MS / 1000

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 #: Most texts one shared forward takes.
 DEFAULT_MAX_BATCH = 32
-#: Longest a leader waits for more texts (seconds), when the forwards before it were shared.
-DEFAULT_WINDOW_S = 0.003
+#: Longest a leader waits for more texts (seconds), when the forwards before it were shared. The engine's
+#: default is retrieval.settings.DEFAULT_TEXT_BATCH_WINDOW_MS.
+DEFAULT_WINDOW_S = 0.0
 #: Longest window accepted (seconds): a window is a few milliseconds, not a queue.
 MAX_WINDOW_S = 0.05
 #: Forwards that ended longer ago than this (seconds) say nothing about who else is asking now.
