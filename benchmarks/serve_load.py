@@ -1,13 +1,18 @@
-"""Load check of `retrieval serve`: text searches from concurrent clients over loopback.
+"""Load check of `retrieval serve`: text searches from 1 and from 8 concurrent clients, batching off and on.
 
-    .venv/bin/python benchmarks/serve_load.py [--images 300] [--requests 2000] [--clients 8] [--k 20]
+    .venv/bin/python benchmarks/serve_load.py [--model clip:tiny-test] [--images 300] [--requests 400]
+        [--rounds 3] [--clients 1,8] [--modes off,0,3] [--k 20]
 
-It draws --images synthetic photos, indexes them with the tiny CLIP config shipped for tests (RANDOM weights:
-the results mean nothing, the work per request is real: tokenise, run the text tower, search, read metadata),
-starts `retrieval serve` as its own process on 127.0.0.1 and a free port, sends a bounded number of
-`GET /api/search?q=...&k=...` requests from --clients concurrent HTTP/1.1 clients (keep-alive, one connection
-each), and prints requests/s, latency percentiles and the error count as a Markdown table. It only ever
-talks to 127.0.0.1, and exits non-zero if any request failed.
+It draws --images synthetic photos, indexes them with --model (default the tiny CLIP config shipped for
+tests; RANDOM weights either way: the results mean nothing, the work per request is real: tokenise, run the
+text tower, search, read metadata), starts one `retrieval serve` process per mode on 127.0.0.1 (each on a free
+port, all serving the same index): "off" with $RETRIEVAL_TEXT_BATCH=1 (each query its own forward), a number
+for batching with that window in milliseconds ($RETRIEVAL_TEXT_BATCH_WINDOW_MS). It then sends, round after
+round, --requests `GET /api/search?q=...&k=...` requests from each --clients count of concurrent HTTP/1.1
+clients (keep-alive, one connection each) to each server in turn, so that every cell sees the same load on
+the machine, and prints requests/s, latency percentiles and the error count per cell as a Markdown table,
+with ratios to "off" at the same client count. It only ever talks to 127.0.0.1, and exits non-zero if any
+request failed.
 """
 
 from __future__ import annotations
@@ -79,15 +84,15 @@ def draw(seed: int, size: tuple[int, int] = (160, 120)) -> Image.Image:
     return img
 
 
-def build_index(home: Path, photos: Path, n: int) -> float:
-    """Draw n photos and index them with random tiny CLIP; returns the seconds the ingest took."""
+def build_index(home: Path, photos: Path, n: int, model: str) -> float:
+    """Draw n photos and index them with `model`, random weights; returns the seconds the ingest took."""
     photos.mkdir(parents=True)
     for i in range(n):
         draw(i).save(photos / f"img{i:04d}.jpg", quality=88)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Engine("bench", home=home, model="clip:tiny-test", pretrained=None, device="cpu") as engine:
+        with Engine("bench", home=home, model=model, pretrained=None, device="cpu") as engine:
             engine.ingest(photos)
     return time.perf_counter() - started
 
@@ -98,9 +103,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], float]:
+def mode_env(mode: str) -> dict[str, str]:
+    """The server's environment for a mode: "off" (no batching) or a window in milliseconds."""
+    if mode == "off":
+        return {"RETRIEVAL_TEXT_BATCH": "1"}
+    return {"RETRIEVAL_TEXT_BATCH": "32", "RETRIEVAL_TEXT_BATCH_WINDOW_MS": str(float(mode))}
+
+
+def start_server(home: Path, port: int, mode: str) -> tuple[subprocess.Popen[bytes], float]:
     """Run `retrieval serve` as its own process; return it once /api/health answers, and the wait."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **mode_env(mode)}
     cmd = [sys.executable, "-m", "retrieval_cli.main", "serve", "--index", "bench", "--home", str(home)]
     cmd += ["--host", HOST, "--port", str(port), "--device", "cpu"]
     started = time.perf_counter()
@@ -152,47 +164,85 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def label(mode: str) -> str:
+    return "off" if mode == "off" else f"on, {float(mode):g} ms window"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", default="clip:tiny-test", help="A CLIP model, built with random weights.")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument(
-        "--requests", type=int, default=2000, help="Measured requests (bounded), after warm-up."
+        "--requests", type=int, default=400, help="Measured requests per cell and round (bounded)."
     )
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds over every cell, interleaved.")
+    parser.add_argument("--clients", default="1,8", help="Comma-separated counts of concurrent clients.")
+    parser.add_argument("--modes", default="off,0,3", help='"off", and/or batching windows in ms.')
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=20, help="Requests per cell before the rounds.")
     args = parser.parse_args()
-    if not 1 <= args.requests <= 100_000 or not 1 <= args.clients <= 64:
+    clients = [int(c) for c in args.clients.split(",")]
+    modes = [m.strip() for m in args.modes.split(",")]
+    if not 1 <= args.requests <= 100_000 or not all(1 <= c <= 64 for c in clients):
         parser.error("keep --requests within 1..100000 and --clients within 1..64")
+    if not 1 <= args.rounds <= 20 or any(m != "off" and not 0 <= float(m) <= 50 for m in modes):
+        parser.error("keep --rounds within 1..20 and each mode 'off' or a window of 0..50 ms")
 
+    latencies: dict[tuple[str, int], list[float]] = {(m, c): [] for m in modes for c in clients}
+    walls: dict[tuple[str, int], float] = dict.fromkeys(latencies, 0.0)
+    errors: dict[tuple[str, int], int] = dict.fromkeys(latencies, 0)
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         home = Path(tmp) / "home"
-        ingest_s = build_index(home, Path(tmp) / "photos", args.images)
-        port = free_port()
-        server, start_s = start_server(home, port)
+        ingest_s = build_index(home, Path(tmp) / "photos", args.images, args.model)
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
-            base = f"http://{HOST}:{port}"
-            asyncio.run(load(base, args.warmup, args.clients, args.k))
-            latencies, errors, wall = asyncio.run(load(base, args.requests, args.clients, args.k))
+            starts = []
+            for mode in modes:
+                port = free_port()
+                server, start_s = start_server(home, port, mode)
+                servers[mode] = (server, f"http://{HOST}:{port}")
+                starts.append(start_s)
+            for mode in modes:
+                for c in clients:
+                    asyncio.run(load(servers[mode][1], args.warmup, c, args.k))
+            for _ in range(args.rounds):
+                for c in clients:
+                    for mode in modes:
+                        got, failed, wall = asyncio.run(load(servers[mode][1], args.requests, c, args.k))
+                        latencies[mode, c] += got
+                        walls[mode, c] += wall
+                        errors[mode, c] += failed
         finally:
-            server.terminate()
-            server.wait(30)
+            for server, _ in servers.values():
+                server.terminate()
+                server.wait(30)
 
-    ms = [v * 1000 for v in latencies]
     print(
-        f"{args.images} images (random tiny CLIP, 64 dims), ingest {ingest_s:.1f} s, "
-        f"server ready in {start_s:.1f} s; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.1f} at the end\n"
+        f"{args.images} images, {args.model} (RANDOM weights), ingest {ingest_s:.1f} s, servers ready in "
+        f"{max(starts):.1f} s; Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end; {args.rounds} rounds of {args.requests} requests per cell\n"
     )
-    print("| clients | requests | errors | requests/s | mean ms | p50 ms | p90 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {args.clients} | {len(ms)} | {errors} | {len(ms) / wall:.0f} | {statistics.fmean(ms):.1f} "
-        f"| {percentile(ms, 50):.1f} | {percentile(ms, 90):.1f} | {percentile(ms, 99):.1f} | {max(ms):.1f} |"
+        "| batching | clients | requests | errors | requests/s | × off | mean ms | p50 ms | p95 ms "
+        "| p99 ms | p50 × off |"
     )
-    return 1 if errors else 0
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in clients:
+        for mode in modes:
+            ms = [v * 1000 for v in latencies[mode, c]]
+            rate = len(ms) / walls[mode, c]
+            base = "off" if "off" in modes else modes[0]
+            base_rate = len(latencies[base, c]) / walls[base, c]
+            base_p50 = percentile([v * 1000 for v in latencies[base, c]], 50)
+            print(
+                f"| {label(mode)} | {c} | {len(ms)} | {errors[mode, c]} | {rate:.1f} "
+                f"| {rate / base_rate:.2f} "
+                f"| {statistics.fmean(ms):.1f} | {percentile(ms, 50):.1f} | {percentile(ms, 95):.1f} "
+                f"| {percentile(ms, 99):.1f} | {percentile(ms, 50) / base_p50:.2f} |"
+            )
+    return 1 if any(errors.values()) else 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ from retrieval.errors import (
     UsageError,
 )
 from retrieval.metadata import DB_NAME, MetadataReader
-from retrieval.settings import DEFAULT_INDEX, DEFAULT_MAX_PIXELS, UPLOAD_MAX_PIXELS, index_dir, resolve_home
+from retrieval.search.batching import TextBatcher
+from retrieval.settings import (
+    DEFAULT_INDEX,
+    DEFAULT_MAX_PIXELS,
+    UPLOAD_MAX_PIXELS,
+    index_dir,
+    resolve_home,
+)
+from retrieval.settings import text_batch as default_text_batch
+from retrieval.settings import text_batch_window as default_text_batch_window
 from retrieval.storage import write_error, write_refusal
 from retrieval.vectors import (
     Store,
@@ -308,6 +317,10 @@ class Engine:
         store: vector store of a new index, "hnswlib" (default) or "milvus"; an index keeps the one it has.
         milvus_uri: Milvus server of a new Milvus index (default $RETRIEVAL_MILVUS_URI, else Milvus Lite
             inside the index folder).
+        text_batch: most texts of concurrent text queries embedded in one forward (`text_batcher`); 1 runs
+            each query's own forward (default $RETRIEVAL_TEXT_BATCH, else 32).
+        text_batch_window: seconds a shared forward may wait for more texts (default
+            $RETRIEVAL_TEXT_BATCH_WINDOW_MS, else 0: none; a lone query never waits).
     """
 
     def __init__(
@@ -322,7 +335,23 @@ class Engine:
         batch_size: int = 32,
         store: str | None = None,
         milvus_uri: str | None = None,
+        text_batch: int | None = None,
+        text_batch_window: float | None = None,
     ) -> None:
+        # First: close() uses them, and an engine refused below is closed.
+        self._embedder: Embedder | None = None
+        self._store: Store | None = None
+        self._meta: MetadataStore | None = None
+        self._reader: MetadataReader | None = None
+        # Text queries of concurrent callers share forwards of the text tower, outside the read lock.
+        self.text_batcher = TextBatcher(
+            self._forward_texts,
+            max_batch=default_text_batch() if text_batch is None else text_batch,
+            window=default_text_batch_window() if text_batch_window is None else text_batch_window,
+        )
+        # Every forward of the model takes this lock (a text forward runs outside the read lock, alongside
+        # searches): torch's thread count is process-wide and the embedders set it per forward.
+        self._forwards = threading.Lock()
         self.name = index
         self.dir = index_dir(index, home)
         self.device = device
@@ -336,10 +365,6 @@ class Engine:
             parse_kind(store)  # an unknown store is a usage error before any model loads
         self._store_arg, self._milvus_uri_arg = store, milvus_uri
         self._new_store_spec: StoreSpec | None = None
-        self._embedder: Embedder | None = None
-        self._store: Store | None = None
-        self._meta: MetadataStore | None = None
-        self._reader: MetadataReader | None = None
         # Reads share the embedder, the vector store's reload and hnswlib's search settings, none of which
         # is made for concurrent use: a server's threads take turns through this lock.
         self._reads = threading.RLock()
@@ -525,8 +550,10 @@ class Engine:
             pass
 
     def close(self) -> None:
+        self.text_batcher.close()  # queued text queries fail; a forward under way finishes first
         if self._embedder is not None:
-            self._embedder.close()
+            with self._forwards:
+                self._embedder.close()
             self._embedder = None
         if self._store is not None:
             self._store.close()
@@ -906,7 +933,8 @@ class Engine:
         limit = UPLOAD_MAX_PIXELS if isinstance(source, bytes) else DEFAULT_MAX_PIXELS
         emb = self.embedder
         decoded = decode_image(source, min_side=emb.input_size, max_pixels=limit, keep_alpha=emb.keeps_alpha)
-        return emb.embed_images([decoded.image])[0]
+        with self._forwards:
+            return emb.embed_images([decoded.image])[0]
 
     def _stored_vector(self, content_id: int) -> np.ndarray:
         if content_id not in self.store:
@@ -931,18 +959,57 @@ class Engine:
         """The ids `filter` allows, or None for no filter (an empty Filter limits nothing)."""
         return None if filter is None or filter.is_empty else self.meta.allowed_ids(filter)
 
-    def query_vector(self, query: Query) -> np.ndarray:
+    def query_vector(
+        self, query: Query, *, embed_texts: Callable[[list[str]], np.ndarray] | None = None
+    ) -> np.ndarray:
         from retrieval.search.queries import query_vector
 
         return query_vector(
             query,
-            embed_texts=self._embed_texts,
+            embed_texts=embed_texts or self._embed_texts,
             embed_image=self._embed_image,
             stored_vector=self._stored_vector,
         )
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self.embedder.embed_texts(texts)
+        return self._forward_texts(texts)
+
+    def _forward_texts(self, texts: list[str]) -> np.ndarray:
+        """One forward of the text tower (the batcher's), taking turns with the model's other forwards.
+
+        A forward of several texts (queries sharing it, or one query's parts) runs on one CPU thread: other
+        requests are then under way, and their searches want the other cores. On 2 busy cores, 8 short
+        texts took 11 ms on one thread and 260 ms on two (BENCHMARKS.md, "Serving")."""
+        if self._embedder is None:  # made under the read lock, as every reader makes it
+            with self._reads:
+                self.embedder  # noqa: B018
+        embedder = self.embedder
+        with self._forwards:
+            if len(texts) < 2 or not embedder.supports_text or embedder.device != "cpu":
+                return embedder.embed_texts(texts)
+            from retrieval.embedders.base import torch_threads
+
+            with torch_threads(1):
+                return embedder.embed_texts(texts)
+
+    def _texts_embedded(self, query: Query) -> Callable[[list[str]], np.ndarray]:
+        """What embeds the query's texts once the read lock is taken: their vectors, made beforehand by the
+        text batcher (without holding the lock, so that concurrent queries can share a forward), or the
+        plain forward for a query that `query_vector` refuses before embedding (empty texts) or has none.
+        The vector store is opened first, so that an index without vectors says so before a model loads."""
+        texts = [str(part.value) for part in query.parts if part.kind == "text"]
+        if not texts or any(not text.strip() for text in texts):
+            return self._embed_texts
+        if self._store is None:
+            with self._reads:
+                self.store  # noqa: B018
+        vectors = self.text_batcher.embed(texts)
+
+        def embedded(asked: list[str]) -> np.ndarray:
+            assert asked == texts, "query_vector embeds the query's texts in order"
+            return vectors
+
+        return embedded
 
     def search(
         self,
@@ -959,9 +1026,10 @@ class Engine:
 
         # A filter's SQL is MetadataStore's; an unfiltered search reads its rows through the reader.
         meta = self._db if filter is None or filter.is_empty else self.meta
+        texts = self._texts_embedded(query)
         with self._reads:
             self.store.reload_if_changed()
-            vector = self.query_vector(query)
+            vector = self.query_vector(query, embed_texts=texts)
             return run_search(
                 vector,
                 self.store,
@@ -1027,9 +1095,10 @@ class Engine:
 
         if progress is not None:
             progress(MapProgress("layout"))
+        texts = self._texts_embedded(query)
         with self._reads:
             self.store.reload_if_changed()
-            vector = self.query_vector(query)
+            vector = self.query_vector(query, embed_texts=texts)
             allowed = self._allowed(filter)
             hits = run_search(
                 vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
@@ -1139,7 +1208,7 @@ class Engine:
             self.meta  # noqa: B018 - each property loads its part once
             self.store  # noqa: B018
             if self.embedder.supports_text:
-                self.embedder.embed_texts(["warm-up"])
+                self._forward_texts(["warm-up"])
 
     def refresh(self) -> bool:
         """Switch to the newest vector generation if another process (an ingest) saved one."""
@@ -1202,9 +1271,10 @@ class Engine:
         from retrieval.search.queries import run_search
 
         uploads = self._decode_uploads(query)
+        texts = self._texts_embedded(query)
         with self._reads:
             self.store.reload_if_changed()
-            vector = self._served_vector(query, uploads)
+            vector = self._served_vector(query, uploads, texts)
             return run_search(vector, self.store, self.meta, k=k, exclude=query.exclude_ids, filter=filter)
 
     def serve_map(
@@ -1217,9 +1287,10 @@ class Engine:
         from retrieval.search.queries import run_search
 
         uploads = self._decode_uploads(query)
+        texts = self._texts_embedded(query)
         with self._reads:
             self.store.reload_if_changed()
-            vector = self._served_vector(query, uploads)
+            vector = self._served_vector(query, uploads, texts)
             allowed = self._allowed(filter)
             hits = run_search(
                 vector, self.store, self.meta, k=n, exclude=query.exclude_ids, filter=filter, allowed=allowed
@@ -1238,16 +1309,23 @@ class Engine:
             if part.kind == "image" and isinstance(part.value, bytes)
         }
 
-    def _served_vector(self, query: Query, uploads: dict[bytes, Image.Image]) -> np.ndarray:
+    def _served_vector(
+        self,
+        query: Query,
+        uploads: dict[bytes, Image.Image],
+        embed_texts: Callable[[list[str]], np.ndarray],
+    ) -> np.ndarray:
         from retrieval.search.queries import query_vector
 
         def embed_image(source: Path | bytes) -> np.ndarray:
             if isinstance(source, bytes) and source in uploads:
-                return self.embedder.embed_images([uploads[source]])[0]
+                emb = self.embedder
+                with self._forwards:
+                    return emb.embed_images([uploads[source]])[0]
             return self._embed_image(source)
 
         return query_vector(
-            query, embed_texts=self._embed_texts, embed_image=embed_image, stored_vector=self._stored_vector
+            query, embed_texts=embed_texts, embed_image=embed_image, stored_vector=self._stored_vector
         )
 
     def _thumbnail_cache(self, side: int) -> ThumbnailCache:

@@ -19,6 +19,8 @@ RAY_ADDRESS_ENV = "RETRIEVAL_RAY_ADDRESS"
 MAX_FILE_MB_ENV = "RETRIEVAL_MAX_FILE_MB"
 DECODE_SECONDS_ENV = "RETRIEVAL_DECODE_SECONDS"
 TOKEN_ENV = "RETRIEVAL_TOKEN"
+TEXT_BATCH_ENV = "RETRIEVAL_TEXT_BATCH"
+TEXT_BATCH_WINDOW_ENV = "RETRIEVAL_TEXT_BATCH_WINDOW_MS"
 #: Ray's own token-auth variables (Ray >= 2.52), read by the driver's `ray.init` as by every node.
 RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
 RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -144,3 +146,44 @@ def _positive_env(name: str, unit: str) -> float | None:
 def token_from_env() -> str | None:
     """The token `retrieval serve` requires on API calls when --token is not given (None: no token)."""
     return os.environ.get(TOKEN_ENV) or None
+
+
+# -- text queries (retrieval.search.batching) -------------------------------------------------------------
+
+#: Most texts of concurrent queries embedded in one forward of the text tower; 1 turns batching off.
+DEFAULT_TEXT_BATCH = 32
+#: Longest a shared forward waits for more texts, in milliseconds (only when the forwards before it were
+#: shared: a lone query never waits). 0: a forward takes the texts that queued while the one before it ran,
+#: and waits for none; a 3 ms window measured no better (BENCHMARKS.md, "Serving").
+DEFAULT_TEXT_BATCH_WINDOW_MS = 0.0
+MAX_TEXT_BATCH = 256
+MAX_TEXT_BATCH_WINDOW_MS = 50.0
+
+
+def text_batch() -> int:
+    """Most texts one shared text forward takes: $RETRIEVAL_TEXT_BATCH (1: no batching), else 32."""
+    text = os.environ.get(TEXT_BATCH_ENV, "").strip()
+    if not text:
+        return DEFAULT_TEXT_BATCH
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TEXT_BATCH:
+        raise UsageError(
+            f"${TEXT_BATCH_ENV} must be a whole number from 1 (no batching) to {MAX_TEXT_BATCH}, got {text!r}"
+        )
+    return int(text)
+
+
+def text_batch_window() -> float:
+    """Seconds a shared text forward may wait for more texts: $RETRIEVAL_TEXT_BATCH_WINDOW_MS, else 0."""
+    text = os.environ.get(TEXT_BATCH_WINDOW_ENV, "").strip()
+    if not text:
+        return DEFAULT_TEXT_BATCH_WINDOW_MS / 1000
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= MAX_TEXT_BATCH_WINDOW_MS:
+        raise UsageError(
+            f"${TEXT_BATCH_WINDOW_ENV} must be a number of milliseconds from 0 to "
+            f"{MAX_TEXT_BATCH_WINDOW_MS:g}, got {text!r}"
+        )
+    return value / 1000

@@ -475,10 +475,15 @@ def test_concurrent_requests_all_answer_the_same_as_one_at_a_time(client):
     queries = ["sea", "a red square", "mountains at dusk", "cat"]
     expected = {q: client.get("/api/search", params={"q": q, "k": 5}).json()["results"] for q in queries}
 
+    def same(got: dict, want: dict) -> bool:
+        # Concurrent texts share a forward of the text tower, which rounds in the 7th digit of a score.
+        return {**got, "score": None} == {**want, "score": None} and abs(got["score"] - want["score"]) < 1e-5
+
     def ask(i: int) -> bool:
         q = queries[i % len(queries)]
         response = client.get("/api/search", params={"q": q, "k": 5})
-        return response.status_code == 200 and response.json()["results"] == expected[q]
+        results = response.json()["results"] if response.status_code == 200 else []
+        return len(results) == len(expected[q]) and all(map(same, results, expected[q]))
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(ask, range(48)))
