@@ -509,11 +509,13 @@ def test_the_scan_finds_the_best_allowed_when_its_first_stage_keeps_few_rows(
     np.testing.assert_allclose(scores, exact, atol=1e-5)
 
 
-def test_a_post_filtered_query_far_from_every_allowed_vector_is_scanned_and_still_exact(
-    filter_store: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("fallback", ["scan", "walk"])
+def test_a_post_filtered_query_far_from_every_allowed_vector_falls_back_and_is_still_exact(
+    filter_store: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch, fallback: str
 ) -> None:
     path, vecs = filter_store
     monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
+    monkeypatch.setattr(filtered, "walk_first", lambda *args: fallback == "walk")
     scanned = []
     candidates = filtered.Lead.candidates
     monkeypatch.setattr(
@@ -526,7 +528,8 @@ def test_a_post_filtered_query_far_from_every_allowed_vector_is_scanned_and_stil
     near = vecs[rows[:5]]
     with VectorStore.open(path) as store:
         found, scores = store.search(far, k=10, ef=64, allowed=ids[rows])
-        assert len(scanned) == len(far)  # their graph neighbourhoods hold (almost) no allowed vector
+        # their graph neighbourhoods hold (almost) no allowed vector: each walks with the filter or scans
+        assert len(scanned) == (len(far) if fallback == "scan" else 0)
         truth = exact_top(vecs[rows], ids[rows], far, 10)
         assert (found == truth).mean() >= 0.9 and (found[:, 0] == truth[:, 0]).all()
         exact = np.einsum("ij,ikj->ik", far, vecs[(found - 5) // 10])

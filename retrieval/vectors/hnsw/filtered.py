@@ -12,12 +12,14 @@ measured in BENCHMARKS.md, "Filtered search"):
   of those exactly from the originals.
 * **post**: for a large set, the unfiltered graph search made cands·n/m wide, kept to the allowed nodes
   (about `cands` of them where allowed vectors are as common near the query as in the store), then the
-  same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away from the query) is
-  answered by the scan instead.
+  same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away from the query)
+  walks the graph with the filter applied during the walk (hnswlib's `knn_query(filter=...)`, which
+  carries on through disallowed nodes; a Python call per node, so only as a fallback) or, where that
+  would cost more, is scanned.
 
-Every way returns exact scores; only which allowed vectors are considered differs. Two other ways were
-measured and dropped (BENCHMARKS.md): hnswlib's walk with a Python filter (a GIL round trip per node)
-and a partitioned scan (k-means over the heads), whose recall needed ~30 % of the partitions visited.
+Every way returns exact scores; only which allowed vectors are considered differs. A partitioned scan
+(k-means over the heads) was measured and dropped (BENCHMARKS.md): on these vectors its recall needed
+~30 % of the partitions visited, so it scanned as many rows as the scan.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from retrieval.vectors.hnsw.quantizer import Quantizer
 #: the forced-way tables at 100k and 1M (BENCHMARKS.md, "Filtered search"): the scan costs SCAN_ROW per
 #: allowed row, the post-filtered graph search POST_NODE per node it asks for (cands·n/m), both FIXED more
 #: for the re-rank.
-SCAN_ROW = 0.06
-POST_NODE = 4.0
+SCAN_ROW = 0.04
+POST_NODE = 4.8
 FIXED = 150.0
-#: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes is scanned instead.
+#: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph with the filter
+#: (WALK_NODE per node it expects to visit, cands·n/m) where that costs less than the scan, else scans.
 POST_KEEP = 0.5
+WALK_NODE = 2.7
 #: The scan's first stage: LEAD_DIMS head coordinates per row (float32); its second: the whole int8 head
 #: of the best LEAD_KEEP·cands rows.
 LEAD_DIMS = 32
@@ -56,6 +60,11 @@ def choose(m: int, n_slots: int, n_alive: int, cands: int, *, graph: bool) -> st
     if graph and m > cands:
         costs["post"] = POST_NODE * cands * n_alive / m + FIXED
     return min(costs, key=costs.__getitem__)
+
+
+def walk_first(m: int, n_alive: int, cands: int) -> bool:
+    """Whether a post-filtered query that found too few allowed nodes should walk rather than scan."""
+    return WALK_NODE * cands * n_alive / m < SCAN_ROW * m
 
 
 @dataclass(eq=False)

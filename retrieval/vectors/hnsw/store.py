@@ -630,6 +630,13 @@ class VectorStore:
             if way == "post":
                 assert entry.mask is not None
                 post = self._post_filtered(st, graph_query[i], c, m, entry.mask)
+            if (
+                way == "post"
+                and (post is None or len(post[0]) < width)
+                and filtered.walk_first(m, st.n_alive, c)
+            ):
+                assert entry.mask is not None
+                post = self._walk(st, graph_query[i], c, entry.mask)
             if post is not None and len(post[0]) >= width:
                 picked, head = post
                 head = head + (bias[i] + 1.0)
@@ -663,6 +670,22 @@ class VectorStore:
         if keep.sum() < max(filtered.POST_KEEP * cands, 1):
             return None
         return found[keep], -dist[0][keep]
+
+    @staticmethod
+    def _walk(
+        st: _State, graph_query: np.ndarray, cands: int, mask: bytes
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """hnswlib's graph walk with the filter applied during the walk: it carries on through disallowed
+        nodes until it holds `cands` allowed ones (their slots, and head score minus 1), where the
+        post-filter's unfiltered neighbourhood held too few. None if fewer are reachable (heavy deletes)."""
+        graph = st.graph
+        assert graph is not None
+        graph.set_ef(cands)
+        try:
+            labels, dist = graph.knn_query(graph_query[None], k=cands, filter=mask.__getitem__)
+        except RuntimeError:
+            return None
+        return labels[0].view(np.int64), -dist[0]
 
     def _allowed_slots(self, st: _State, allowed: np.ndarray) -> _Allowed:
         """The live slots of the allowed ids, ascending. An allowed array that is not writeable is taken
