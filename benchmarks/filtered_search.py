@@ -11,9 +11,10 @@ selectivity 50 %, 10 %, 1 %, 0.1 % and 0.01 %: "random" (a random subset: uncorr
 and "folder" (whole clusters, topped up from one more: a folder of one subject, correlated). Ground truth:
 exact top-10 among the allowed ids. Contenders, timed interleaved one query at a time on one thread
 (benchmarks/_common.py): unfiltered `search`; filtered `search(allowed=ids)` with a read-only ids array
-(the store keeps its slots, mask and lead coordinates across queries) and with fresh ids each query (a writable copy: the
-O(n) lookup every time); naive: `search(k=ceil(k/selectivity))` then keep the allowed (fewer queries at low
-selectivity, where one takes seconds). Rewrites the section "## Filtered search" of BENCHMARKS.md.
+(the store keeps its slots, mask and lead coordinates across queries) and with fresh ids each query (a
+writable copy: the O(n) lookup every time); naive: `search(k=ceil(k/selectivity))` then keep the allowed
+(fewer queries at low selectivity, where one takes seconds). Rewrites the section "## Filtered search"
+of BENCHMARKS.md.
 
 The script re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they slow numpy on these
 machines) and with BLAS pinned to one thread; tests never change them.
@@ -91,25 +92,26 @@ clusters and 16·192 allowed rows gave recall@10 0.81/0.82 on the 50 % random/fo
 clusters (30 % of the partition) 0.99, but at 3.2× an unfiltered search at 10 %. Clustering on 64 or 128
 coordinates moved recall by 0.03 at most. On these vectors (a power-law spectrum, clusters that overlap)
 the true top-10 are spread over a fixed share of the partitions, so a probe scores O(m) rows like the
-scan, and the first search took 31-38 s at 1M with k-means and labelling (8-9 s for the head codes alone). The walk alone (the previous
-design, a Python call per node it meets) cost 9-26 ms at 10 % of 1M; it stays only as the post-filter's
-fallback.
+scan, and the first search took 31-38 s at 1M with k-means and labelling (8-9 s for the head codes
+alone). The walk alone (the previous design, a Python call per node it meets) cost 9-26 ms at 10 % of
+1M; it stays only as the post-filter's fallback.
 
 At 100k (`python benchmarks/filtered_search.py --n 100000 --queries 200 --rounds 2 --ways 20`, same day,
 load 6.4 before, 7.6 after) every target was met: recall@10 >= 0.997, 0.70× unfiltered at the lowest
 (folder 50 %), 1.4-1.5× at 10 %, 20× naive at 1 %.
 
-What is left at 1M: the folder of half the store (~0.3×: the queries outside it walk with the Python
-filter) and 10 % (~0.4×: the scan's first stage reads 128 B × 100k = 12.8 MB per query, memory-bound, and
-on this shared machine the memory bandwidth is what other jobs take too). 5× naive at 1 % holds or
-nearly holds depending on the run (4.4-6.4×): the naive search at 1 % is only ~3× slower than unfiltered
-here (k = 1000 from a graph that is fast at any k), so it needs ~1.7× unfiltered speed, which the scan
-reaches (1.7-1.9×) with little margin. Next steps, not done: a compiled int8 first stage (numpy has no
-int8 dot product, so the first stage is float32), a C-level filter for the walk (faiss's IDSelectorBitmap,
-or hnswlib built with a bitmap filter), and links per folder (Qdrant's payload index) for correlated
-filters. "q/s, fresh ids" is the O(n) id-to-slot map, mask and lead coordinates built per query; the
-engine should pass one read-only array per filtered request (the SQLite query that makes the ids costs
-more anyway).
+What is left at 1M: the folder of half the store (0.26-0.30×): a third of the queries lie outside it (20 of
+60 keep fewer than 96 allowed of their 384 nodes, 11 keep none; 768 wide rescues 6 of them at 3.5× the cost,
+3,072 wide 13 at 10×) and walk with the Python filter, ~25 ms each by the forced-way row; and 10 % (~0.4×:
+the scan's first stage reads 128 B × 100k = 12.8 MB per query, memory-bound, and on this shared machine the
+memory bandwidth is what other jobs take too). 5× naive at 1 % holds or nearly holds depending on the run
+(4.4-6.4×): the naive search at 1 % is only ~3× slower than unfiltered here (k = 1000 from a graph that is
+fast at any k), so it needs ~1.7× unfiltered speed, which the scan reaches (1.7-2.1×) with little margin.
+Next steps, not done: a compiled int8 first stage (numpy has no int8 dot product, so the first stage is
+float32), a C-level filter for the walk (faiss's IDSelectorBitmap, or hnswlib built with a bitmap filter),
+and links per folder (Qdrant's payload index) for correlated filters. "q/s, fresh ids" is the O(n)
+id-to-slot map, mask and lead coordinates built per query; the engine should pass one read-only array per
+filtered request (the SQLite query that makes the ids costs more anyway).
 """
 
 CACHE = Path.home() / ".cache" / "retrieval-bench"

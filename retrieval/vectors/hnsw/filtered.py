@@ -19,7 +19,7 @@ measured in BENCHMARKS.md, "Filtered search"):
 
 Every way returns exact scores; only which allowed vectors are considered differs. A partitioned scan
 (k-means over the heads) was measured and dropped (BENCHMARKS.md): on these vectors its recall needed
-~30 % of the partitions visited, so it scanned as many rows as the scan.
+~30 % of the partitions visited, a fixed share of the allowed rows, O(m) like the scan.
 """
 
 from __future__ import annotations
