@@ -60,9 +60,9 @@ _ROW_BLOCK = 16384
 LOW_HEAD_SHARE = 0.5
 LOW_HEAD_BOOST = 2
 #: A filtered search collects FILTER_EF allowed candidates per query by default (times LOW_HEAD_BOOST as
-#: above) for the re-rank, fewer than an unfiltered one (the walk's cost grows with it). At 1M a folder of
-#: half the store reached recall@10 0.970 with 128, 0.987 with 192, 0.990 with 256 (BENCHMARKS.md,
-#: "Filtered search").
+#: above) for the re-rank, fewer than an unfiltered one (the post-filter's width and the walk's cost grow
+#: with it). At 1M the walk on a folder of half the store reached recall@10 0.970 with 128, 0.987 with
+#: 192, 0.990 with 256 (a separate run, before the scan's first stage and the post-filter).
 FILTER_EF = 192
 _OPEN_ATTEMPTS = 5
 #: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
