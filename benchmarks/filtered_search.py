@@ -11,9 +11,10 @@ selectivity 50 %, 10 %, 1 %, 0.1 % and 0.01 %: "random" (a random subset: uncorr
 and "folder" (whole clusters, topped up from one more: a folder of one subject, correlated). Ground truth:
 exact top-10 among the allowed ids. Contenders, timed interleaved one query at a time on one thread
 (benchmarks/_common.py): unfiltered `search`; filtered `search(allowed=ids)` with a read-only ids array
-(the store keeps its slots and mask across queries) and with fresh ids each query (a writable copy: the
-O(n) lookup every time); naive: `search(k=ceil(k/selectivity))` then keep the allowed (fewer queries at low
-selectivity, where one takes seconds). Rewrites the section "## Filtered search" of BENCHMARKS.md.
+(the store keeps its slots, mask and lead coordinates across queries) and with fresh ids each query (a
+writable copy: the O(n) lookup every time); naive: `search(k=ceil(k/selectivity))` then keep the allowed
+(fewer queries at low selectivity, where one takes seconds). Rewrites the section "## Filtered search"
+of BENCHMARKS.md.
 
 The script re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they slow numpy on these
 machines) and with BLAS pinned to one thread; tests never change them.
@@ -62,35 +63,55 @@ WHY = """\
 where binary search took ~170 ms) and takes the cheapest of three ways by a cost model in units of one
 float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending in exact scores:
 
-- **exact** (m rows): score the memory-mapped originals; cheapest below ~200 allowed vectors.
-- **scan** (0.16·m + 150): score the allowed slots on an int8 copy of the PCA head (111 B per vector, built
-  from the originals on the first scan and kept with the generation), keep the best 192, then the graph
-  path's re-rank (int8 tail, best 16 exactly). A head row costs ~1/6 of an original (111 bytes instead of
-  2048, in RAM), which is what keeps 1 % of 1M (10k vectors) near unfiltered speed.
-- **walk** (2.7·192·n/m + 150 + a mask of n bytes): hnswlib's graph walk with the filter applied during the
-  walk, collecting 192 allowed candidates; it visits about 192·n/m nodes, so it wins for large sets only.
-  Over-fetching unfiltered results and filtering them afterwards (a widening `ef`) costs the same for a
-  random subset but finds nothing for a folder far from the query (an exploratory run at 100k, not part of
-  this script: recall@10 0.72-0.82 on folders of 10-50 %, some queries left with no allowed candidate);
-  the filtered walk carries on through disallowed nodes, so it was kept and the widening dropped.
+- **exact** (m): score the memory-mapped originals; cheapest below ~160 allowed vectors.
+- **scan** (0.04·m + 150), in two stages: every allowed row on its first 32 PCA-head coordinates as float32
+  (`Lead`: 128 B per allowed vector, built once per allowed set and kept with the read-only ids array),
+  then the best 16·192 = 3,072 of them on the whole int8 head (111 B per vector, built from the originals
+  on the first scan and kept with the generation), then the graph path's re-rank (int8 tail for the best
+  192, the best 16 exactly). The first stage is what makes 10 % of 1M affordable: the old one-stage scan
+  gathered and converted all 100k int8 heads per query (21-26 ms there). 32 coordinates keep the true
+  top-10 with room to spare: over 40 queries at 1M their rank by the 32-coordinate score was at most 6,002
+  (98th percentile 1,549) of a random 100k and at most 1,430 of a random 10k; 24 coordinates, or keeping
+  8·192 rows, dropped a random 10 % to recall 0.980-0.982 (50 queries, a separate run).
+- **post** (4.8·192·n/m + 150): the unfiltered graph search made 192·n/m wide (384 at 50 %), kept to the
+  allowed nodes: a random half of the store costs what an unfiltered search does. A query that keeps fewer
+  than 96 allowed nodes (a folder away from the query: its neighbourhood is disallowed) walks the graph
+  with the filter applied during the walk (hnswlib's `knn_query(filter=...)`, which carries on through
+  disallowed nodes until it holds 192 allowed ones) where the model prices that (2.7·192·n/m) below the
+  scan, else it is scanned.
 
-With 192 candidates the walk crosses the scan at m² ≈ 17·192·n: ~18 % of 100k, ~6 % of 1M; the scan crosses
-exact at ~180 vectors. The constants were fitted on the forced-way tables (this one and a 100k run) on a
-loaded machine; near a cut-over the two ways cost about the same, so the choice is not sensitive to them.
-A filtered search collects 192 candidates (`FILTER_EF`), not the unfiltered 384: the walk's cost is
-proportional to it, and at 1M a folder of half the store reached recall@10 0.970 with 128, 0.987 with 192
-and 0.990 with 256 (60 queries, a separate run).
+The scan and the post-filtered search cross at m² ≈ 120·192·n: ~15 % of 1M, ~48 % of 100k; the scan crosses
+exact at ~160 vectors. The constants were fitted on the forced-way tables (this one and the 100k run below)
+on a loaded machine; near a cut-over the two ways cost about the same.
 
-What is left: between ~5 % and 50 % the walk is the cheapest way and still costs 1.4-9× an unfiltered
-search. It visits ~192·n/m nodes, and hnswlib calls the Python filter (a GIL round trip) for each node it
-meets; on a folder the queries outside it first cross their own region of disallowed nodes (the 50 % and
-10 % folders cost ~2.4× the random subsets). The naive search at 1 % is only ~3× slower than unfiltered here
-(k = 1000 from a graph that is fast at any k), so 5× naive would need 1.6× unfiltered speed at 1 %, where
-the scan runs at unfiltered speed. Next steps, not done: a C-level filter (faiss's IDSelectorBitmap, or
-hnswlib built with a bitmap filter) instead of the Python callback, and links per folder (Qdrant's payload
-index) for correlated filters. "q/s, fresh ids" at 50 % (~35 q/s) is the O(n) id-to-slot map and mask per
-query; the engine should pass one read-only array per filtered request (the SQLite query that makes the
-ids costs more anyway).
+Not built, by measurement: the partitioned scan (IVF over the PCA head: ~sqrt(n) k-means centroids on the
+first 32 coordinates, each allowed set grouped by centroid, a query visiting centroids best first until
+it has seen P clusters and T allowed rows). At 1M (1,000 centroids, 50 queries, load 7-11) visiting 24
+clusters and 16·192 allowed rows gave recall@10 0.81/0.82 on the 50 % random/folder sets and 0.78/0.83 at
+10 % (0.988/0.998 at 1 %, no faster than the scan there); 150 clusters 0.974/0.982 and 0.964/0.990; 300
+clusters (30 % of the partition) 0.99, but at 3.2× an unfiltered search at 10 %. Clustering on 64 or 128
+coordinates moved recall by 0.03 at most. On these vectors (a power-law spectrum, clusters that overlap)
+the true top-10 are spread over a fixed share of the partitions, so a probe scores O(m) rows like the
+scan, and the first search took 31-38 s at 1M with k-means and labelling (8-9 s for the head codes
+alone). The walk alone (the previous design, a Python call per node it meets) cost 9-26 ms at 10 % of
+1M; it stays only as the post-filter's fallback.
+
+At 100k (`python benchmarks/filtered_search.py --n 100000 --queries 200 --rounds 2 --ways 20`, same day,
+load 6.4 before, 7.6 after) every target was met: recall@10 >= 0.997, 0.70× unfiltered at the lowest
+(folder 50 %), 1.4-1.5× at 10 %, 20× naive at 1 %.
+
+What is left at 1M: the folder of half the store (0.26-0.30×): a third of the queries lie outside it (20 of
+60 keep fewer than 96 allowed of their 384 nodes, 11 keep none; 768 wide rescues 6 of them at 3.5× the cost,
+3,072 wide 13 at 10×) and walk with the Python filter, ~25 ms each by the forced-way row; and 10 % (~0.4×:
+the scan's first stage reads 128 B × 100k = 12.8 MB per query, memory-bound, and on this shared machine the
+memory bandwidth is what other jobs take too). 5× naive at 1 % holds or nearly holds depending on the run
+(4.4-6.4×): the naive search at 1 % is only ~3× slower than unfiltered here (k = 1000 from a graph that is
+fast at any k), so it needs ~1.7× unfiltered speed, which the scan reaches (1.7-2.1×) with little margin.
+Next steps, not done: a compiled int8 first stage (numpy has no int8 dot product, so the first stage is
+float32), a C-level filter for the walk (faiss's IDSelectorBitmap, or hnswlib built with a bitmap filter),
+and links per folder (Qdrant's payload index) for correlated filters. "q/s, fresh ids" is the O(n)
+id-to-slot map, mask and lead coordinates built per query; the engine should pass one read-only array per
+filtered request (the SQLite query that makes the ids costs more anyway).
 """
 
 CACHE = Path.home() / ".cache" / "retrieval-bench"
@@ -284,8 +305,9 @@ def compare_ways(
     store: VectorStore, filters: list[Filter], queries: np.ndarray, truths, rounds: int
 ) -> list[str]:
     """Each way forced on each filter (what the cut-overs are chosen from): ms per query and recall@10.
-    A way the cost model puts above 3 exact scans of 100k rows is skipped (around a second per query)."""
-    ways = ("exact", "scan", "walk")
+    A way the cost model puts above 3 exact scans of 100k rows is skipped (around a second per query).
+    A forced post-filtered search still scans the queries that find too few allowed nodes."""
+    ways = ("exact", "scan", "post")
     n = len(store)
     chosen = filtered.choose
     cells: dict[tuple[int, str], str] = {}
@@ -295,7 +317,7 @@ def compare_ways(
             cost = {
                 "exact": float(m),
                 "scan": filtered.SCAN_ROW * m,
-                "walk": filtered.WALK_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf"),
+                "post": filtered.POST_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf"),
             }
             for way in ways:
                 if cost[way] > 300_000:
@@ -353,7 +375,7 @@ def main() -> None:
         f"over {a.rounds} rounds, each query keeping its best time: read the ratios. recall@10 is against "
         f'the exact top-10 among the allowed ids. "way" is what the store chose (retrieval/vectors/hnsw/'
         f'filtered.py). "q/s, fresh ids" passes a new ids array each query, so the store maps ids to '
-        f"slots (and, for the walk, builds its mask) every time; the other column passes one read-only "
+        f"slots (and builds its mask or lead coordinates) every time; the other column passes one read-only "
         f"array, as a filtered session does. Naive: `search(k=ceil(10/selectivity))`, then keep the "
         f"allowed ids (capped at k = {NAIVE_MAX_K:,}; fewer queries below 10 %).\n\n" + section + "\n" + WHY
     )

@@ -372,7 +372,7 @@ def test_every_store_answers_a_filtered_search_from_the_allowed_ids_only(new_sto
 FILTER_PLANS = {
     "one-expression": ((4096, 4), "exact"),
     "chunked": ((32, 100), "scan"),
-    "widened": ((8, 0), "walk"),
+    "widened": ((8, 0), "post"),
 }
 
 

@@ -404,7 +404,7 @@ def test_rows_flushed_by_a_session_that_never_saved_are_trimmed(
 # ---- filtered search -------------------------------------------------------------------------
 
 FILTER_N = 3000
-WAYS = ("exact", "scan", "walk")
+WAYS = ("exact", "scan", "post")
 
 
 @pytest.fixture(scope="module")
@@ -483,12 +483,85 @@ def test_each_filtered_way_ignores_unknown_and_removed_ids_and_pads_short_sets(
     assert short[0, 2:].tolist() == [-1, -1, -1] and np.isneginf(short_scores[0, 2:]).all()
 
 
-def test_filtered_search_picks_exact_for_small_sets_a_scan_for_middle_ones_and_the_walk_for_large():
+def test_filtered_search_picks_exact_for_small_sets_a_scan_for_middle_ones_and_the_graph_for_large():
     n = 1_000_000
-    assert filtered.choose(100, n, n, 128, graph=True) == "exact"
-    assert filtered.choose(10_000, n, n, 128, graph=True) == "scan"
-    assert filtered.choose(500_000, n, n, 128, graph=True) == "walk"
-    assert filtered.choose(500_000, n, n, 128, graph=False) == "scan"  # no graph to walk
+    assert filtered.choose(100, n, n, 192, graph=True) == "exact"
+    assert filtered.choose(10_000, n, n, 192, graph=True) == "scan"
+    assert filtered.choose(500_000, n, n, 192, graph=True) == "post"
+    assert filtered.choose(500_000, n, n, 192, graph=False) == "scan"  # no graph to search
+
+
+def test_the_scan_finds_the_best_allowed_when_its_first_stage_keeps_few_rows(
+    filter_store: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, vecs = filter_store
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "scan")
+    monkeypatch.setattr(filtered, "LEAD_KEEP", 2)  # the lead coordinates pass 2·32 of the 1500 rows on
+    ids = np.arange(FILTER_N) * 10 + 5
+    rows = np.sort(_filter_rows(vecs, 0.5, correlated=False, seed=3))
+    queries = unit_vectors(20, seed=123)
+    with VectorStore.open(path) as store:
+        found, scores = store.search(queries, k=10, ef=32, allowed=ids[rows])
+    truth = exact_top(vecs[rows], ids[rows], queries, 10)
+    assert np.isin(found, ids[rows]).all()
+    assert recall(found, truth) >= 0.9
+    exact = np.einsum("ij,ikj->ik", queries, vecs[(found - 5) // 10])
+    np.testing.assert_allclose(scores, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("fallback", ["scan", "walk"])
+def test_a_post_filtered_query_far_from_every_allowed_vector_falls_back_and_is_still_exact(
+    filter_store: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch, fallback: str
+) -> None:
+    path, vecs = filter_store
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
+    monkeypatch.setattr(filtered, "walk_first", lambda *args: fallback == "walk")
+    scanned = []
+    candidates = filtered.Lead.candidates
+    monkeypatch.setattr(
+        filtered.Lead, "candidates", lambda self, *a, **kw: scanned.append(1) or candidates(self, *a, **kw)
+    )
+    ids = np.arange(FILTER_N) * 10 + 5
+    centre = vecs[0]
+    rows = np.sort(np.argsort(-(vecs @ centre))[:300])  # a folder: the 10 % nearest one vector
+    far = vecs[np.argsort(vecs @ centre)[:5]]  # queries from the other side of the store
+    near = vecs[rows[:5]]
+    with VectorStore.open(path) as store:
+        found, scores = store.search(far, k=10, ef=64, allowed=ids[rows])
+        # their graph neighbourhoods hold (almost) no allowed vector: each walks with the filter or scans
+        assert len(scanned) == (len(far) if fallback == "scan" else 0)
+        truth = exact_top(vecs[rows], ids[rows], far, 10)
+        assert (found == truth).mean() >= 0.9 and (found[:, 0] == truth[:, 0]).all()
+        exact = np.einsum("ij,ikj->ik", far, vecs[(found - 5) // 10])
+        np.testing.assert_allclose(scores, exact, atol=1e-5)
+        scanned.clear()
+        found, _ = store.search(near, k=10, ef=64, allowed=ids[rows])
+        assert not scanned  # inside the folder the post-filtered graph search holds enough
+        assert (found[:, 0] == ids[rows[:5]]).all()  # each finds itself
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_each_filtered_way_finds_vectors_added_after_a_search_and_never_removed_ones(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: way)
+    store, vecs = make_store(folder, 1200)
+    ids = np.arange(1200) * 10 + 5
+    allowed = np.append(ids[::2], [7])  # 7 is added below
+    allowed.flags.writeable = False
+    query = unit_vectors(1, seed=42)[0]
+    store.search(query, k=5, allowed=allowed)  # head codes, lead and mask built for 1200 slots
+    store.add(np.array([7]), query[None])
+    found, scores = store.search(query, k=5, allowed=allowed)
+    assert found[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    best = found[0, :3].tolist()
+    store.remove(best)
+    after, _ = store.search(query, k=5, allowed=allowed)
+    assert not set(best) & set(after[0].tolist()) and (after[0] >= 0).all()
+    live = np.setdiff1d(allowed, best)
+    live = live[live != 7]
+    truth = exact_top(vecs[(live - 5) // 10], live, query[None], 5)
+    assert after[0, 0] == truth[0, 0]
 
 
 def test_a_read_only_allowed_array_is_reused_until_the_store_changes(folder: Path) -> None:

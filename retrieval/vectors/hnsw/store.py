@@ -60,9 +60,9 @@ _ROW_BLOCK = 16384
 LOW_HEAD_SHARE = 0.5
 LOW_HEAD_BOOST = 2
 #: A filtered search collects FILTER_EF allowed candidates per query by default (times LOW_HEAD_BOOST as
-#: above) for the re-rank, fewer than an unfiltered one (the walk's cost grows with it). At 1M a folder of
-#: half the store reached recall@10 0.970 with 128, 0.987 with 192, 0.990 with 256 (BENCHMARKS.md,
-#: "Filtered search").
+#: above) for the re-rank, fewer than an unfiltered one (the post-filter's width and the walk's cost grow
+#: with it). At 1M the walk on a folder of half the store reached recall@10 0.970 with 128, 0.987 with
+#: 192, 0.990 with 256 (a separate run, before the scan's first stage and the post-filter).
 FILTER_EF = 192
 _OPEN_ATTEMPTS = 5
 #: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
@@ -215,6 +215,15 @@ class _State:
         return {entry["name"] for entry in self.files.values()} | {self.originals.path.name}
 
 
+@dataclass(eq=False)
+class _Allowed:
+    """An allowed set's live slots, ascending, with what filtered searches build from them once."""
+
+    slots: np.ndarray
+    mask: bytes | None = None  # one byte per slot, for the post-filtered search
+    lead: filtered.Lead | None = None  # for the two-stage scan
+
+
 class VectorStore:
     """Int64 id → L2-normalised float32 vector, searched by inner product; see the module docstring.
 
@@ -228,8 +237,8 @@ class VectorStore:
         self.writable = writable
         self._state: _State | None = state
         self._dirty = False
-        # (allowed array, state, n_slots, its slots, its mask): see _allowed_slots; dropped by any removal
-        self._filter_cache: tuple[np.ndarray, _State, int, np.ndarray, bytes | None] | None = None
+        # (allowed array, state, n_slots, what searches keep of it): see _allowed_slots; dropped by removals
+        self._filter_cache: tuple[np.ndarray, _State, int, _Allowed] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -592,7 +601,8 @@ class VectorStore:
         self, st: _State, q: np.ndarray, k: int, ef: int | None, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k among the allowed ids, by the way `filtered.choose` finds cheapest for their number."""
-        slots, mask = self._allowed_slots(st, allowed)
+        entry = self._allowed_slots(st, allowed)
+        slots = entry.slots
         m = len(slots)
         if m == 0:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
@@ -612,40 +622,79 @@ class VectorStore:
         width = min(k, m)  # fewer allowed than k: padded below
         out_slots = np.empty((len(q), width), dtype=np.int64)
         out_scores = np.empty((len(q), width), dtype=np.float32)
-        allowed_slot = None
-        if way == "walk":
-            assert graph is not None
-            if mask is None:
-                mask = self._slot_mask(st, slots)
-            allowed_slot = mask.__getitem__
+        if way == "post" and entry.mask is None:
+            entry.mask = self._slot_mask(st, slots)
         for i in range(len(q)):
             c = min(int(cands[i]), m)
-            if way == "scan":
-                head = st.head_codes_now().scores(slots, graph_query[i])
-                best = np.argpartition(head, m - c)[m - c :] if c < m else np.arange(m)
-                picked, head = slots[best], head[best] + bias[i]
-            else:
-                assert graph is not None
-                graph.set_ef(c)
-                try:
-                    labels, dist = graph.knn_query(graph_query[i : i + 1], k=c, filter=allowed_slot)
-                except RuntimeError:  # fewer than c allowed nodes reachable (heavy deletes): score them all
-                    row_slots, row_scores = self._exact_search(st, q[i : i + 1], k, slots)
-                    out_slots[i], out_scores[i] = row_slots[0], row_scores[0]
-                    continue
-                picked = labels[0].view(np.int64)
-                head = (bias[i] + 1.0) - dist[0]
+            post = None
+            if way == "post":
+                assert entry.mask is not None
+                post = self._post_filtered(st, graph_query[i], c, m, entry.mask)
+            if (
+                way == "post"
+                and (post is None or len(post[0]) < width)
+                and filtered.walk_first(m, st.n_alive, c)
+            ):
+                assert entry.mask is not None
+                post = self._walk(st, graph_query[i], c, entry.mask)
+            if post is not None and len(post[0]) >= width:
+                picked, head = post
+                head = head + (bias[i] + 1.0)
+            else:  # the scan, or a post-filtered query that found too few allowed nodes
+                head_codes = st.head_codes_now()
+                if entry.lead is None or entry.lead.head is not head_codes:
+                    entry.lead = filtered.Lead.build(head_codes, slots)
+                picked, head = entry.lead.candidates(graph_query[i], c)
+                head = head + bias[i]
             out_slots[i], out_scores[i] = self._rerank(st, q[i], picked, head, weights[i], width)
         self._refuse_garbled(st, q, out_scores)
         return self._padded(st, out_slots, out_scores, k)
 
-    def _allowed_slots(self, st: _State, allowed: np.ndarray) -> tuple[np.ndarray, bytes | None]:
-        """The live slots of the allowed ids, ascending, and their mask if known. An allowed array that is
-        not writeable is taken to stay as it is: its slots and mask are kept for the next search given
-        the same array (every query of a filtered session, a page of results)."""
+    @staticmethod
+    def _post_filtered(
+        st: _State, graph_query: np.ndarray, cands: int, m: int, mask: bytes
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """An unfiltered graph search wide enough to hold about `cands` allowed nodes where allowed nodes
+        are as common near the query as in the store, kept to the allowed ones (their slots, and head
+        score minus 1); None where fewer than POST_KEEP·cands are allowed (a folder away from the query)."""
+        graph = st.graph
+        assert graph is not None
+        wide = min(st.n_alive, int(np.ceil(cands * st.n_alive / m)))
+        graph.set_ef(wide)
+        try:
+            labels, dist = graph.knn_query(graph_query[None], k=wide)
+        except RuntimeError:  # fewer live nodes reachable than asked for (heavy deletes)
+            return None
+        found = labels[0].view(np.int64)
+        keep = np.frombuffer(mask, dtype=np.bool_)[found]
+        if keep.sum() < max(filtered.POST_KEEP * cands, 1):
+            return None
+        return found[keep], -dist[0][keep]
+
+    @staticmethod
+    def _walk(
+        st: _State, graph_query: np.ndarray, cands: int, mask: bytes
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """hnswlib's graph walk with the filter applied during the walk: it carries on through disallowed
+        nodes until it holds `cands` allowed ones (their slots, and head score minus 1), where the
+        post-filter's unfiltered neighbourhood held too few. None if fewer are reachable (heavy deletes)."""
+        graph = st.graph
+        assert graph is not None
+        graph.set_ef(cands)
+        try:
+            labels, dist = graph.knn_query(graph_query[None], k=cands, filter=mask.__getitem__)
+        except RuntimeError:
+            return None
+        return labels[0].view(np.int64), -dist[0]
+
+    def _allowed_slots(self, st: _State, allowed: np.ndarray) -> _Allowed:
+        """The live slots of the allowed ids, ascending. An allowed array that is not writeable is taken
+        to stay as it is: its slots (and what searches build from them: the scan's lead coordinates, the
+        post-filter's mask) are kept for the next search given the same array (every query of a filtered
+        session, a page of results)."""
         cached = self._filter_cache
         if cached is not None and cached[0] is allowed and cached[1] is st and cached[2] == st.n_slots:
-            return cached[3], cached[4]
+            return cached[3]
         ids = np.asarray(allowed).reshape(-1)
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise UsageError(f"allowed must hold integer ids, got dtype {ids.dtype}")
@@ -657,15 +706,14 @@ class VectorStore:
             slots = np.flatnonzero(np.frombuffer(mask, dtype=np.uint8))
         else:
             slots = np.sort(slots)
+        entry = _Allowed(slots, mask)
         if isinstance(allowed, np.ndarray) and not allowed.flags.writeable:
-            if mask is None and len(slots) > FILTER_EF:
-                mask = self._slot_mask(st, slots)
-            self._filter_cache = (allowed, st, st.n_slots, slots, mask)
-        return slots, mask
+            self._filter_cache = (allowed, st, st.n_slots, entry)
+        return entry
 
     @staticmethod
     def _slot_mask(st: _State, slots: np.ndarray) -> bytes:
-        """One byte per slot, 1 where allowed: hnswlib's filter calls `mask[slot]` for each node it meets."""
+        """One byte per slot, 1 where allowed."""
         mask = np.zeros(st.n_slots, dtype=np.uint8)
         mask[slots] = 1
         return mask.tobytes()
