@@ -39,7 +39,7 @@ def check_precision(precision: str | None, device: str) -> Precision:
         raise UsageError(f"precision fp16 runs on CUDA only, not on {device}; use fp32 or int8 on a CPU")
     if wanted == "int8" and cuda:
         raise UsageError(f"precision int8 runs on the CPU only, not on {device}; use fp16 or fp32 on CUDA")
-    return cast(Precision, wanted)
+    return wanted
 
 
 def effective_precision(family: str, precision: Precision) -> Precision:
