@@ -564,6 +564,19 @@ def section(tables: str, results: list[dict[str, Any]], meta: dict[str, Any]) ->
                 f"D = {s['decode_cpu_ms']['all']['cpu_ms']:.0f} CPU ms of decode per image"
             )
             verdicts.append(f"- {res['model']}, {set_name}: " + "; ".join(p for p in parts if p) + ".")
+    for res in results:
+        lib = res["sets"].get("library")
+        if lib is None or len(lib.get("by_precision", {})) < 2:
+            continue
+        for precision, row in lib["by_precision"].items():
+            if precision == "fp32":
+                continue
+            verdicts.append(
+                f"- {res['model']}, {precision}: forward {row['a/a_fp32']:.2f}× fp32's, ingest "
+                f"{row['b/b_fp32']:.2f}× fp32's; ingest at {precision} is {row['b/a_fp32']:.2f}× the fp32 "
+                f"forward (a) (target ≥ 0.9 for the CPU default: "
+                f"{'met' if row['b/a_fp32'] >= 0.9 else 'missed'})."
+            )
     return (
         f"{HEADING}\n\n"
         f"Command: `{meta['command']}` ({meta['date']}, {meta['cpus']} cores, {meta['cpu']}, torch "

@@ -487,7 +487,8 @@ class Engine:
         spec = parse_embedder_name(name, pretrained)
         if self._embedder is not None or progress is None or spec.family == "classic":
             return self.embedder
-        phase = f"loading {spec.name}"
+        precision = self._precision()
+        phase = f"loading {spec.name}" + (f" at {precision}" if precision not in (None, "fp32") else "")
         progress(IngestProgress(phase, 0, None))
         embedder = self.embedder
         progress(IngestProgress(phase, 1, 1))

@@ -9,7 +9,7 @@ so a ResNet keeps its fp32 convolutions under int8 (only its Linear layers, none
 change; static int8 through FX graph mode was measured and not kept: BENCHMARKS.md, "Ingest throughput").
 
 The quantised model is built once per process for each embedder id (`quantized`), and how long that took
-is kept (`build_seconds`) for the benchmark to report.
+is kept (`Embedder.quantize_seconds`) for the benchmark to report.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
             # open_clip reads a block's compute dtype from its first Linear's weight, which is a method
             # here; this attribute (its hook for int8 layers) answers instead.
-            module.int8_original_dtype = torch.float32
+            setattr(module, "int8_original_dtype", torch.float32)  # noqa: B010 - a torch Module attribute
     return model
 
 
