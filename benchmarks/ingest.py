@@ -57,11 +57,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from photos import DEFAULT_CACHE, baseline_set, describe, library_set, lossless_set  # noqa: E402
+from photos import DEFAULT_CACHE, baseline_set, describe, library_set, lossless_set, sources  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval.embedders import Embedder, RandomWeightsWarning, create_embedder  # noqa: E402
+from retrieval.embedders import (  # noqa: E402
+    Embedder,
+    PrecisionFallbackWarning,
+    RandomWeightsWarning,
+    create_embedder,
+)
 from retrieval.engine import Engine  # noqa: E402
 from retrieval.files.decoding import decode_image  # noqa: E402
 from retrieval.files.discovery import content_hash  # noqa: E402
@@ -166,75 +172,225 @@ def loadavg() -> float:
     return os.getloadavg()[0]
 
 
-def bench_model(model: str, sets: dict[str, Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def open_engine(name: str, model: str, precision: str, work: Path, args: argparse.Namespace) -> Engine:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        engine = Engine(
-            f"bench-{model.replace(':', '-')}-0",
+        warnings.simplefilter("ignore", PrecisionFallbackWarning)
+        return Engine(
+            name,
             home=work,
             model=model,
             pretrained=None,
             device="cpu",
             batch_size=args.batch,
+            precision=precision,
         )
-        embedder = engine.embedder
+
+
+def neighbours(vectors: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each row's k nearest other rows by cosine (the rows are unit vectors)."""
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def agreement(ref: np.ndarray, other: np.ndarray, queries: np.ndarray | None = None) -> dict[str, float]:
+    """How far `other` is from `ref` (same rows): the lowest cosine of a row to its reference, and recall@10
+    of `other`'s neighbours against `ref`'s (images among themselves, or `queries` = (ref, other) text
+    vectors against the images)."""
+    if queries is None:
+        want, got = neighbours(ref), neighbours(other)
+        cosines = (ref * other).sum(axis=1)
+    else:
+        ref_q, other_q = queries
+        want = np.argsort(-(ref_q @ ref.T), axis=1, kind="stable")[:, :10]
+        got = np.argsort(-(other_q @ other.T), axis=1, kind="stable")[:, :10]
+        cosines = (ref_q * other_q).sum(axis=1)
+    recall = float(np.mean([len(set(w) & set(g)) / len(w) for w, g in zip(want, got, strict=True)]))
+    return {"min_cosine": float(cosines.min()), "recall10": recall}
+
+
+def embed_all(embedder: Embedder, tensors: list[Any], batch: int) -> np.ndarray:
+    return np.concatenate(
+        [embedder.embed_preprocessed(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
+    )
+
+
+def text_queries(count: int = 200) -> list[str]:
+    """Photo-search-like queries built from a fixed vocabulary (the text tower's fidelity set)."""
+    things = [
+        *("a dog", "two cats", "a red car", "mountains", "a beach", "a city street", "flowers"),
+        *("a forest", "a bridge", "a lake", "snow", "a child", "an old house", "the sea", "clouds"),
+        *("a bicycle", "a birthday cake", "a train station", "autumn leaves", "a desert road"),
+    ]
+    moods = [
+        *("at sunset", "at night", "in the rain", "in winter", "from above", "close up"),
+        *("in black and white", "on a sunny day", "with friends", "in the fog"),
+    ]
+    queries = [f"{t} {m}" for t in things for m in moods]
+    return (queries + [f"a photo of {q}" for q in queries])[:count]
+
+
+def fidelity(model: str, embedders: dict[str, Embedder], args: argparse.Namespace) -> dict[str, Any]:
+    """Every precision against fp32 on the raster originals under /usr/share/backgrounds (images among
+    themselves) and, for CLIP, text queries against those images."""
+    files = [p for kind in sources().values() for p in kind]
+    ref = embedders["fp32"]
+    tensors = [ref.preprocess(decode_image(p, min_side=ref.input_size).image) for p in files]
+    vectors = {p: embed_all(e, tensors, args.batch) for p, e in embedders.items()}
+    texts = text_queries() if ref.supports_text else []
+    text_vectors = {p: e.embed_texts(texts) for p, e in embedders.items()} if texts else {}
+    out: dict[str, Any] = {"images": len(files), "texts": len(texts), "by_precision": {}}
+    for precision in embedders:
+        if precision == "fp32":
+            continue
+        row = {"images": agreement(vectors["fp32"], vectors[precision])}
+        if texts:
+            row["texts"] = agreement(
+                vectors["fp32"], vectors[precision], (text_vectors["fp32"], text_vectors[precision])
+            )
+        out["by_precision"][precision] = row
+    if model.startswith("resnet") and "int8" in embedders and args.static_int8:
+        out["static_int8"] = static_int8_candidate(ref, tensors, vectors["fp32"], args)
+    return out
+
+
+def static_int8_candidate(
+    ref: Embedder, tensors: list[Any], fp32: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    """What a ResNet's static int8 (FX graph mode, x86 qconfig, calibrated on 32 of these images) would give:
+    forward speed against fp32 on the same tensors, build time and fidelity. Measured, not shipped."""
+    import copy
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    model = ref._live_model()  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(
+            copy.deepcopy(model), get_default_qconfig_mapping("x86"), (torch.stack(tensors[:8]),)
+        )
+        with torch.inference_mode():
+            for i in range(0, 32, 8):
+                prepared(torch.stack(tensors[i : i + 8]))
+        static = convert_fx(prepared)
+    build = time.perf_counter() - started
+    candidate = copy.copy(ref)
+    candidate._model = static  # type: ignore[attr-defined]
+    rates: dict[str, list[float]] = {"fp32": [], "static": []}
+    for _ in range(args.rounds):
+        for key, emb in (("fp32", ref), ("static", candidate)):
+            rates[key].append(timed(partial(forward, emb, tensors, args.batch))[0])
+    vectors = embed_all(candidate, tensors, args.batch)
+    return {
+        "build_s": build,
+        "forward": {k: statistics.median(v) for k, v in rates.items()},
+        **agreement(fp32, vectors),
+    }
+
+
+def bench_model(model: str, sets: dict[str, Path], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every precision of `model` in the same rounds (their order alternating), so that a load drifting
+    during the run favours none; the first precision (fp32) also gets the naive loop and the decode costs."""
+    precisions = args.precision
+    engines = {
+        p: open_engine(f"bench-{model.replace(':', '-')}-{p}", model, p, work, args) for p in precisions
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        warnings.simplefilter("ignore", PrecisionFallbackWarning)
+        embedders = {p: e.embedder for p, e in engines.items()}
     workers = args.workers or default_workers()
-    out: dict[str, Any] = {"model": model, "embedder": embedder.id, "workers": workers, "sets": {}}
+    ref = embedders["fp32"]
+    out: dict[str, Any] = {
+        "model": model,
+        "embedder": ref.id,
+        "workers": workers,
+        "sets": {},
+        "embedders": {p: e.id for p, e in embedders.items()},
+        "quantize_s": {p: e.quantize_seconds for p, e in embedders.items()},
+    }
     for set_name, folder in sets.items():
         files = files_of(folder)
-        tensors = [embedder.preprocess(decode_image(p, min_side=embedder.input_size).image) for p in files]
-        embedder.embed_preprocessed(tensors[: args.batch])  # warm-up
-        rounds: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "b0": [], "c": []}
+        tensors = [ref.preprocess(decode_image(p, min_side=ref.input_size).image) for p in files]
+        for embedder in embedders.values():
+            embedder.embed_preprocessed(tensors[: args.batch])  # warm-up
+        rounds: dict[str, dict[str, list[tuple[float, float]]]] = {
+            p: {"a": [], "b": [], "b0": [], "c": []} for p in precisions
+        }
         loads: list[float] = []
         for r in range(args.rounds):
-            loads.append(loadavg())
-            rounds["a"].append(timed(partial(forward, embedder, tensors, args.batch)))
-            loads.append(loadavg())
-            # With and without thumbnails, in turn first: a load that drifts during the round favours neither.
-            for key in ("b", "b0") if r % 2 == 0 else ("b0", "b"):
-                fresh = Engine(
-                    f"bench-{model.replace(':', '-')}-{set_name}-{r}-{key}",
-                    home=work,
-                    model=model,
-                    pretrained=None,
-                    device="cpu",
-                    batch_size=args.batch,
-                )
-                fresh._embedder = embedder  # the same warm model; Engine checks its id against the manifest
-                rounds[key].append(timed(partial(ingest, fresh, folder, args.workers, key == "b")))
-                fresh._embedder = None
-                fresh.close()
+            for precision in precisions if r % 2 == 0 else precisions[::-1]:
+                embedder, got = embedders[precision], rounds[precision]
                 loads.append(loadavg())
-            if not args.skip_naive:
-                rounds["c"].append(timed(partial(naive, embedder, files, args.batch)))
+                got["a"].append(timed(partial(forward, embedder, tensors, args.batch)))
                 loads.append(loadavg())
-            print(
-                f"  {model} {set_name} round {r}: "
-                + ", ".join(
-                    f"{k} {v[-1][0]:.2f} img/s {v[-1][1]:.0f} CPU ms/img" for k, v in rounds.items() if v
+                # With and without thumbnails, in turn first: a drifting load favours neither.
+                keys = ("b",) if args.skip_b0 else ("b", "b0") if r % 2 == 0 else ("b0", "b")
+                for key in keys:
+                    fresh = open_engine(
+                        f"bench-{model.replace(':', '-')}-{set_name}-{precision}-{r}-{key}",
+                        model,
+                        precision,
+                        work,
+                        args,
+                    )
+                    fresh._embedder = (
+                        embedder  # the same warm model; Engine checks its id against the manifest
+                    )
+                    got[key].append(timed(partial(ingest, fresh, folder, args.workers, key == "b")))
+                    fresh._embedder = None
+                    fresh.close()
+                    loads.append(loadavg())
+                if not args.skip_naive and precision == "fp32":
+                    got["c"].append(timed(partial(naive, embedder, files, args.batch)))
+                    loads.append(loadavg())
+                print(
+                    f"  {model} {precision} {set_name} round {r}: "
+                    + ", ".join(
+                        f"{k} {v[-1][0]:.2f} img/s {v[-1][1]:.0f} CPU ms/img" for k, v in got.items() if v
+                    )
+                    + f" (load {loads[-1]:.2f})",
+                    file=sys.stderr,
                 )
-                + f" (load {loads[-1]:.2f})",
-                file=sys.stderr,
-            )
-        med = {k: statistics.median(rate for rate, _ in v) for k, v in rounds.items() if v}
-        cpu = {k: statistics.median(ms for _, ms in v) for k, v in rounds.items() if v}
-        costs = decode_costs(embedder, files, args.fidelity)
-        # If the model keeps every core busy, each image costs its forward CPU plus its decode CPU.
-        bound = med["a"] * cpu["a"] / (cpu["a"] + costs["all"]["cpu_ms"])
+        costs = decode_costs(ref, files, args.fidelity)
+        vectors = {p: embed_all(e, tensors, args.batch) for p, e in embedders.items()}
+        by_precision: dict[str, dict[str, Any]] = {}
+        for precision in precisions:
+            got = rounds[precision]
+            med = {k: statistics.median(rate for rate, _ in v) for k, v in got.items() if v}
+            cpu = {k: statistics.median(ms for _, ms in v) for k, v in got.items() if v}
+            # If the model keeps every core busy, each image costs its forward CPU plus its decode CPU.
+            bound = med["a"] * cpu["a"] / (cpu["a"] + costs["all"]["cpu_ms"])
+            by_precision[precision] = {
+                "rounds": got,
+                "median": med,
+                "cpu_ms": cpu,
+                "b/a": med["b"] / med["a"],
+                "cpu_bound_b": bound,
+                **(agreement(vectors["fp32"], vectors[precision]) if precision != "fp32" else {}),
+            }
+            if "b0" in med:
+                by_precision[precision]["b/b0"] = med["b"] / med["b0"]
+        fp32 = by_precision["fp32"]
+        for row in by_precision.values():
+            row["a/a_fp32"] = row["median"]["a"] / fp32["median"]["a"]
+            row["b/b_fp32"] = row["median"]["b"] / fp32["median"]["b"]
+            row["b/a_fp32"] = row["median"]["b"] / fp32["median"]["a"]
         out["sets"][set_name] = {
             "files": len(files),
-            "rounds": rounds,
-            "median": med,
-            "cpu_ms": cpu,
-            "b/a": med["b"] / med["a"],
-            "b/b0": med["b"] / med["b0"],
-            "b/c": med["b"] / med["c"] if "c" in med else None,
+            **fp32,
+            "b/c": fp32["median"]["b"] / fp32["median"]["c"] if "c" in fp32["median"] else None,
             "load": {"min": min(loads), "max": max(loads)},
             "decode_cpu_ms": costs,
-            "cpu_bound_b": bound,
+            "by_precision": by_precision,
         }
-    embedder.close()
-    engine.close()
+    if len(precisions) > 1:
+        out["fidelity"] = fidelity(model, embedders, args)
+    for engine in engines.values():
+        engine.close()
     return out
 
 
@@ -292,6 +448,78 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def precision_tables(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Each precision beside fp32, from the same rounds: speed, the quantised build, and fidelity."""
+    if len(meta.get("precisions", ["fp32"])) < 2:
+        return ""
+    lines = [
+        "Precisions side by side (same process, same rounds, their order alternating). Fidelity against fp32 "
+        "on the same preprocessed tensors: the lowest cosine of an image's vector to its fp32 one, and "
+        "recall@10 of each image's 10 nearest others against fp32's 10.",
+        "",
+        "| model | precision | embedder id | set | (a) forward img/s | (b) ingest img/s | (a)/(a fp32) "
+        "| (b)/(b fp32) | (b)/(a fp32) | CPU ms/img (a) / (b) | quantised build s | min cosine | recall@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for set_name, s in res["sets"].items():
+            for precision, row in s["by_precision"].items():
+                m, cpu = row["median"], row["cpu_ms"]
+                build = res["quantize_s"].get(precision)
+                cells = [
+                    res["model"],
+                    precision,
+                    f"`{res['embedders'][precision]}`",
+                    f"{set_name} ({s['files']})",
+                    f"{m['a']:.2f}",
+                    f"{m['b']:.2f}",
+                    f"{row['a/a_fp32']:.2f}",
+                    f"{row['b/b_fp32']:.2f}",
+                    f"{row['b/a_fp32']:.2f}",
+                    f"{cpu['a']:.0f} / {cpu['b']:.0f}",
+                    "–" if build is None else f"{build:.1f}",
+                    f"{row.get('min_cosine', 1.0):.5f}",
+                    f"{row.get('recall10', 1.0):.4f}",
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Fidelity on the raster originals under /usr/share/backgrounds (real JPEG, PNG and WebP photos and "
+        "artwork, each at its own size): images against each other as above; text queries (photo-search "
+        "phrases) against those images, int8 text and images against fp32 text and images: the lowest "
+        "cosine of a text vector to its fp32 one, recall@10 of the images each query finds.",
+        "",
+        "| model | precision | images | image min cosine | image recall@10 | texts | text min cosine "
+        "| text→image recall@10 | meets ≥ 0.99 recall@10 and ≥ 0.999 cosine |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        fid = res.get("fidelity")
+        if not fid:
+            continue
+        for precision, row in fid["by_precision"].items():
+            img, txt = row["images"], row.get("texts")
+            ok = img["recall10"] >= 0.99 and img["min_cosine"] >= 0.999
+            if txt:
+                ok = ok and txt["recall10"] >= 0.99 and txt["min_cosine"] >= 0.999
+            text_cells = (
+                f"{fid['texts']} | {txt['min_cosine']:.5f} | {txt['recall10']:.4f}" if txt else "– | – | –"
+            )
+            lines.append(
+                f"| {res['model']} | {precision} | {fid['images']} | {img['min_cosine']:.5f} "
+                f"| {img['recall10']:.4f} | {text_cells} | {'yes' if ok else 'no'} |"
+            )
+        static = fid.get("static_int8")
+        if static:
+            speed = static["forward"]["static"] / static["forward"]["fp32"]
+            lines.append(
+                f"| {res['model']} | int8 static (FX, not kept) | {fid['images']} "
+                f"| {static['min_cosine']:.5f} | {static['recall10']:.4f} | – | – | – "
+                f"| no (forward {speed:.2f}× fp32, build {static['build_s']:.1f} s) |"
+            )
+    return "\n".join(lines)
+
+
 HEADING = "## Ingest throughput"
 SWEEP_HEADING = "## Ingest: forward throughput by batch size"
 TARGETS = {"b/a": 0.9, "b/c": 3.0}  # on the library set (i), for every model
@@ -336,6 +564,19 @@ def section(tables: str, results: list[dict[str, Any]], meta: dict[str, Any]) ->
                 f"D = {s['decode_cpu_ms']['all']['cpu_ms']:.0f} CPU ms of decode per image"
             )
             verdicts.append(f"- {res['model']}, {set_name}: " + "; ".join(p for p in parts if p) + ".")
+    for res in results:
+        lib = res["sets"].get("library")
+        if lib is None or len(lib.get("by_precision", {})) < 2:
+            continue
+        for precision, row in lib["by_precision"].items():
+            if precision == "fp32":
+                continue
+            verdicts.append(
+                f"- {res['model']}, {precision}: forward {row['a/a_fp32']:.2f}× fp32's, ingest "
+                f"{row['b/b_fp32']:.2f}× fp32's; ingest at {precision} is {row['b/a_fp32']:.2f}× the fp32 "
+                f"forward (a) (target ≥ 0.9 for the CPU default: "
+                f"{'met' if row['b/a_fp32'] >= 0.9 else 'missed'})."
+            )
     return (
         f"{HEADING}\n\n"
         f"Command: `{meta['command']}` ({meta['date']}, {meta['cpus']} cores, {meta['cpu']}, torch "
@@ -420,6 +661,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="files in the library set")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--skip-b0", action="store_true", help="no (b0) ingest without thumbnails")
+    parser.add_argument(
+        "--precision",
+        type=lambda text: [p.strip() for p in text.split(",") if p.strip()],
+        default=["fp32"],
+        help="comma-separated precisions measured side by side, e.g. fp32,int8 (fp32 is always included)",
+    )
+    parser.add_argument(
+        "--no-static-int8", dest="static_int8", action="store_false",
+        help="skip measuring a ResNet's static int8 (FX) candidate",
+    )  # fmt: skip
     parser.add_argument("--fidelity", action="store_true", help="compare our decode path with a full decode")
     parser.add_argument("--batch-sweep", type=int, nargs="+", help="only (a), at these batch sizes")
     parser.add_argument("--json", type=Path)
@@ -430,9 +682,12 @@ def main() -> None:
     if args.from_json:
         recorded = json.loads(args.from_json.read_text())
         tables = markdown(recorded["results"], recorded["meta"])
+        extra = precision_tables(recorded["results"], recorded["meta"])
+        tables = tables + ("\n\n" + extra if extra else "")
         print(tables)
         write_section(section(tables, recorded["results"], recorded["meta"]))
         return
+    args.precision = ["fp32", *(p for p in dict.fromkeys(args.precision) if p != "fp32")]
     torch.set_num_threads(args.threads)
     if args.batch_sweep:
         table = batch_sweep(args.models, args.batch_sweep, args.threads)
@@ -451,6 +706,7 @@ def main() -> None:
         sets[name] = makers[name](args.count, args.cache) if name in makers else lossless_set(args.cache)
     meta: dict[str, Any] = {
         "threads": args.threads,
+        "precisions": args.precision,
         "batch": args.batch,
         "rounds": args.rounds,
         "cpus": os.cpu_count(),
@@ -470,6 +726,8 @@ def main() -> None:
     meta["load_end"] = loadavg()
     meta["workers"] = ", ".join(f"{r['model']} {r['workers']}" for r in results)
     tables = markdown(results, meta)
+    extra = precision_tables(results, meta)
+    tables = tables + ("\n\n" + extra if extra else "")
     print(tables)
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))

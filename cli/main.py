@@ -95,6 +95,14 @@ WeightsOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Forward arithmetic: fp32, int8 (CPU, faster, vectors within ~0.9995 cosine) or fp16 (CUDA); "
+        "an index keeps the one it was built with [default: the index's, else fp32].",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 KOpt = Annotated[int, typer.Option("-k", "--k", help="Number of results.", min=1, max=10_000)]
 MinScoreOpt = Annotated[
@@ -298,6 +306,7 @@ def ingest(
     pretrained: PretrainedOpt = "default",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     store: Annotated[
         str | None,
         typer.Option("--store", help="Vector store of a new index: hnswlib (default) or milvus."),
@@ -369,6 +378,7 @@ def ingest(
         batch_size=batch_size,
         store=store,
         milvus_uri=milvus_uri,
+        precision=precision,
     ) as engine:
         stopped: KeyboardInterrupt | None = None
         with _bar(progress and not as_json) as update, _sigterm_as_ctrl_c():
@@ -425,6 +435,7 @@ def watch(
     pretrained: PretrainedOpt = "default",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024)] = 32,
     workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Decode threads.")] = None,
     debounce: Annotated[
@@ -463,6 +474,7 @@ def watch(
         weights=weights,
         device=device,
         batch_size=batch_size,
+        precision=precision,
     ) as engine:
         out.print(f"watching {_safe(folder)} for index {_safe(repr(index))}; Ctrl-C stops", highlight=False)
         with _sigterm_as_ctrl_c():
@@ -553,13 +565,14 @@ def search(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search by text and/or example images; parts are added or (--minus) subtracted."""
     from retrieval.search.queries import Query, QueryPart
 
     flt = _filter(folders, after, before, camera, formats, min_width, min_height, near, within_km)
-    with _engine(index, home, model=model, weights=weights, device=device) as engine:
+    with _engine(index, home, model=model, weights=weights, device=device, precision=precision) as engine:
         parts = [QueryPart("text", t) for t in ([text] if text is not None else []) + (also_text or [])]
         parts += [QueryPart("image", p.expanduser().resolve()) for p in image or []]
         parts += [engine.resolve_image_ref(ref) for ref in like or []]
@@ -709,6 +722,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 8000,
     device: DeviceOpt = "auto",
     weights: WeightsOpt = None,
+    precision: PrecisionOpt = None,
     allowed_hosts: Annotated[
         list[str] | None,
         typer.Option(
@@ -754,7 +768,7 @@ def serve(
     except ImportError as exc:  # a broken install: the server's packages are dependencies of retrieval
         _fail(f"serving needs {exc.name}, which is missing: reinstall retrieval (pip install retrieval)", 2)
     token = token or token_from_env()
-    with _engine(index, home, device=device, weights=weights) as engine:
+    with _engine(index, home, device=device, weights=weights, precision=precision) as engine:
         # Refuses an exposed address without allowed names or a token before the model loads.
         served = create_app(
             engine,
@@ -782,7 +796,9 @@ def serve(
         with ExitStack() as watching:
             if watch_folder is not None:
                 # Its own engine: it writes while the served one is searched and picks up each new generation.
-                writer = watching.enter_context(_engine(index, home, device=device, weights=weights))
+                writer = watching.enter_context(
+                    _engine(index, home, device=device, weights=weights, precision=precision)
+                )
                 watching.enter_context(writer.watching(watch_folder, on_batch=_print_batch))
                 out.print(f"watching {_safe(watch_folder)}", highlight=False)
             uvicorn.run(served, host=host, port=port, log_level="warning", **uvicorn_options())
@@ -1008,6 +1024,7 @@ def eval_command(
     pretrained: PretrainedOpt = "default",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     k: Annotated[str, typer.Option("-k", "--k", help="Cut-offs, comma-separated.")] = "1,5,10",
     split: Annotated[
         float | None,
@@ -1056,6 +1073,7 @@ def eval_command(
                 pretrained=_pretrained(pretrained),
                 weights=weights,
                 device=device,
+                precision=precision,
                 ks=parse_cutoffs(k),
                 split=split,
                 seed=seed,

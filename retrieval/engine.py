@@ -202,6 +202,25 @@ def _recorded_model(manifest: dict[str, Any]) -> str:
     return embedder_id if embedder_id.startswith("classic:") else manifest["model"]
 
 
+def _recorded_precision(manifest: dict[str, Any]) -> str:
+    """The precision an index's vectors were made at; fp32 for indexes made before precisions existed."""
+    from retrieval.embedders.precision import precision_of_id
+
+    return str(manifest.get("precision") or precision_of_id(manifest.get("embedder_id")))
+
+
+def _precision_name(precision: str | None) -> str | None:
+    """A precision's canonical name, refused early when unknown (the device check comes with the model)."""
+    if precision is None:
+        return None
+    from retrieval.embedders.precision import PRECISIONS
+
+    name = precision.strip().lower()
+    if name not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    return name
+
+
 def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
@@ -314,6 +333,8 @@ class Engine:
         pretrained: weights tag, or None / "none" for random init (testing only).
         weights: local checkpoint file instead of downloadable weights.
         device: "cpu", "cuda" or "auto".
+        precision: "fp32", "int8" (CPU) or "fp16" (CUDA) for a new index (None: the default, fp32); an
+            existing index uses the one it was built with, and refuses another.
         store: vector store of a new index, "hnswlib" (default) or "milvus"; an index keeps the one it has.
         milvus_uri: Milvus server of a new Milvus index (default $RETRIEVAL_MILVUS_URI, else Milvus Lite
             inside the index folder).
@@ -335,6 +356,7 @@ class Engine:
         batch_size: int = 32,
         store: str | None = None,
         milvus_uri: str | None = None,
+        precision: str | None = None,
         text_batch: int | None = None,
         text_batch_window: float | None = None,
     ) -> None:
@@ -358,6 +380,7 @@ class Engine:
         self.batch_size = batch_size
         self._model_arg = model
         self._pretrained_arg = pretrained
+        self._precision_arg = _precision_name(precision)
         self._weights_arg = Path(weights).expanduser().resolve() if weights else None
         if self._weights_arg is not None and not self._weights_arg.is_file():
             raise UsageError(f"weights file {self._weights_arg} does not exist")
@@ -454,9 +477,25 @@ class Engine:
 
         if self._embedder is None:
             name, pretrained, weights = self._embedder_args()
-            emb = create_embedder(
-                name, pretrained=pretrained, weights=weights, device=self.device, batch_size=self.batch_size
-            )
+            precision = self._precision()
+            try:
+                emb = create_embedder(
+                    name,
+                    pretrained=pretrained,
+                    weights=weights,
+                    device=self.device,
+                    batch_size=self.batch_size,
+                    precision=precision,
+                )
+            except UsageError as exc:
+                if not (self.exists and "model" in self.manifest and precision in ("fp16", "int8")):
+                    raise
+                # An index's precision is fixed: the way out is another device, not another precision.
+                where = "a CUDA device (--device cuda)" if precision == "fp16" else "the CPU (--device cpu)"
+                raise UsageError(
+                    f"index {self.name!r} was built at precision {precision}, which runs on {where} only: "
+                    "open it there, or ingest into another --index at fp32"
+                ) from exc
             recorded = self.manifest.get("embedder_id") if self.exists else None
             if recorded is not None and recorded != emb.id:
                 emb.close()
@@ -484,7 +523,8 @@ class Engine:
         spec = parse_embedder_name(name, pretrained)
         if self._embedder is not None or progress is None or spec.family == "classic":
             return self.embedder
-        phase = f"loading {spec.name}"
+        precision = self._precision()
+        phase = f"loading {spec.name}" + (f" at {precision}" if precision not in (None, "fp32") else "")
         progress(IngestProgress(phase, 0, None))
         embedder = self.embedder
         progress(IngestProgress(phase, 1, 1))
@@ -496,6 +536,12 @@ class Engine:
             weights = self._weights_arg or (Path(manifest["weights"]) if manifest.get("weights") else None)
             return _recorded_model(manifest), manifest.get("pretrained"), weights
         return self._model_arg or DEFAULT_MODEL, self._pretrained_arg, self._weights_arg
+
+    def _precision(self) -> str | None:
+        """The index's recorded precision (a different one asked for was refused when it opened); for a new
+        index the one asked for (None: the default)."""
+        manifest = self.manifest if self.exists else {}
+        return _recorded_precision(manifest) if "model" in manifest else self._precision_arg
 
     def _refuse_lost_database(self) -> None:
         """No database but vectors saved: the database was deleted. Starting afresh would take the default
@@ -518,7 +564,20 @@ class Engine:
 
     def _check_model_matches(self) -> None:
         manifest = self.manifest
-        if self._model_arg is None or "model" not in manifest:
+        if "model" not in manifest:
+            return
+        from retrieval.embedders.precision import effective_precision
+
+        recorded_precision = _recorded_precision(manifest)
+        family = str(manifest.get("embedder_id") or manifest["model"]).split(":")[0]
+        wanted = self._precision_arg and effective_precision(family, cast(Any, self._precision_arg))
+        if wanted and wanted != recorded_precision:
+            raise IndexMismatchError(
+                f"index {self.name!r} was built at precision {recorded_precision}, not {wanted} "
+                f"({manifest.get('embedder_id', manifest['model'])}); drop --precision or choose another "
+                "--index"
+            )
+        if self._model_arg is None:
             return
         from retrieval.embedders import parse_embedder_name
 
@@ -619,6 +678,7 @@ class Engine:
                     pretrained=pretrained,
                     weights=str(weights) if weights else None,
                     embedder_id=emb.id,
+                    precision=emb.unprojected().precision,
                     dim=emb.dim,
                     preprocess=emb.preprocess_id,
                     **spec.to_manifest(),
@@ -740,7 +800,7 @@ class Engine:
         name, pretrained, weights = self._embedder_args()
         emb = self.embedder
         base = emb.unprojected()  # the workers run the model; the projection is applied here
-        args = EmbedderArgs(name, pretrained, str(weights) if weights else None, base.id)
+        args = EmbedderArgs(name, pretrained, str(weights) if weights else None, base.id, base.precision)
         with ray_stage(
             address,
             emb,
@@ -1530,6 +1590,7 @@ def evaluate(
     pretrained: str | None = "default",
     weights: Path | None = None,
     device: str = "auto",
+    precision: str | None = None,
     ks: list[int] | None = None,
     split: float | None = None,
     seed: int = 0,
@@ -1578,6 +1639,7 @@ def evaluate(
                     weights=weights,
                     device=device,
                     batch_size=batch_size,
+                    precision=precision,
                 )
             )
             if engine.exists:
@@ -1592,6 +1654,7 @@ def evaluate(
                     weights=weights,
                     device=device,
                     batch_size=batch_size,
+                    precision=precision,
                 )
             )
         report = evaluate_folder(

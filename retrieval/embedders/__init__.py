@@ -3,6 +3,7 @@
     parse_embedder_name("clip:ViT-B-32/laion2b_s34b_b79k")  -> EmbedderSpec, pure, raises UsageError
     list_embedders()                                       -> every accepted name
     create_embedder("resnet50", pretrained=None)          -> an Embedder (use it as a context manager)
+    create_embedder("clip", precision="int8")             -> the same model with an int8 CPU forward
 
 Names: "classic" (its current version; "classic:v1" for indexes built before v2); "clip"
 (ViT-B-32/laion2b_s34b_b79k), "clip:MODEL", "clip:MODEL/TAG" for any open_clip pretrained pair,
@@ -12,12 +13,14 @@ The CLIP and ResNet families load lazily, so "classic" never imports open_clip.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from retrieval.embedders.base import (
     Embedder,
     EmbedderSpec,
+    PrecisionFallbackWarning,
     RandomWeightsWarning,
     SupersededEmbedderWarning,
     resolve_device,
@@ -26,6 +29,7 @@ from retrieval.embedders.base import (
 from retrieval.embedders.classic import VERSION as CLASSIC_VERSION
 from retrieval.embedders.classic import VERSIONS as CLASSIC_VERSIONS
 from retrieval.embedders.classic import ClassicEmbedder
+from retrieval.embedders.precision import PRECISIONS, Precision, check_precision, effective_precision
 from retrieval.errors import UsageError
 
 FAMILIES: tuple[str, ...] = ("classic", "clip", "resnet")
@@ -107,6 +111,7 @@ def create_embedder(
     weights: Path | str | None = None,
     device: str = "auto",
     batch_size: int = 32,
+    precision: str | None = None,
 ) -> Embedder:
     """Build the embedder `name` with its weights loaded, ready to embed.
 
@@ -117,9 +122,11 @@ def create_embedder(
             content hash goes into the embedder's `id`.
         device: "auto" (cuda if available), "cpu" or "cuda".
         batch_size: images (or texts) per forward pass.
+        precision: "fp32", "int8" (CPU: an int8 forward, built once per process) or "fp16" (CUDA); None is
+            `DEFAULT_PRECISION`. Anything but fp32 is part of the embedder's `id`.
 
     Raises:
-        UsageError: bad name, tag, device or weights file.
+        UsageError: bad name, tag, device, precision (fp16 off CUDA, int8 on it) or weights file.
         WeightsUnavailableError: the weights are neither cached nor downloadable.
     """
     spec = parse_embedder_name(name, pretrained)
@@ -129,26 +136,43 @@ def create_embedder(
     if spec.family == "classic":
         if weights_path is not None:
             raise UsageError("the classic embedder has no weights; drop --weights")
+        if precision is not None and precision.strip().lower() != "fp32":
+            raise UsageError(f"the classic embedder has no model to run at {precision}; drop --precision")
         return ClassicEmbedder(version=spec.arch, batch_size=batch_size)
-    embedder = _CREATORS[spec.family](spec, weights_path, resolve_device(device), batch_size)
+    resolved = resolve_device(device)
+    wanted = check_precision(precision, resolved)
+    runs = effective_precision(spec.family, wanted)
+    if runs != wanted:
+        warnings.warn(
+            PrecisionFallbackWarning(
+                f"{spec.name} has no {wanted} forward (torch's dynamic int8 does not cover convolutions); "
+                f"it runs at {runs}"
+            ),
+            stacklevel=2,
+        )
+    embedder = _CREATORS[spec.family](spec, weights_path, resolved, batch_size, runs)
     if embedder.spec.random_weights:
         warn_random_weights(embedder.id)
     return embedder
 
 
-def _create_clip(spec: EmbedderSpec, weights: Path | None, device: str, batch_size: int) -> Embedder:
+def _create_clip(
+    spec: EmbedderSpec, weights: Path | None, device: str, batch_size: int, precision: Precision
+) -> Embedder:
     from retrieval.embedders.clip import ClipEmbedder
 
-    return ClipEmbedder(spec, weights=weights, device=device, batch_size=batch_size)
+    return ClipEmbedder(spec, weights=weights, device=device, batch_size=batch_size, precision=precision)
 
 
-def _create_resnet(spec: EmbedderSpec, weights: Path | None, device: str, batch_size: int) -> Embedder:
+def _create_resnet(
+    spec: EmbedderSpec, weights: Path | None, device: str, batch_size: int, precision: Precision
+) -> Embedder:
     from retrieval.embedders.resnet import ResNetEmbedder
 
-    return ResNetEmbedder(spec, weights=weights, device=device, batch_size=batch_size)
+    return ResNetEmbedder(spec, weights=weights, device=device, batch_size=batch_size, precision=precision)
 
 
-_CREATORS: dict[str, Callable[[EmbedderSpec, Path | None, str, int], Embedder]] = {
+_CREATORS: dict[str, Callable[[EmbedderSpec, Path | None, str, int, Precision], Embedder]] = {
     "clip": _create_clip,
     "resnet": _create_resnet,
 }
@@ -168,8 +192,11 @@ def _tag_key(tag: str | None) -> str | None:
 
 __all__ = [
     "FAMILIES",
+    "PRECISIONS",
     "Embedder",
     "EmbedderSpec",
+    "Precision",
+    "PrecisionFallbackWarning",
     "RandomWeightsWarning",
     "SupersededEmbedderWarning",
     "create_embedder",

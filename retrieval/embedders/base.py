@@ -39,6 +39,10 @@ class RandomWeightsWarning(UserWarning):
     """An embedder runs on random weights: its vectors only exercise the plumbing, they mean nothing."""
 
 
+class PrecisionFallbackWarning(UserWarning):
+    """An embedder was asked for a precision it has no forward for and runs at another (a ResNet at int8)."""
+
+
 class SupersededEmbedderWarning(UserWarning):
     """An index was built by an older version of its embedder: it still works, a new index would do better."""
 
@@ -87,6 +91,10 @@ class Embedder(ABC):
     keeps_alpha: bool = False
     #: Set on an embedder kept only so that old indexes still open: what a new index would gain.
     superseded: str | None = None
+    #: Arithmetic of the forward (retrieval/embedders/precision.py); part of `id` unless "fp32".
+    precision: str = "fp32"
+    #: Seconds this process took to build the quantised model (None: not quantised, or built earlier).
+    quantize_seconds: float | None = None
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray | torch.Tensor:
@@ -160,7 +168,7 @@ class TorchEmbedder(Embedder):
             # Page-locked memory lets the copy run as DMA; fp16 compute comes from _autocast.
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         step = self.forward_batch or len(pixels)
-        with torch.inference_mode(), _autocast(self.device):
+        with torch.inference_mode(), _autocast(self.device, self.precision):
             slices = [self._encode_images(model, pixels[i : i + step]) for i in range(0, len(pixels), step)]
             features = torch.cat(slices)
         return normalize_rows(features)
@@ -217,9 +225,9 @@ class PillowPreprocess:
         return None
 
 
-def _autocast(device: str) -> AbstractContextManager[Any]:
-    """fp16 on GPUs (CLIP and ResNet are trained for it); plain fp32 on CPU."""
-    if device.startswith("cuda"):
+def _autocast(device: str, precision: str) -> AbstractContextManager[Any]:
+    """Mixed fp16 on a GPU when the precision is fp16 (CLIP and ResNet are trained for it); else as built."""
+    if device.startswith("cuda") and precision == "fp16":
         import torch
 
         return torch.autocast(device_type="cuda", dtype=torch.float16)

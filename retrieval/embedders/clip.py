@@ -36,6 +36,7 @@ from retrieval.embedders.base import (
     torch_threads,
     weights_unavailable,
 )
+from retrieval.embedders.precision import Precision, precision_suffix
 from retrieval.errors import UsageError
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -131,9 +132,18 @@ class ClipEmbedder(TorchEmbedder):
 
     supports_text = True
 
-    def __init__(self, spec: EmbedderSpec, *, weights: Path | None, device: str, batch_size: int) -> None:
+    def __init__(
+        self,
+        spec: EmbedderSpec,
+        *,
+        weights: Path | None,
+        device: str,
+        batch_size: int,
+        precision: Precision = "fp32",
+    ) -> None:
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
         name = _open_clip_name(spec.arch)
         tag_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained else {}
 
@@ -174,6 +184,11 @@ class ClipEmbedder(TorchEmbedder):
             ) from error
 
         model.eval()
+        self.id += precision_suffix(precision)
+        if precision == "int8":
+            from retrieval.embedders.quantize import dynamic_int8, quantized
+
+            model, self.quantize_seconds = quantized(self.id, model, dynamic_int8)
         self._model = model.to(device)
         self._preprocess = PillowPreprocess.from_compose(preprocess) or preprocess
         self._name = name
@@ -202,7 +217,7 @@ class ClipEmbedder(TorchEmbedder):
         for start in range(0, len(texts), self.batch_size):
             tokens = tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
             small = self.device == "cpu" and live_positions(tokens) <= SINGLE_THREAD_TEXT_POSITIONS
-            with torch.inference_mode(), torch_threads(1) if small else nullcontext():
+            with torch.inference_mode(), torch_threads(1) if small else nullcontext(), _text_autocast(self):
                 chunks.append(normalize_rows(encode_text(model, tokens)))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
@@ -220,6 +235,12 @@ class ClipEmbedder(TorchEmbedder):
     def close(self) -> None:
         self._tokenizer = None
         super().close()
+
+
+def _text_autocast(embedder: ClipEmbedder) -> Any:
+    if embedder.device.startswith("cuda") and embedder.precision == "fp16":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
 
 
 def live_positions(tokens: torch.Tensor) -> int:

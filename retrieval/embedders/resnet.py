@@ -31,6 +31,7 @@ from retrieval.embedders.base import (
     short_reason,
     weights_unavailable,
 )
+from retrieval.embedders.precision import Precision, precision_suffix
 from retrieval.errors import UsageError
 
 DEFAULT_ARCH = "resnet50"
@@ -71,9 +72,22 @@ class ResNetEmbedder(TorchEmbedder):
 
     supports_text = False
 
-    def __init__(self, spec: EmbedderSpec, *, weights: Path | None, device: str, batch_size: int) -> None:
+    def __init__(
+        self,
+        spec: EmbedderSpec,
+        *,
+        weights: Path | None,
+        device: str,
+        batch_size: int,
+        precision: Precision = "fp32",
+    ) -> None:
+        if precision == "int8":
+            raise UsageError(
+                f"{spec.name} has no int8 forward; build it at fp32"
+            )  # create_embedder falls back
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
         enum = get_model_weights(spec.arch)
         # Preprocessing of the named weights; random or local weights use the architecture's default recipe.
         recipe = enum[spec.pretrained or DEFAULT_TAGS[spec.arch]]
@@ -89,6 +103,7 @@ class ResNetEmbedder(TorchEmbedder):
             self.id = f"resnet:{spec.arch}:{spec.pretrained}"
         else:
             self.id = random_id("resnet", spec.arch)
+        self.id += precision_suffix(precision)
         self.spec = spec
 
         with seeded_init():

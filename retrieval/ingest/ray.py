@@ -84,6 +84,7 @@ class EmbedderArgs:
     pretrained: str | None
     weights: str | None
     embedder_id: str
+    precision: str = "fp32"
 
 
 def import_ray() -> ModuleType:
@@ -284,6 +285,7 @@ class EmbedWorker:
                 args.name,
                 pretrained=args.pretrained,
                 weights=args.weights,
+                precision=args.precision,
                 device=device,
                 batch_size=batch_size,
             )
