@@ -566,17 +566,8 @@ class Engine:
         manifest = self.manifest
         if "model" not in manifest:
             return
-        from retrieval.embedders.precision import effective_precision
-
-        recorded_precision = _recorded_precision(manifest)
-        family = str(manifest.get("embedder_id") or manifest["model"]).split(":")[0]
-        wanted = self._precision_arg and effective_precision(family, cast(Any, self._precision_arg))
-        if wanted and wanted != recorded_precision:
-            raise IndexMismatchError(
-                f"index {self.name!r} was built at precision {recorded_precision}, not {wanted} "
-                f"({manifest.get('embedder_id', manifest['model'])}); drop --precision or choose another "
-                "--index"
-            )
+        if self._precision_arg is not None:
+            self._check_precision_matches(manifest)
         if self._model_arg is None:
             return
         from retrieval.embedders import parse_embedder_name
@@ -587,6 +578,21 @@ class Engine:
             raise IndexMismatchError(
                 f"index {self.name!r} was built with {manifest.get('embedder_id', manifest['model'])}, "
                 f"not {self._model_arg}; drop --model or choose another --index"
+            )
+
+    def _check_precision_matches(self, manifest: dict[str, Any]) -> None:
+        """A precision asked for must be the index's own (checked only when one is asked for: the
+        precision module loads the embedders package, numpy included, which `stats` does without)."""
+        from retrieval.embedders.precision import effective_precision
+
+        recorded_precision = _recorded_precision(manifest)
+        family = str(manifest.get("embedder_id") or manifest["model"]).split(":")[0]
+        wanted = self._precision_arg and effective_precision(family, cast(Any, self._precision_arg))
+        if wanted and wanted != recorded_precision:
+            raise IndexMismatchError(
+                f"index {self.name!r} was built at precision {recorded_precision}, not {wanted} "
+                f"({manifest.get('embedder_id', manifest['model'])}); drop --precision or choose another "
+                "--index"
             )
 
     def _drop_store(self) -> None:
