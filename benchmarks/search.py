@@ -1,12 +1,13 @@
 """Benchmark the default VectorStore against plain hnswlib, faiss and usearch at equal recall.
 
     python benchmarks/search.py [--data vectors] [--data clip-like] [--n 100000] [--queries 1000]
-                                [--seed 0] [--rounds 2] [--no-write]
+                                [--seed 0] [--rounds 2] [--only hnswlib,faiss-flat32,...] [--no-write]
 
 For each data set (default both) and n it builds, in one run and on the same data:
 plain hnswlib float32 (M=16, ef_construction=200), faiss IndexHNSWFlat M=16 and M=32 (inner
 product), faiss IndexHNSWSQ QT_8bit M=32 with and without IndexRefineFlat, usearch i8 (cos)
-and f16 (ip), and the store; each at a sweep of ef. Data: `vectors` is benchmarks/vectors.py
+and f16 (ip), and the store; each at a sweep of ef (`--only` picks some of them, by the keys in
+CONTENDERS; the store is always in). Data: `vectors` is benchmarks/vectors.py
 (clustered, steep spectrum; its queries are image-like); `clip-like` is benchmarks/clip_like.py
 (CLIP ViT-B/32-like: shared mean, flat spectrum, image and text queries). Ground truth is exact
 top-10 by brute force. All contenders answer the same queries one at a time on one thread,
@@ -72,6 +73,16 @@ FAISS_EFC = 100
 USEARCH_M, USEARCH_EFC = 16, 128
 REFINE_FACTOR = 4
 DEFAULT_PARAMS = StoreParams()
+#: Keys for --only, in the order the tables list them.
+CONTENDERS = (
+    "hnswlib",
+    "faiss-flat16",
+    "faiss-flat32",
+    "faiss-sq8",
+    "faiss-sq8-refine",
+    "usearch-i8",
+    "usearch-f16",
+)
 
 
 @dataclass
@@ -169,7 +180,7 @@ def hnswlib_family(base: np.ndarray, work: Path, qpath: Path) -> Family:
     return Family(name, at, build, ram_of("hnswlib", path, qpath, len(base)), disk_of(path) / len(base))
 
 
-def faiss_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
+def faiss_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) -> list[Family]:
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -189,6 +200,8 @@ def faiss_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
         return at
 
     for m in (16, 32):
+        if f"faiss-flat{m}" not in wanted:
+            continue
         index = faiss.IndexHNSWFlat(DIM, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = FAISS_EFC
         t = time.perf_counter()
@@ -198,16 +211,23 @@ def faiss_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
         faiss.write_index(index, str(path))
         ram = ram_of("faiss", path, qpath, len(base))
         out.append(Family(f"faiss HNSWFlat M={m}", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+    if not wanted & {"faiss-sq8", "faiss-sq8-refine"}:
+        faiss.omp_set_num_threads(1)
+        return out
     index = faiss.IndexHNSWSQ(DIM, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = FAISS_EFC
     t = time.perf_counter()
     index.train(base[:50_000])
     index.add(base)
     build = time.perf_counter() - t
-    path = work / "faiss-sq8.index"
-    faiss.write_index(index, str(path))
-    ram = ram_of("faiss", path, qpath, len(base))
-    out.append(Family("faiss HNSWSQ8 M=32", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+    if "faiss-sq8" in wanted:
+        path = work / "faiss-sq8.index"
+        faiss.write_index(index, str(path))
+        ram = ram_of("faiss", path, qpath, len(base))
+        out.append(Family("faiss HNSWSQ8 M=32", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+    if "faiss-sq8-refine" not in wanted:
+        faiss.omp_set_num_threads(1)
+        return out
     t = time.perf_counter()
     refine = faiss.IndexRefineFlat(index, faiss.swig_ptr(base))  # copies base into its flat refine index
     build_refine = build + time.perf_counter() - t
@@ -227,11 +247,15 @@ def faiss_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
     return out
 
 
-def usearch_families(base: np.ndarray, work: Path, qpath: Path) -> list[Family]:
+def usearch_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) -> list[Family]:
+    out: list[Family] = []
+    if not wanted & {"usearch-i8", "usearch-f16"}:
+        return out
     from usearch.index import Index
 
-    out = []
     for dtype, metric in (("i8", "cos"), ("f16", "ip")):
+        if f"usearch-{dtype}" not in wanted:
+            continue
         index = Index(ndim=DIM, metric=metric, dtype=dtype, connectivity=USEARCH_M, expansion_add=USEARCH_EFC)
         t = time.perf_counter()
         index.add(np.arange(len(base)), base)
@@ -310,7 +334,7 @@ def qps_at(curve: list[tuple[int, float, float]], target: float) -> tuple[float 
 
 def report(families: list[Family], kinds: list[str]) -> str:
     store = families[-1]
-    hnsw_ram = families[0].ram_b
+    hnsw_ram = next((f.ram_b for f in families if f.name.startswith("hnswlib")), None)
     lines = []
     for kind in kinds:
         lines.append(
@@ -343,7 +367,9 @@ def report(families: list[Family], kinds: list[str]) -> str:
         lines.append(
             f"\nStore at its default (ef {DEFAULT_PARAMS.ef_search}, ×{LOW_HEAD_BOOST} for text-like "
             f"queries): recall@10 {default[0]:.4f}, "
-            f"{default[1]:.0f} q/s. RAM store ÷ plain hnswlib = {store.ram_b / hnsw_ram:.2f}.\n"
+            f"{default[1]:.0f} q/s."
+            + (f" RAM store ÷ plain hnswlib = {store.ram_b / hnsw_ram:.2f}." if hnsw_ram else "")
+            + "\n"
         )
     lines.append("<details><summary>every setting (ef: recall@10 / q/s)</summary>\n")
     for kind in kinds:
@@ -362,9 +388,10 @@ def bench(data: str, n: int, a: argparse.Namespace, params: StoreParams) -> str:
         work = Path(tmp)
         qpath = work / "queries.npy"
         np.save(qpath, np.concatenate(list(queries.values()))[:RAM_QUERIES])
-        families = [hnswlib_family(base, work, qpath)]
-        families += faiss_families(base, work, qpath)
-        families += usearch_families(base, work, qpath)
+        wanted = set(a.only)
+        families = [hnswlib_family(base, work, qpath)] if "hnswlib" in wanted else []
+        families += faiss_families(base, work, qpath, wanted)
+        families += usearch_families(base, work, qpath, wanted)
         families.append(store_family(base, work, qpath, params))
         print(f"{data} n={n}: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         del base
@@ -385,6 +412,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2, help="timing rounds; each query keeps its best time")
+    ap.add_argument(
+        "--only",
+        type=lambda v: [c for c in v.split(",") if c],
+        default=list(CONTENDERS),
+        help=f"comma list of peers to run next to the store, from {','.join(CONTENDERS)} (default: all)",
+    )
     ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     ap.add_argument("--measure-ram", nargs=3, metavar=("KIND", "PATH", "QUERIES"), help=argparse.SUPPRESS)
@@ -392,6 +425,9 @@ def main() -> None:
     if a.measure_ram:
         measure_ram(*a.measure_ram)
         return
+    unknown = set(a.only) - set(CONTENDERS)
+    if unknown:
+        ap.error(f"--only: unknown {sorted(unknown)}; known: {','.join(CONTENDERS)}")
     params = StoreParams()
     load_before = os.getloadavg()[0]
     sections = [bench(d, n, a, params) for d in a.data or ["vectors", "clip-like"] for n in a.n or [100_000]]

@@ -50,6 +50,9 @@ class Quantizer:
     # [head basis | 0 if completion | tail basis | tail basis @ offset]: one product per query
     # yields the graph query, the tail and the tail's offset term.
     _query_matrix: np.ndarray = field(init=False, repr=False)
+    # The head's directions as one contiguous block: a column slice of `basis` is strided, and a product
+    # with it cost about as much as the whole `_query_matrix` product per query.
+    _head_basis: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         h, dim = self.head_dims, self.dim
@@ -59,6 +62,7 @@ class Quantizer:
         matrix[:, g:-1] = self.basis[:, h:]
         matrix[:, -1] = self.basis[:, h:] @ self.offset if self.tail_dims else 0.0
         object.__setattr__(self, "_query_matrix", matrix)
+        object.__setattr__(self, "_head_basis", np.ascontiguousarray(self.basis[:, :h]))
 
     @property
     def dim(self) -> int:
@@ -150,6 +154,11 @@ class Quantizer:
         g = self.graph_dims
         rotated = np.asarray(queries, dtype=np.float32) @ self._query_matrix
         return rotated[:, :g], rotated[:, g:-1] * self.scale, rotated[:, -1]
+
+    def head_share(self, queries: np.ndarray) -> np.ndarray:
+        """Fraction of each query's energy (m, dim) in the exact head (the rest only the tail sees)."""
+        head = queries @ self._head_basis
+        return np.einsum("ij,ij->i", head, head) / np.maximum(np.einsum("ij,ij->i", queries, queries), 1e-12)
 
     def head_energy(self) -> float:
         """Fraction of the fitted second moment the exact head keeps (1.0 = lossless graph)."""

@@ -535,11 +535,14 @@ class VectorStore:
             slots, scores = self._exact_search(st, q, k)
         else:
             try:
-                slots = np.empty((len(q), k), dtype=np.int64)
-                scores = np.empty((len(q), k), dtype=np.float32)
-                for c in np.unique(cands):
-                    rows = np.flatnonzero(cands == c)
-                    slots[rows], scores[rows] = self._graph_search(st, q[rows], k, int(c))
+                if len(q) == 1:  # the usual single query: no grouping by candidate count
+                    slots, scores = self._graph_search(st, q, k, int(cands[0]))
+                else:
+                    slots = np.empty((len(q), k), dtype=np.int64)
+                    scores = np.empty((len(q), k), dtype=np.float32)
+                    for c in np.unique(cands):
+                        rows = np.flatnonzero(cands == c)
+                        slots[rows], scores[rows] = self._graph_search(st, q[rows], k, int(c))
             except RuntimeError:  # hnswlib reached fewer than `cands` live nodes (heavy deletes)
                 slots, scores = self._exact_search(st, q, k)
         self._refuse_garbled(st, q, scores)
@@ -559,8 +562,7 @@ class VectorStore:
     def _head_share(st: _State, q: np.ndarray) -> np.ndarray:
         """Fraction of each query's energy in the graph's PCA head (the rest only the re-rank sees)."""
         assert st.quantizer is not None
-        head = q @ st.quantizer.basis[:, : st.quantizer.head_dims]
-        return np.einsum("ij,ij->i", head, head) / np.maximum(np.einsum("ij,ij->i", q, q), 1e-12)
+        return st.quantizer.head_share(q)
 
     def _graph_search(self, st: _State, q: np.ndarray, k: int, cands: int) -> tuple[np.ndarray, np.ndarray]:
         quantizer, graph = st.quantizer, st.graph
@@ -571,6 +573,9 @@ class VectorStore:
         labels = labels.view(np.int64)  # labels are slots, far below 2**63
         # hnswlib's "ip" distance is 1 - q·x: the exact head score.
         scores = (bias + 1.0)[:, None] - dist
+        if len(q) == 1:
+            found, best = self._rerank(st, q[0], labels[0], scores[0], weights[0], k)
+            return found[None], best[None]
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         # One row at a time with 2-D operations: fewer and cheaper numpy calls than 3-D batches
@@ -720,7 +725,8 @@ class VectorStore:
 
     def _refuse_garbled(self, st: _State, q: np.ndarray, scores: np.ndarray) -> None:
         """Unit vectors score within ±|q|: a score beyond (or NaN) comes from a garbled original."""
-        if not (np.abs(scores) <= 1.1 * np.linalg.norm(q, axis=1, keepdims=True) + 1e-6).all():
+        norms = np.sqrt((q * q).sum(axis=1, keepdims=True))  # np.linalg.norm costs several times more
+        if not (np.abs(scores) <= 1.1 * norms + 1e-6).all():
             raise IndexCorruptError(
                 f"{st.originals.path.name} in {self.folder} holds garbled vectors; "
                 "`retrieval doctor --fix` drops them and the next ingest embeds those images again"
