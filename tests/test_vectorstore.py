@@ -11,6 +11,7 @@ import pytest
 
 from retrieval.errors import IndexCorruptError, IndexNotFoundError, UsageError
 from retrieval.vectors.hnsw import filtered
+from retrieval.vectors.hnsw import quantizer as quantizer_module
 from retrieval.vectors.hnsw.quantizer import Quantizer
 from retrieval.vectors.hnsw.store import LOW_HEAD_BOOST, MANIFEST, StoreParams, VectorStore
 
@@ -104,6 +105,43 @@ def test_quantizer_without_tail_is_lossless() -> None:
     head, codes = quantizer.encode(x)
     assert quantizer.tail_dims == 0 and codes.shape == (50, 0)
     np.testing.assert_allclose(quantizer.decode(head, codes), x, atol=1e-5)
+
+
+def _topics(n: int, dim: int, *, rank: int, seed: int) -> np.ndarray:
+    """Unit vectors in tight groups of ~20 (near-duplicates): group centres spread over `rank` directions,
+    each member its centre plus isotropic noise over all `dim` (what tells neighbours apart)."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((n // 20 + 1, dim))
+    centres[:, :rank] = rng.standard_normal((len(centres), rank))
+    x = centres[rng.integers(0, len(centres), n)] / np.sqrt(rank) + 0.15 * rng.standard_normal(
+        (n, dim)
+    ) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_an_adapted_head_grows_where_neighbours_differ_along_every_direction() -> None:
+    n = quantizer_module.ADAPT_MIN_SAMPLE + quantizer_module.ADAPT_PROBES + 500
+    # Groups spread over all 64 directions: 15 of them rank a group's members no better than chance.
+    flat = Quantizer.fit(_topics(n, 64, rank=64, seed=0), graph_dims=16, adapt=True)
+    assert flat.head_dims > 15
+    assert Quantizer.fit(_topics(n, 64, rank=64, seed=0), graph_dims=16).head_dims == 15  # asked, not adapted
+    # Groups over 8 directions and members close together: the 15-dim head ranks neighbours as well as all 64.
+    rng = np.random.default_rng(1)
+    steep = np.zeros((n, 64), dtype=np.float32)
+    steep[:, :8] = rng.standard_normal((n, 8))
+    steep += 0.002 * rng.standard_normal((n, 64)).astype(np.float32)
+    steep /= np.linalg.norm(steep, axis=1, keepdims=True)
+    assert Quantizer.fit(steep, graph_dims=16, adapt=True).head_dims == 15
+
+
+def test_a_small_sample_keeps_the_head_it_asks_for() -> None:
+    x = _topics(quantizer_module.ADAPT_MIN_SAMPLE // 2, 64, rank=64, seed=0)
+    assert Quantizer.fit(x, graph_dims=16, adapt=True).head_dims == 15
+
+
+def test_stores_adapt_their_head_by_default_and_older_parameters_read_so() -> None:
+    assert StoreParams().adapt_head
+    assert StoreParams.from_dict({"graph_dims": 112, "m": 12}).adapt_head
 
 
 def test_quantizer_rejects_inconsistent_arrays() -> None:

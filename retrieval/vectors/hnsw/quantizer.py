@@ -34,6 +34,17 @@ LEVELS = 127
 #: after the fit are rarely clipped.
 RANGE_MARGIN = 0.05
 _CHUNK = 8192
+#: The head adapts to the data (`fit(..., adapt=True)`) when the sample holds at least this many vectors
+#: besides its probe queries; smaller stores keep the head they ask for (they are cheap to search anyway).
+ADAPT_MIN_SAMPLE = 5000
+#: Probe queries drawn from the sample, and how many true neighbours of each are checked.
+ADAPT_PROBES, ADAPT_K = 256, 10
+#: A head holds when this share of the probes' true top-ADAPT_K ranks among their best
+#: ADAPT_CANDIDATES (per 50,000 sample vectors) by head score alone; else the head grows by its own
+#: length at a time, up to every dimension. Measured on 50k samples (BENCHMARKS.md, "Search"): on
+#: benchmarks/vectors.py the 111-dim head holds (0.979-0.988); on the CLIP-like generator it keeps
+#: 0.52-0.56 and even 383 dims only 0.90, so that data gets the full dimension.
+ADAPT_SHARE, ADAPT_CANDIDATES = 0.97, 40
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,11 +89,14 @@ class Quantizer:
         return self.dim - self.head_dims
 
     @classmethod
-    def fit(cls, sample: np.ndarray, graph_dims: int | None) -> Quantizer:
+    def fit(cls, sample: np.ndarray, graph_dims: int | None, *, adapt: bool = False) -> Quantizer:
         """Fit rotation and int8 ranges on `sample` (n, dim) float32, unit rows.
 
         `graph_dims` is the length of the graph's vectors: graph_dims - 1 exact head coordinates
         plus the completing one; None (or >= dim) keeps every coordinate exact, with no int8 tail.
+        With `adapt`, that head is the shortest the sample allows (`adapted_head`): data whose
+        neighbours differ along many directions (a flat spectrum, as CLIP embeddings have) gets a longer
+        head, up to every dimension, so that the graph still finds the true neighbours.
 
         Raises:
             UsageError: the sample is empty or not 2-D.
@@ -101,6 +115,9 @@ class Quantizer:
         order = np.argsort(energy)[::-1]
         basis = np.ascontiguousarray(vecs[:, order], dtype=np.float32)
         energy = np.clip(energy[order], 0.0, None)
+        if adapt and completion:
+            head = adapted_head(sample, basis, head)
+            completion = head < dim
 
         tail = dim - head
         lo = np.full(tail, np.inf, dtype=np.float32)
@@ -219,3 +236,32 @@ class Quantizer:
         ):
             raise IndexCorruptError("quantizer arrays have inconsistent shapes or values")
         return cls(np.ascontiguousarray(basis), energy, head, offset, scale, fitted_n, completion)
+
+
+def adapted_head(sample: np.ndarray, basis: np.ndarray, head: int) -> int:
+    """The shortest head, of `head`, 2·`head`, 3·`head`, ... or every dimension, that ranks the true
+    neighbours of probe vectors (drawn from `sample`) near the top by head score alone (ADAPT_SHARE of
+    their top ADAPT_K among the best ADAPT_CANDIDATES per 50,000): the graph walks on head scores, so
+    a neighbour the head ranks low is one the walk rarely returns. `head` itself when the sample is
+    small (under ADAPT_MIN_SAMPLE vectors besides the probes)."""
+    n, dim = sample.shape
+    if n - ADAPT_PROBES < ADAPT_MIN_SAMPLE or head >= dim:
+        return head
+    rng = np.random.default_rng(0)
+    probe_rows = np.zeros(n, dtype=bool)
+    probe_rows[rng.choice(n, size=ADAPT_PROBES, replace=False)] = True
+    probes = np.asarray(sample[probe_rows], dtype=np.float32) @ basis
+    rest = np.flatnonzero(~probe_rows)
+    rotated = np.empty((len(rest), dim), dtype=np.float32)
+    for start in range(0, len(rest), _CHUNK):
+        rotated[start : start + _CHUNK] = np.asarray(sample[rest[start : start + _CHUNK]]) @ basis
+    exact = probes @ rotated.T
+    truth = np.argpartition(-exact, ADAPT_K, axis=1)[:, :ADAPT_K]
+    del exact
+    candidates = max(ADAPT_K, round(ADAPT_CANDIDATES * len(rest) / 50_000))
+    for h in range(head, dim, head):
+        scores = probes[:, :h] @ rotated[:, :h].T
+        bar = -np.partition(-scores, candidates - 1, axis=1)[:, candidates - 1 : candidates]
+        if float((np.take_along_axis(scores, truth, axis=1) >= bar).mean()) >= ADAPT_SHARE:
+            return h
+    return dim

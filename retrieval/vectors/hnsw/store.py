@@ -80,6 +80,8 @@ class StoreParams:
     m, ef_construction: hnswlib graph degree and build beam.
     ef_search: default number of graph candidates per query (the speed/recall knob).
     rescore: how many best candidates are re-scored against the float32 originals (0 = none).
+    adapt_head: let each fit lengthen the head where the data needs it (`quantizer.adapted_head`): with
+        graph_dims as its shortest, a sample of 5,000 vectors or more chooses it.
     """
 
     graph_dims: int | None = 112
@@ -87,6 +89,7 @@ class StoreParams:
     ef_construction: int = 200
     ef_search: int = 384
     rescore: int = 16
+    adapt_head: bool = True
 
     def __post_init__(self) -> None:
         if self.graph_dims is not None and self.graph_dims < 2:
@@ -485,7 +488,9 @@ class VectorStore:
                 rng = np.random.default_rng(st.n_alive)
                 take = min(len(alive), FIT_SAMPLE_CAP)
                 sample = np.sort(rng.choice(alive, size=take, replace=False))
-                st.quantizer = Quantizer.fit(st.originals.get(sample), self.params.graph_dims)
+                st.quantizer = Quantizer.fit(
+                    st.originals.get(sample), self.params.graph_dims, adapt=self.params.adapt_head
+                )
             quantizer = st.quantizer
             st.codes = np.zeros((max(st.n_slots, 1), quantizer.tail_dims), dtype=np.int8)
             graph = hnswlib.Index(space="ip", dim=quantizer.graph_dims)
