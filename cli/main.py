@@ -691,6 +691,12 @@ def map_command(
                 filter=flt,
                 progress=stage,
             )
+            if not m.points:  # a filter that allows no image: an empty result, as a search's
+                if as_json:
+                    sys.stdout.write(json.dumps({**m.to_dict(), "out": None}, indent=2) + "\n")
+                else:
+                    _say(f"no images match the filter: nothing to map for {m.title}, no file written")
+                return
             rendered = engine.render_map(m, out_path, colour_by=colour, progress=stage)
         if as_json:
             payload = {**m.to_dict(), "out": str(rendered.path), "render_seconds": round(rendered.seconds, 4)}

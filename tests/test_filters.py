@@ -423,6 +423,19 @@ def test_a_filter_that_matches_nothing_prints_no_results_and_exits_0(library):
     assert result.stdout.strip() == "no results"
 
 
+def test_a_map_of_a_filter_that_matches_nothing_writes_nothing_and_exits_0(library, engine, tmp_path):
+    like = library.ids["Phone/img0.jpg"]
+    assert engine.map(Query.of(QueryPart("id", like)), n=4, filter=Filter(camera="Leica")).points == ()
+    out = tmp_path / "map.html"
+    result = cli(library, "map", "--similar", str(like), "-n", "4", "--camera", "Leica", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "no images match the filter" in result.stdout and not out.exists()
+    as_json = cli(library, "map", "--similar", str(like), "-n", "4", "--camera", "Leica", "--json")
+    assert as_json.exit_code == 0
+    payload = json.loads(as_json.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert payload["points"] == [] and payload["trustworthiness"] is None and payload["out"] is None
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -479,6 +492,9 @@ def test_an_uploaded_image_search_and_a_map_take_the_filter_over_http(library, c
 def test_a_filter_that_matches_nothing_is_an_empty_result_over_http(library, client):
     response = client.get(f"/api/similar/{library.ids['Phone/img0.jpg']}", params={"camera": "Leica"})
     assert response.status_code == 200 and response.json()["results"] == []
+    mapped = client.get("/api/map", params={"like": library.ids["Phone/img0.jpg"], "n": 4, "camera": "Leica"})
+    assert mapped.status_code == 200 and mapped.json()["points"] == []
+    assert mapped.json()["trustworthiness"] is None
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,8 @@ class NeighbourhoodMap:
     def to_dict(self) -> dict[str, object]:
         return {
             "title": self.title,
-            "trustworthiness": round(self.trustworthiness, 6),
+            # None for an empty map, which has no layout to trust (NaN is not JSON).
+            "trustworthiness": round(self.trustworthiness, 6) if self.points else None,
             "clusters": self.clusters,
             "clusters_chosen": self.clusters_chosen,
             "params": asdict(self.params),
@@ -322,6 +323,14 @@ def map_title(query: Query, picture: str | None = None) -> str:
     return query.describe()
 
 
+def empty_map(title: str, *, seed: int = 0, max_iter: int = DEFAULT_MAX_ITER) -> NeighbourhoodMap:
+    """The map of a filter that allows no image: no points (an empty result, as a filtered search's is)."""
+    params = LayoutParams(
+        perplexity=0.0, max_iter=max_iter, pca_dims=0, seed=seed, trust_neighbors=0, trust_points=0
+    )
+    return NeighbourhoodMap(title, (), params, float("nan"), 0, False, {"layout": 0.0})
+
+
 def build_map(
     query: Query,
     query_vector: np.ndarray,
@@ -337,7 +346,8 @@ def build_map(
     allowed: np.ndarray | None = None,
 ) -> NeighbourhoodMap:
     """Lay out the query and its results (plus, with expand > 0, each result's `expand` nearest neighbours;
-    with `allowed`, a filter's ids, neighbours among those only).
+    with `allowed`, a filter's ids, neighbours among those only). A filter that allows nothing gives an
+    empty map (`empty_map`), not an error.
 
     Args:
         query: what was searched; a query that is one indexed image or one file is shown as that picture.
@@ -350,6 +360,8 @@ def build_map(
     """
     query_id, query_path = query_picture(query, meta)
     title = map_title(query, query_path)
+    if not hits and allowed is not None and len(allowed) == 0:
+        return empty_map(title, seed=seed, max_iter=max_iter)
     if not hits:
         raise QueryError(f"no results for {title}, nothing to map")
     imports = time.perf_counter()

@@ -173,7 +173,10 @@ class MapPointOut(BaseModel):
 
 class MapOut(BaseModel):
     title: str
-    trustworthiness: float = Field(description="How faithful the 2-D layout is to the neighbourhoods (0..1).")
+    trustworthiness: float | None = Field(
+        description="How faithful the 2-D layout is to the neighbourhoods (0..1); null for an empty map "
+        "(a filter that allows no image)."
+    )
     clusters: int
     perplexity: float
     seconds: dict[str, float]
@@ -441,7 +444,7 @@ def _map_out(served: _Served, m: NeighbourhoodMap) -> MapOut:
     records = served.engine.records([p.id for p in m.points if p.id is not None])
     return MapOut(
         title=m.title,
-        trustworthiness=round(m.trustworthiness, 4),
+        trustworthiness=round(m.trustworthiness, 4) if m.points else None,
         clusters=m.clusters,
         perplexity=m.params.perplexity,
         seconds={k: round(v, 3) for k, v in m.seconds.items()},

@@ -249,6 +249,11 @@ async function loadMap() {
     if (seq !== state.seq) return;
     state.map.data = data;
     const ms = Math.round(performance.now() - started);
+    if (!data.points.length) {  // a filter that allows no image: an empty map, not an error
+      $("map-info").textContent = "no images match the filter";
+      viewer.clear();
+      return;
+    }
     $("map-info").textContent = `${data.points.length} points · ${data.clusters} clusters · ` +
       `trustworthiness ${data.trustworthiness.toFixed(2)} · ${ms} ms`;
     viewer.show(data, queryImage);
