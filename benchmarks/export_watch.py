@@ -1,5 +1,6 @@
-"""Export and watch at scale: `Engine.export` of a large synthetic index (time, memory), and the cost of the
-full rescan that each watch batch runs (a no-op incremental ingest of the whole folder).
+"""Export and watch at scale: `Engine.export` of a large synthetic index (time, memory), and what a watch
+batch costs: the full rescan (a no-op incremental ingest of the whole folder) that watching starts with, and
+a batch naming one new file, which ingests only that path.
 
     .venv/bin/python benchmarks/export_watch.py [--n 100000] [--dim 512] [--row-group N] [--keep DIR]
         [--write]
@@ -9,7 +10,10 @@ an ingest records them, under the `classic` model's name) and N synthetic 512-di
 (benchmarks/vectors.py) in the default store. Then:
 
 1. a no-op ingest of the folder, twice: what every watch batch costs before it embeds anything (listing and
-   stat-ing every file, reading every row under the folder, opening the store writable);
+   stat-ing every file, reading every row under the folder, opening the store writable); then, twice, a new
+   file copied in and one ingest of just its path (`Engine.ingest(paths=[it])`, what a watch batch whose
+   events name that file runs): its bytes are those of an indexed image, so it is linked to that content
+   (hashed, not decoded: the index's vectors are synthetic) - the batch's own cost, less one embedding;
 2. an export to Parquet in a child process that samples its own anonymous memory (RssAnon, which leaves out
    the memory-mapped vectors the page cache holds) every 10 ms: the figure before the export starts (database
    open, vector store loaded) and the peak during it.
@@ -42,8 +46,12 @@ from vectors import make
 
 from retrieval.embedders import create_embedder
 from retrieval.engine import MANIFEST_FORMAT, Engine
+from retrieval.files.discovery import content_hash
 from retrieval.metadata import DB_NAME, IngestWriter, MetadataStore, utcnow
 from retrieval.vectors import StoreSpec, create_store
+
+#: The bytes of the file a measured watch batch adds: image 0's content (its hash is recorded as theirs).
+COPY = b"a copy of image 0, as the benchmark's watch batch adds it"
 
 
 def build(home: Path, photos: Path, n: int, dim: int) -> None:
@@ -83,7 +91,7 @@ def build(home: Path, photos: Path, n: int, dim: int) -> None:
                 for i in range(start, min(start + 10_000, n)):
                     st = paths[i].stat()
                     content = w.content(
-                        hash=f"{i:040x}",
+                        hash=content_hash(COPY) if i == 0 else f"{i:040x}",
                         stale_id=None,
                         width=4032,
                         height=3024,
@@ -114,6 +122,25 @@ def rescan(home: Path, photos: Path) -> list[float]:
             report = engine.ingest(photos)
             times.append(time.perf_counter() - started)
             assert report.unchanged > 0 and report.embedded == 0 and report.removed == 0, report
+    return times
+
+
+def one_new_file(home: Path, photos: Path) -> list[float]:
+    """Seconds for an ingest of only one new file's path, twice; the files are forgotten again after."""
+    times, added = [], []
+    for run in range(2):
+        path = photos / "d0000" / f"NEW_{run}.jpg"
+        path.write_bytes(COPY)
+        added.append(path)
+        with Engine("big", home=home) as engine:
+            started = time.perf_counter()
+            report = engine.ingest(photos, paths=[path])
+            times.append(time.perf_counter() - started)
+            assert report.added == 1 and report.unchanged == 0 and report.removed == 0, report
+    for path in added:
+        path.unlink()
+    with Engine("big", home=home) as engine:
+        assert engine.ingest(photos, paths=added).removed == 2
     return times
 
 
@@ -175,6 +202,7 @@ def main() -> int:
         build(home, photos, args.n, args.dim)
         print(f"built {args.n} rows in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     times = rescan(home, photos)
+    batch = one_new_file(home, photos)
     child = subprocess.run(
         [
             sys.executable,
@@ -211,6 +239,8 @@ def main() -> int:
             f"+{(exported['peak_kb'] - exported['baseline_kb']) / mib:.0f} MiB |",
             f"| one watch batch's rescan (no-op ingest of {args.n:,} files) | "
             f"{min(times):.1f} s (runs: {', '.join(f'{t:.1f}' for t in times)}) |",
+            f"| one watch batch naming one new file (ingest of its path only) | {min(batch):.2f} s "
+            f"(runs: {', '.join(f'{t:.2f}' for t in batch)}) |",
             "",
         ]
     )

@@ -717,8 +717,12 @@ class Engine:
         ray_address: str | None = None,
         thumbnails: bool = True,
         refresh_metadata: bool = False,
+        paths: Sequence[Path | str] | None = None,
     ) -> IngestReport:
         """Bring the index up to date with `root`: embed new and changed images, forget deleted ones.
+
+        `paths` (a watch batch's) looks only at those paths under `root`, files or folders, by the same
+        rules; the rest of the folder is neither listed nor read from the database.
 
         With `thumbnails` (the default), the thumbnails that maps and the web page show are made from the
         pixels decoded for the model (on Ray, by the workers), so that they never wait for them; without,
@@ -771,7 +775,7 @@ class Engine:
                     thumbnails=[self._thumbnail_cache(side) for side in SIDES] if thumbnails else (),
                     refresh_metadata=refresh_metadata,
                 )
-                return ingestor.run(folder, prune=prune)
+                return ingestor.run(folder, prune=prune, paths=paths)
         except BaseException:
             failed = True
             self._back_to_saved_version()
@@ -870,6 +874,7 @@ class Engine:
         watcher = Watcher(
             folder,
             lambda p: self.ingest(folder, progress=p, workers=workers),
+            ingest_paths=lambda p, named: self.ingest(folder, progress=p, workers=workers, paths=named),
             indexed_files=lambda: self.meta.count_files_under(str(folder.resolve())) if self.exists else 0,
             quiet=quiet,
             max_delay=max_delay,

@@ -3,6 +3,7 @@ waited for (its files kept), Ctrl-C stops cleanly, and `serve --watch` serves wh
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from retrieval.engine import Engine
 from retrieval.errors import UsageError
 from retrieval.files.discovery import FOLDER_NOT_READABLE, Skipped
 from retrieval.ingest import pipeline
+from retrieval.ingest import watch as watch_module
 from retrieval.ingest.watch import WatchBatch, Watcher, network_filesystem
 from retrieval.metadata import DB_NAME, MetadataStore
 
@@ -130,6 +132,8 @@ def test_the_watcher_waits_for_a_folder_that_went_away_and_keeps_its_files(watch
     os.rename(away, folder)  # mounted again
     wait_until(lambda: str(folder / "while-away.jpg") in indexed(home), log)
     assert [b.kind for b in log if b.report is None] == ["waiting", "back"]
+    back = ingests(log, "catch-up")[-1].report
+    assert back is not None and back.unchanged == 3 and back.added == 1  # a rescan: no event named it
     assert len(indexed(home)) == 4
 
     # An empty folder where an indexed one was (a mount point without its disk) is not taken for deletions.
@@ -140,6 +144,111 @@ def test_the_watcher_waits_for_a_folder_that_went_away_and_keeps_its_files(watch
     assert note is not None and "empty but the index holds 4 files" in note
     assert len(indexed(home)) == 4
     assert_consistent(home / "default", files=4)
+
+
+def test_watch_batches_ingest_only_the_paths_their_events_name(watched, home, tmp_path, monkeypatch):
+    folder, log = watched
+    listed: list[Path] = []  # the folders an ingest listed: never the whole watched folder again
+    discover = pipeline.discover
+    monkeypatch.setattr(
+        pipeline, "discover", lambda root, **kw: (listed.append(Path(root)), discover(root, **kw))[1]
+    )
+
+    save_photo(folder / "one.jpg", 30)
+    wait_until(lambda: str(folder / "one.jpg") in indexed(home), log)
+    first = ingests(log)[0].report
+    assert first is not None and first.added == 1 and first.unchanged == 0  # p0..p2 were not looked at
+
+    save_photo(tmp_path / "card" / "a.jpg", 31)
+    save_photo(tmp_path / "card" / "deep" / "b.jpg", 32)
+    (tmp_path / "card" / "notes.txt").write_text("not a photo")
+    shutil.copytree(tmp_path / "card", folder / "card")  # a folder with photos in it appears
+    wait_until(
+        lambda: {str(folder / "card/a.jpg"), str(folder / "card/deep/b.jpg")} <= set(indexed(home)), log
+    )
+
+    os.rename(folder / "card", folder / "trip")  # a folder moved: its files follow by path
+    wait_until(lambda: not any("/card/" in p for p in indexed(home)), log)
+    assert {str(folder / "trip/a.jpg"), str(folder / "trip/deep/b.jpg")} <= set(indexed(home))
+    os.rename(folder / "one.jpg", folder / "trip" / "one.jpg")  # a file moved
+    (folder / "p2.jpg").unlink()  # a file deleted
+    wait_until(
+        lambda: str(folder / "p2.jpg") not in indexed(home) and str(folder / "one.jpg") not in indexed(home),
+        log,
+    )
+    shutil.rmtree(folder / "trip" / "deep")  # a folder deleted: the files under it go
+    wait_until(lambda: str(folder / "trip/deep/b.jpg") not in indexed(home), log)
+
+    expected = {str(folder / n) for n in ("p0.jpg", "p1.jpg", "trip/a.jpg", "trip/one.jpg")}
+    assert set(indexed(home)) == expected
+    assert folder not in listed and folder.resolve() not in listed
+    assert all(b.report is not None and b.report.unchanged < 3 for b in ingests(log))
+    assert_consistent(home / "default", files=4)
+
+
+def test_an_ingest_of_named_paths_leaves_the_index_as_a_rescan_would(tmp_path, home):
+    folder = tmp_path / "photos"
+    for i in range(4):
+        save_photo(folder / "old" / f"p{i}.jpg", i)
+    save_photo(folder / "keep.jpg", 9)
+    outside = save_photo(tmp_path / "outside.jpg", 8)
+    with Engine(model="classic") as engine:
+        engine.ingest(folder)
+        save_photo(folder / "new.jpg", 10)
+        save_photo(folder / "card" / "a.jpg", 11)
+        save_photo(folder / "card" / "deep" / "b.jpg", 12)
+        (folder / "card" / "notes.txt").write_text("not a photo")
+        (folder / "link.jpg").symlink_to(outside)
+        os.rename(folder / "old" / "p0.jpg", folder / "moved.jpg")
+        (folder / "old" / "p1.jpg").unlink()
+        os.rename(folder / "old", tmp_path / "elsewhere")  # p2, p3 gone with their folder
+        named = ["new.jpg", "card", "card/a.jpg", "moved.jpg", "old/p0.jpg", "old/p1.jpg", "old", "link.jpg"]
+        report = engine.ingest(folder, paths=[folder / n for n in named] + [outside])
+
+        assert report.unchanged == 0  # keep.jpg was not looked at; outside.jpg is not the folder's
+        assert (report.added, report.removed, report.linked, report.unsupported) == (4, 4, 1, 1)
+        assert [p for p, _ in report.skipped] == [str(folder / "link.jpg")]
+        rows = indexed(home)
+        rescan = engine.ingest(folder)
+    assert (rescan.added, rescan.updated, rescan.removed, rescan.unchanged) == (0, 0, 0, 5)
+    assert indexed(home) == rows
+    assert set(rows) == {
+        str(folder / n) for n in ("keep.jpg", "new.jpg", "moved.jpg", "card/a.jpg", "card/deep/b.jpg")
+    }
+    assert_consistent(home / "default", files=5)
+
+
+def test_an_inotify_overflow_or_a_batch_of_too_many_paths_rescans_the_folder(tmp_path, monkeypatch):
+    watcher = Watcher(
+        tmp_path,
+        lambda _p: None,  # type: ignore[arg-type,return-value]
+        ingest_paths=lambda _p, _n: None,  # type: ignore[arg-type,return-value]
+        indexed_files=lambda: 0,
+        quiet=0,
+        max_delay=0,
+    )
+    watcher._start_observer()
+    try:
+        a, b, c = (str(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.jpg"))
+        watcher._event([a], False, "created")
+        watcher._event([b, c], False, "moved")
+        watcher._event([str(tmp_path / "notes.txt")], False, "created")  # not an image: no event
+        assert watcher._next_batch() == 2 and watcher._taken == [a, b, c]
+
+        watcher._event([a], False, "modified")
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; events were lost"
+        )
+        assert watcher._next_batch() == 2 and watcher._taken is None
+
+        monkeypatch.setattr(watch_module, "RESCAN_ABOVE", 2)
+        watcher._event([a], False, "created")
+        watcher._event([b, c], False, "moved")
+        assert watcher._next_batch() == 2 and watcher._taken is None
+        watcher._event([str(tmp_path)], True, "created")  # an event naming the folder itself
+        assert watcher._next_batch() == 1 and watcher._taken is None
+    finally:
+        watcher._stop_observer()
 
 
 def test_an_ingest_that_cannot_list_its_folder_forgets_nothing(make_photos, home, monkeypatch):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -47,10 +48,11 @@ def _is_inside(path: Path, root: Path) -> bool:
     return True
 
 
-def discover(root: Path) -> Iterator[FoundFile | Skipped]:
-    """Yield image files under `root` in a stable (sorted) order, and what was skipped and why."""
+def discover(root: Path, *, inside: Path | None = None) -> Iterator[FoundFile | Skipped]:
+    """Yield image files under `root` in a stable (sorted) order, and what was skipped and why. `inside`:
+    the indexed folder whose symlink policy applies, when `root` is a folder in it (default: `root`)."""
     root = Path(root)
-    real_root = root.resolve()
+    real_root = (inside or root).resolve()
     seen_dirs: set[Path] = set()
     stack = [root]
     while stack:
@@ -95,6 +97,37 @@ def discover(root: Path) -> Iterator[FoundFile | Skipped]:
                 continue
             yield FoundFile(Path(entry.path), st.st_size, st.st_mtime_ns)
         stack.extend(subdirs)  # reversed listing + stack = sorted depth-first order
+
+
+def discover_paths(root: Path, paths: Iterable[Path]) -> Iterator[FoundFile | Skipped]:
+    """What `discover(root)` yields for these paths under `root` (a folder: everything under it), by the same
+    rules; a path that does not exist yields nothing. A watch batch lists only the paths its events name."""
+    real_root = Path(root).resolve()
+    for path in sorted(set(paths)):
+        try:
+            if path.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    yield Skipped(path, "broken or looping symlink")
+                    continue
+                if not _is_inside(target, real_root):
+                    yield Skipped(path, "symlink to outside the indexed folder")
+                    continue
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            yield Skipped(path, f"cannot stat: {exc.strerror or exc}")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            yield from discover(path, inside=real_root)
+        elif not stat.S_ISREG(st.st_mode):
+            continue
+        elif path.suffix.lower() in SUPPORTED_EXTENSIONS:
+            yield FoundFile(path, st.st_size, st.st_mtime_ns)
+        else:
+            yield Skipped(path, f"unsupported file type {path.suffix or '(none)'}", True)
 
 
 def content_hash(data: bytes) -> str:

@@ -32,7 +32,14 @@ from retrieval import settings
 from retrieval.embedders import Embedder
 from retrieval.errors import ClusterError, DecodeError, UsageError
 from retrieval.files.decoding import DecodedImage, HeaderInfo, check_file_size, decode_image, read_header
-from retrieval.files.discovery import FOLDER_NOT_READABLE, FoundFile, Skipped, discover, file_hash
+from retrieval.files.discovery import (
+    FOLDER_NOT_READABLE,
+    FoundFile,
+    Skipped,
+    discover,
+    discover_paths,
+    file_hash,
+)
 from retrieval.files.thumbnails import ThumbnailCache, thumbnails_of
 from retrieval.metadata import Content, Failure, File, IngestWriter, MetadataStore, utcnow
 from retrieval.vectors.base import Store
@@ -432,24 +439,28 @@ class Ingestor:
         count, self._embedded_waiting = self._embedded_waiting, 0
         return count
 
-    def run(self, root: Path, *, prune: bool = True) -> IngestReport:
-        """Ingest `root`.
+    def run(
+        self, root: Path, *, prune: bool = True, paths: Iterable[Path | str] | None = None
+    ) -> IngestReport:
+        """Ingest `root`; with `paths`, only those paths under it (files, or folders and what lies under
+        them), a watch batch's: what a rescan would do to them, the rest of the folder not looked at.
 
         Raises:
             IngestInterrupted: a KeyboardInterrupt stopped it; what was recorded is saved, as its report says.
         """
         try:
-            return self._run(root, prune=prune)
+            return self._run(root, prune=prune, paths=paths)
         finally:
             if self._thumb_writer is not None:
                 self._thumb_writer.shutdown(wait=True)
                 self._thumb_writer = None
 
-    def _run(self, root: Path, *, prune: bool) -> IngestReport:
+    def _run(self, root: Path, *, prune: bool, paths: Iterable[Path | str] | None) -> IngestReport:
         started = time.monotonic()
         root = Path(root).expanduser()
         if not root.is_dir():
             raise UsageError(f"{root} is not a folder; pass the folder of photos to index")
+        given = Path(os.path.abspath(root))
         root = root.resolve()
         if _path_key(root) != str(root):
             raise UsageError(f"{_path_key(root)}: folder name is not valid UTF-8; rename it to index it")
@@ -457,7 +468,8 @@ class Ingestor:
 
         found: list[FoundFile] = []
         unlisted: list[str] = []  # folders that could not be listed: their files are not taken as deleted
-        for item in discover(root):
+        named = None if paths is None else _named_under(root, given, paths)
+        for item in discover(root) if named is None else discover_paths(root, named):
             if isinstance(item, Skipped) and item.unsupported:
                 report.unsupported += 1
             elif isinstance(item, Skipped):
@@ -477,8 +489,14 @@ class Ingestor:
             root_id = w.root_id(str(root))
             # Files under this folder that an ingest of a parent or a sub-folder recorded are this
             # ingest's to update and to prune too; they keep the root that found them first.
-            known_files = w.files_under(str(root))
-            known_failures = w.failures_under(str(root))
+            if named is None:
+                known_files = w.files_under(str(root))
+                known_failures = w.failures_under(str(root))
+            else:  # only the named paths' rows: what they held, and what lay under those that were folders
+                keys = [_path_key(p) for p in named]
+                folders = [key for key, p in zip(keys, named, strict=True) if not p.is_file()]
+                known_files = w.files_at(keys, folders)
+                known_failures = w.failures_at(keys, folders)
             self._unembedded = w.unembedded_contents()
 
             todo: list[FoundFile] = []
@@ -664,6 +682,29 @@ class Ingestor:
             w.forget(known_files.pop(path)[0])
         report.removed += len(gone)
         w.forget_failures(p for p in known_failures if p not in seen and not p.startswith(unlisted))
+
+
+def _named_under(root: Path, given: Path, paths: Iterable[Path | str]) -> list[Path] | None:
+    """Named paths as paths under the resolved `root` (passed as `given`), each once, none under another
+    (so that each file is listed once); those outside the root are dropped (a rescan never sees them).
+    None when one names the root itself: that is a rescan."""
+    named: set[Path] = set()
+    for path in paths:
+        path = Path(os.path.abspath(path))
+        for base in (given, root):
+            try:
+                rel = path.relative_to(base)
+            except ValueError:
+                continue
+            if rel == Path("."):
+                return None
+            named.add(root / rel)
+            break
+    kept: list[Path] = []
+    for path in sorted(named):  # by parts: what lies under a folder sorts right after it
+        if not kept or kept[-1] not in path.parents:
+            kept.append(path)
+    return kept
 
 
 def _header_or_none(path: str) -> HeaderInfo | None:

@@ -3,9 +3,13 @@
 File events (watchdog: inotify, FSEvents, ReadDirectoryChangesW, or polling where those cannot see the
 changes) are collected and debounced into batches: a batch starts once no event has come for `quiet` seconds,
 or `max_delay` seconds after its first event, so a camera import of 500 files is one ingest, not 500. Each
-batch is one ordinary incremental ingest of the whole folder, which tells new, changed, moved and deleted
-files apart by the rules `retrieval ingest` uses; the events only say when to look. A batch does not start
-sooner after the previous one than that one took (its rescan is the cost of a large library).
+batch is one ordinary incremental ingest of just the paths its events named (created, modified, moved from
+and to, deleted; a folder that appeared is listed, one that went takes the files under it along), by the
+rules `retrieval ingest` uses, so that its cost is the batch's, not the library's. The whole folder is
+rescanned where the events cannot be trusted to name every change: when watching starts, when the folder is
+back, after the OS dropped events (an inotify queue overflow), when an event names the folder itself, and
+when a batch names more than RESCAN_ABOVE paths (a rescan is then as cheap). A batch does not start sooner
+after the previous one than that one took.
 
 A folder that goes away (a disk unmounted, a share dropped) is waited for, never taken for every file
 deleted: while the folder is missing, no longer a mount point, or empty although the index holds files from
@@ -14,6 +18,7 @@ it, no ingest runs; when it is back, a catch-up ingest finds what changed meanwh
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -38,7 +43,12 @@ _CHANGES = frozenset({"created", "deleted", "modified", "moved", "closed"})
 #: index, the disk refuses for now, the Milvus server is away.
 _RETRYABLE = (IndexBusyError, StorageError, StoreUnavailableError)
 
+#: A batch naming more paths than this rescans the whole folder instead.
+RESCAN_ABOVE = 10_000
+
 IngestFn = Callable[[ProgressFn], IngestReport]
+#: An incremental ingest of only these paths under the root (files, or folders and what is under them).
+IngestPathsFn = Callable[[ProgressFn, Sequence[str]], IngestReport]
 BatchKind = Literal["catch-up", "changes", "waiting", "back", "polling", "failed", "stopped"]
 
 
@@ -91,6 +101,7 @@ class Watcher:
         root: the folder to watch (it may be missing at the start: it is waited for).
         ingest: one incremental ingest of `root`, given a progress callback (which the watcher uses to stop a
             batch cleanly: the ingest saves what it has done and raises KeyboardInterrupt).
+        ingest_paths: the same, of only the paths a batch's events named; None rescans for every batch.
         indexed_files: how many files the index holds under `root` (asked only when the folder is empty).
         quiet: seconds without an event before a batch starts.
         max_delay: seconds after a batch's first event by which it starts, events or not.
@@ -107,6 +118,7 @@ class Watcher:
         root: Path,
         ingest: IngestFn,
         *,
+        ingest_paths: IngestPathsFn | None = None,
         indexed_files: Callable[[], int],
         quiet: float = 2.0,
         max_delay: float = 60.0,
@@ -123,6 +135,7 @@ class Watcher:
             )
         self.root = Path(os.path.abspath(Path(root).expanduser()))
         self._ingest = ingest
+        self._ingest_paths = ingest_paths
         self._indexed_files = indexed_files
         self.quiet, self.max_delay, self.poll_interval = quiet, max_delay, poll_interval
         self.polling = polling
@@ -132,6 +145,10 @@ class Watcher:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self._pending = 0
+        self._paths: set[str] = set()  # named by the pending events
+        self._rescan = False  # the pending batch rescans the whole folder
+        self._taken: list[str] | None = None  # the paths of the batch _next_batch returned; None: rescan
+        self._overflow = _Overflow(self._on_overflow)
         self._first = self._last = 0.0
         self._gone = False
         self._was_mount = False
@@ -163,7 +180,7 @@ class Watcher:
                     events = self._next_batch()
                     if events is None or self._available() is not None:
                         break
-                    self._batch("changes", events)
+                    self._batch("changes", events, self._taken)
                 self._stop_observer()
         except KeyboardInterrupt:
             interrupted = self._stopped_in_batch
@@ -215,7 +232,8 @@ class Watcher:
         from watchdog.observers.polling import PollingObserver
 
         with self._changed:
-            self._pending, self._gone = 0, False
+            self._pending, self._gone, self._rescan = 0, False, False
+            self._paths.clear()
         network = network_filesystem(self.root) if self.polling is None else None
         observer: Any
         if self.polling or network:
@@ -241,8 +259,10 @@ class Watcher:
                 )
             )
         self._observer = observer
+        _OVERFLOW_LOG.addHandler(self._overflow)
 
     def _stop_observer(self) -> None:
+        _OVERFLOW_LOG.removeHandler(self._overflow)
         observer, self._observer = self._observer, None
         if observer is not None:
             observer.stop()
@@ -254,18 +274,40 @@ class Watcher:
             return
         if self._ignore and all(p.startswith(self._ignore) for p in paths):
             return
-        gone = event_type in ("deleted", "moved") and paths[0] == str(self.root)
+        root = str(self.root)
+        gone = event_type in ("deleted", "moved") and paths[0] == root
         image = any(os.path.splitext(p)[1].lower() in SUPPORTED_EXTENSIONS for p in paths)
         if not (gone or is_directory or image):
             return
         with self._changed:
-            now = time.monotonic()
-            if not self._pending:
-                self._first = now
-            self._pending += 1
-            self._last = now
+            self._note_change()
             self._gone = self._gone or gone
+            if root in paths:
+                self._rescan = True
+            elif not self._rescan:
+                self._paths.update(p for p in paths if not (self._ignore and p.startswith(self._ignore)))
+                if len(self._paths) > RESCAN_ABOVE:
+                    self._rescan = True
+            if self._rescan:
+                self._paths.clear()
             self._changed.notify_all()
+
+    def _note_change(self) -> None:
+        """Count one more pending event (with `_changed` held)."""
+        now = time.monotonic()
+        if not self._pending:
+            self._first = now
+        self._pending += 1
+        self._last = now
+
+    def _on_overflow(self, record: logging.LogRecord) -> None:
+        """The OS dropped events (watchdog logs an inotify queue overflow): the next batch rescans."""
+        if "overflow" in record.getMessage().lower():
+            with self._changed:
+                self._note_change()
+                self._rescan = True
+                self._paths.clear()
+                self._changed.notify_all()
 
     def _next_batch(self) -> int | None:
         """Wait for the next batch; its number of events, or None when stopped or the folder is gone."""
@@ -276,6 +318,10 @@ class Watcher:
                     due = max(min(self._last + self.quiet, self._first + self.max_delay), self._rest_until)
                     if now >= due:
                         events, self._pending = self._pending, 0
+                        paths = self._rescan or self._ingest_paths is None
+                        self._taken = None if paths else sorted(self._paths)
+                        self._paths.clear()
+                        self._rescan = False
                         return events
                     self._changed.wait(min(due - now, self.poll_interval))
                 else:
@@ -284,17 +330,25 @@ class Watcher:
                         return None  # gone without an event (an unmount, a share that dropped)
             return None
 
-    def _retry_later(self) -> None:
+    def _retry_later(self, paths: Sequence[str] | None) -> None:
+        """Put a failed batch back: its paths (None: a rescan) join the next one's."""
         with self._changed:
             now = time.monotonic()
             if not self._pending:
                 self._first = now
             self._pending += 1
             self._last = max(self._last, now + self.poll_interval - self.quiet)
+            if paths is None:
+                self._rescan = True
+                self._paths.clear()
+            elif not self._rescan:
+                self._paths.update(paths)
 
     # -- batches ---------------------------------------------------------------------------------------
 
-    def _batch(self, kind: BatchKind, events: int) -> None:
+    def _batch(self, kind: BatchKind, events: int, paths: Sequence[str] | None = None) -> None:
+        """Run one ingest: of `paths` only, or (None) of the whole folder."""
+
         def progress(p: IngestProgress) -> None:
             if self._progress is not None:
                 self._progress(p)
@@ -303,13 +357,16 @@ class Watcher:
 
         self._was_mount = self._was_mount or os.path.ismount(self.root)  # mounted since the start
         try:
-            report = self._ingest(progress)
+            if paths is None or self._ingest_paths is None:
+                report = self._ingest(progress)
+            else:
+                report = self._ingest_paths(progress, paths)
         except KeyboardInterrupt:
             self._stopped_in_batch = True
             raise
         except _RETRYABLE as exc:
             self._on_batch(WatchBatch("failed", events, note=f"{exc}; trying again"))
-            self._retry_later()
+            self._retry_later(paths)
             return
         except UsageError as exc:
             if self._available() is None:
@@ -318,10 +375,25 @@ class Watcher:
             self._on_batch(WatchBatch("failed", events, note=str(exc)))
             return
         self.batches += 1
-        # Each batch rescans the whole folder: resting as long as the last one took keeps a large library
-        # (or a slow share) from being rescanned more than half the time under a steady trickle of changes.
+        # Resting as long as the last batch took keeps a large library (or a slow share) from being rescanned
+        # more than half the time under a steady trickle of changes (batches of paths take little).
         self._rest_until = time.monotonic() + report.seconds
         self._on_batch(WatchBatch(kind, events, report=report))
+
+
+#: Where watchdog tells of an inotify queue overflow (events lost); the watcher listens while it watches.
+_OVERFLOW_LOG = logging.getLogger("watchdog.observers.inotify_c")
+
+
+class _Overflow(logging.Handler):
+    """Passes watchdog's log records to a watcher's callback (logging wants a Handler)."""
+
+    def __init__(self, callback: Callable[[logging.LogRecord], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._callback(record)
 
 
 class _Events:

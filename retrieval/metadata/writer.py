@@ -71,6 +71,33 @@ class IngestWriter:
             failures = self.session.scalars(select(Failure).where(*under_folder(Failure.path, folder)))
             return {f.path: f for f in failures}
 
+    def files_at(self, paths: Iterable[str], folders: Iterable[str] = ()) -> dict[str, tuple[File, bool]]:
+        """`files_under` for a watch batch: the files at `paths` and under each of `folders`."""
+        found: dict[str, tuple[File, bool]] = {}
+        with self.meta.reading():
+            query = select(File, Content.embedded).join(Content, Content.id == File.content_id)
+            for chunk in chunked(paths):
+                found.update(
+                    (f.path, (f, bool(e))) for f, e in self.session.execute(query.where(File.path.in_(chunk)))
+                )
+            for folder in folders:
+                rows = self.session.execute(query.where(*under_folder(File.path, folder)))
+                found.update((f.path, (f, bool(e))) for f, e in rows)
+        return found
+
+    def failures_at(self, paths: Iterable[str], folders: Iterable[str] = ()) -> dict[str, Failure]:
+        """`failures_under` for a watch batch: the failures at `paths` and under each of `folders`."""
+        found: dict[str, Failure] = {}
+        with self.meta.reading():
+            for chunk in chunked(paths):
+                found.update(
+                    (f.path, f) for f in self.session.scalars(select(Failure).where(Failure.path.in_(chunk)))
+                )
+            for folder in folders:
+                rows = self.session.scalars(select(Failure).where(*under_folder(Failure.path, folder)))
+                found.update((f.path, f) for f in rows)
+        return found
+
     def embedded_hashes(self) -> Iterator[str]:
         """The hash of every content that has its vector (what a Ray worker need not embed again)."""
         return iter(self.session.scalars(select(Content.hash).where(Content.embedded)))
