@@ -71,15 +71,9 @@ def discover(root: Path, *, inside: Path | None = None) -> Iterator[FoundFile | 
         for entry in entries:
             path = Path(entry.path)
             try:
-                if entry.is_symlink():
-                    try:
-                        target = path.resolve(strict=True)
-                    except (OSError, RuntimeError):
-                        yield Skipped(path, "broken or looping symlink")
-                        continue
-                    if not _is_inside(target, real_root):
-                        yield Skipped(path, "symlink to outside the indexed folder")
-                        continue
+                if entry.is_symlink() and (refused := _refused_symlink(path, real_root)) is not None:
+                    yield refused
+                    continue
                 if entry.is_dir():
                     subdirs.append(path)
                 elif entry.is_file():
@@ -99,21 +93,26 @@ def discover(root: Path, *, inside: Path | None = None) -> Iterator[FoundFile | 
         stack.extend(subdirs)  # reversed listing + stack = sorted depth-first order
 
 
+def _refused_symlink(path: Path, real_root: Path) -> Skipped | None:
+    """Why a symlink is not followed (broken, looping, or leading outside the indexed folder), or None."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return Skipped(path, "broken or looping symlink")
+    if not _is_inside(target, real_root):
+        return Skipped(path, "symlink to outside the indexed folder")
+    return None
+
+
 def discover_paths(root: Path, paths: Iterable[Path]) -> Iterator[FoundFile | Skipped]:
     """What `discover(root)` yields for these paths under `root` (a folder: everything under it), by the same
     rules; a path that does not exist yields nothing. A watch batch lists only the paths its events name."""
     real_root = Path(root).resolve()
     for path in sorted(set(paths)):
         try:
-            if path.is_symlink():
-                try:
-                    target = path.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    yield Skipped(path, "broken or looping symlink")
-                    continue
-                if not _is_inside(target, real_root):
-                    yield Skipped(path, "symlink to outside the indexed folder")
-                    continue
+            if path.is_symlink() and (refused := _refused_symlink(path, real_root)) is not None:
+                yield refused
+                continue
             st = path.stat()
         except FileNotFoundError:
             continue
