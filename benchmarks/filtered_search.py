@@ -65,11 +65,11 @@ float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending i
 
 - **exact** (m): score the memory-mapped originals; cheapest below ~160 allowed vectors.
 - **scan** (0.04·m + 150), in two stages: every allowed row on its first 32 PCA-head coordinates as float32
-  (`Lead`: 128 B per allowed vector, built once per allowed set and kept with the read-only ids array),
-  then the best 16·192 = 3,072 of them on the whole int8 head (a byte per head dimension, built from the originals
-  on the first scan and kept with the generation), then the graph path's re-rank (int8 tail for the best
-  192, the best 16 exactly). The first stage is what makes 10 % of 1M affordable: the old one-stage scan
-  gathered and converted all 100k int8 heads per query (21-26 ms there). 32 coordinates keep the true
+  (`Lead`: 128 B per allowed vector, built once per allowed set and kept with the read-only ids array), then
+  the best 16·192 = 3,072 of them on the whole int8 head (a byte per head dimension, built from the
+  originals on the first scan and kept with the generation), then the graph path's re-rank (int8 tail for
+  the best 192, the best 16 exactly). The first stage is what makes 10 % of 1M affordable: the old one-stage
+  scan gathered and converted all 100k int8 heads per query (21-26 ms there). 32 coordinates keep the true
   top-10 with room to spare: over 40 queries at 1M their rank by the 32-coordinate score was at most 6,002
   (98th percentile 1,549) of a random 100k and at most 1,430 of a random 10k; 24 coordinates, or keeping
   8·192 rows, dropped a random 10 % to recall 0.980-0.982 (50 queries, a separate run).
