@@ -59,6 +59,8 @@ class _LazyConsole:
         return self._console
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # own state not set yet (a copy being made): no Console to ask
+            raise AttributeError(name)
         return getattr(self.real, name)
 
     def __setattr__(self, name: str, value: Any) -> None:

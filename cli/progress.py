@@ -70,13 +70,17 @@ class _CountColumn(ProgressColumn):
         return Text(f"{done}/{int(task.total)}" if task.total is not None else f"{done}")
 
 
-class _RateColumn(ProgressColumn):
-    """The windowed rate while running; once finished, the average over the whole phase."""
+class _WindowColumn(ProgressColumn):
+    """A column drawn from each task's count window (`windows`, by task id), read at `clock`'s time."""
 
     def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.windows = windows
         self.clock = clock
+
+
+class _RateColumn(_WindowColumn):
+    """The windowed rate while running; once finished, the average over the whole phase."""
 
     def render(self, task: Task) -> Text:
         window = self.windows.get(task.id)
@@ -90,14 +94,9 @@ class _RateColumn(ProgressColumn):
         return Text(f"{rate:.1f} img/s" if rate is not None else "", style="cyan")
 
 
-class _EtaColumn(ProgressColumn):
+class _EtaColumn(_WindowColumn):
     """Time left at the windowed rate, on the lines that ask for it; nothing while the ingest's counts stand
     still, or before there is a rate."""
-
-    def __init__(self, windows: dict[Any, _Window], clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.windows = windows
-        self.clock = clock
 
     def render(self, task: Task) -> Text:
         window = self.windows.get(task.id)
