@@ -306,24 +306,30 @@ def compare_ways(
 ) -> list[str]:
     """Each way forced on each filter (what the cut-overs are chosen from): ms per query and recall@10.
     A way the cost model puts above 3 exact scans of 100k rows is skipped (around a second per query).
-    A forced post-filtered search still scans the queries that find too few allowed nodes."""
-    ways = ("exact", "scan", "post")
+    "post" sends the queries that find too few allowed nodes on as `filtered.fallback` chooses; "post, X"
+    forces X for them (the compiled walk, the scan, or hnswlib's walk with a Python filter)."""
+    ways = ("exact", "scan", "post", "post, walk", "post, scan", "post, hnswlib walk")
     n = len(store)
-    chosen = filtered.choose
+    chosen, fallback, level0 = filtered.choose, filtered.fallback, VectorStore._level0
     cells: dict[tuple[int, str], str] = {}
     try:
         for j, f in enumerate(filters):
             m = len(f.allowed)
-            cost = {
-                "exact": float(m),
-                "scan": filtered.SCAN_ROW * m,
-                "post": filtered.POST_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf"),
-            }
+            post = filtered.POST_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf")
+            cost = {"exact": float(m), "scan": filtered.SCAN_ROW * m, "post": post}
             for way in ways:
-                if cost[way] > 300_000:
+                base, _, then = way.partition(", ")
+                if cost[base] > 300_000 or (then and m < filtered.WALK_MIN_SHARE * n):
                     cells[(j, way)] = "skipped"
                     continue
-                filtered.choose = lambda *args, way=way, **kwargs: way
+                filtered.choose = lambda *args, base=base, **kwargs: base
+                filtered.fallback = fallback
+                VectorStore._level0 = level0
+                if then:
+                    forced = "scan" if then == "scan" else "walk"
+                    filtered.fallback = lambda *args, forced=forced, **kwargs: forced
+                if then == "hnswlib walk":
+                    VectorStore._level0 = lambda self, st: None
                 lat, ids = interleaved_best_times(
                     [lambda q, f=f: store.search(q, K, allowed=f.allowed)[0][0]],
                     [len(queries)],
@@ -334,7 +340,7 @@ def compare_ways(
                 rec = vectors.recall_at_k(ids, truths[j][: len(queries)], K)
                 cells[(j, way)] = f"{lat.mean() * 1e3:.2f} ms / {rec:.3f}"
     finally:
-        filtered.choose = chosen
+        filtered.choose, filtered.fallback, VectorStore._level0 = chosen, fallback, level0
     out = [
         f"Each way forced ({len(queries)} queries, ms per query / recall@10; the chosen way in bold):\n",
         "| filter | selectivity | " + " | ".join(ways) + " |",

@@ -547,17 +547,28 @@ def test_the_scan_finds_the_best_allowed_when_its_first_stage_keeps_few_rows(
     np.testing.assert_allclose(scores, exact, atol=1e-5)
 
 
-@pytest.mark.parametrize("fallback", ["scan", "walk"])
+@pytest.mark.parametrize("fallback", ["scan", "walk", "hnswlib walk"])
 def test_a_post_filtered_query_far_from_every_allowed_vector_falls_back_and_is_still_exact(
     filter_store: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch, fallback: str
 ) -> None:
     path, vecs = filter_store
     monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
-    monkeypatch.setattr(filtered, "walk_first", lambda *args: fallback == "walk")
-    scanned = []
+    forced = "scan" if fallback == "scan" else "walk"
+    monkeypatch.setattr(filtered, "fallback", lambda *args, **kwargs: forced)
+    monkeypatch.setattr(filtered, "COMPILED_MIN_N", 0)
+    if fallback == "hnswlib walk":  # no compiled walk at hand (numba missing, or unsaved changes)
+        monkeypatch.setattr(VectorStore, "_level0", lambda self, st: None)
+    scanned: list[int] = []
+    walked: list[int] = []
     candidates = filtered.Lead.candidates
     monkeypatch.setattr(
         filtered.Lead, "candidates", lambda self, *a, **kw: scanned.append(1) or candidates(self, *a, **kw)
+    )
+    walk_candidates = filtered.WalkSet.candidates
+    monkeypatch.setattr(
+        filtered.WalkSet,
+        "candidates",
+        lambda self, *a, **kw: walked.append(1) or walk_candidates(self, *a, **kw),
     )
     ids = np.arange(FILTER_N) * 10 + 5
     centre = vecs[0]
@@ -568,13 +579,15 @@ def test_a_post_filtered_query_far_from_every_allowed_vector_falls_back_and_is_s
         found, scores = store.search(far, k=10, ef=64, allowed=ids[rows])
         # their graph neighbourhoods hold (almost) no allowed vector: each walks with the filter or scans
         assert len(scanned) == (len(far) if fallback == "scan" else 0)
+        assert len(walked) == (len(far) if fallback == "walk" else 0)
         truth = exact_top(vecs[rows], ids[rows], far, 10)
         assert (found == truth).mean() >= 0.9 and (found[:, 0] == truth[:, 0]).all()
         exact = np.einsum("ij,ikj->ik", far, vecs[(found - 5) // 10])
         np.testing.assert_allclose(scores, exact, atol=1e-5)
         scanned.clear()
+        walked.clear()
         found, _ = store.search(near, k=10, ef=64, allowed=ids[rows])
-        assert not scanned  # inside the folder the post-filtered graph search holds enough
+        assert not scanned and not walked  # inside the folder the post-filtered graph search holds enough
         assert (found[:, 0] == ids[rows[:5]]).all()  # each finds itself
 
 

@@ -13,9 +13,10 @@ measured in BENCHMARKS.md, "Filtered search"):
 * **post**: for a large set, the unfiltered graph search made cands·n/m wide, kept to the allowed nodes
   (about `cands` of them where allowed vectors are as common near the query as in the store), then the
   same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away from the query)
-  walks the graph with the filter applied during the walk (hnswlib's `knn_query(filter=...)`, which
-  carries on through disallowed nodes; a Python call per node, so only as a fallback) or, where that
-  would cost more, is scanned.
+  walks the graph through allowed nodes only (`walk.Level0`, compiled, over the saved graph file), or
+  where that would cost more, or the graph in memory has unsaved changes, scans. The last resort, when
+  no compiled walk is at hand, is hnswlib's own filtered walk (`knn_query(filter=...)`, a Python call
+  per node it meets).
 
 Every way returns exact scores; only which allowed vectors are considered differs. A partitioned scan
 (k-means over the heads) was measured and dropped (BENCHMARKS.md): on these vectors its recall needed
@@ -24,12 +25,18 @@ Every way returns exact scores; only which allowed vectors are considered differ
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.vectors.hnsw.originals import Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
+
+if TYPE_CHECKING:  # numba loads only when a filtered search first needs it
+    from retrieval.vectors.hnsw.walk import Level0
 
 #: Relative cost of each way, in units of one float32 original scored (gather + dot product), fitted on
 #: the forced-way tables at 100k and 1M (BENCHMARKS.md, "Filtered search"): the scan costs SCAN_ROW per
@@ -38,10 +45,30 @@ from retrieval.vectors.hnsw.quantizer import Quantizer
 SCAN_ROW = 0.04
 POST_NODE = 4.8
 FIXED = 150.0
-#: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph with the filter
-#: (WALK_NODE per node it expects to visit, cands·n/m) where that costs less than the scan, else scans.
+#: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph where that costs
+#: less than the scan, else scans. The compiled walk keeps WALK_WIDTH·cands allowed nodes (1M, a folder of
+#: half the store, queries outside it: recall@10 0.953 with 1·cands, 0.973 with 2·cands), costs WALK_NODE
+#: per node kept, and starts from the best SEEDS of SEED_SAMPLE allowed nodes drawn once per set. It needs
+#: allowed nodes dense enough to reach through one disallowed one (WALK_MIN_SHARE of the store: at a 1 %
+#: random set it reached recall 0.67). hnswlib's walk costs PY_WALK_NODE per node it expects to visit,
+#: cands·n/m.
 POST_KEEP = 0.5
-WALK_NODE = 2.7
+#: Once more than one in MISS_RATE post-filtered searches of a set has come up short (a folder: the queries
+#: outside it), each first asks the graph for its PROBE nearest nodes (~0.25 ms at 1M, against ~2.5 ms
+#: for the post-filter made 384 wide) and, where under POST_KEEP of the allowed share of them is allowed,
+#: goes straight to the walk or scan. A set that never comes up short (a random half) never probes.
+MISS_RATE = 10
+PROBE = 32
+WALK_WIDTH = 2
+WALK_NODE = 9.0
+WALK_MIN_SHARE = 0.05
+SEED_SAMPLE = 1024
+SEEDS = 16
+PY_WALK_NODE = 2.7
+#: The compiled walk and scan serve stores of COMPILED_MIN_N live vectors or more: the first use of each in
+#: an install compiles it (~10 s, then cached on disk beside the module), which a small store, where
+#: numpy and hnswlib take a few milliseconds, would never win back.
+COMPILED_MIN_N = 50_000
 #: The scan's first stage: LEAD_DIMS head coordinates per row (float32); its second: the whole int8 head
 #: of the best LEAD_KEEP·cands rows.
 LEAD_DIMS = 32
@@ -62,9 +89,25 @@ def choose(m: int, n_slots: int, n_alive: int, cands: int, *, graph: bool) -> st
     return min(costs, key=costs.__getitem__)
 
 
-def walk_first(m: int, n_alive: int, cands: int) -> bool:
-    """Whether a post-filtered query that found too few allowed nodes should walk rather than scan."""
-    return WALK_NODE * cands * n_alive / m < SCAN_ROW * m
+def compiled(n_alive: int) -> bool:
+    """Whether a store of `n_alive` vectors uses the compiled scan and walk (numba installed)."""
+    return n_alive >= COMPILED_MIN_N and _have_numba()
+
+
+@functools.cache
+def _have_numba() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def fallback(m: int, n_alive: int, cands: int, *, compiled: bool) -> str:
+    """'walk' or 'scan' for a post-filtered query that found too few allowed nodes, by the cost model above;
+    `compiled`: whether the compiled walk is at hand (else hnswlib's)."""
+    scan = SCAN_ROW * m
+    if compiled:
+        walk = WALK_NODE * WALK_WIDTH * cands if m >= WALK_MIN_SHARE * n_alive else float("inf")
+    else:
+        walk = PY_WALK_NODE * cands * n_alive / m
+    return "walk" if walk < scan else "scan"
 
 
 @dataclass(eq=False)
@@ -105,19 +148,24 @@ class HeadCodes:
 @dataclass(eq=False)
 class Lead:
     """An allowed set laid out for two-stage scans: its slots and the first LEAD_DIMS head coordinates of
-    each, decoded to float32 (a dot product per row with no conversion)."""
+    each: as int8 codes for the compiled scan (`scan.two_stage`), else decoded to float32 (numpy has no
+    int8 dot product)."""
 
     head: HeadCodes
     slots: np.ndarray  # (m,) int64
-    lead: np.ndarray  # (m, lead_dims) float32
+    lead: np.ndarray  # (m, lead_dims) int8 where compiled, else float32
+
+    @property
+    def compiled(self) -> bool:
+        return self.lead.dtype == np.int8
 
     @classmethod
-    def build(cls, head: HeadCodes, slots: np.ndarray) -> Lead:
+    def build(cls, head: HeadCodes, slots: np.ndarray, *, compiled: bool) -> Lead:
         dims = min(LEAD_DIMS, head.quantizer.head_dims)
-        lead = np.empty((len(slots), dims), dtype=np.float32)
+        lead = np.empty((len(slots), dims), dtype=np.int8 if compiled else np.float32)
         for lo in range(0, len(slots), _BLOCK):
             part = head.codes[slots[lo : lo + _BLOCK], :dims]
-            lead[lo : lo + _BLOCK] = part.astype(np.float32) * head.step[:dims]
+            lead[lo : lo + _BLOCK] = part if compiled else part.astype(np.float32) * head.step[:dims]
         return cls(head, slots, lead)
 
     def candidates(self, graph_query: np.ndarray, cands: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,10 +174,15 @@ class Lead:
         head = self.head
         slots = self.slots
         keep = LEAD_KEEP * cands
+        weights = graph_query[: head.quantizer.head_dims] * head.step
+        if self.compiled:
+            from retrieval.vectors.hnsw import scan
+
+            dims = self.lead.shape[1]
+            return scan.two_stage(self.lead, slots, head.codes, weights[:dims], weights, keep, cands)
         if len(slots) > keep:
             first = self.lead @ graph_query[: self.lead.shape[1]]
             slots = slots[np.argpartition(first, len(first) - keep)[len(first) - keep :]]
-        weights = graph_query[: head.quantizer.head_dims] * head.step
         scores = head.codes.take(slots, axis=0).astype(np.float32) @ weights
         if cands < len(scores):
             best = np.argpartition(scores, len(scores) - cands)[len(scores) - cands :]
@@ -139,3 +192,35 @@ class Lead:
     @property
     def nbytes(self) -> int:
         return self.slots.nbytes + self.lead.nbytes
+
+
+@dataclass(eq=False)
+class WalkSet:
+    """An allowed set laid out for the compiled walk over one saved graph: a byte per graph node (1 where
+    allowed) and a fixed random sample of its nodes, with their graph vectors, to start walks from."""
+
+    level0: Level0
+    allowed: np.ndarray  # (nodes,) uint8
+    sample: np.ndarray  # (≤ SEED_SAMPLE,) node numbers
+    sample_vectors: np.ndarray  # (len(sample), graph_dims) float32
+
+    @classmethod
+    def build(cls, level0: Level0, mask: bytes, slots: np.ndarray) -> WalkSet:
+        """For the allowed `slots` (ascending) and their `mask` (a byte per slot)."""
+        allowed = np.frombuffer(mask, dtype=np.uint8)[level0.slots]
+        nodes = level0.nodes[slots]
+        nodes = nodes[nodes >= 0]
+        if len(nodes) > SEED_SAMPLE:
+            nodes = np.random.default_rng(len(nodes)).choice(nodes, SEED_SAMPLE, replace=False)
+        nodes = np.sort(nodes)
+        return cls(level0, allowed, nodes, level0.vectors(nodes))
+
+    def candidates(self, graph_query: np.ndarray, cands: int) -> tuple[np.ndarray, np.ndarray]:
+        """The allowed slots the walk keeps for one query (WALK_WIDTH·cands of them where reachable) and
+        their head scores minus 1, like the post-filtered search's."""
+        if not len(self.sample):
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        first = self.sample_vectors @ graph_query
+        seeds = self.sample[np.argsort(first)[-SEEDS:]]
+        slots, scores = self.level0.walk(self.allowed, graph_query, seeds, WALK_WIDTH * cands)
+        return slots, scores - 1.0

@@ -190,6 +190,7 @@ class _State:
     id_index: _IdIndex | None  # built on first lookup by id: search-only readers never pay for it
     files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
     head_codes: filtered.HeadCodes | None = None  # built by the first filtered scan
+    level0: Any = None  # the saved graph's bottom layer (walk.Level0) once a walk needs it; False: none
 
     def head_codes_now(self) -> filtered.HeadCodes:
         """The int8 heads of every slot, built or extended to the current slots."""
@@ -225,6 +226,9 @@ class _Allowed:
     slots: np.ndarray
     mask: bytes | None = None  # one byte per slot, for the post-filtered search
     lead: filtered.Lead | None = None  # for the two-stage scan
+    walk: filtered.WalkSet | None = None  # for the compiled walk
+    tries: int = 0  # post-filtered searches of this set so far,
+    misses: int = 0  # and how many of them held too few allowed nodes
 
 
 class VectorStore:
@@ -639,26 +643,39 @@ class VectorStore:
             post = None
             if way == "post":
                 assert entry.mask is not None
-                post = self._post_filtered(st, graph_query[i], c, m, entry.mask)
-            if (
-                way == "post"
-                and (post is None or len(post[0]) < width)
-                and filtered.walk_first(m, st.n_alive, c)
-            ):
-                assert entry.mask is not None
-                post = self._walk(st, graph_query[i], c, entry.mask)
+                if entry.misses * filtered.MISS_RATE <= entry.tries or self._probe(st, graph_query[i], entry):
+                    post = self._post_filtered(st, graph_query[i], c, m, entry.mask)
+                entry.tries += 1
+                if post is None or len(post[0]) < width:
+                    entry.misses += 1
+                    post = self._walk(st, entry, graph_query[i], c)
             if post is not None and len(post[0]) >= width:
                 picked, head = post
                 head = head + (bias[i] + 1.0)
             else:  # the scan, or a post-filtered query that found too few allowed nodes
                 head_codes = st.head_codes_now()
-                if entry.lead is None or entry.lead.head is not head_codes:
-                    entry.lead = filtered.Lead.build(head_codes, slots)
+                compiled = filtered.compiled(st.n_alive)
+                if entry.lead is None or entry.lead.head is not head_codes or entry.lead.compiled != compiled:
+                    entry.lead = filtered.Lead.build(head_codes, slots, compiled=compiled)
                 picked, head = entry.lead.candidates(graph_query[i], c)
                 head = head + bias[i]
             out_slots[i], out_scores[i] = self._rerank(st, q[i], picked, head, weights[i], width)
         self._refuse_garbled(st, q, out_scores)
         return self._padded(st, out_slots, out_scores, k)
+
+    @staticmethod
+    def _probe(st: _State, graph_query: np.ndarray, entry: _Allowed) -> bool:
+        """Whether the query's nearest PROBE nodes hold enough allowed ones for the post-filter to be
+        worth its cost."""
+        graph, mask = st.graph, entry.mask
+        assert graph is not None and mask is not None
+        graph.set_ef(filtered.PROBE)
+        try:
+            labels, _ = graph.knn_query(graph_query[None], k=filtered.PROBE)
+        except RuntimeError:  # fewer live nodes reachable than asked for (heavy deletes)
+            return True
+        held = int(np.frombuffer(mask, dtype=np.bool_)[labels[0].view(np.int64)].sum())
+        return held >= filtered.POST_KEEP * filtered.PROBE * len(entry.slots) / st.n_alive
 
     @staticmethod
     def _post_filtered(
@@ -681,21 +698,48 @@ class VectorStore:
             return None
         return found[keep], -dist[0][keep]
 
-    @staticmethod
     def _walk(
-        st: _State, graph_query: np.ndarray, cands: int, mask: bytes
+        self, st: _State, entry: _Allowed, graph_query: np.ndarray, cands: int
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """hnswlib's graph walk with the filter applied during the walk: it carries on through disallowed
-        nodes until it holds `cands` allowed ones (their slots, and head score minus 1), where the
-        post-filter's unfiltered neighbourhood held too few. None if fewer are reachable (heavy deletes)."""
-        graph = st.graph
-        assert graph is not None
-        graph.set_ef(cands)
+        """A walk of the graph with the filter applied during the walk, for a query whose unfiltered
+        neighbourhood held too few allowed nodes: their slots and head scores minus 1, or None where the
+        scan costs less (`filtered.fallback`) or too few are reachable (heavy deletes)."""
+        graph, mask = st.graph, entry.mask
+        assert graph is not None and mask is not None
+        level0 = self._level0(st)
+        if filtered.fallback(len(entry.slots), st.n_alive, cands, compiled=level0 is not None) == "scan":
+            return None
+        if level0 is not None:
+            if entry.walk is None or entry.walk.level0 is not level0:
+                entry.walk = filtered.WalkSet.build(level0, mask, entry.slots)
+            return entry.walk.candidates(graph_query, cands)
+        graph.set_ef(cands)  # hnswlib's walk: it carries on through disallowed nodes
         try:
             labels, dist = graph.knn_query(graph_query[None], k=cands, filter=mask.__getitem__)
         except RuntimeError:
             return None
         return labels[0].view(np.int64), -dist[0]
+
+    def _level0(self, st: _State) -> Any:
+        """The saved graph's bottom layer for the compiled walk (a `walk.Level0`), or None: while this store
+        holds unsaved changes (the file is not the graph in memory), below `filtered.COMPILED_MIN_N` vectors,
+        or where numba or the file is missing."""
+        if self._dirty or st.quantizer is None or "graph" not in st.files:
+            return None
+        if not filtered.compiled(st.n_alive):
+            return None
+        if st.level0 is None:
+            st.level0 = False
+            from retrieval.vectors.hnsw import walk  # numba: ~0.5 s to import, so only here
+
+            try:
+                level0 = walk.Level0.open(
+                    self.folder / st.files["graph"]["name"], st.quantizer.graph_dims, st.n_slots
+                )
+            except OSError:  # removed by a writer since: this generation is two behind
+                return None
+            st.level0 = level0 if level0 is not None else False
+        return st.level0 or None
 
     def _allowed_slots(self, st: _State, allowed: np.ndarray) -> _Allowed:
         """The live slots of the allowed ids, ascending. An allowed array that is not writeable is taken
@@ -795,6 +839,7 @@ class VectorStore:
         }
         fileformat.write_manifest(self.folder, body)
         st.generation, st.files = gen, files
+        st.level0 = None  # the new graph file is the graph in memory
         self._dirty = False
         fileformat.remove_unreferenced(self.folder, st.file_names() | previous)
         return gen

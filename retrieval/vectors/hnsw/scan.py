@@ -1,0 +1,60 @@
+"""The filtered scan's two stages in one compiled pass (numba), for large stores.
+
+numpy has no int8 dot product, so the numpy scan keeps its first stage as float32 (128 B per allowed row)
+and pays a float32 copy of every row it passes to the second: at 10 % of 1M that is 12.8 MB read per query
+(2.1 ms of a 4.7 ms query) and 1.1 ms of gather and cast. Here both stages read the int8 codes directly:
+32 B per allowed row, and the second stage's rows in place (2.2 ms in all there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def two_stage(
+    lead: np.ndarray,
+    slots: np.ndarray,
+    codes: np.ndarray,
+    lead_weights: np.ndarray,
+    weights: np.ndarray,
+    keep: int,
+    cands: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best `cands` of the allowed `slots` by head score codes[slot] · weights, among the best `keep` by
+    the lead score lead[row] · lead_weights, with those head scores.
+
+    lead: (m, lead_dims) int8, row r the first head codes of slots[r]; codes: (n_slots, head_dims) int8.
+    The selections stay in numpy (argpartition): a heap in the kernel was slower, 4.9 against 2.2 ms at
+    10 % of 1M."""
+    if len(slots) > keep:
+        first = _lead_scores(lead, lead_weights)
+        slots = slots[np.argpartition(first, len(first) - keep)[len(first) - keep :]]
+    scores = _head_scores(codes, slots, weights)
+    if cands < len(scores):
+        best = np.argpartition(scores, len(scores) - cands)[len(scores) - cands :]
+        return slots[best], scores[best]
+    return slots, scores
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _lead_scores(lead, weights):
+    out = np.empty(lead.shape[0], dtype=np.float32)
+    for r in range(lead.shape[0]):
+        s = np.float32(0.0)
+        for d in range(lead.shape[1]):
+            s += np.float32(lead[r, d]) * weights[d]
+        out[r] = s
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _head_scores(codes, slots, weights):
+    out = np.empty(slots.shape[0], dtype=np.float32)
+    for j in range(slots.shape[0]):
+        row = slots[j]
+        s = np.float32(0.0)
+        for d in range(codes.shape[1]):
+            s += np.float32(codes[row, d]) * weights[d]
+        out[j] = s
+    return out

@@ -1,0 +1,191 @@
+"""A filtered walk over the bottom layer of a saved hnswlib graph, compiled with numba.
+
+hnswlib's own filtered walk (`knn_query(filter=...)`) follows every node better than the worst allowed result
+found so far, allowed or not. For a query outside a folder (its neighbourhood disallowed) that floods the
+query's own cluster before it reaches the folder: ~15,000 nodes scored per query at 1M, 14 ms, whether the
+filter is a Python call or compiled (measured both ways, BENCHMARKS.md "Filtered search"). This walk starts
+inside the allowed set (the best of a sample of it) and moves only through allowed nodes, looking through a
+disallowed neighbour to its allowed neighbours (two hops, as ACORN does), so it scores about as many nodes as
+an unfiltered search of the same width: ~6,000, 4-5 ms.
+
+The graph is read from its file, memory-mapped: hnswlib keeps its memory to itself, and the file of a
+generation is the graph as loaded (a store with unsaved changes does not walk; see `VectorStore`). An
+hnswlib index file is a fixed header, then one record per node in hnswlib's internal order: link count
+(uint16), 2 flag bytes, `max_m0` links (uint32 internal ids), the vector (float32), the label (uint64: here
+the slot), then the upper layers, which this walk does not need.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+
+
+@dataclass(eq=False)
+class Level0:
+    """The bottom layer of an hnswlib graph file: each node's links and vector (views of one memory map), the
+    slot of each node, and the node of each slot (-1 where none)."""
+
+    words: np.ndarray  # (count * stride,) uint32: the records, word by word
+    values: np.ndarray  # the same memory as float32
+    stride: int  # words per record
+    vector_at: int  # word offset of the vector in a record
+    dims: int
+    slots: np.ndarray  # (count,) int64
+    nodes: np.ndarray  # (n_slots,) int64
+
+    @classmethod
+    def open(cls, path: Path, dims: int, n_slots: int) -> Level0 | None:
+        """Map `path`; None where it is not an hnswlib file of `dims`-dim vectors whose labels are slots."""
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            return None
+        offset0, _cap, count, size, label_at, vector_at, *_rest = _HEADER.unpack(head)
+        max_m0 = _rest[3]
+        if (
+            offset0 != 0
+            or vector_at != 4 + 4 * max_m0
+            or label_at != vector_at + 4 * dims
+            or size != label_at + 8
+            or path.stat().st_size < _HEADER.size + count * size
+        ):
+            return None
+        mapped = np.memmap(path, dtype=np.uint32, mode="r", offset=_HEADER.size, shape=(count * size // 4,))
+        words = np.asarray(mapped)  # a plain array over the map: numba takes it
+        stride = size // 4
+        labels = words.reshape(count, stride)[:, label_at // 4 : label_at // 4 + 2]
+        slots = np.ascontiguousarray(labels).view(np.uint64).reshape(-1).astype(np.int64)
+        if count and (slots.min() < 0 or slots.max() >= n_slots):
+            return None
+        nodes = np.full(n_slots, -1, dtype=np.int64)
+        nodes[slots] = np.arange(count, dtype=np.int64)
+        return cls(words, words.view(np.float32), stride, vector_at // 4, dims, slots, nodes)
+
+    def vectors(self, nodes: np.ndarray) -> np.ndarray:
+        """The graph vectors of `nodes`, (len, dims) float32."""
+        rows = self.values.reshape(-1, self.stride)
+        return rows[nodes, self.vector_at : self.vector_at + self.dims]
+
+    def walk(
+        self, allowed: np.ndarray, query: np.ndarray, seeds: np.ndarray, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best `width` allowed nodes the walk reaches from `seeds` (allowed nodes), as slots, with their
+        graph scores (query · vector). `allowed`: one uint8 per node."""
+        nodes, scores = _walk(
+            self.words, self.values, self.stride, self.vector_at, allowed, query, seeds, width
+        )
+        return self.slots[nodes], scores
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dot(values, at, query):
+    s = np.float32(0.0)
+    for d in range(query.shape[0]):
+        s += values[at + d] * query[d]
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _sift_up(scores, nodes, i, sign):
+    """Heap order by sign * score, largest first, after a push at i."""
+    while i > 0:
+        p = (i - 1) >> 1
+        if sign * scores[p] >= sign * scores[i]:
+            break
+        scores[p], scores[i] = scores[i], scores[p]
+        nodes[p], nodes[i] = nodes[i], nodes[p]
+        i = p
+
+
+@njit(cache=True, nogil=True)
+def _pop(scores, nodes, n, sign):
+    """Drop the top of a heap of n; returns n - 1."""
+    n -= 1
+    scores[0], nodes[0] = scores[n], nodes[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and sign * scores[c + 1] > sign * scores[c]:
+            c += 1
+        if sign * scores[i] >= sign * scores[c]:
+            break
+        scores[c], scores[i] = scores[i], scores[c]
+        nodes[c], nodes[i] = nodes[i], nodes[c]
+        i = c
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _offer(node, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width):
+    """Keep a scored node if it is among the best `width` so far, and queue it for expansion."""
+    if n_best >= width and score <= best_s[0]:
+        return todo_s, todo_n, n_todo, n_best
+    if n_todo == todo_s.shape[0]:
+        grown_s = np.empty(2 * n_todo, dtype=np.float32)
+        grown_n = np.empty(2 * n_todo, dtype=np.int64)
+        grown_s[:n_todo] = todo_s
+        grown_n[:n_todo] = todo_n
+        todo_s, todo_n = grown_s, grown_n
+    todo_s[n_todo], todo_n[n_todo] = score, node
+    _sift_up(todo_s, todo_n, n_todo, 1.0)
+    best_s[n_best], best_n[n_best] = score, node
+    _sift_up(best_s, best_n, n_best, -1.0)
+    n_best += 1
+    if n_best > width:
+        n_best = _pop(best_s, best_n, n_best, -1.0)
+    return todo_s, todo_n, n_todo + 1, n_best
+
+
+@njit(cache=True, nogil=True)
+def _walk(words, values, stride, vector_at, allowed, query, seeds, width):
+    """Best-first search over allowed nodes: a max-heap of nodes to expand, a min-heap of the best `width`
+    found; it stops when the best node left to expand scores below the worst kept (hnswlib's rule)."""
+    seen = np.zeros(allowed.shape[0], dtype=np.uint8)
+    todo_s = np.empty(1024, dtype=np.float32)
+    todo_n = np.empty(1024, dtype=np.int64)
+    best_s = np.empty(width + 1, dtype=np.float32)
+    best_n = np.empty(width + 1, dtype=np.int64)
+    n_todo, n_best = 0, 0
+    for t in range(seeds.shape[0]):
+        u = seeds[t]
+        if seen[u] or not allowed[u]:
+            continue
+        seen[u] = 1
+        score = _dot(values, u * stride + vector_at, query)
+        todo_s, todo_n, n_todo, n_best = _offer(
+            u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
+        )
+    while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
+        base = todo_n[0] * stride
+        n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
+        for j in range(words[base] & 0xFFFF):
+            u = np.int64(words[base + 1 + j])
+            if seen[u]:
+                continue
+            seen[u] = 1
+            if allowed[u]:
+                score = _dot(values, u * stride + vector_at, query)
+                todo_s, todo_n, n_todo, n_best = _offer(
+                    u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
+                )
+                continue
+            through = u * stride  # a disallowed neighbour: look through it to its allowed neighbours
+            for h in range(words[through] & 0xFFFF):
+                w = np.int64(words[through + 1 + h])
+                if seen[w] or not allowed[w]:
+                    continue
+                seen[w] = 1
+                score = _dot(values, w * stride + vector_at, query)
+                todo_s, todo_n, n_todo, n_best = _offer(
+                    w, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
+                )
+    return best_n[:n_best].copy(), best_s[:n_best].copy()
