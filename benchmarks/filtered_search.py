@@ -316,7 +316,7 @@ def compare_ways(
         for j, f in enumerate(filters):
             m = len(f.allowed)
             post = filtered.POST_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf")
-            cost = {"exact": float(m), "scan": filtered.SCAN_ROW * m, "post": post}
+            cost = {"exact": float(m), "scan": filtered.scan_row(n) * m, "post": post}
             for way in ways:
                 base, _, then = way.partition(", ")
                 if cost[base] > 300_000 or (then and m < filtered.WALK_MIN_SHARE * n):

@@ -1,5 +1,5 @@
-"""The filtered search's compiled kernels: the walk over a saved hnswlib graph (retrieval/vectors/hnsw/walk.py),
-the two-stage int8 scan (scan.py), and when the store uses them."""
+"""The filtered search's compiled kernels: the walk over a saved hnswlib graph (vectors/hnsw/walk.py), the
+two-stage int8 scan (scan.py), and when the store uses them."""
 
 from __future__ import annotations
 

@@ -6,17 +6,18 @@ measured in BENCHMARKS.md, "Filtered search"):
 * **exact**: score the m float32 originals (memory-mapped) directly; for small sets.
 * **scan**: a two-stage scan of the allowed slots. Every slot has an int8 copy of its PCA head (`HeadCodes`,
   ~1/18 of the bytes of an original, built from the originals on the first scan and kept with the
-  generation); an allowed set keeps the first LEAD_DIMS head coordinates of its slots as float32 (`Lead`,
-  built once per set). A query scores every allowed slot on those, the best LEAD_KEEP·cands of them on
+  generation); an allowed set keeps the first LEAD_DIMS head coordinates of its slots (`Lead`, built once
+  per set: int8 for the compiled scan of stores of COMPILED_MIN_N vectors or more, `scan.two_stage`, else
+  float32 for numpy). A query scores every allowed slot on those, the best LEAD_KEEP·cands of them on
   their whole int8 head, and hands the best `cands` to the graph path's re-rank: int8 tail, then the best
   of those exactly from the originals.
 * **post**: for a large set, the unfiltered graph search made cands·n/m wide, kept to the allowed nodes
   (about `cands` of them where allowed vectors are as common near the query as in the store), then the
   same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away from the query)
   walks the graph through allowed nodes only (`walk.Level0`, compiled, over the saved graph file), or
-  where that would cost more, or the graph in memory has unsaved changes, scans. The last resort, when
-  no compiled walk is at hand, is hnswlib's own filtered walk (`knn_query(filter=...)`, a Python call
-  per node it meets).
+  where that would cost more, scans. Without the compiled walk (a small store, or one with unsaved
+  changes) the walk is hnswlib's own (`knn_query(filter=...)`, a Python call per node it meets). A set
+  whose queries often come up short probes first (PROBE) and skips the post-filter where it would.
 
 Every way returns exact scores; only which allowed vectors are considered differs. A partitioned scan
 (k-means over the heads) was measured and dropped (BENCHMARKS.md): on these vectors its recall needed
@@ -40,9 +41,10 @@ if TYPE_CHECKING:  # numba loads only when a filtered search first needs it
 
 #: Relative cost of each way, in units of one float32 original scored (gather + dot product), fitted on
 #: the forced-way tables at 100k and 1M (BENCHMARKS.md, "Filtered search"): the scan costs SCAN_ROW per
-#: allowed row, the post-filtered graph search POST_NODE per node it asks for (cands·n/m), both FIXED more
-#: for the re-rank.
+#: allowed row (SCAN_ROW_COMPILED for the compiled scan of large stores), the post-filtered graph search
+#: POST_NODE per node it asks for (cands·n/m), both FIXED more for the re-rank.
 SCAN_ROW = 0.04
+SCAN_ROW_COMPILED = 0.012
 POST_NODE = 4.8
 FIXED = 150.0
 #: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph where that costs
@@ -59,6 +61,7 @@ POST_KEEP = 0.5
 #: goes straight to the walk or scan. A set that never comes up short (a random half) never probes.
 MISS_RATE = 10
 PROBE = 32
+PROBE_KEEP = 0.5
 WALK_WIDTH = 2
 WALK_NODE = 9.0
 WALK_MIN_SHARE = 0.05
@@ -83,7 +86,7 @@ def choose(m: int, n_slots: int, n_alive: int, cands: int, *, graph: bool) -> st
     by the cost model above. The post-filtered search needs a graph and more allowed vectors than
     candidates."""
     del n_slots
-    costs = {"exact": float(m), "scan": SCAN_ROW * m + FIXED}
+    costs = {"exact": float(m), "scan": scan_row(n_alive) * m + FIXED}
     if graph and m > cands:
         costs["post"] = POST_NODE * cands * n_alive / m + FIXED
     return min(costs, key=costs.__getitem__)
@@ -94,6 +97,11 @@ def compiled(n_alive: int) -> bool:
     return n_alive >= COMPILED_MIN_N and _have_numba()
 
 
+def scan_row(n_alive: int) -> float:
+    """The scan's cost per allowed row in a store of `n_alive` vectors."""
+    return SCAN_ROW_COMPILED if compiled(n_alive) else SCAN_ROW
+
+
 @functools.cache
 def _have_numba() -> bool:
     return importlib.util.find_spec("numba") is not None
@@ -102,7 +110,7 @@ def _have_numba() -> bool:
 def fallback(m: int, n_alive: int, cands: int, *, compiled: bool) -> str:
     """'walk' or 'scan' for a post-filtered query that found too few allowed nodes, by the cost model above;
     `compiled`: whether the compiled walk is at hand (else hnswlib's)."""
-    scan = SCAN_ROW * m
+    scan = scan_row(n_alive) * m
     if compiled:
         walk = WALK_NODE * WALK_WIDTH * cands if m >= WALK_MIN_SHARE * n_alive else float("inf")
     else:
@@ -222,5 +230,5 @@ class WalkSet:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         first = self.sample_vectors @ graph_query
         seeds = self.sample[np.argsort(first)[-SEEDS:]]
-        slots, scores = self.level0.walk(self.allowed, graph_query, seeds, WALK_WIDTH * cands)
+        slots, scores = self.level0.walk(self.allowed, graph_query, seeds, int(WALK_WIDTH * cands))
         return slots, scores - 1.0

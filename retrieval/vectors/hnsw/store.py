@@ -675,7 +675,7 @@ class VectorStore:
         except RuntimeError:  # fewer live nodes reachable than asked for (heavy deletes)
             return True
         held = int(np.frombuffer(mask, dtype=np.bool_)[labels[0].view(np.int64)].sum())
-        return held >= filtered.POST_KEEP * filtered.PROBE * len(entry.slots) / st.n_alive
+        return held >= filtered.PROBE_KEEP * filtered.PROBE * len(entry.slots) / st.n_alive
 
     @staticmethod
     def _post_filtered(

