@@ -157,3 +157,27 @@ def test_the_compiled_scan_keeps_what_the_numpy_scan_keeps(tmp_path: Path) -> No
                 # ties at the cut may differ in float rounding; the scores of what is kept agree
                 assert np.mean(got_slots[order_got] == want_slots[order_want]) >= 0.95
                 np.testing.assert_allclose(np.sort(got), np.sort(want), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("way", ["scan", "post"])
+def test_without_numba_a_large_store_scans_with_numpy_and_walks_with_hnswlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    vecs, group = _clusters(2000, 32, 8, seed=9)
+    monkeypatch.setattr(filtered, "COMPILED_MIN_N", 0)
+    monkeypatch.setattr(filtered, "_have_numba", lambda: False)  # as where numba fails to import
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: way)
+    monkeypatch.setattr(filtered, "fallback", lambda *args, **kwargs: "walk")
+    allowed = np.flatnonzero(group < 4)
+    allowed.flags.writeable = False  # kept by the store with what it builds for it
+    far = vecs[np.flatnonzero(group >= 4)[:10]]
+    with VectorStore.create(tmp_path / "v", 32, StoreParams(graph_dims=16)) as store:
+        store.add(np.arange(2000), vecs)
+        store.save()
+        found, _ = store.search(far, k=5, ef=32, allowed=allowed)
+        entry = store._filter_cache[3]
+        assert entry.walk is None and store._level0(store._live()) is None
+        if way == "scan":
+            assert entry.lead is not None and entry.lead.lead.dtype == np.float32
+    truth = allowed[np.argsort(-(far @ vecs[allowed].T), axis=1)[:, :5]]
+    assert (found[:, 0] == truth[:, 0]).all() and (found == truth).mean() >= 0.9

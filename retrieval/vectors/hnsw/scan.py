@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from retrieval.vectors.hnsw.prefetch import prefetch
+
 
 def two_stage(
     lead: np.ndarray,
@@ -51,10 +53,21 @@ def _lead_scores(lead, weights):
 @njit(cache=True, nogil=True, fastmath=True)
 def _head_scores(codes, slots, weights):
     out = np.empty(slots.shape[0], dtype=np.float32)
+    ahead = min(8, slots.shape[0])
+    for j in range(ahead):
+        _prefetch_row(codes, slots[j])
     for j in range(slots.shape[0]):
+        if j + ahead < slots.shape[0]:
+            _prefetch_row(codes, slots[j + ahead])
         row = slots[j]
         s = np.float32(0.0)
         for d in range(codes.shape[1]):
             s += np.float32(codes[row, d]) * weights[d]
         out[j] = s
     return out
+
+
+@njit(cache=True, nogil=True)
+def _prefetch_row(codes, row):
+    for c in range(0, codes.shape[1], 64):  # one 64-byte cache line at a time
+        prefetch(codes, (row, c))  # type: ignore[call-arg]  # numba supplies typingctx

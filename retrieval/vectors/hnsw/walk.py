@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from llvmlite import ir
-from llvmlite.binding import llvm_version_info
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+
+from retrieval.vectors.hnsw.prefetch import prefetch as _prefetch
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
@@ -208,23 +206,3 @@ def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, wi
                 batch[j], score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
             )
     return best_n[:n_best].copy(), best_s[:n_best].copy()
-
-
-@intrinsic
-def _prefetch(typingctx, array, index):
-    """Ask the CPU to start loading array[index] (LLVM's prefetch: a read, kept in every cache level)."""
-    sig = types.void(array, index)
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
-        byte_ptr = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        name = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), name
-        )
-        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen

@@ -1,0 +1,35 @@
+"""A prefetch hint for numba kernels: start loading memory a kernel will read soon, so that the loads of
+several random rows overlap instead of each waiting its turn (numba has no such call of its own)."""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask the CPU to start loading array[index] (LLVM's prefetch: a read, kept in every cache level);
+    `index` is an integer, or a tuple of them for an array of more dimensions."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        if isinstance(signature.args[1], types.BaseTuple):
+            indices = cgutils.unpack_tuple(builder, args[1], len(signature.args[1]))
+        else:
+            indices = [args[1]]
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, indices)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), name
+        )
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
