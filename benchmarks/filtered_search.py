@@ -61,57 +61,66 @@ WHY = """\
 
 `search(allowed=ids)` maps the ids to slots (a table indexed by id: one gather, ~2 ms for 500k ids at 1M
 where binary search took ~170 ms) and takes the cheapest of three ways by a cost model in units of one
-float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending in exact scores:
+float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending in exact scores. From 50,000
+vectors the scan and the walk are compiled (numba; below, the first use's ~10 s compile would not pay back):
 
-- **exact** (m): score the memory-mapped originals; cheapest below ~160 allowed vectors.
-- **scan** (0.04·m + 150), in two stages: every allowed row on its first 32 PCA-head coordinates as float32
-  (`Lead`: 128 B per allowed vector, built once per allowed set and kept with the read-only ids array), then
-  the best 16·192 = 3,072 of them on the whole int8 head (a byte per head dimension, built from the
-  originals on the first scan and kept with the generation), then the graph path's re-rank (int8 tail for
-  the best 192, the best 16 exactly). The first stage is what makes 10 % of 1M affordable: the old one-stage
-  scan gathered and converted all 100k int8 heads per query (21-26 ms there). 32 coordinates keep the true
-  top-10 with room to spare: over 40 queries at 1M their rank by the 32-coordinate score was at most 6,002
-  (98th percentile 1,549) of a random 100k and at most 1,430 of a random 10k; 24 coordinates, or keeping
-  8·192 rows, dropped a random 10 % to recall 0.980-0.982 (50 queries, a separate run).
+- **exact** (m): score the memory-mapped originals; cheapest below ~150 allowed vectors.
+- **scan** (0.012·m + 150 compiled, 0.04·m + 150 numpy), in two stages: every allowed row on its first 32
+  PCA-head coordinates (`Lead`, built once per allowed set and kept with the read-only ids array: int8,
+  32 B per row, for the compiled scan; float32 for numpy, which has no int8 dot product), then the best
+  16·192 = 3,072 of them on the whole int8 head (a byte per head dimension, built from the originals on the
+  first scan and kept with the generation), then the graph path's re-rank (int8 tail for the best 192, the
+  best 16 exactly). Compiled, the first stage reads a quarter of the bytes and the second reads its rows in
+  place, prefetched a few rows ahead: at 1M, 0.84 against 1.49 ms at 10 %, 0.18 against 0.53 ms at 1 %
+  (one run, same queries). 32 coordinates keep the true top-10 with room to spare: over 40 queries at 1M
+  their rank by the 32-coordinate score was at most 6,002 (98th percentile 1,549) of a random 100k and at
+  most 1,430 of a random 10k; 24 coordinates, or keeping 8·192 rows, dropped a random 10 % to recall
+  0.980-0.982 (50 queries, a separate run).
 - **post** (4.8·192·n/m + 150): the unfiltered graph search made 192·n/m wide (384 at 50 %), kept to the
   allowed nodes: a random half of the store costs what an unfiltered search does. A query that keeps fewer
-  than 96 allowed nodes (a folder away from the query: its neighbourhood is disallowed) walks the graph
-  with the filter applied during the walk (hnswlib's `knn_query(filter=...)`, which carries on through
-  disallowed nodes until it holds 192 allowed ones) where the model prices that (2.7·192·n/m) below the
-  scan, else it is scanned.
+  than 96 allowed nodes (a folder away from the query: its neighbourhood is disallowed) **walks** the graph
+  through allowed nodes only, where that costs less than the scan (9·288 against 0.012·m: above ~22 % of
+  the store), else it is scanned. Once more than one query in ten of a set has come up short, each query
+  of that set first asks the graph for its 32 nearest nodes (0.2 ms) and, where under half the expected
+  share of them is allowed, skips the post-filter.
 
-The scan and the post-filtered search cross at m² ≈ 120·192·n: ~15 % of 1M, ~48 % of 100k; the scan crosses
-exact at ~160 vectors. The constants were fitted on the forced-way tables (this one and the 100k run below)
-on a loaded machine; near a cut-over the two ways cost about the same.
+The walk (retrieval/vectors/hnsw/walk.py) reads the bottom layer of the saved graph file, memory-mapped
+(hnswlib keeps its own memory to itself). hnswlib's filtered walk (`knn_query(filter=...)`) follows every
+node better than the worst allowed one found so far, allowed or not; for a query outside a folder that
+floods the query's own cluster first: ~15,000 nodes scored per query at 1M, 14 ms, and a compiled copy of
+that walk with no Python call per node took as long (15 ms), so the filter callback was not the cost. The
+new walk starts from the best 16 of 1,024 allowed nodes drawn once per set, steps only onto allowed nodes,
+and looks through a disallowed neighbour to its allowed neighbours (two hops, as ACORN does): ~6,000
+nodes, and each expansion collects its nodes, prefetches their vectors, then scores them (a random 892-byte
+row: 440 ns alone, 230 ns prefetched). Queries outside the folder of half the store: hnswlib's walk 14.3 ms
+at recall@10 0.970; this walk 4.8 ms at 0.973 keeping 384 (before the prefetch), 2.9 ms after. It keeps
+1.5·192 = 288 nodes: recall 0.970 for those queries (0.953 with 192, 0.973 with 384), 0.983 for the whole
+set. A graph with unsaved changes in this process (its file is not the graph in memory) and stores under
+50,000 vectors walk with hnswlib.
+
+The scan and the post-filtered search cross at m² ≈ 4.8·192·n / 0.012: ~28 % of 1M. The constants were
+fitted on the forced-way tables (this one and earlier runs); near a cut-over the two ways cost about the
+same. These 2 cores are shared: unfiltered search alone moved between 363 and 547 q/s over this session's
+runs, so read the ratios of one run.
 
 Not built, by measurement: the partitioned scan (IVF over the PCA head: ~sqrt(n) k-means centroids on the
 first 32 coordinates, each allowed set grouped by centroid, a query visiting centroids best first until
 it has seen P clusters and T allowed rows). At 1M (1,000 centroids, 50 queries, load 7-11) visiting 24
 clusters and 16·192 allowed rows gave recall@10 0.81/0.82 on the 50 % random/folder sets and 0.78/0.83 at
 10 % (0.988/0.998 at 1 %, no faster than the scan there); 150 clusters 0.974/0.982 and 0.964/0.990; 300
-clusters (30 % of the partition) 0.99, but at 3.2× an unfiltered search at 10 %. Clustering on 64 or 128
-coordinates moved recall by 0.03 at most. On these vectors (a power-law spectrum, clusters that overlap)
-the true top-10 are spread over a fixed share of the partitions, so a probe scores O(m) rows like the
-scan, and the first search took 31-38 s at 1M with k-means and labelling (8-9 s for the head codes
-alone). The walk alone (the previous design, a Python call per node it meets) cost 9-26 ms at 10 % of
-1M; it stays only as the post-filter's fallback.
+clusters (30 % of the partition) 0.99, but at 3.2× an unfiltered search at 10 %. On these vectors (a
+power-law spectrum, clusters that overlap) the true top-10 are spread over a fixed share of the
+partitions, so a probe scores O(m) rows like the scan, and the first search took 31-38 s at 1M.
 
 At 100k (`python benchmarks/filtered_search.py --n 100000 --queries 200 --rounds 2 --ways 20`, same day,
-load 6.4 before, 7.6 after) every target was met: recall@10 >= 0.997, 0.70× unfiltered at the lowest
-(folder 50 %), 1.4-1.5× at 10 %, 20× naive at 1 %.
+load about 1) every target holds with room: recall@10 >= 0.9945, 0.99× unfiltered at the lowest (the compiled
+scan answers even half the store there), 12× naive at 1 %.
 
-What is left at 1M: the folder of half the store (0.26-0.30×): a third of the queries lie outside it (20 of
-60 keep fewer than 96 allowed of their 384 nodes, 11 keep none; 768 wide rescues 6 of them at 3.5× the cost,
-3,072 wide 13 at 10×) and walk with the Python filter, ~25 ms each by the forced-way row; and 10 % (~0.4×:
-the scan's first stage reads 128 B × 100k = 12.8 MB per query, memory-bound, and on this shared machine the
-memory bandwidth is what other jobs take too). 5× naive at 1 % holds or nearly holds depending on the run
-(4.4-6.4×): the naive search at 1 % is only ~3× slower than unfiltered here (k = 1000 from a graph that is
-fast at any k), so it needs ~1.7× unfiltered speed, which the scan reaches (1.7-2.1×) with little margin.
-Next steps, not done: a compiled int8 first stage (numpy has no int8 dot product, so the first stage is
-float32), a C-level filter for the walk (faiss's IDSelectorBitmap, or hnswlib built with a bitmap filter),
-and links per folder (Qdrant's payload index) for correlated filters. "q/s, fresh ids" is the O(n)
-id-to-slot map, mask and lead coordinates built per query; the engine should pass one read-only array per
-filtered request (the SQLite query that makes the ids costs more anyway).
+What is thin at 1M: the folder of half the store sits at 0.5-0.6× unfiltered (half its queries walk, at
+about 2.2× an unfiltered search each), and 5× naive at 1 % depends on the run (the naive search at 1 %,
+k = 1,000 from a graph that is fast at any k, is only ~2.5-3× slower than unfiltered). "q/s, fresh ids"
+is the O(n) id-to-slot map, mask and lead coordinates built per query; the engine passes one read-only
+array per filtered request (the SQLite query that makes the ids costs more anyway).
 """
 
 CACHE = Path.home() / ".cache" / "retrieval-bench"
