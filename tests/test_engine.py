@@ -207,6 +207,29 @@ def test_doctor_finds_and_fixes_a_vector_without_row(make_photos):
         assert engine.doctor().ok and 999 not in engine.store
 
 
+def test_reconcile_reads_every_embedded_id_only_when_the_counts_disagree(make_photos, monkeypatch):
+    from retrieval.ingest import pipeline
+    from retrieval.metadata.store import MetadataStore
+
+    paths = make_photos(4)
+    listed: list[int] = []
+    embedded_ids = MetadataStore.embedded_ids
+    monkeypatch.setattr(
+        MetadataStore, "embedded_ids", lambda self: (listed.append(1), embedded_ids(self))[1]
+    )
+    with Engine(model="classic") as engine:
+        engine.ingest(paths[0].parent)
+        store = engine._open_for_writing()
+        listed.clear()
+        assert pipeline.reconcile(engine.meta, store) == (0, 0)
+        assert not listed  # what each watch batch pays: counts, not every id
+        victim = next(iter(embedded_ids(engine.meta)))
+        store.remove([victim])  # a vector lost: the counts disagree
+        store.save()
+        assert pipeline.reconcile(engine.meta, store) == (0, 1)
+        assert listed and victim not in embedded_ids(engine.meta)
+
+
 def test_remove_forgets_files_but_keeps_them_on_disk(make_photos):
     paths = make_photos(3)
     with Engine(model="classic") as engine:

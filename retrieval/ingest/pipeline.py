@@ -196,17 +196,18 @@ def reconcile(meta: MetadataStore, store: Store, *, full: bool = False) -> tuple
     missing go back to pending, so the next ingest embeds them again. A crash can only leave vectors
     above the last committed id or under a row still pending (vectors are saved before rows commit), so
     only those are looked up, unless the counts then disagree (or `full`, as doctor asks): listing every
-    id of a Milvus server takes ~14 s at 100k.
+    id of a Milvus server takes ~14 s at 100k, and reading every embedded id from SQLite 0.35 s there
+    (each batch of `watch` starts here).
     """
-    embedded = meta.embedded_ids()
     dropped = 0
     if not full:
         last, pending = meta.last_and_pending_ids()
         dropped = store.remove(store.ids_above(last).tolist() + pending)
-        if len(store) == len(embedded):
+        if len(store) == meta.embedded_count():
             if dropped:
                 store.save()
             return dropped, 0
+    embedded = meta.embedded_ids()
     in_store = {int(i) for i in store.ids()}
     extra = in_store - embedded
     missing = embedded - in_store

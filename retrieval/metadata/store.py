@@ -529,6 +529,12 @@ class MetadataStore:
             return set(s.scalars(select(Content.id).where(Content.embedded.is_(True))))
 
     @_reads
+    def embedded_count(self) -> int:
+        """How many contents are embedded: a count in SQLite, where `embedded_ids` builds a Python set."""
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count(Content.id)).where(Content.embedded.is_(True))) or 0)
+
+    @_reads
     def counts(self) -> dict[str, int]:
         with Session(self.engine) as s:
             return {

@@ -736,7 +736,7 @@ class VectorStore:
                 level0 = walk.Level0.open(
                     self.folder / st.files["graph"]["name"], st.quantizer.graph_dims, st.n_slots
                 )
-            except OSError:  # removed by a writer since: this generation is two behind
+            except (OSError, ValueError):  # removed by a writer since (two generations on), or unmappable
                 return None
             st.level0 = level0 if level0 is not None else False
         return st.level0 or None

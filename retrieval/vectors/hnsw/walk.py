@@ -53,7 +53,8 @@ class Level0:
         offset0, _cap, count, size, label_at, vector_at, *_rest = _HEADER.unpack(head)
         max_m0 = _rest[3]
         if (
-            offset0 != 0
+            count == 0
+            or offset0 != 0
             or vector_at != 4 + 4 * max_m0
             or label_at != vector_at + 4 * dims
             or size != label_at + 8
@@ -65,7 +66,7 @@ class Level0:
         stride = size // 4
         labels = words.reshape(count, stride)[:, label_at // 4 : label_at // 4 + 2]
         slots = np.ascontiguousarray(labels).view(np.uint64).reshape(-1).astype(np.int64)
-        if count and (slots.min() < 0 or slots.max() >= n_slots):
+        if slots.min() < 0 or slots.max() >= n_slots:
             return None
         nodes = np.full(n_slots, -1, dtype=np.int64)
         nodes[slots] = np.arange(count, dtype=np.int64)
