@@ -214,9 +214,7 @@ def test_reconcile_reads_every_embedded_id_only_when_the_counts_disagree(make_ph
     paths = make_photos(4)
     listed: list[int] = []
     embedded_ids = MetadataStore.embedded_ids
-    monkeypatch.setattr(
-        MetadataStore, "embedded_ids", lambda self: (listed.append(1), embedded_ids(self))[1]
-    )
+    monkeypatch.setattr(MetadataStore, "embedded_ids", lambda self: (listed.append(1), embedded_ids(self))[1])
     with Engine(model="classic") as engine:
         engine.ingest(paths[0].parent)
         store = engine._open_for_writing()
