@@ -81,8 +81,8 @@ vectors the scan and the walk are compiled (numba; below, the first use's ~10 s 
   than 96 allowed nodes (a folder away from the query: its neighbourhood is disallowed) **walks** the graph
   through allowed nodes only, where that costs less than the scan (9·288 against 0.012·m: above ~22 % of
   the store), else it is scanned. Once more than one query in ten of a set has come up short, each query
-  of that set first asks the graph for its 32 nearest nodes (0.2 ms) and, where under half the expected
-  share of them is allowed, skips the post-filter.
+  of that set first asks the graph for its 32 nearest nodes (0.2 ms) and, where under a quarter of the
+  expected share of them is allowed, skips the post-filter.
 
 The walk (retrieval/vectors/hnsw/walk.py) reads the bottom layer of the saved graph file, memory-mapped
 (hnswlib keeps its own memory to itself). hnswlib's filtered walk (`knn_query(filter=...)`) follows every
