@@ -181,3 +181,42 @@ def test_without_numba_a_large_store_scans_with_numpy_and_walks_with_hnswlib(
             assert entry.lead is not None and entry.lead.lead.dtype == np.float32
     truth = allowed[np.argsort(-(far @ vecs[allowed].T), axis=1)[:, :5]]
     assert (found[:, 0] == truth[:, 0]).all() and (found == truth).mean() >= 0.9
+
+
+def test_a_probed_post_filter_is_as_wide_as_the_allowed_share_near_the_query_says() -> None:
+    n = 1_000_000
+    assert filtered.post_width(192, 500_000, n, None) == 384  # unprobed: the store-wide share
+    assert filtered.post_width(192, 500_000, n, 1.0) == 288  # all near ones allowed: 1.5x cands
+    assert filtered.post_width(192, 500_000, n, 0.25) == 384  # never wider than the store-wide share says
+    assert filtered.post_width(192, 100_000, n, 0.9) == 320
+    assert filtered.post_width(192, 1_000, 2_000, 0.0) == 384
+
+
+def test_queries_inside_a_folder_that_others_miss_are_probed_and_post_filtered_narrower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vecs, group = _clusters(3000, 32, 6, seed=11)
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
+    asked: list[float | None] = []
+    post = VectorStore._post_filtered
+    monkeypatch.setattr(
+        VectorStore,
+        "_post_filtered",
+        staticmethod(
+            lambda st, gq, c, m, mask, near=None: (asked.append(near), post(st, gq, c, m, mask, near))[1]
+        ),
+    )
+    allowed = np.flatnonzero(group < 3)
+    allowed.flags.writeable = False
+    far = vecs[np.flatnonzero(group >= 3)[:10]]
+    inside = vecs[allowed[:10]]
+    with VectorStore.create(tmp_path / "v", 32, StoreParams(graph_dims=16)) as store:
+        store.add(np.arange(3000), vecs)
+        store.save()
+        store.search(far, k=5, ef=32, allowed=allowed)  # they come up short: the set now probes
+        asked.clear()
+        found, _ = store.search(inside, k=5, ef=32, allowed=allowed)
+    assert len(asked) == len(inside) and all(near is not None and near > 0.5 for near in asked)
+    truth = allowed[np.argsort(-(inside @ vecs[allowed].T), axis=1)[:, :5]]
+    # a 15-dim head of 32 dims ranks candidates roughly: 0.86 of these places unnarrowed, 0.80 narrowed
+    assert np.isin(found, allowed).all() and (found == truth).mean() >= 0.7

@@ -643,8 +643,11 @@ class VectorStore:
             post = None
             if way == "post":
                 assert entry.mask is not None
-                if entry.misses * filtered.MISS_RATE <= entry.tries or self._probe(st, graph_query[i], entry):
-                    post = self._post_filtered(st, graph_query[i], c, m, entry.mask)
+                near = None  # the share of the query's nearest nodes that is allowed, where probed
+                if entry.misses * filtered.MISS_RATE > entry.tries:
+                    near = self._probe(st, graph_query[i], entry)
+                if near is None or near >= filtered.PROBE_KEEP * m / st.n_alive:
+                    post = self._post_filtered(st, graph_query[i], c, m, entry.mask, near)
                 entry.tries += 1
                 if post is None or len(post[0]) < width:
                     entry.misses += 1
@@ -664,29 +667,29 @@ class VectorStore:
         return self._padded(st, out_slots, out_scores, k)
 
     @staticmethod
-    def _probe(st: _State, graph_query: np.ndarray, entry: _Allowed) -> bool:
-        """Whether the query's nearest PROBE nodes hold enough allowed ones for the post-filter to be
-        worth its cost."""
+    def _probe(st: _State, graph_query: np.ndarray, entry: _Allowed) -> float | None:
+        """The share of the query's nearest PROBE nodes that is allowed (None: the graph reached too few):
+        whether a post-filter is worth its cost, and how wide it must be."""
         graph, mask = st.graph, entry.mask
         assert graph is not None and mask is not None
         graph.set_ef(filtered.PROBE)
         try:
             labels, _ = graph.knn_query(graph_query[None], k=filtered.PROBE)
         except RuntimeError:  # fewer live nodes reachable than asked for (heavy deletes)
-            return True
-        held = int(np.frombuffer(mask, dtype=np.bool_)[labels[0].view(np.int64)].sum())
-        return held >= filtered.PROBE_KEEP * filtered.PROBE * len(entry.slots) / st.n_alive
+            return None
+        return float(np.frombuffer(mask, dtype=np.bool_)[labels[0].view(np.int64)].mean())
 
     @staticmethod
     def _post_filtered(
-        st: _State, graph_query: np.ndarray, cands: int, m: int, mask: bytes
+        st: _State, graph_query: np.ndarray, cands: int, m: int, mask: bytes, near: float | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """An unfiltered graph search wide enough to hold about `cands` allowed nodes where allowed nodes
-        are as common near the query as in the store, kept to the allowed ones (their slots, and head
-        score minus 1); None where fewer than POST_KEEP·cands are allowed (a folder away from the query)."""
+        are as common near the query as in the store (or as `near`, the probed share, says), kept to the
+        allowed ones (their slots, and head score minus 1); None where fewer than POST_KEEP·cands are
+        allowed (a folder away from the query)."""
         graph = st.graph
         assert graph is not None
-        wide = min(st.n_alive, int(np.ceil(cands * st.n_alive / m)))
+        wide = filtered.post_width(cands, m, st.n_alive, near)
         graph.set_ef(wide)
         try:
             labels, dist = graph.knn_query(graph_query[None], k=wide)
