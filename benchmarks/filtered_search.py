@@ -79,7 +79,7 @@ vectors the scan and the walk are compiled (numba; below, the first use's ~10 s 
 - **post** (4.8·192·n/m + 150): the unfiltered graph search made 192·n/m wide (384 at 50 %), kept to the
   allowed nodes: a random half of the store costs what an unfiltered search does. A query that keeps fewer
   than 96 allowed nodes (a folder away from the query: its neighbourhood is disallowed) **walks** the graph
-  through allowed nodes only, where that costs less than the scan (9·384 against 0.012·m: above ~29 % of
+  through allowed nodes only, where that costs less than the scan (9·336 against 0.012·m: above ~25 % of
   the store), else it is scanned. Once more than one query in ten of a set has come up short, each query
   of that set first asks the graph for its 32 nearest nodes (0.2 ms) and, where under a quarter of the
   expected share of them is allowed, skips the post-filter; elsewhere it makes the post-filter only as
@@ -96,8 +96,9 @@ and looks through a disallowed neighbour to its allowed neighbours (two hops, as
 nodes, and each expansion collects its nodes, prefetches their vectors, then scores them (a random 892-byte
 row: 440 ns alone, 230 ns prefetched). Queries outside the folder of half the store: hnswlib's walk 14.3 ms
 at recall@10 0.970; this walk 4.8 ms at 0.973 keeping 384 (before the prefetch), 2.9 ms after. It keeps
-2·192 = 384 nodes: recall 0.973 for those queries (0.953 with 192, 0.970 with 288); for the whole set
-0.9845 against 0.9825 with 288, at the same speed within the noise (3 rounds, a separate run). A graph
+1.75·192 = 336 nodes (0.953 for those queries with 192, 0.970 with 288, 0.973 with 384); for the whole
+set, interleaved in one run, best of 3 rounds: recall 0.9825 / 0.9830 / 0.9845 at 0.67 / 0.64 / 0.61×
+unfiltered with 288 / 336 / 384. A graph
 with unsaved changes in this process (its file is not the graph in memory) and stores under 50,000
 vectors walk with hnswlib.
 
