@@ -175,7 +175,7 @@ def test_without_numba_a_large_store_scans_with_numpy_and_walks_with_hnswlib(
         store.add(np.arange(2000), vecs)
         store.save()
         found, _ = store.search(far, k=5, ef=32, allowed=allowed)
-        entry = store._filter_cache[3]
+        entry = store._filter_cache[-1][3]
         assert entry.walk is None and store._level0(store._live()) is None
         if way == "scan":
             assert entry.lead is not None and entry.lead.lead.dtype == np.float32

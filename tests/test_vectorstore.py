@@ -632,6 +632,27 @@ def test_a_read_only_allowed_array_is_reused_until_the_store_changes(folder: Pat
     assert 7 not in after[0] and (after[0] >= 0).all()
 
 
+def test_filtered_sessions_taking_turns_keep_their_sets_up_to_the_cache_size(folder: Path) -> None:
+    from retrieval.vectors.hnsw.store import FILTER_SETS
+
+    store, _ = make_store(folder, 600)
+    store.save()
+    ids = np.arange(600) * 10 + 5
+    sets = [ids[i :: FILTER_SETS + 1].copy() for i in range(FILTER_SETS + 1)]
+    for allowed in sets:
+        allowed.flags.writeable = False
+    query = unit_vectors(1, seed=7)[0]
+    st = store._live()
+    built = [store._allowed_slots(st, allowed) for allowed in sets[:FILTER_SETS]]
+    for _ in range(2):  # turns: each session finds what was built for it
+        assert [store._allowed_slots(st, a) for a in sets[:FILTER_SETS]] == built
+    found, _ = store.search(query, k=3, allowed=sets[0])
+    assert np.isin(found, sets[0]).all()
+    store._allowed_slots(st, sets[FILTER_SETS])  # one more: the least recently used one goes
+    assert store._allowed_slots(st, sets[0]) is built[0]  # searched last, so kept
+    assert store._allowed_slots(st, sets[1]) is not built[1]
+
+
 def test_a_reader_keeps_its_head_codes_across_generations_and_scans_new_vectors(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

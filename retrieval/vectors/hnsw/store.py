@@ -64,6 +64,10 @@ LOW_HEAD_BOOST = 2
 #: with it). At 1M the walk on a folder of half the store reached recall@10 0.970 with 128, 0.987 with
 #: 192, 0.990 with 256 (a separate run, before the scan's first stage and the post-filter).
 FILTER_EF = 192
+#: Read-only allowed arrays whose slots, mask, lead codes and walk set are kept (at 1M, a set of half the
+#: store keeps ~22 MB). One slot thrashed when filtered sessions took turns: every switch rebuilt the set
+#: (~10 ms at 1M) and forgot that its queries tend to miss (the probe below).
+FILTER_SETS = 4
 _OPEN_ATTEMPTS = 5
 #: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
 #: while the largest id is at most DENSE_IDS times the number stored, else by binary search in sorted
@@ -245,7 +249,8 @@ class VectorStore:
         self._state: _State | None = state
         self._dirty = False
         # (allowed array, state, n_slots, what searches keep of it): see _allowed_slots; dropped by removals
-        self._filter_cache: tuple[np.ndarray, _State, int, _Allowed] | None = None
+        # the last FILTER_SETS read-only allowed arrays searched, newest last, with what was built for them
+        self._filter_cache: list[tuple[np.ndarray, _State, int, _Allowed]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -440,7 +445,7 @@ class VectorStore:
         return removed
 
     def _drop_slots(self, st: _State, slots: np.ndarray) -> int:
-        self._filter_cache = None  # its slots may include these
+        self._filter_cache.clear()  # their slots may include these
         present = slots[slots >= 0]
         if not len(present):
             return 0
@@ -508,7 +513,7 @@ class VectorStore:
             st.graph = graph
         st.id_index = None
         st.head_codes = None  # slots renumbered or a new rotation
-        self._filter_cache = None
+        self._filter_cache.clear()
 
     # ---- search ----------------------------------------------------------------------------
 
@@ -748,10 +753,15 @@ class VectorStore:
         """The live slots of the allowed ids, ascending. An allowed array that is not writeable is taken
         to stay as it is: its slots (and what searches build from them: the scan's lead coordinates, the
         post-filter's mask) are kept for the next search given the same array (every query of a filtered
-        session, a page of results)."""
-        cached = self._filter_cache
-        if cached is not None and cached[0] is allowed and cached[1] is st and cached[2] == st.n_slots:
-            return cached[3]
+        session, a page of results), for the last FILTER_SETS such arrays (sessions with their own filters
+        taking turns)."""
+        for i, cached in enumerate(self._filter_cache):
+            if cached[0] is allowed:
+                if cached[1] is st and cached[2] == st.n_slots:
+                    self._filter_cache.append(self._filter_cache.pop(i))
+                    return cached[3]
+                del self._filter_cache[i]
+                break
         ids = np.asarray(allowed).reshape(-1)
         if ids.size and not np.issubdtype(ids.dtype, np.integer):
             raise UsageError(f"allowed must hold integer ids, got dtype {ids.dtype}")
@@ -765,7 +775,8 @@ class VectorStore:
             slots = np.sort(slots)
         entry = _Allowed(slots, mask)
         if isinstance(allowed, np.ndarray) and not allowed.flags.writeable:
-            self._filter_cache = (allowed, st, st.n_slots, entry)
+            self._filter_cache.append((allowed, st, st.n_slots, entry))
+            del self._filter_cache[:-FILTER_SETS]
         return entry
 
     @staticmethod
