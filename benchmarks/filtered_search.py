@@ -104,7 +104,7 @@ vectors walk with hnswlib.
 
 The scan and the post-filtered search cross at m² ≈ 4.8·192·n / 0.012: ~28 % of 1M. The constants were
 fitted on the forced-way tables (this one and earlier runs); near a cut-over the two ways cost about the
-same. These 2 cores are shared: unfiltered search alone moved between 363 and 547 q/s over this session's
+same. These 2 cores are shared: unfiltered search alone moved between 363 and 759 q/s over this session's
 runs, so read the ratios of one run.
 
 Not built, by measurement: the partitioned scan (IVF over the PCA head: ~sqrt(n) k-means centroids on the
@@ -117,14 +117,16 @@ power-law spectrum, clusters that overlap) the true top-10 are spread over a fix
 partitions, so a probe scores O(m) rows like the scan, and the first search took 31-38 s at 1M.
 
 At 100k (`python benchmarks/filtered_search.py --n 100000 --queries 200 --rounds 2 --ways 20`, same day,
-load about 1) every target holds with room: recall@10 >= 0.9945, 0.99× unfiltered at the lowest (the compiled
-scan answers even half the store there), 12× naive at 1 %.
+load about 1, after the last change) every target holds with room: recall@10 >= 0.9945, 0.97× unfiltered at
+the lowest (the compiled scan answers even half the store there), 7.9-10× naive at 1 %.
 
-What is thin at 1M: the folder of half the store sits at 0.5-0.6× unfiltered (half its queries walk, at
-about 2.2× an unfiltered search each), and 5× naive at 1 % depends on the run (the naive search at 1 %,
-k = 1,000 from a graph that is fast at any k, is only ~2.5-3× slower than unfiltered). "q/s, fresh ids"
-is the O(n) id-to-slot map, mask and lead coordinates built per query; the engine passes one read-only
-array per filtered request (the SQLite query that makes the ids costs more anyway).
+What is thin at 1M: the folder of half the store, at 0.5-0.6× unfiltered. Half its queries walk, at about
+2.2× an unfiltered search each. A second run of this command right after the one above gave 0.55; earlier
+runs, before the store kept 4 allowed sets instead of 1 (the interleaved contenders evicted each other),
+gave 0.48-0.53. 5× naive at 1 % also depends on the run: the naive search at 1 % (k = 1,000 from a graph
+that is fast at any k) is only ~2.5-3× slower than unfiltered. "q/s, fresh ids" is the O(n) id-to-slot
+map, mask and lead coordinates built per query; the engine passes one read-only array per filtered request
+(the SQLite query that makes the ids costs more anyway).
 """
 
 CACHE = Path.home() / ".cache" / "retrieval-bench"
