@@ -52,10 +52,9 @@ FIXED = 150.0
 #: the whole folder set, with the probe's narrower post-filter, interleaved, best of 3 rounds: 0.9825 /
 #: 0.9830 / 0.9845 with 1.5· / 1.75· / 2·, at 0.67 / 0.64 / 0.61× an unfiltered search; single runs of
 #: the benchmark scatter more than that, 0.48-0.59×), costs WALK_NODE per node kept, and starts from the
-#: best SEEDS of SEED_SAMPLE
-#: allowed nodes drawn once per set. It needs allowed nodes dense enough to reach through one disallowed
-#: one (WALK_MIN_SHARE of the store: at a 1 % random set it reached recall 0.67). hnswlib's walk costs
-#: PY_WALK_NODE per node it expects to visit, cands·n/m.
+#: best SEEDS of SEED_SAMPLE allowed nodes drawn once per set. It needs allowed nodes dense enough to reach
+#: through one disallowed one (WALK_MIN_SHARE of the store: at a 1 % random set it reached recall 0.67).
+#: hnswlib's walk costs PY_WALK_NODE per node it expects to visit, cands·n/m.
 POST_KEEP = 0.5
 #: Once more than one in MISS_RATE post-filtered searches of a set has come up short (a folder: the queries
 #: outside it), each first asks the graph for its PROBE nearest nodes (~0.2 ms at 1M, against ~1-2.5 ms
@@ -80,8 +79,8 @@ PY_WALK_NODE = 2.7
 #: an install compiles it (~10 s, then cached on disk beside the module), which a small store, where
 #: numpy and hnswlib take a few milliseconds, would never win back.
 COMPILED_MIN_N = 50_000
-#: The scan's first stage: LEAD_DIMS head coordinates per row (float32); its second: the whole int8 head
-#: of the best LEAD_KEEP·cands rows.
+#: The scan's first stage: LEAD_DIMS head coordinates per row (int8 compiled, float32 in numpy); its
+#: second: the whole int8 head of the best LEAD_KEEP·cands rows.
 LEAD_DIMS = 32
 LEAD_KEEP = 16
 #: Head codes clip each coordinate at HEAD_RANGE times its root mean square (rarely reached).
