@@ -67,19 +67,28 @@ def start(batcher: TextBatcher, texts: list[str]) -> tuple[threading.Thread, dic
     return thread, outcome
 
 
-def test_texts_that_arrive_while_a_forward_runs_share_the_next_forward_and_each_gets_its_rows():
-    model = Model(hold_first=True)
-    batcher = TextBatcher(model, window=0)
+def behind_a_forward(
+    batcher: TextBatcher, model: Model, requests: list[list[str]]
+) -> list[dict[str, object]]:
+    """Hold a first forward ("first"), queue `requests` behind it, each on its own thread, then let all run:
+    the outcome of each request."""
     first = start(batcher, ["first"])
     model.entered.wait(60)
-    texts = [["a dog"], ["a cat", "minus this"], ["sea"], ["snowy mountains"]]
-    others = [start(batcher, t) for t in texts]
-    until(lambda: batcher.queued() == 5)
+    others = [start(batcher, texts) for texts in requests]
+    until(lambda: batcher.queued() == sum(map(len, requests)))
     model.release.set()
     for thread, _ in [first, *others]:
         thread.join(60)
+    return [outcome for _, outcome in others]
+
+
+def test_texts_that_arrive_while_a_forward_runs_share_the_next_forward_and_each_gets_its_rows():
+    model = Model(hold_first=True)
+    batcher = TextBatcher(model, window=0)
+    texts = [["a dog"], ["a cat", "minus this"], ["sea"], ["snowy mountains"]]
+    outcomes = behind_a_forward(batcher, model, texts)
     assert model.calls == [["first"], ["a dog", "a cat", "minus this", "sea", "snowy mountains"]]
-    for asked, (_, outcome) in zip(texts, others, strict=True):
+    for asked, outcome in zip(texts, outcomes, strict=True):
         np.testing.assert_array_equal(outcome["rows"], np.stack([vector_of(t) for t in asked]))
     assert batcher.stats.forwards == 2 and batcher.stats.sizes == [1, 5]
 
@@ -87,15 +96,9 @@ def test_texts_that_arrive_while_a_forward_runs_share_the_next_forward_and_each_
 def test_a_shared_forward_takes_at_most_max_batch_texts_and_the_rest_go_in_the_next():
     model = Model(hold_first=True)
     batcher = TextBatcher(model, max_batch=3, window=0)
-    first = start(batcher, ["first"])
-    model.entered.wait(60)
-    others = [start(batcher, [f"q{i}"]) for i in range(5)]
-    until(lambda: batcher.queued() == 5)
-    model.release.set()
-    for thread, _ in [first, *others]:
-        thread.join(60)
+    outcomes = behind_a_forward(batcher, model, [[f"q{i}"] for i in range(5)])
     assert [len(call) for call in model.calls] == [1, 3, 2]
-    assert all("rows" in outcome for _, outcome in others)
+    assert all("rows" in outcome for outcome in outcomes)
 
 
 def test_a_lone_query_never_waits_for_the_window():
@@ -111,13 +114,7 @@ def test_after_shared_forwards_a_leader_waits_for_the_window(monkeypatch):
     monkeypatch.setattr(batching, "RECENT_S", 3600.0)  # the shared forward below counts as recent
     model = Model(hold_first=True)
     batcher = TextBatcher(model, window=0.001)
-    first = start(batcher, ["first"])
-    model.entered.wait(60)
-    others = [start(batcher, [f"q{i}"]) for i in range(3)]
-    until(lambda: batcher.queued() == 3)
-    model.release.set()
-    for thread, _ in [first, *others]:
-        thread.join(60)
+    behind_a_forward(batcher, model, [[f"q{i}"] for i in range(3)])
     assert batcher.stats.waits == 0  # neither forward had shared ones before it
     batcher.embed(["alone now"])
     assert batcher.stats.waits == 1  # three came together last time: it waited for company
@@ -127,14 +124,7 @@ def test_after_shared_forwards_a_leader_waits_for_the_window(monkeypatch):
 def test_a_text_the_model_refuses_fails_alone_and_the_others_of_its_batch_get_their_rows():
     model = Model(hold_first=True, refuse="poison")
     batcher = TextBatcher(model, window=0)
-    first = start(batcher, ["first"])
-    model.entered.wait(60)
-    others = [start(batcher, t) for t in (["a dog"], ["poison"], ["sea", "sky"])]
-    until(lambda: batcher.queued() == 4)
-    model.release.set()
-    for thread, _ in [first, *others]:
-        thread.join(60)
-    (_, dog), (_, poison), (_, sea) = others
+    dog, poison, sea = behind_a_forward(batcher, model, [["a dog"], ["poison"], ["sea", "sky"]])
     assert isinstance(poison["error"], QueryError) and "poison" in str(poison["error"])
     np.testing.assert_array_equal(dog["rows"], vector_of("a dog")[None])
     np.testing.assert_array_equal(sea["rows"], np.stack([vector_of("sea"), vector_of("sky")]))
