@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import hnswlib
 import numpy as np
@@ -48,6 +48,9 @@ from retrieval.vectors.hnsw import fileformat, filtered
 from retrieval.vectors.hnsw.fileformat import MANIFEST
 from retrieval.vectors.hnsw.originals import Originals as _Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
+
+if TYPE_CHECKING:  # numba loads only when a filtered search first walks
+    from retrieval.vectors.hnsw.walk import Level0
 
 #: The quantizer is refitted (and the graph rebuilt) when the collection reaches
 #: REFIT_GROWTH times the size it was fitted on, until it was fitted on FIT_SAMPLE_CAP.
@@ -194,7 +197,9 @@ class _State:
     id_index: _IdIndex | None  # built on first lookup by id: search-only readers never pay for it
     files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
     head_codes: filtered.HeadCodes | None = None  # built by the first filtered scan
-    level0: Any = None  # the saved graph's bottom layer (walk.Level0) once a walk needs it; False: none
+    level0: Level0 | Literal[False] | None = (
+        None  # the saved graph's bottom layer once a walk needs it; False: none
+    )
 
     def head_codes_now(self) -> filtered.HeadCodes:
         """The int8 heads of every slot, built or extended to the current slots."""
@@ -728,7 +733,7 @@ class VectorStore:
             return None
         return labels[0].view(np.int64), -dist[0]
 
-    def _level0(self, st: _State) -> Any:
+    def _level0(self, st: _State) -> Level0 | None:
         """The saved graph's bottom layer for the compiled walk (a `walk.Level0`), or None: while this store
         holds unsaved changes (the file is not the graph in memory), below `filtered.COMPILED_MIN_N` vectors,
         or where numba or the file is missing."""

@@ -50,8 +50,21 @@ class Level0:
             head = f.read(_HEADER.size)
         if len(head) < _HEADER.size:
             return None
-        offset0, _cap, count, size, label_at, vector_at, *_rest = _HEADER.unpack(head)
-        max_m0 = _rest[3]
+        (
+            offset0,
+            _capacity,
+            count,
+            size,
+            label_at,
+            vector_at,
+            _level,
+            _entry,
+            _max_m,
+            max_m0,
+            _m,
+            _mult,
+            _ef,
+        ) = _HEADER.unpack(head)
         if (
             count == 0
             or offset0 != 0
