@@ -37,15 +37,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_file(folder: Path, name: str, data: memoryview) -> dict[str, Any]:
-    """Write `data` to folder/name via a fsynced temporary; returns its manifest entry."""
+def write_file(folder: Path, name: str, data: memoryview, *more: memoryview) -> dict[str, Any]:
+    """Write `data` (then `more`, in order: no joined copy) to folder/name via a fsynced temporary; returns
+    its manifest entry."""
     tmp = folder / (name + ".tmp")
+    size, crc = 0, 0
     with open(tmp, "wb") as f:
-        f.write(data)
+        for part in (data, *more):
+            f.write(part)
+            size, crc = size + part.nbytes, zlib.crc32(part, crc)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, folder / name)
-    return {"name": name, "size": data.nbytes, "crc32": zlib.crc32(data)}
+    return {"name": name, "size": size, "crc32": crc}
 
 
 def write_graph(folder: Path, name: str, graph: hnswlib.Index) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def rebuild(folder: Path, *, dim: int | None = None) -> tuple[VectorStore, int]:
     state = _State(
         generation=generation,
         quantizer=None,
-        graph=None,
+        loaded_graph=None,
         codes=np.empty((0, 0), dtype=np.int8),
         slot_ids=slot_ids,
         n_slots=rows,

@@ -1,16 +1,23 @@
-"""Quantized, crash-safe vector store: HNSW over a PCA head, int8 tail re-rank, float32 re-score.
+"""Quantized, crash-safe vector store: HNSW over a PCA head, int8 re-rank, float32 re-score.
 
 Search runs in three stages (see retrieval/quantizer.py for the transform):
 
-1. an hnswlib graph (space "ip") over the exact float32 *head* of each rotated
-   vector (completed to unit length) returns `ef` candidates together with their
-   exact head scores;
+1. a walk of an HNSW graph (built by hnswlib, space "ip", over the float32 *head* of
+   each rotated vector, completed to unit length) returns `ef` candidates with their
+   head scores. A large saved store (`filtered.COMPILED_MIN_N` vectors) walks the
+   saved graph's links itself (`walk.Links`, compiled), scoring int8 *head codes*
+   (`filtered.HeadCodes`) from the best of a sample of start nodes; a query from
+   another distribution (text against images: little energy where the data lies)
+   scans every head code instead where they are few enough (SCAN_BYTES). Smaller
+   stores, and writers holding unsaved changes, ask hnswlib;
 2. each candidate's score is completed with the int8 *tail* codes held in RAM;
-3. the best `rescore` candidates are scored exactly against the float32 originals,
-   which stay on disk and are memory-mapped (the Qdrant/Milvus "rescore" step).
+3. the best `rescore` candidates (twice that after int8 head scores) are scored
+   exactly against the float32 originals, which stay on disk and are memory-mapped
+   (the Qdrant/Milvus "rescore" step).
 
-Only the graph and the tail codes live in RAM: just under half of a plain float32
-hnswlib index at 512 dims (BENCHMARKS.md has the figures).
+A reader of a large store holds about a byte per dimension (head and tail codes)
+plus the graph's links in RAM, and loads hnswlib's copy of the graph (a float32 head
+per vector) only for a filtered search that needs it (BENCHMARKS.md has the figures).
 
 A store is a folder written by one writer and read by any number of processes:
 
@@ -19,6 +26,7 @@ A store is a folder written by one writer and read by any number of processes:
     g00000007.slots          int64 id of each slot (-1 = removed)
     g00000007.codes          int8 tail codes, one row per slot
     g00000007.graph          hnswlib index over the heads; labels are slots
+    g00000007.head           int8 head codes (their step and offset, then a row per slot), large stores
     g00000007.quantizer.npz  rotation and int8 ranges
 
 `save()` writes every file of generation g under a temporary name, fsyncs and
@@ -49,17 +57,18 @@ from retrieval.vectors.hnsw.fileformat import MANIFEST
 from retrieval.vectors.hnsw.originals import Originals as _Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
 
-if TYPE_CHECKING:  # numba loads only when a filtered search first walks
-    from retrieval.vectors.hnsw.walk import Level0
+if TYPE_CHECKING:  # numba loads only when a large store is first searched
+    from retrieval.vectors.hnsw.walk import Level0, Links
 
 #: The quantizer is refitted (and the graph rebuilt) when the collection reaches
 #: REFIT_GROWTH times the size it was fitted on, until it was fitted on FIT_SAMPLE_CAP.
 FIT_SAMPLE_CAP = 50_000
 REFIT_GROWTH = 2
 _ROW_BLOCK = 16384
-#: A query with less than LOW_HEAD_SHARE of its energy in the PCA head (text queries against image
-#: embeddings: ~15-25%, images ~75-90%) is steered by a small part of itself in the graph walk, so
-#: by default it gets LOW_HEAD_BOOST times the candidates (BENCHMARKS.md, search section).
+#: A query with less than LOW_HEAD_SHARE of its energy where the data lies (`Quantizer.head_share`: text
+#: queries against image embeddings 0.33-0.40, images 0.74-0.96 on the CLIP-like generator) is steered by
+#: a small part of itself in the graph walk, so by default it gets LOW_HEAD_BOOST times the candidates, or
+#: the scan below (BENCHMARKS.md, search section).
 LOW_HEAD_SHARE = 0.5
 LOW_HEAD_BOOST = 2
 #: A filtered search collects FILTER_EF allowed candidates per query by default (times LOW_HEAD_BOOST as
@@ -71,6 +80,16 @@ FILTER_EF = 192
 #: store keeps ~22 MB). One slot thrashed when filtered sessions took turns: every switch rebuilt the set
 #: (~10 ms at 1M) and forgot that its queries tend to miss (the probe below).
 FILTER_SETS = 4
+#: A compiled search (`_compiled_search`) starts from the best SEEDS of a fixed sample of live slots, and
+#: re-scores COMPILED_RESCORE times `rescore` candidates exactly: its head scores are int8, not float32.
+#: A query from another distribution scans every head code instead where they take at most SCAN_BYTES,
+#: keeping SCAN_CANDS for the re-rank: CLIP-like data at 100k (444-dim heads, 44 MB), text queries reached
+#: recall@10 0.998 in 13.7 ms (0.979 keeping 128, 0.994 keeping 256) against 0.92 by the walk at ef 768.
+#: Every graph walks such queries badly: their best matches are spread over the images' clusters.
+SEEDS = 16
+COMPILED_RESCORE = 2
+SCAN_BYTES = 64 << 20
+SCAN_CANDS = 512
 _OPEN_ATTEMPTS = 5
 #: Ids map to slots through a table indexed by id (8 bytes per id up to the largest, one gather per lookup)
 #: while the largest id is at most DENSE_IDS times the number stored, else by binary search in sorted
@@ -92,9 +111,9 @@ class StoreParams:
     """
 
     graph_dims: int | None = 112
-    m: int = 12
+    m: int = 20
     ef_construction: int = 200
-    ef_search: int = 384
+    ef_search: int = 512
     rescore: int = 16
     adapt_head: bool = True
 
@@ -187,7 +206,7 @@ class _State:
 
     generation: int
     quantizer: Quantizer | None
-    graph: hnswlib.Index | None
+    loaded_graph: hnswlib.Index | None  # see `graph`
     codes: np.ndarray  # (capacity, tail_dims) int8; rows [:n_slots] are valid
     slot_ids: np.ndarray  # (capacity,) int64; -1 = removed
     n_slots: int
@@ -200,6 +219,28 @@ class _State:
     level0: Level0 | Literal[False] | None = (
         None  # the saved graph's bottom layer once a walk needs it; False: none
     )
+    links: Links | Literal[False] | None = None  # its links by slot, for the compiled search; False: none
+    seeds: np.ndarray | None = None  # live slots a compiled search starts from the best of
+    seed_codes: np.ndarray | None = None  # their head codes
+    graph_file: Path | None = None  # the saved graph a reader loads into hnswlib on first need
+
+    @property
+    def has_graph(self) -> bool:
+        return self.loaded_graph is not None or self.graph_file is not None
+
+    @property
+    def graph(self) -> hnswlib.Index | None:
+        """The hnswlib graph, loaded on first use in a reader: a large store's unfiltered searches walk the
+        saved file's links (`walk.Links`) and never need it, and it holds a float32 head per vector."""
+        if self.loaded_graph is None and self.graph_file is not None:
+            assert self.quantizer is not None
+            self.loaded_graph = _load_graph(self.graph_file, self.quantizer.graph_dims, self.n_slots)
+            self.graph_file = None
+        return self.loaded_graph
+
+    @graph.setter
+    def graph(self, graph: hnswlib.Index | None) -> None:
+        self.loaded_graph, self.graph_file = graph, None
 
     def head_codes_now(self) -> filtered.HeadCodes:
         """The int8 heads of every slot, built or extended to the current slots."""
@@ -277,7 +318,7 @@ class VectorStore:
         state = _State(
             generation=-1,
             quantizer=None,
-            graph=None,
+            loaded_graph=None,
             codes=np.empty((0, 0), dtype=np.int8),
             slot_ids=np.empty(0, dtype=np.int64),
             n_slots=0,
@@ -548,9 +589,17 @@ class VectorStore:
         if allowed is not None:
             return self._filtered_search(st, q, k, ef, allowed)
         cands = np.full(len(q), max(ef or self.params.ef_search, k))
-        if ef is None and st.quantizer is not None and st.quantizer.tail_dims:
-            cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
-        if st.graph is None or st.n_alive <= cands.max():
+        found = None
+        if st.quantizer is not None:
+            prepared = st.quantizer.prepare_queries(q)
+            low = st.quantizer.head_share(q, prepared[0]) < LOW_HEAD_SHARE
+            if ef is None:
+                cands[low] *= LOW_HEAD_BOOST
+            if st.has_graph and st.n_alive > cands.max():
+                found = self._compiled_search(st, q, prepared, k, cands, low & (ef is None))
+        if found is not None:
+            slots, scores = found
+        elif not st.has_graph or st.n_alive <= cands.max():
             slots, scores = self._exact_search(st, q, k)
         else:
             try:
@@ -603,14 +652,84 @@ class VectorStore:
             out_slots[i], out_scores[i] = self._rerank(st, q[i], labels[i], scores[i], weights[i], k)
         return out_slots, out_scores
 
+    def _compiled_search(
+        self,
+        st: _State,
+        q: np.ndarray,
+        prepared: tuple[np.ndarray, np.ndarray, np.ndarray],
+        k: int,
+        cands: np.ndarray,
+        low: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The graph search of a large saved store, compiled (`walk.Links`): a best-first walk over the saved
+        graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
+        same re-rank as hnswlib's candidates get. A `low` query (little energy where the data lies: text
+        against images) scans every head code instead where that reads at most SCAN_BYTES. None where it
+        does not apply (see `_links`) or where the walk reached fewer than k live slots (heavy deletes)."""
+        links = self._links(st)
+        if links is None:
+            return None
+        from retrieval.vectors.hnsw import scan
+
+        head = st.head_codes_now()
+        graph_query, weights, bias = prepared
+        if st.seeds is None:
+            alive = st.alive_slots()
+            take = min(len(alive), filtered.SEED_SAMPLE)
+            st.seeds = np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
+            st.seed_codes = head.codes[st.seeds]  # contiguous: one sequential read per query
+        out_slots = np.empty((len(q), k), dtype=np.int64)
+        out_scores = np.empty((len(q), k), dtype=np.float32)
+        for i in range(len(q)):
+            head_weights, shift = head.weights(graph_query[i])
+            c = int(cands[i])
+            if low[i] and head.codes.nbytes <= SCAN_BYTES:
+                c = min(c, SCAN_CANDS)  # ranked by the whole int8 head, not a walk's approximate order
+                scores = scan._lead_scores(head.codes[: st.n_slots], head_weights)
+                scores[st.slot_ids[: st.n_slots] < 0] = -np.inf
+                slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
+                scores = scores[slots]
+            else:
+                assert st.seed_codes is not None
+                first = scan._lead_scores(st.seed_codes, head_weights)
+                seeds = st.seeds[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
+                slots, scores = links.search(head.codes, head_weights, seeds, c)
+            live = st.slot_ids[slots] >= 0
+            if live.sum() < k:
+                return None
+            out_slots[i], out_scores[i] = self._rerank(
+                st, q[i], slots[live], scores[live] + (shift + bias[i]), weights[i], k, COMPILED_RESCORE
+            )
+        return out_slots, out_scores
+
+    def _links(self, st: _State) -> Links | None:
+        """The saved graph's links by slot (`_level0`'s conditions), copied once per generation."""
+        level0 = self._level0(st)
+        if level0 is None:
+            return None
+        if st.links is None:
+            try:
+                st.links = level0.links(st.n_slots)
+            except (OSError, ValueError):  # the file changed under us or holds a link past its nodes
+                st.links = False
+        return st.links or None
+
     def _rerank(
-        self, st: _State, q: np.ndarray, slots: np.ndarray, head: np.ndarray, weights: np.ndarray, k: int
+        self,
+        st: _State,
+        q: np.ndarray,
+        slots: np.ndarray,
+        head: np.ndarray,
+        weights: np.ndarray,
+        k: int,
+        widen: int = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best k of one query's candidates (`slots`, at least k, with their head scores plus the tail
-        bias): head + int8 tail, then the best `rescore` of those scored exactly from the originals."""
+        bias): head + int8 tail, then the best `widen`·`rescore` of those scored exactly from the originals
+        (widened where the head scores are int8 too)."""
         assert st.quantizer is not None
         cands = len(slots)
-        n_rescore = min(max(self.params.rescore, k), cands) if self.params.rescore else 0
+        n_rescore = min(max(widen * self.params.rescore, k), cands) if self.params.rescore else 0
         row = head
         if st.quantizer.tail_dims:
             row = row + st.codes.take(slots, axis=0) @ weights
@@ -631,12 +750,12 @@ class VectorStore:
         if m == 0:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
         cands = np.full(len(q), max(ef or FILTER_EF, k))
-        quantizer, graph = st.quantizer, st.graph
-        if ef is None and quantizer is not None and quantizer.tail_dims:
+        quantizer = st.quantizer
+        if ef is None and quantizer is not None:
             cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
         way = "exact"
         if quantizer is not None:
-            way = filtered.choose(m, st.n_slots, st.n_alive, int(cands.max()), graph=graph is not None)
+            way = filtered.choose(m, st.n_slots, st.n_alive, int(cands.max()), graph=st.has_graph)
         if way == "exact":
             found, scores = self._exact_search(st, q, k, slots)
             self._refuse_garbled(st, q, scores)
@@ -717,8 +836,8 @@ class VectorStore:
         """A walk of the graph with the filter applied during the walk, for a query whose unfiltered
         neighbourhood held too few allowed nodes: their slots and head scores minus 1, or None where the
         scan costs less (`filtered.fallback`) or too few are reachable (heavy deletes)."""
-        graph, mask = st.graph, entry.mask
-        assert graph is not None and mask is not None
+        mask = entry.mask
+        assert mask is not None
         level0 = self._level0(st)
         if filtered.fallback(len(entry.slots), st.n_alive, cands, compiled=level0 is not None) == "scan":
             return None
@@ -726,6 +845,8 @@ class VectorStore:
             if entry.walk is None or entry.walk.level0 is not level0:
                 entry.walk = filtered.WalkSet.build(level0, mask, entry.slots)
             return entry.walk.candidates(graph_query, cands)
+        graph = st.graph
+        assert graph is not None
         graph.set_ef(cands)  # hnswlib's walk: it carries on through disallowed nodes
         try:
             labels, dist = graph.knn_query(graph_query[None], k=cands, filter=mask.__getitem__)
@@ -833,7 +954,7 @@ class VectorStore:
             fileformat.gen_name(gen, "slots"),
             np.ascontiguousarray(st.slot_ids[: st.n_slots]).data,
         )
-        if st.quantizer is not None and st.graph is not None:
+        if st.quantizer is not None and st.has_graph:
             buf = io.BytesIO()
             np.savez(buf, **st.quantizer.to_arrays())  # type: ignore[arg-type]  # numpy's stub: **kw as allow_pickle
             files["quantizer"] = fileformat.write_file(
@@ -843,7 +964,14 @@ class VectorStore:
             # A store whose vectors fit entirely in the graph head has an empty int8 tail.
             code_bytes = codes.data.cast("B") if codes.size else memoryview(b"")
             files["codes"] = fileformat.write_file(self.folder, fileformat.gen_name(gen, "codes"), code_bytes)
-            files["graph"] = fileformat.write_graph(self.folder, fileformat.gen_name(gen, "graph"), st.graph)
+            graph = st.graph
+            assert graph is not None
+            files["graph"] = fileformat.write_graph(self.folder, fileformat.gen_name(gen, "graph"), graph)
+            if st.head_codes is not None or filtered.compiled(st.n_alive):
+                head = st.head_codes_now()
+                files["head"] = fileformat.write_file(
+                    self.folder, fileformat.gen_name(gen, "head"), *head.parts(st.n_slots)
+                )
         fileformat.fsync_dir(self.folder)
         previous = st.file_names() if st.generation >= 0 else set()
         body = {
@@ -858,7 +986,8 @@ class VectorStore:
         }
         fileformat.write_manifest(self.folder, body)
         st.generation, st.files = gen, files
-        st.level0 = None  # the new graph file is the graph in memory
+        st.level0 = st.links = None  # the new graph file is the graph in memory
+        st.seeds = st.seed_codes = None
         self._dirty = False
         fileformat.remove_unreferenced(self.folder, st.file_names() | previous)
         return gen
@@ -882,6 +1011,7 @@ class VectorStore:
         same = ("crc32", "size")
         if (
             st.head_codes is not None
+            and state.head_codes is None
             and state.quantizer is not None
             and st.originals_epoch == state.originals_epoch  # slots keep their vectors: no compaction
             and {k: st.files.get("quantizer", {}).get(k) for k in same}
@@ -897,10 +1027,11 @@ class VectorStore:
         st = self._live()
         disk = sum(int(entry["size"]) for entry in st.files.values()) + st.n_slots * self.dim * 4
         graph_bytes = 0
-        if st.graph is not None:
-            graph_bytes = _graph_ram(
-                st.graph.element_count, st.graph.get_max_elements(), st.graph.dim, self.params.m
-            )
+        graph = st.loaded_graph
+        if graph is not None:
+            graph_bytes = _graph_ram(graph.element_count, graph.get_max_elements(), graph.dim, self.params.m)
+        if st.links:
+            graph_bytes += st.links.nbytes
         ram = (
             graph_bytes
             + st.codes.nbytes
@@ -1011,8 +1142,9 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
     slot_ids = np.fromfile(slots_path, dtype=np.int64)
     if len(slot_ids) != n_slots:
         raise IndexCorruptError(f"{slots_path.name} holds {len(slot_ids)} slots, the manifest says {n_slots}")
-    quantizer, graph = None, None
+    quantizer, graph, graph_file, head_codes = None, None, None, None
     codes = np.empty((0, 0), dtype=np.int8)
+    n_alive = int((slot_ids >= 0).sum())
     if "quantizer" in files:
         q_path = fileformat.verified(folder, files["quantizer"])
         try:
@@ -1028,19 +1160,23 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
             raise IndexCorruptError(f"{codes_path.name} has {codes.size} bytes, expected {n_slots} rows")
         codes = codes.reshape(n_slots, quantizer.tail_dims)
         graph_path = fileformat.verified(folder, files["graph"])
-        graph = hnswlib.Index(space="ip", dim=quantizer.graph_dims)
-        try:
-            graph.load_index(str(graph_path))
-        except RuntimeError as exc:
-            raise IndexCorruptError(f"{graph_path.name} is unreadable: {exc}") from None
-        if graph.element_count > n_slots:
-            raise IndexCorruptError(f"{graph_path.name} holds more nodes than the store has slots")
+        if writable or "head" not in files or not filtered.compiled(n_alive):
+            graph = _load_graph(graph_path, quantizer.graph_dims, n_slots)
+        else:  # a large store's reader: its searches walk the file's links (see `_State.graph`)
+            graph_file = graph_path
+        if "head" in files:
+            head_path = fileformat.verified(folder, files["head"])
+            try:
+                head_codes = filtered.HeadCodes.from_parts(
+                    quantizer, np.fromfile(head_path, dtype=np.uint8), n_slots
+                )
+            except ValueError as exc:
+                raise IndexCorruptError(f"{head_path.name} is unreadable: {exc}") from None
     originals = _Originals(folder / originals_entry["name"], dim, n_slots, writable=writable)
-    n_alive = int((slot_ids >= 0).sum())
     return _State(
         generation=generation,
         quantizer=quantizer,
-        graph=graph,
+        loaded_graph=graph,
         codes=codes,
         slot_ids=slot_ids,
         n_slots=n_slots,
@@ -1049,4 +1185,27 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
         originals_epoch=int(originals_entry.get("epoch", 0)),
         id_index=None,
         files=files,
+        head_codes=head_codes,
+        graph_file=graph_file,
     )
+
+
+def _load_graph(path: Path, dims: int, n_slots: int) -> hnswlib.Index:
+    """Load a generation's hnswlib graph file.
+
+    Raises:
+        IndexCorruptError: hnswlib cannot read it, it is gone (a reader left two generations behind), or it
+            holds more nodes than the store has slots.
+    """
+    graph = hnswlib.Index(space="ip", dim=dims)
+    try:
+        graph.load_index(str(path))
+    except RuntimeError as exc:
+        if not path.exists():
+            raise IndexCorruptError(
+                f"{path.name} was replaced by a newer generation of {path.parent}; open the store again"
+            ) from None
+        raise IndexCorruptError(f"{path.name} is unreadable: {exc}") from None
+    if graph.element_count > n_slots:
+        raise IndexCorruptError(f"{path.name} holds more nodes than the store has slots")
+    return graph

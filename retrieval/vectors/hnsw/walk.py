@@ -27,6 +27,28 @@ from numba import njit
 from retrieval.vectors.hnsw.prefetch import prefetch as _prefetch
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+_LINK_BLOCK = 65536
+
+
+@dataclass(eq=False)
+class Links:
+    """The bottom layer of a graph with nodes numbered by slot, in RAM (4 bytes per link): what an unfiltered
+    search walks, scoring each node on its int8 head codes instead of the graph file's float32 vectors, so
+    that a reader holds about one byte per dimension plus the links, not hnswlib's whole index."""
+
+    counts: np.ndarray  # (n_slots,) int32: links of each slot (0: no node)
+    table: np.ndarray  # (n_slots, max_links) int32: the linked slots, the first counts[s] of row s
+
+    def search(
+        self, codes: np.ndarray, weights: np.ndarray, seeds: np.ndarray, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best `width` slots a best-first walk from `seeds` reaches, by codes[slot] · weights, with those
+        scores; `codes`: (n_slots, dims) int8."""
+        return _search(self.counts, self.table, codes, weights, seeds, width)
+
+    @property
+    def nbytes(self) -> int:
+        return self.counts.nbytes + self.table.nbytes
 
 
 @dataclass(eq=False)
@@ -89,6 +111,23 @@ class Level0:
         """The graph vectors of `nodes`, (len, dims) float32."""
         rows = self.values.reshape(-1, self.stride)
         return rows[nodes, self.vector_at : self.vector_at + self.dims]
+
+    def links(self, n_slots: int) -> Links:
+        """The bottom layer's links renumbered by slot, copied out of the map (see `Links`)."""
+        counts = np.zeros(n_slots, dtype=np.int32)
+        table = np.zeros((n_slots, self.max_links), dtype=np.int32)
+        records = self.words.reshape(-1, self.stride)
+        columns = np.arange(self.max_links)
+        for lo in range(0, len(self.slots), _LINK_BLOCK):
+            block = np.asarray(records[lo : lo + _LINK_BLOCK, : 1 + self.max_links])
+            count = np.minimum(block[:, 0] & 0xFFFF, self.max_links).astype(np.int32)
+            nodes = np.where(columns < count[:, None], block[:, 1:], 0).astype(np.int64)
+            if nodes.size and nodes.max() >= len(self.slots):
+                raise ValueError("a link names a node past the file's count")
+            slots = self.slots[lo : lo + _LINK_BLOCK]
+            counts[slots] = count
+            table[slots] = self.slots[nodes]
+        return Links(counts, table)
 
     def walk(
         self, allowed: np.ndarray, query: np.ndarray, seeds: np.ndarray, width: int
@@ -219,4 +258,55 @@ def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, wi
             todo_s, todo_n, n_todo, n_best = _offer(
                 batch[j], score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
             )
+    return best_n[:n_best].copy(), best_s[:n_best].copy()
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _code_dot(codes, row, weights):
+    s = np.float32(0.0)
+    for d in range(weights.shape[0]):
+        s += np.float32(codes[row, d]) * weights[d]
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _search(counts, table, codes, weights, seeds, width):
+    """The unfiltered best-first walk (as `_walk`, hnswlib's stopping rule) over slot-numbered links, scoring
+    int8 code rows; each expansion prefetches the rows it is about to score."""
+    seen = np.zeros(counts.shape[0], dtype=np.uint8)
+    todo_s = np.empty(1024, dtype=np.float32)
+    todo_n = np.empty(1024, dtype=np.int64)
+    best_s = np.empty(width + 1, dtype=np.float32)
+    best_n = np.empty(width + 1, dtype=np.int64)
+    batch = np.empty(table.shape[1], dtype=np.int64)
+    n_todo, n_best = 0, 0
+    for t in range(seeds.shape[0]):
+        u = seeds[t]
+        if seen[u]:
+            continue
+        seen[u] = 1
+        todo_s, todo_n, n_todo, n_best = _offer(
+            u, _code_dot(codes, u, weights), todo_s, todo_n, n_todo, best_s, best_n, n_best, width
+        )
+    while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
+        v = todo_n[0]
+        n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
+        n_batch = 0
+        for j in range(counts[v]):
+            u = np.int64(table[v, j])
+            if seen[u]:
+                continue
+            seen[u] = 1
+            batch[n_batch] = u
+            n_batch += 1
+            for c in range(0, codes.shape[1], 64):  # one 64-byte cache line at a time
+                _prefetch(codes, (u, c))  # type: ignore[call-arg]
+        for j in range(n_batch):
+            u = batch[j]
+            queued = n_todo
+            todo_s, todo_n, n_todo, n_best = _offer(
+                u, _code_dot(codes, u, weights), todo_s, todo_n, n_todo, best_s, best_n, n_best, width
+            )
+            if n_todo > queued:  # kept: its links are read when it is expanded
+                _prefetch(table, (u, 0))  # type: ignore[call-arg]
     return best_n[:n_best].copy(), best_s[:n_best].copy()

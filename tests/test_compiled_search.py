@@ -1,0 +1,253 @@
+"""The unfiltered compiled search of a large saved store: a walk over the saved graph's links scoring int8
+head codes (vectors/hnsw/walk.py `Links`), the scan for queries from another distribution, head codes saved
+with each generation, and readers that never load hnswlib's copy of the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import pytest
+
+from retrieval.errors import IndexCorruptError
+from retrieval.vectors.hnsw import fileformat, filtered, scan, walk
+from retrieval.vectors.hnsw import store as store_module
+from retrieval.vectors.hnsw.quantizer import Quantizer
+from retrieval.vectors.hnsw.store import StoreParams, VectorStore
+
+N, DIM = 3000, 32
+PARAMS = StoreParams(graph_dims=16, m=8, ef_construction=100, ef_search=256)
+
+
+def _clusters(n: int, dim: int, groups: int, seed: int) -> np.ndarray:
+    """Unit vectors around `groups` centres that share one mean direction (as CLIP embeddings do)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((groups, dim)).astype(np.float32)
+    vecs = centres[rng.integers(groups, size=n)] + 0.7 * rng.standard_normal((n, dim)).astype(np.float32)
+    vecs[:, 0] += 4.0
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def large(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores of N vectors count as large: they use the compiled search once saved."""
+    monkeypatch.setattr(filtered, "COMPILED_MIN_N", 1000)
+
+
+def _saved(folder: Path, vecs: np.ndarray) -> None:
+    with VectorStore.create(folder, vecs.shape[1], PARAMS) as store:
+        store.add(np.arange(len(vecs)), vecs)
+        store.save()
+
+
+def _recall(found: np.ndarray, queries: np.ndarray, vecs: np.ndarray, ids: np.ndarray | None = None) -> float:
+    ids = np.arange(len(vecs)) if ids is None else ids
+    truth = ids[np.argsort(-(queries @ vecs[ids].T), axis=1)[:, : found.shape[1]]]
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def spy(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_links_hold_each_slot_s_graph_neighbours_when_nodes_are_not_in_slot_order(tmp_path: Path) -> None:
+    vecs = _clusters(800, 16, 6, seed=1)
+    order = np.random.default_rng(2).permutation(800)  # node i holds slot order[i]
+    graph = hnswlib.Index(space="ip", dim=16)
+    graph.init_index(max_elements=800, M=6, ef_construction=60)
+    graph.add_items(vecs[order], order, num_threads=1)
+    graph.save_index(str(tmp_path / "g"))
+    level0 = walk.Level0.open(tmp_path / "g", 16, 800)
+    assert level0 is not None
+    links = level0.links(800)
+    assert (links.counts >= 1).all() and (links.counts <= level0.max_links).all()
+    linked = [links.table[s, : links.counts[s]] for s in range(800)]
+    assert all(((row >= 0) & (row < 800) & (row != s)).all() for s, row in enumerate(linked))
+    # a slot's links are its near neighbours, not the nodes that happen to share its record number
+    near = np.mean([float((vecs[row] @ vecs[s]).mean()) for s, row in enumerate(linked)])
+    assert near > float((vecs @ vecs.T).mean()) + 0.2
+
+
+def test_a_saved_large_store_answers_by_the_compiled_walk_with_exact_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=3)
+    _saved(tmp_path / "v", vecs)
+    walks = _count_calls(monkeypatch, walk.Links, "search")
+    queries = _clusters(20, DIM, 12, seed=3)[:20] + 0.02
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    with VectorStore.open(tmp_path / "v") as store:
+        found, scores = store.search(queries, 10)
+        assert len(walks) == len(queries)
+        assert store._live().loaded_graph is None  # the reader never loaded hnswlib's copy
+    np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", queries, vecs[found]), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert _recall(found, queries, vecs) >= 0.95
+
+
+def test_a_writer_with_unsaved_changes_and_a_small_store_search_with_hnswlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=4)
+    walks = _count_calls(monkeypatch, walk.Links, "search")
+    with VectorStore.create(tmp_path / "v", DIM, PARAMS) as store:
+        store.add(np.arange(N), vecs)
+        store.search(vecs[:3], 5)  # never saved: no file to walk
+        store.save()
+        store.search(vecs[:3], 5)
+        assert len(walks) == 3
+        store.add(np.array([N]), vecs[:1])
+        found, _ = store.search(vecs[:3], 5)  # the file is no longer the graph in memory
+        assert len(walks) == 3 and store._live().loaded_graph is not None
+    assert (found[:, 0] == [0, 1, 2]).all() or set(found[0, :2]) == {0, N}
+    monkeypatch.setattr(filtered, "COMPILED_MIN_N", 10 * N)
+    with VectorStore.open(tmp_path / "v") as reader:
+        reader.search(vecs[:3], 5)
+        assert len(walks) == 3 and reader._live().loaded_graph is not None
+
+
+def test_a_filtered_search_loads_the_graph_that_unfiltered_searches_did_not_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=5)
+    _saved(tmp_path / "v", vecs)
+    monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
+    allowed = np.arange(0, N, 2)
+    with VectorStore.open(tmp_path / "v") as store:
+        store.search(vecs[:2], 5)
+        assert store._live().loaded_graph is None
+        found, _ = store.search(vecs[:4], 5, allowed=allowed)
+        assert store._live().loaded_graph is not None
+    assert (found % 2 == 0).all() and (found[[0, 2], 0] == [0, 2]).all()
+
+
+def test_removed_vectors_never_come_back_from_the_compiled_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=6)
+    walks = _count_calls(monkeypatch, walk.Links, "search")
+    with VectorStore.create(tmp_path / "v", DIM, PARAMS) as store:
+        store.add(np.arange(N), vecs)
+        store.save()
+        gone = np.arange(0, 1200)  # under half: removed slots stay in the graph until compaction
+        store.remove(gone)
+        store.save()
+        found, _ = store.search(vecs[:50], 10)
+    assert walks and not np.isin(found, gone).any()
+    assert _recall(found, vecs[:50], vecs, np.arange(1200, N)) >= 0.95
+
+
+def test_a_query_from_another_distribution_scans_every_head_code_where_they_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=7)
+    _saved(tmp_path / "v", vecs)
+    rows: list[int] = []
+    real = scan._lead_scores
+
+    def spy(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        rows.append(len(codes))
+        return real(codes, weights)
+
+    monkeypatch.setattr(scan, "_lead_scores", spy)
+    with VectorStore.open(tmp_path / "v") as store:
+        quantizer = store._live().quantizer
+        assert quantizer is not None
+        basis = quantizer.basis
+        # energy mostly along directions where the data barely varies, as a text query's against images
+        text_like = basis[:, -1][None] + 0.6 * vecs[:10]
+        text_like /= np.linalg.norm(text_like, axis=1, keepdims=True)
+        assert (quantizer.head_share(text_like) < store_module.LOW_HEAD_SHARE).all()
+        found, scores = store.search(text_like, 10)
+        assert rows.count(N) == len(text_like)  # each scanned every slot's head codes
+        np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", text_like, vecs[found]), atol=1e-5)
+        assert _recall(found, text_like, vecs) >= 0.95
+        rows.clear()
+        monkeypatch.setattr(store_module, "SCAN_BYTES", 0)  # too many to scan: the walk answers
+        store.search(text_like, 10)
+        assert N not in rows
+
+
+def test_head_codes_are_saved_with_each_generation_and_a_damaged_file_is_refused(
+    tmp_path: Path, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=8)
+    _saved(tmp_path / "v", vecs)
+    with VectorStore.open(tmp_path / "v") as store:
+        st = store._live()
+        assert "head" in st.files and st.head_codes is not None
+        saved = st.head_codes
+        assert st.quantizer is not None
+        fresh = filtered.HeadCodes.build(st.quantizer, st.originals, st.n_slots)
+        np.testing.assert_array_equal(saved.codes, fresh.codes)
+        np.testing.assert_array_equal(saved.step, fresh.step)
+        head_file = tmp_path / "v" / st.files["head"]["name"]
+    head_file.write_bytes(head_file.read_bytes()[:-DIM])
+    with pytest.raises(IndexCorruptError, match=head_file.name):
+        VectorStore.open(tmp_path / "v")
+
+
+def test_a_store_saved_without_head_codes_still_searches_and_its_next_save_writes_them(
+    tmp_path: Path, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=9)
+    _saved(tmp_path / "v", vecs)
+    body = fileformat.read_manifest(tmp_path / "v")
+    del body["files"]["head"]  # as a store saved before head codes were kept
+    body.pop("checksum", None)
+    fileformat.write_manifest(tmp_path / "v", body)
+    with VectorStore.open(tmp_path / "v") as reader:
+        found, _ = reader.search(vecs[:5], 3)
+        assert (found[:, 0] == np.arange(5)).all()
+    with VectorStore.open(tmp_path / "v", writable=True) as writer:
+        writer.add(np.array([N]), vecs[:1])
+        writer.save()
+        assert "head" in writer._live().files
+
+
+def test_head_codes_span_each_coordinate_s_own_range_not_one_around_zero() -> None:
+    """The leading coordinates of uncentred data sit far from 0, and a small cluster puts a coordinate far
+    from the rest: codes centred on 0 with a few root mean squares either side clipped both."""
+    rng = np.random.default_rng(10)
+    vecs = _clusters(4000, DIM, 8, seed=10)
+    vecs[:40] = rng.standard_normal(DIM).astype(np.float32) * 0.1
+    vecs[:40, 5] = 3.0  # a cluster of 1 % far out along one direction
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+
+    class _Rows:
+        def get(self, slots: np.ndarray) -> np.ndarray:
+            return vecs[slots]
+
+    quantizer = Quantizer.fit(vecs, 17)
+    head = filtered.HeadCodes.build(quantizer, _Rows(), len(vecs))  # type: ignore[arg-type]
+    exact = vecs @ quantizer.basis[:, : quantizer.head_dims]
+    decoded = head.codes.astype(np.float32) * head.step + head.offset
+    assert (np.abs(head.codes) < 127).all()
+    assert (np.abs(decoded - exact) <= head.step / 2 + 1e-6).all()
+
+
+def test_a_query_s_share_is_measured_where_the_data_lies_even_when_the_head_holds_every_dimension() -> None:
+    rng = np.random.default_rng(11)
+    scale = np.arange(1, DIM + 1, dtype=np.float32) ** -1.0
+    vecs = rng.standard_normal((5000, DIM)).astype(np.float32) * scale
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    quantizer = Quantizer.fit(vecs, None)  # no tail: the head is the whole vector
+    assert quantizer.head_dims == DIM
+    image_like = vecs[:20]
+    text_like = quantizer.basis[:, -1:].T + 0.4 * vecs[:1]  # mostly where images barely vary
+    text_like /= np.linalg.norm(text_like)
+    assert (quantizer.head_share(image_like) > store_module.LOW_HEAD_SHARE).all()
+    assert quantizer.head_share(text_like)[0] < store_module.LOW_HEAD_SHARE
+    gq, _, _ = quantizer.prepare_queries(image_like)
+    np.testing.assert_allclose(
+        quantizer.head_share(image_like, gq), quantizer.head_share(image_like), rtol=1e-5
+    )
