@@ -115,19 +115,20 @@ def test_a_writer_with_unsaved_changes_and_a_small_store_search_with_hnswlib(
         assert len(walks) == 3 and reader._live().loaded_graph is not None
 
 
-def test_a_filtered_search_loads_the_graph_that_unfiltered_searches_did_not_need(
+def test_a_post_filtered_search_walks_the_links_too_and_never_loads_the_graph(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=5)
     _saved(tmp_path / "v", vecs)
     monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
+    walks = _count_calls(monkeypatch, walk.Links, "search")
     allowed = np.arange(0, N, 2)
     with VectorStore.open(tmp_path / "v") as store:
-        store.search(vecs[:2], 5)
-        assert store._live().loaded_graph is None
-        found, _ = store.search(vecs[:4], 5, allowed=allowed)
-        assert store._live().loaded_graph is not None
-    assert (found % 2 == 0).all() and (found[[0, 2], 0] == [0, 2]).all()
+        found, scores = store.search(vecs[:20], 5, allowed=allowed)
+        assert len(walks) >= 20 and store._live().loaded_graph is None
+    assert (found % 2 == 0).all() and (found[::2, 0] == np.arange(0, 20, 2)).all()
+    np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", vecs[:20], vecs[found]), atol=1e-5)
+    assert _recall(found, vecs[:20], vecs, allowed) >= 0.95
 
 
 def test_removed_vectors_never_come_back_from_the_compiled_walk(
@@ -251,3 +252,17 @@ def test_a_query_s_share_is_measured_where_the_data_lies_even_when_the_head_hold
     np.testing.assert_allclose(
         quantizer.head_share(image_like, gq), quantizer.head_share(image_like), rtol=1e-5
     )
+
+
+def test_walks_give_the_same_answer_when_their_visited_marks_wrap_around(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=12)
+    _saved(tmp_path / "v", vecs)
+    with VectorStore.open(tmp_path / "v") as store:
+        first, _ = store.search(vecs[:5], 10)
+        walk._threads.mark = 0xFFFE  # the next walk takes the last mark, the one after starts again
+        again = [store.search(vecs[:5], 10)[0] for _ in range(3)]
+        assert walk._threads.mark < 20  # wrapped: 15 walks since
+    for found in again:
+        np.testing.assert_array_equal(found, first)

@@ -202,9 +202,10 @@ def test_queries_inside_a_folder_that_others_miss_are_probed_and_post_filtered_n
     monkeypatch.setattr(
         VectorStore,
         "_post_filtered",
-        staticmethod(
-            lambda st, gq, c, m, mask, near=None: (asked.append(near), post(st, gq, c, m, mask, near))[1]
-        ),
+        lambda self, st, gq, c, m, mask, near=None: (
+            asked.append(near),
+            post(self, st, gq, c, m, mask, near),
+        )[1],
     )
     allowed = np.flatnonzero(group < 3)
     allowed.flags.writeable = False

@@ -673,34 +673,46 @@ class VectorStore:
 
         head = st.head_codes_now()
         graph_query, weights, bias = prepared
-        if st.seeds is None:
-            alive = st.alive_slots()
-            take = min(len(alive), filtered.SEED_SAMPLE)
-            st.seeds = np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
-            st.seed_codes = head.codes[st.seeds]  # contiguous: one sequential read per query
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         for i in range(len(q)):
-            head_weights, shift = head.weights(graph_query[i])
             c = int(cands[i])
             if low[i] and head.codes.nbytes <= SCAN_BYTES:
                 c = min(c, SCAN_CANDS)  # ranked by the whole int8 head, not a walk's approximate order
-                scores = scan._lead_scores(head.codes[: st.n_slots], head_weights)
+                head_weights, shift = head.weights(graph_query[i])
+                scores = scan._lead_scores(head.codes[: st.n_slots], head_weights) + shift
                 scores[st.slot_ids[: st.n_slots] < 0] = -np.inf
                 slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
                 scores = scores[slots]
             else:
-                assert st.seed_codes is not None
-                first = scan._lead_scores(st.seed_codes, head_weights)
-                seeds = st.seeds[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
-                slots, scores = links.search(head.codes, head_weights, seeds, c)
+                slots, scores = self._walk_links(st, links, graph_query[i], c)
             live = st.slot_ids[slots] >= 0
             if live.sum() < k:
                 return None
             out_slots[i], out_scores[i] = self._rerank(
-                st, q[i], slots[live], scores[live] + (shift + bias[i]), weights[i], k, COMPILED_RESCORE
+                st, q[i], slots[live], scores[live] + bias[i], weights[i], k, COMPILED_RESCORE
             )
         return out_slots, out_scores
+
+    @staticmethod
+    def _walk_links(
+        st: _State, links: Links, graph_query: np.ndarray, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best `width` slots the compiled walk reaches for one query (its graph row), with their head
+        scores from the int8 codes, starting from the best SEEDS of a fixed sample of live slots."""
+        from retrieval.vectors.hnsw import scan
+
+        head = st.head_codes_now()
+        if st.seeds is None or st.seed_codes is None:
+            alive = st.alive_slots()
+            take = min(len(alive), filtered.SEED_SAMPLE)
+            st.seeds = np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
+            st.seed_codes = head.codes[st.seeds]  # contiguous: one sequential read per query
+        weights, shift = head.weights(graph_query)
+        first = scan._lead_scores(st.seed_codes, weights)
+        seeds = st.seeds[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
+        slots, scores = links.search(head.codes, weights, seeds, width)
+        return slots, scores + shift
 
     def _links(self, st: _State) -> Links | None:
         """The saved graph's links by slot (`_level0`'s conditions), copied once per generation."""
@@ -795,12 +807,17 @@ class VectorStore:
         self._refuse_garbled(st, q, out_scores)
         return self._padded(st, out_slots, out_scores, k)
 
-    @staticmethod
-    def _probe(st: _State, graph_query: np.ndarray, entry: _Allowed) -> float | None:
+    def _probe(self, st: _State, graph_query: np.ndarray, entry: _Allowed) -> float | None:
         """The share of the query's nearest PROBE nodes that is allowed (None: the graph reached too few):
         whether a post-filter is worth its cost, and how wide it must be."""
-        graph, mask = st.graph, entry.mask
-        assert graph is not None and mask is not None
+        mask = entry.mask
+        assert mask is not None
+        links = self._links(st)
+        if links is not None:
+            near, _ = self._walk_links(st, links, graph_query, filtered.PROBE)
+            return float(np.frombuffer(mask, dtype=np.bool_)[near].mean())
+        graph = st.graph
+        assert graph is not None
         graph.set_ef(filtered.PROBE)
         try:
             labels, _ = graph.knn_query(graph_query[None], k=filtered.PROBE)
@@ -808,27 +825,31 @@ class VectorStore:
             return None
         return float(np.frombuffer(mask, dtype=np.bool_)[labels[0].view(np.int64)].mean())
 
-    @staticmethod
     def _post_filtered(
-        st: _State, graph_query: np.ndarray, cands: int, m: int, mask: bytes, near: float | None = None
+        self, st: _State, graph_query: np.ndarray, cands: int, m: int, mask: bytes, near: float | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """An unfiltered graph search wide enough to hold about `cands` allowed nodes where allowed nodes
         are as common near the query as in the store (or as `near`, the probed share, says), kept to the
         allowed ones (their slots, and head score minus 1); None where fewer than POST_KEEP·cands are
         allowed (a folder away from the query)."""
-        graph = st.graph
-        assert graph is not None
         wide = filtered.post_width(cands, m, st.n_alive, near)
-        graph.set_ef(wide)
-        try:
-            labels, dist = graph.knn_query(graph_query[None], k=wide)
-        except RuntimeError:  # fewer live nodes reachable than asked for (heavy deletes)
-            return None
-        found = labels[0].view(np.int64)
+        links = self._links(st)
+        if links is not None:  # a large saved store: the compiled walk, as its unfiltered searches
+            found, head = self._walk_links(st, links, graph_query, wide)
+            less_one = head - 1.0
+        else:
+            graph = st.graph
+            assert graph is not None
+            graph.set_ef(wide)
+            try:
+                labels, dist = graph.knn_query(graph_query[None], k=wide)
+            except RuntimeError:  # fewer live nodes reachable than asked for (heavy deletes)
+                return None
+            found, less_one = labels[0].view(np.int64), -dist[0]
         keep = np.frombuffer(mask, dtype=np.bool_)[found]
         if keep.sum() < max(filtered.POST_KEEP * cands, 1):
             return None
-        return found[keep], -dist[0][keep]
+        return found[keep], less_one[keep]
 
     def _walk(
         self, st: _State, entry: _Allowed, graph_query: np.ndarray, cands: int
