@@ -198,7 +198,7 @@ def test_head_codes_are_saved_with_each_generation_and_a_damaged_file_is_refused
 
 
 def test_a_store_saved_without_head_codes_still_searches_and_its_next_save_writes_them(
-    tmp_path: Path, large: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=9)
     _saved(tmp_path / "v", vecs)
@@ -207,12 +207,17 @@ def test_a_store_saved_without_head_codes_still_searches_and_its_next_save_write
     body.pop("checksum", None)
     fileformat.write_manifest(tmp_path / "v", body)
     with VectorStore.open(tmp_path / "v") as reader:
-        found, _ = reader.search(vecs[:5], 3)
+        found, _ = reader.search(vecs[:5], 3)  # by hnswlib: no pass over every original to encode them
         assert (found[:, 0] == np.arange(5)).all()
+        assert reader._live().head_codes is None and reader._live().loaded_graph is not None
     with VectorStore.open(tmp_path / "v", writable=True) as writer:
         writer.add(np.array([N]), vecs[:1])
         writer.save()
         assert "head" in writer._live().files
+    walks = _count_calls(monkeypatch, walk.Links, "search")
+    with VectorStore.open(tmp_path / "v") as reader:
+        found, _ = reader.search(vecs[:5], 3)
+        assert walks and (found[:, 0] == np.arange(5)).all()
 
 
 def test_head_codes_span_each_coordinate_s_own_range_not_one_around_zero() -> None:

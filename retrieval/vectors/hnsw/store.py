@@ -715,7 +715,11 @@ class VectorStore:
         return slots, scores + shift
 
     def _links(self, st: _State) -> Links | None:
-        """The saved graph's links by slot (`_level0`'s conditions), copied once per generation."""
+        """The saved graph's links by slot (`_level0`'s conditions), copied once per generation; None also
+        where the generation has no head codes at hand (saved before they were kept: encoding them here
+        would hold up a query for a pass over every original, ~10 s at 1M; its next save writes them)."""
+        if st.head_codes is None:
+            return None
         level0 = self._level0(st)
         if level0 is None:
             return None
