@@ -28,7 +28,6 @@ from numba import njit
 from retrieval.vectors.hnsw.prefetch import prefetch as _prefetch
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
-_LINK_BLOCK = 65536
 
 
 @dataclass(eq=False)
@@ -115,20 +114,16 @@ class Level0:
         return rows[nodes, self.vector_at : self.vector_at + self.dims]
 
     def links(self, n_slots: int) -> Links:
-        """The bottom layer's links renumbered by slot, copied out of the map (see `Links`)."""
+        """The bottom layer's links renumbered by slot, copied out of the map (see `Links`).
+
+        Raises:
+            ValueError: a link names a node past the file's count.
+        """
         counts = np.zeros(n_slots, dtype=np.int32)
         table = np.zeros((n_slots, self.max_links), dtype=np.int32)
-        records = self.words.reshape(-1, self.stride)
-        columns = np.arange(self.max_links)
-        for lo in range(0, len(self.slots), _LINK_BLOCK):
-            block = np.asarray(records[lo : lo + _LINK_BLOCK, : 1 + self.max_links])
-            count = np.minimum(block[:, 0] & 0xFFFF, self.max_links).astype(np.int32)
-            nodes = np.where(columns < count[:, None], block[:, 1:], 0).astype(np.int64)
-            if nodes.size and nodes.max() >= len(self.slots):
-                raise ValueError("a link names a node past the file's count")
-            slots = self.slots[lo : lo + _LINK_BLOCK]
-            counts[slots] = count
-            table[slots] = self.slots[nodes]
+        # compiled, in place: numpy's temporaries for this (int64 per link) outgrew the table itself
+        if not _fill_links(self.words, self.stride, self.max_links, self.slots, counts, table):
+            raise ValueError("a link names a node past the file's count")
         return Links(counts, table)
 
     def walk(
@@ -328,3 +323,20 @@ def _search(counts, table, codes, weights, seeds, width, seen, mark):
             if n_todo > queued:  # kept: its links are read when it is expanded
                 _prefetch(table, (u, 0))  # type: ignore[call-arg]
     return best_n[:n_best].copy(), best_s[:n_best].copy()
+
+
+@njit(cache=True, nogil=True)
+def _fill_links(words, stride, max_links, slots, counts, table):
+    """Copy each node's links into its slot's row, as slots; False where a link names no node."""
+    nodes = slots.shape[0]
+    for v in range(nodes):
+        base = v * stride
+        count = min(np.int64(words[base] & 0xFFFF), max_links)
+        row = slots[v]
+        counts[row] = count
+        for j in range(count):
+            u = np.int64(words[base + 1 + j])
+            if u >= nodes:
+                return False
+            table[row, j] = slots[u]
+    return True
