@@ -5,17 +5,18 @@ measured in BENCHMARKS.md, "Filtered search"):
 
 * **exact**: score the m float32 originals (memory-mapped) directly; for small sets.
 * **scan**: a two-stage scan of the allowed slots. Every slot has an int8 copy of its PCA head (`HeadCodes`,
-  ~1/18 of the bytes of an original, built from the originals on the first scan and kept with the
-  generation); an allowed set keeps the first LEAD_DIMS head coordinates of its slots (`Lead`, built once
-  per set: int8 for the compiled scan of stores of COMPILED_MIN_N vectors or more, `scan.two_stage`, else
-  float32 for numpy). A query scores every allowed slot on those, the best LEAD_KEEP·cands of them on
-  their whole int8 head, and hands the best `cands` to the graph path's re-rank: int8 tail, then the best
-  of those exactly from the originals.
+  a byte per head coordinate, saved with each generation of a large store, else built from the originals
+  on the first scan); an allowed set keeps the first LEAD_DIMS head coordinates of its slots (`Lead`,
+  built once per set: int8 for the compiled scan of stores of COMPILED_MIN_N vectors or more,
+  `scan.two_stage`, else float32 for numpy). A query scores every allowed slot on those, the best
+  LEAD_KEEP·cands of them on their whole int8 head, and hands the best `cands` to the graph path's
+  re-rank: int8 tail, then the best of those exactly from the originals.
 * **post**: for a large set, the unfiltered graph search made cands·n/m wide, kept to the allowed nodes
   (about `cands` of them where allowed vectors are as common near the query as in the store), then the
-  same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away from the query)
-  walks the graph through allowed nodes only (`walk.Level0`, compiled, over the saved graph file), or
-  where that would cost more, scans. Without the compiled walk (a small store, or one with unsaved
+  same re-rank (in a large saved store, the compiled walk of the unfiltered search, `walk.Links`). A query
+  that finds fewer than POST_KEEP·cands allowed (a folder away from the query) walks the graph through
+  allowed nodes only (`walk.Level0`, compiled, over the saved graph file), or where that would cost more,
+  scans. Without the compiled walk (a small store, or one with unsaved
   changes) the walk is hnswlib's own (`knn_query(filter=...)`, a Python call per node it meets). A set
   whose queries often come up short probes first (PROBE) and skips the post-filter where it would.
 

@@ -220,7 +220,7 @@ class _State:
     originals_epoch: int
     id_index: _IdIndex | None  # built on first lookup by id: search-only readers never pay for it
     files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
-    head_codes: filtered.HeadCodes | None = None  # built by the first filtered scan
+    head_codes: filtered.HeadCodes | None = None  # saved with a large generation, else built by a first scan
     level0: Level0 | Literal[False] | None = (
         None  # the saved graph's bottom layer once a walk needs it; False: none
     )
