@@ -211,7 +211,7 @@ def test_a_store_saved_without_head_codes_still_searches_and_its_next_save_write
         assert (found[:, 0] == np.arange(5)).all()
         assert reader._live().head_codes is None and reader._live().loaded_graph is not None
     with VectorStore.open(tmp_path / "v", writable=True) as writer:
-        writer.add(np.array([N]), vecs[:1])
+        writer.add(np.array([N]), _clusters(1, DIM, 12, seed=99))  # not a copy of a query: no tie for top-1
         writer.save()
         assert "head" in writer._live().files
     walks = _count_calls(monkeypatch, walk.Links, "search")

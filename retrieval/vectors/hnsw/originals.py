@@ -50,6 +50,11 @@ class Originals:
         return self._disk_rows + self._pending_rows
 
     @property
+    def mapped(self) -> np.ndarray | None:
+        """Every row as one array (the memory map) where none is pending, for compiled code; else None."""
+        return self._map if self._pending_rows == 0 else None
+
+    @property
     def pending_bytes(self) -> int:
         return self._pending.nbytes
 

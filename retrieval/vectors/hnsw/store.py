@@ -678,6 +678,8 @@ class VectorStore:
 
         head = st.head_codes_now()
         graph_query, weights, bias = prepared
+        originals = st.originals.mapped
+        n_rescore = max(COMPILED_RESCORE * self.params.rescore, k) if self.params.rescore else 0
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         for i in range(len(q)):
@@ -694,9 +696,16 @@ class VectorStore:
             live = st.slot_ids[slots] >= 0
             if live.sum() < k:
                 return None
-            out_slots[i], out_scores[i] = self._rerank(
-                st, q[i], slots[live], scores[live] + bias[i], weights[i], k, COMPILED_RESCORE
-            )
+            if not live.all():
+                slots, scores = slots[live], scores[live]
+            if originals is not None and n_rescore:
+                out_slots[i], out_scores[i] = scan.rerank(
+                    slots, scores + bias[i], st.codes, weights[i], originals, q[i], n_rescore, k
+                )
+            else:
+                out_slots[i], out_scores[i] = self._rerank(
+                    st, q[i], slots, scores + bias[i], weights[i], k, COMPILED_RESCORE
+                )
         return out_slots, out_scores
 
     @staticmethod
