@@ -11,13 +11,14 @@ Search runs in three stages (see retrieval/quantizer.py for the transform):
    scans every head code instead where they are few enough (SCAN_BYTES). Smaller
    stores, and writers holding unsaved changes, ask hnswlib;
 2. each candidate's score is completed with the int8 *tail* codes held in RAM;
-3. the best `rescore` candidates (twice that after int8 head scores) are scored
-   exactly against the float32 originals, which stay on disk and are memory-mapped
-   (the Qdrant/Milvus "rescore" step).
+3. the best `rescore` candidates (COMPILED_RESCORE times that after int8 head scores)
+   are scored exactly against the float32 originals, which stay on disk and are
+   memory-mapped (the Qdrant/Milvus "rescore" step).
 
 A reader of a large store holds about a byte per dimension (head and tail codes)
-plus the graph's links in RAM, and loads hnswlib's copy of the graph (a float32 head
-per vector) only for a filtered search that needs it (BENCHMARKS.md has the figures).
+plus the graph's links in RAM; it loads hnswlib's copy of the graph (a float32 head
+per vector) only where a walk reaches too few live vectors (heavy deletes) and
+hnswlib answers instead (BENCHMARKS.md has the figures).
 
 A store is a folder written by one writer and read by any number of processes:
 
@@ -596,11 +597,12 @@ class VectorStore:
         cands = np.full(len(q), max(ef or self.params.ef_search, k))
         found = None
         if st.quantizer is not None:
-            prepared = st.quantizer.prepare_queries(q)
-            low = st.quantizer.head_share(q, prepared[0]) < LOW_HEAD_SHARE
+            # the compiled search's query rows hold the share's coordinates; hnswlib's path makes its own
+            prepared = st.quantizer.prepare_queries(q) if self._links(st) is not None else None
+            low = st.quantizer.head_share(q, None if prepared is None else prepared[0]) < LOW_HEAD_SHARE
             if ef is None:
                 cands[low] *= LOW_HEAD_BOOST
-            if st.has_graph and st.n_alive > cands.max():
+            if prepared is not None and st.n_alive > cands.max():
                 found = self._compiled_search(st, q, prepared, k, cands, low & (ef is None))
         if found is not None:
             slots, scores = found
@@ -668,7 +670,7 @@ class VectorStore:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The graph search of a large saved store, compiled (`walk.Links`): a best-first walk over the saved
         graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
-        same re-rank as hnswlib's candidates get. A `low` query (little energy where the data lies: text
+        re-rank in one compiled pass (`scan.rerank`). A `low` query (little energy where the data lies: text
         against images) scans every head code instead where that reads at most SCAN_BYTES. None where it
         does not apply (see `_links`) or where the walk reached fewer than k live slots (heavy deletes)."""
         links = self._links(st)
