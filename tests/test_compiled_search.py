@@ -271,3 +271,10 @@ def test_walks_give_the_same_answer_when_their_visited_marks_wrap_around(
         assert walk._threads.mark < 20  # wrapped: 15 walks since
     for found in again:
         np.testing.assert_array_equal(found, first)
+
+
+def test_a_graph_file_gone_before_a_reader_needs_it_is_one_line_saying_to_open_the_store_again(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(IndexCorruptError, match="open the store again"):
+        store_module._load_graph(tmp_path / "g00000003.graph", DIM, N)

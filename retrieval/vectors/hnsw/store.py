@@ -598,12 +598,13 @@ class VectorStore:
         found = None
         if st.quantizer is not None:
             # the compiled search's query rows hold the share's coordinates; hnswlib's path makes its own
-            prepared = st.quantizer.prepare_queries(q) if self._links(st) is not None else None
+            links = self._links(st)
+            prepared = st.quantizer.prepare_queries(q) if links is not None else None
             low = st.quantizer.head_share(q, None if prepared is None else prepared[0]) < LOW_HEAD_SHARE
             if ef is None:
                 cands[low] *= LOW_HEAD_BOOST
-            if prepared is not None and st.n_alive > cands.max():
-                found = self._compiled_search(st, q, prepared, k, cands, low & (ef is None))
+            if links is not None and prepared is not None and st.n_alive > cands.max():
+                found = self._compiled_search(st, links, q, prepared, k, cands, low & (ef is None))
         if found is not None:
             slots, scores = found
         elif not st.has_graph or st.n_alive <= cands.max():
@@ -662,6 +663,7 @@ class VectorStore:
     def _compiled_search(
         self,
         st: _State,
+        links: Links,
         q: np.ndarray,
         prepared: tuple[np.ndarray, np.ndarray, np.ndarray],
         k: int,
@@ -671,11 +673,8 @@ class VectorStore:
         """The graph search of a large saved store, compiled (`walk.Links`): a best-first walk over the saved
         graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
         re-rank in one compiled pass (`scan.rerank`). A `low` query (little energy where the data lies: text
-        against images) scans every head code instead where that reads at most SCAN_BYTES. None where it
-        does not apply (see `_links`) or where the walk reached fewer than k live slots (heavy deletes)."""
-        links = self._links(st)
-        if links is None:
-            return None
+        against images) scans every head code instead where that reads at most SCAN_BYTES. None where the
+        walk reached fewer than k live slots (heavy deletes)."""
         from retrieval.vectors.hnsw import scan
 
         head = st.head_codes_now()
