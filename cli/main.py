@@ -870,6 +870,13 @@ def stats(
             f"vectors {_human(st.bytes_on_disk['vectors'])}",
             highlight=False,
         )
+        tuned = st.store.get("tuning")
+        if isinstance(tuned, dict):
+            out.print(
+                f"search     ef {tuned.get('ef')}, {tuned.get('rescore')} re-scored exactly: chosen at the "
+                f"last save, recall@10 {tuned.get('recall')} on {tuned.get('probes')} of its own vectors",
+                highlight=False,
+            )
         for path, reason in st.failures:
             out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
         if c["failures"] > len(st.failures):

@@ -124,6 +124,7 @@ def saved_stats(folder: Path) -> dict[str, Any]:
             "generation": int(body["generation"]),
             "slots": int(body["n_slots"]),
             "bytes_on_disk": disk + int(body["n_slots"]) * int(body["dim"]) * 4,
+            "tuning": body.get("tuning"),
         }
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise IndexCorruptError(f"{folder / MANIFEST} is garbled: {exc!r}") from None

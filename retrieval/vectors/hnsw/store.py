@@ -39,6 +39,7 @@ deleted. A crash at any moment leaves the last complete generation usable.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -53,7 +54,7 @@ from retrieval.errors import (
     RetrievalError,
     UsageError,
 )
-from retrieval.vectors.hnsw import fileformat, filtered
+from retrieval.vectors.hnsw import fileformat, filtered, tuning
 from retrieval.vectors.hnsw.fileformat import MANIFEST
 from retrieval.vectors.hnsw.originals import Originals as _Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
@@ -109,11 +110,14 @@ class StoreParams:
     m, ef_construction: hnswlib graph degree and build beam. m 20: on the CLIP-like generator at 100k
         (image queries, compiled search, interleaved) m 20 reached recall@10 0.982 at ef 512 and 393 q/s,
         m 16 0.980 only at ef 768 and 354 q/s, m 12 0.967 at ef 768.
-    ef_search: default number of graph candidates per query (the speed/recall knob): 640 keeps the
-        CLIP-like image queries above 0.98 (0.987 there; 0.979-0.982 at 512, by graph).
+    ef_search: default number of graph candidates per query (the speed/recall knob) where no save has
+        chosen one (`tune_ef`): 640 keeps the CLIP-like image queries at 100k above 0.98 (0.987 there;
+        0.979-0.982 at 512, by graph).
     rescore: how many best candidates are re-scored against the float32 originals (0 = none).
     adapt_head: let each fit lengthen the head where the data needs it (`quantizer.adapted_head`): with
         graph_dims as its shortest, a sample of 5,000 vectors or more chooses it.
+    tune_ef: let each save of a store the compiled search answers choose the default ef from probe
+        queries drawn from the store (`tuning`), in place of ef_search.
     """
 
     graph_dims: int | None = 112
@@ -122,6 +126,7 @@ class StoreParams:
     ef_search: int = 640
     rescore: int = 16
     adapt_head: bool = True
+    tune_ef: bool = True
 
     def __post_init__(self) -> None:
         if self.graph_dims is not None and self.graph_dims < 2:
@@ -229,6 +234,7 @@ class _State:
     seeds: np.ndarray | None = None  # live slots a compiled search starts from the best of
     seed_codes: np.ndarray | None = None  # their head codes
     graph_file: Path | None = None  # the saved graph a reader loads into hnswlib on first need
+    tuned: tuning.Tuning | None = None  # the default ef its save chose
 
     @property
     def has_graph(self) -> bool:
@@ -575,7 +581,8 @@ class VectorStore:
         """Top-k by inner product for each query row.
 
         queries: (m, dim) or (dim,), the latter answered as m = 1. ef: graph candidates per
-        query (default params.ef_search, times LOW_HEAD_BOOST for a query whose energy lies mostly
+        query (default: the one this store's last save chose, `tuning`, scaled by k / 10 for more than
+        10 results, else params.ef_search; times LOW_HEAD_BOOST for a query whose energy lies mostly
         outside the PCA head; more is slower and more exact). allowed: the only ids results may come
         from (a filter), scored exactly. Returns (ids (m, k) int64, scores (m, k) float32), best
         first, padded with id -1 and score -inf when the store (or `allowed`) holds fewer than k vectors.
@@ -594,7 +601,7 @@ class VectorStore:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
         if allowed is not None:
             return self._filtered_search(st, q, k, ef, allowed)
-        cands = np.full(len(q), max(ef or self.params.ef_search, k))
+        cands = np.full(len(q), max(ef or self.default_ef(k), k))
         found = None
         if st.quantizer is not None:
             # the compiled search's query rows hold the share's coordinates; hnswlib's path makes its own
@@ -623,6 +630,13 @@ class VectorStore:
                 slots, scores = self._exact_search(st, q, k)
         self._refuse_garbled(st, q, scores)
         return self._padded(st, slots, scores, k)
+
+    def default_ef(self, k: int = tuning.K) -> int:
+        """Graph candidates a query for k results gets unless it asks for its own `ef`."""
+        tuned = self._live().tuned if self.params.tune_ef else None
+        if tuned is None:
+            return self.params.ef_search
+        return max(tuned.ef, -(-tuned.ef * k // tuning.K))
 
     @staticmethod
     def _padded(st: _State, slots: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -669,18 +683,28 @@ class VectorStore:
         k: int,
         cands: np.ndarray,
         low: np.ndarray,
+        hidden: np.ndarray | None = None,
+        rescore: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The graph search of a large saved store, compiled (`walk.Links`): a best-first walk over the saved
         graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
         re-rank in one compiled pass (`scan.rerank`). A `low` query (little energy where the data lies: text
-        against images) scans every head code instead where that reads at most SCAN_BYTES. None where the
-        walk reached fewer than k live slots (heavy deletes)."""
+        against images) scans every head code instead where that reads at most SCAN_BYTES. `hidden`: a slot
+        per query that its walk never visits (-1: none; tuning's probes). `rescore`: how many candidates
+        are scored exactly (default: the last save's choice, per 10 results, else COMPILED_RESCORE ×
+        params.rescore). None where the walk reached fewer than k live slots (heavy deletes)."""
         from retrieval.vectors.hnsw import scan
 
         head = st.head_codes_now()
         graph_query, weights, bias = prepared
         originals = st.originals.mapped
-        n_rescore = max(COMPILED_RESCORE * self.params.rescore, k) if self.params.rescore else 0
+        if rescore is None:
+            tuned = st.tuned if self.params.tune_ef else None
+            if tuned is not None:
+                rescore = -(-tuned.rescore * max(k, tuning.K) // tuning.K)
+            else:
+                rescore = COMPILED_RESCORE * self.params.rescore
+        n_rescore = max(rescore, k) if self.params.rescore else 0
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         for i in range(len(q)):
@@ -693,7 +717,9 @@ class VectorStore:
                 slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
                 scores = scores[slots]
             else:
-                slots, scores = self._walk_links(st, links, graph_query[i], c)
+                slots, scores = self._walk_links(
+                    st, links, graph_query[i], c, -1 if hidden is None else hidden[i]
+                )
             live = st.slot_ids[slots] >= 0
             if live.sum() < k:
                 return None
@@ -711,10 +737,11 @@ class VectorStore:
 
     @staticmethod
     def _walk_links(
-        st: _State, links: Links, graph_query: np.ndarray, width: int
+        st: _State, links: Links, graph_query: np.ndarray, width: int, hidden: int = -1
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `width` slots the compiled walk reaches for one query (its graph row), with their head
-        scores from the int8 codes, starting from the best SEEDS of a fixed sample of live slots."""
+        scores from the int8 codes, starting from the best SEEDS of a fixed sample of live slots; it never
+        visits slot `hidden`."""
         from retrieval.vectors.hnsw import scan
 
         head = st.head_codes_now()
@@ -726,7 +753,7 @@ class VectorStore:
         weights, shift = head.weights(graph_query)
         first = scan._lead_scores(st.seed_codes, weights)
         seeds = st.seeds[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
-        slots, scores = links.search(head.codes, weights, seeds, width)
+        slots, scores = links.search(head.codes, weights, seeds, width, hidden)
         return slots, scores + shift
 
     def _links(self, st: _State) -> Links | None:
@@ -1012,6 +1039,7 @@ class VectorStore:
                 files["head"] = fileformat.write_file(
                     self.folder, fileformat.gen_name(gen, "head"), *head.parts(st.n_slots)
                 )
+        tuned, level0, links = self._tune(st, files)
         fileformat.fsync_dir(self.folder)
         previous = st.file_names() if st.generation >= 0 else set()
         body = {
@@ -1024,13 +1052,74 @@ class VectorStore:
             "files": files,
             "previous": sorted(previous),
         }
+        if tuned is not None:
+            body["tuning"] = tuned.to_dict()
         fileformat.write_manifest(self.folder, body)
-        st.generation, st.files = gen, files
-        st.level0 = st.links = None  # the new graph file is the graph in memory
+        st.generation, st.files, st.tuned = gen, files, tuned
+        st.level0, st.links = level0, links  # the new graph file is the graph in memory
         st.seeds = st.seed_codes = None
         self._dirty = False
         fileformat.remove_unreferenced(self.folder, st.file_names() | previous)
         return gen
+
+    def _tune(
+        self, st: _State, files: dict[str, dict[str, Any]]
+    ) -> tuple[tuning.Tuning | None, Level0 | None, Links | None]:
+        """The default ef of the generation being saved (`tuning`), with the links of its graph file where
+        they were read for it: the last save's choice while it holds, else chosen again by probe queries;
+        None where the compiled search will not answer this generation (or its originals are garbled)."""
+        quantizer = st.quantizer
+        ladder = tuple(ef for ef in tuning.LADDER if 2 * ef <= st.n_alive)
+        if (
+            not self.params.tune_ef
+            or quantizer is None
+            or not {"graph", "head", "quantizer"} <= files.keys()
+            or not filtered.compiled(st.n_alive)
+            or not ladder
+        ):
+            return None, None, None
+        crc = int(files["quantizer"]["crc32"])
+        if st.tuned is not None and st.tuned.holds(st.n_alive, crc):
+            return st.tuned, None, None
+        from retrieval.vectors.hnsw import walk
+
+        start = time.perf_counter()
+        st.seeds = st.seed_codes = None  # drawn again from the slots live now, as a reader will
+        try:
+            level0 = walk.Level0.open(self.folder / files["graph"]["name"], quantizer.graph_dims, st.n_slots)
+            links = level0.links(st.n_slots) if level0 is not None else None
+        except (OSError, ValueError):
+            return None, None, None
+        if level0 is None or links is None:
+            return None, None, None
+        probes = tuning.probe_slots(st.alive_slots())
+        q = st.originals.get(probes)
+        try:
+            best, _ = self._exact_search(st, q, tuning.K + 1)
+        except IndexCorruptError:  # garbled originals: `doctor` is told at the next search
+            return None, level0, links
+        truth = np.stack([row[row != p][: tuning.K] for row, p in zip(best, probes, strict=True)])
+        prepared = quantizer.prepare_queries(q)
+        image_like = np.zeros(len(q), dtype=bool)
+
+        def search(ef: int, rescore: int) -> np.ndarray:
+            cands = np.full(len(q), ef)
+            found = self._compiled_search(
+                st, links, q, prepared, tuning.K, cands, image_like, probes, rescore
+            )
+            return found[0] if found is not None else np.full_like(truth, -1)
+
+        ef, rescore, reached = tuning.choose_with_rescore(search, truth, ladder)
+        tuned = tuning.Tuning(
+            ef=ef,
+            rescore=rescore,
+            recall=round(reached, 4),
+            n_alive=st.n_alive,
+            quantizer_crc=crc,
+            probes=len(probes),
+            seconds=round(time.perf_counter() - start, 2),
+        )
+        return tuned, level0, links
 
     def reload_if_changed(self) -> bool:
         """Switch to a newer generation written by another process; returns whether it did.
@@ -1085,6 +1174,8 @@ class VectorStore:
             "n": st.n_alive,
             "dim": self.dim,
             "params": self.params.to_dict(),
+            "default_ef": self.default_ef(),
+            "tuning": st.tuned.to_dict() if st.tuned is not None else None,
             "generation": st.generation,
             "slots": st.n_slots,
             "bytes_on_disk": disk,
@@ -1227,6 +1318,7 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
         files=files,
         head_codes=head_codes,
         graph_file=graph_file,
+        tuned=tuning.Tuning.from_dict(manifest.get("tuning")),
     )
 
 

@@ -40,11 +40,13 @@ class Links:
     table: np.ndarray  # (n_slots, max_links) int32: the linked slots, the first counts[s] of row s
 
     def search(
-        self, codes: np.ndarray, weights: np.ndarray, seeds: np.ndarray, width: int
+        self, codes: np.ndarray, weights: np.ndarray, seeds: np.ndarray, width: int, hidden: int = -1
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `width` slots a best-first walk from `seeds` reaches, by codes[slot] · weights, with those
-        scores; `codes`: (n_slots, dims) int8."""
+        scores; `codes`: (n_slots, dims) int8. Slot `hidden` (if >= 0) is never visited: marked seen first."""
         seen, mark = _marks(len(self.counts))
+        if hidden >= 0:
+            seen[hidden] = mark
         return _search(self.counts, self.table, codes, weights, seeds, width, seen, mark)
 
     @property

@@ -1,0 +1,163 @@
+"""Each large store's default ef, chosen when it is saved, from probe queries drawn from the store itself.
+
+One default cannot fit every collection. On `benchmarks/vectors.py` data (steep spectrum, tight clusters)
+ef 64 already finds 0.986 of the true top-10; on the CLIP-like data (flat spectrum, sub-topics of
+near-identical vectors) ef 512 finds 0.984 at 100k and ef 768 only 0.899 at 1M. A fixed 640 was 4 times
+too slow for the first and far too inexact for the last.
+
+So a save of a store that the compiled search answers walks PROBES of its own vectors, each one hidden from
+its own walk (marked seen before the walk starts: the graph then meets it as it would a new photo of the
+same kind, the leave-one-out of cross-validation), at rising ef until their recall@10 against the exact
+answer (the probe itself left out) reaches TARGET, once for each depth of the exact re-score in RESCORES:
+where vectors differ from their neighbours mostly outside the int8 head (near-duplicate bursts, sub-topics),
+the head scores cannot rank the candidates a walk finds and only a deeper re-score recovers them (clusters
+of 500 near-identical vectors in 32 dims: recall@10 0.987 re-scoring 48 at ef 1024, 1.0 re-scoring 96).
+The cheapest pair reaching TARGET on the probes (or the best recall where none did) is recorded in the
+manifest, and searches use it as their default. The probes are image-like queries: a query from
+another distribution (text against image embeddings) gets the scan or LOW_HEAD_BOOST on top of it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+PROBES = 256
+#: Recall the probes must reach. Above the 0.98 a user is promised: 256 probes measure recall@10 within
+#: about ±0.006 (two standard errors at 0.99), and new queries meet a graph built without them.
+TARGET = 0.99
+K = 10
+LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+#: Candidates re-scored exactly from the originals: the first is the store's own default (3 × rescore).
+RESCORES = (48, 96, 192)
+#: A choice holds while the store stays within this factor of the size it was made at, under the same
+#: rotation; a save outside that chooses again.
+RETUNE = 1.25
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The default ef a save chose, and what it was chosen on."""
+
+    ef: int
+    rescore: int  # candidates re-scored exactly
+    recall: float  # the probes' recall@10 at `ef` and `rescore`
+    n_alive: int  # vectors in the store when chosen
+    quantizer_crc: int  # the rotation it was chosen under (its file's crc32)
+    probes: int
+    seconds: float  # time the choice took, truth included
+
+    def holds(self, n_alive: int, quantizer_crc: int) -> bool:
+        """Whether a store of n_alive vectors under this rotation may keep this choice."""
+        return (
+            quantizer_crc == self.quantizer_crc and self.n_alive / RETUNE <= n_alive <= self.n_alive * RETUNE
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: object) -> Tuning | None:
+        """Read back a manifest's entry; None where there is none or it is malformed (the store then uses
+        params.ef_search until its next save chooses again)."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            tuning = cls(
+                ef=int(d["ef"]),
+                rescore=int(d["rescore"]),
+                recall=float(d["recall"]),
+                n_alive=int(d["n_alive"]),
+                quantizer_crc=int(d["quantizer_crc"]),
+                probes=int(d["probes"]),
+                seconds=float(d["seconds"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        return tuning if tuning.ef >= 1 and tuning.rescore >= 1 else None
+
+
+def probe_slots(alive: np.ndarray, count: int = PROBES) -> np.ndarray:
+    """A spread of live slots to probe with, the same for the same store (seeded by its size)."""
+    take = min(count, len(alive))
+    return np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of `truth` (m, k) that the same row of `found` holds."""
+    hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
+    return hits / truth.size if truth.size else 1.0
+
+
+def choose(
+    search: Callable[[int], np.ndarray],
+    truth: np.ndarray,
+    ladder: tuple[int, ...] = LADDER,
+    target: float = TARGET,
+) -> tuple[int, float]:
+    """The least rung of `ladder` at which `search(ef)` (the probes' top-k slots) reaches `target` recall
+    against `truth`, with that recall; the top rung and its recall where none does. Climbs two rungs at a
+    time (about ×2 in ef), then tries the rung skipped, so the whole choice costs about three searches at
+    the rung chosen."""
+    tried: dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in tried:
+            tried[i] = recall(search(ladder[i]), truth)
+        return tried[i]
+
+    last = len(ladder) - 1
+    failed, i = -1, 0
+    while at(i) < target:
+        if i == last:
+            return ladder[last], tried[last]
+        failed, i = i, min(i + 2, last)
+    if i - failed == 2 and at(i - 1) >= target:
+        i -= 1
+    return ladder[i], tried[i]
+
+
+def choose_with_rescore(
+    search: Callable[[int, int], np.ndarray],
+    truth: np.ndarray,
+    ladder: tuple[int, ...] = LADDER,
+    rescores: tuple[int, ...] = RESCORES,
+    target: float = TARGET,
+) -> tuple[int, int, float]:
+    """(ef, rescore, recall): for each re-score depth the least ef reaching `target` (`choose`), and of
+    those pairs the cheapest by `cost`; the best recall where no pair reaches it. A deeper re-score is
+    tried only on the rungs below the ef already found, where it could be cheaper."""
+    best: tuple[int, int, float] | None = None
+    for rescore in rescores:
+        rungs = ladder if best is None or best[2] < target else tuple(e for e in ladder if e < best[0])
+        if not rungs:
+            break
+        ef, reached = choose(functools.partial(_at_depth, search, rescore), truth, rungs, target)
+        if best is None or _better((ef, rescore, reached), best, target):
+            best = (ef, rescore, reached)
+    assert best is not None
+    return best
+
+
+def _at_depth(search: Callable[[int, int], np.ndarray], rescore: int, ef: int) -> np.ndarray:
+    return search(ef, rescore)
+
+
+def cost(ef: int, rescore: int) -> float:
+    """A query's work in units of one node the walk visits: an exact re-score reads a 2 KB float32 row
+    but scores one vector (CLIP-like data at 100k: ~3 µs a unit of ef, ~1 µs a re-scored candidate; a
+    cold page cache makes re-scores dearer, so they count as half a unit)."""
+    return ef + rescore / 2
+
+
+def _better(a: tuple[int, int, float], b: tuple[int, int, float], target: float) -> bool:
+    """Whether pair a beats b: reaching the target first, then cheaper; neither reaching it, more recall."""
+    if (a[2] >= target) != (b[2] >= target):
+        return a[2] >= target
+    if a[2] >= target:
+        return cost(a[0], a[1]) < cost(b[0], b[1])
+    return a[2] > b[2]
