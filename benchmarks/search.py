@@ -72,7 +72,6 @@ HNSWLIB_M, HNSWLIB_EFC = 16, 200
 FAISS_EFC = 100
 USEARCH_M, USEARCH_EFC = 16, 128
 REFINE_FACTOR = 4
-DEFAULT_PARAMS = StoreParams()
 #: Keys for --only, in the order the tables list them.
 CONTENDERS = (
     "hnswlib",
@@ -96,6 +95,7 @@ class Family:
     disk_b: float
     efs: tuple[int, ...] = EFS
     default_ef: int | None = None
+    default_note: str = ""  # how the store's default was chosen
     curve: dict[str, list[tuple[int, float, float]]] = field(
         default_factory=dict
     )  # kind -> (ef, recall, qps)
@@ -157,7 +157,7 @@ def disk_of(path: Path) -> int:
 # ---- contenders -------------------------------------------------------------------------------
 
 
-def hnswlib_family(base: np.ndarray, work: Path, qpath: Path) -> Family:
+def hnswlib_family(base: np.ndarray, work: Path, qpath: Path, efs: tuple[int, ...]) -> Family:
     import hnswlib
 
     index = hnswlib.Index(space="ip", dim=DIM)
@@ -177,10 +177,12 @@ def hnswlib_family(base: np.ndarray, work: Path, qpath: Path) -> Family:
         return one
 
     name = f"hnswlib f32 M={HNSWLIB_M}"
-    return Family(name, at, build, ram_of("hnswlib", path, qpath, len(base)), disk_of(path) / len(base))
+    return Family(name, at, build, ram_of("hnswlib", path, qpath, len(base)), disk_of(path) / len(base), efs)
 
 
-def faiss_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) -> list[Family]:
+def faiss_families(
+    base: np.ndarray, work: Path, qpath: Path, wanted: set[str], efs: tuple[int, ...]
+) -> list[Family]:
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -210,7 +212,9 @@ def faiss_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) 
         path = work / f"faiss-flat-{m}.index"
         faiss.write_index(index, str(path))
         ram = ram_of("faiss", path, qpath, len(base))
-        out.append(Family(f"faiss HNSWFlat M={m}", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+        out.append(
+            Family(f"faiss HNSWFlat M={m}", hnsw_at(index), build, ram, disk_of(path) / len(base), efs)
+        )
     if not wanted & {"faiss-sq8", "faiss-sq8-refine"}:
         faiss.omp_set_num_threads(1)
         return out
@@ -224,7 +228,7 @@ def faiss_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) 
         path = work / "faiss-sq8.index"
         faiss.write_index(index, str(path))
         ram = ram_of("faiss", path, qpath, len(base))
-        out.append(Family("faiss HNSWSQ8 M=32", hnsw_at(index), build, ram, disk_of(path) / len(base)))
+        out.append(Family("faiss HNSWSQ8 M=32", hnsw_at(index), build, ram, disk_of(path) / len(base), efs))
     if "faiss-sq8-refine" not in wanted:
         faiss.omp_set_num_threads(1)
         return out
@@ -241,13 +245,16 @@ def faiss_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) 
             build_refine,
             rram,
             disk_of(rpath) / len(base),
+            efs,
         )
     )
     faiss.omp_set_num_threads(1)
     return out
 
 
-def usearch_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]) -> list[Family]:
+def usearch_families(
+    base: np.ndarray, work: Path, qpath: Path, wanted: set[str], efs: tuple[int, ...]
+) -> list[Family]:
     out: list[Family] = []
     if not wanted & {"usearch-i8", "usearch-f16"}:
         return out
@@ -272,7 +279,7 @@ def usearch_families(base: np.ndarray, work: Path, qpath: Path, wanted: set[str]
             return one
 
         name = f"usearch {dtype} ({metric}) M={USEARCH_M}"
-        out.append(Family(name, at, build, ram, disk_of(path) / len(base)))
+        out.append(Family(name, at, build, ram, disk_of(path) / len(base), efs))
     return out
 
 
@@ -288,18 +295,29 @@ def build_store(base: np.ndarray, folder: Path, params: StoreParams) -> float:
     return time.perf_counter() - t
 
 
-def store_family(base: np.ndarray, work: Path, qpath: Path, params: StoreParams) -> Family:
+def store_family(
+    base: np.ndarray, work: Path, qpath: Path, params: StoreParams, efs: tuple[int, ...]
+) -> Family:
     folder = work / "store"
     build = build_store(base, folder, params)
     ram = ram_of("store", folder, qpath, len(base))
     reader = VectorStore.open(folder)  # as a server would: read-only, originals memory-mapped
+    tuned = reader.stats()["tuning"]
+    note = (
+        f"chosen by its save: ef {tuned['ef']}, {tuned['rescore']} re-scored exactly, probe recall@10 "
+        f"{tuned['recall']:.4f}, {tuned['seconds']:.1f} s of the build"
+        if tuned
+        else f"ef {reader.default_ef()}, not tuned"
+    )
 
     def at(ef: int) -> Callable[[np.ndarray], np.ndarray]:
-        chosen = ef or None  # 0: the store's default choice (ef_search, boosted for text-like queries)
+        chosen = ef or None  # 0: the store's default choice (tuned at save, boosted for text-like queries)
         return lambda q: reader.search(q, K, ef=chosen)[0][0]
 
     # Disk includes the float32 originals (memory-mapped, not counted in RAM).
-    return Family("store", at, build, ram, disk_of(folder) / len(base), efs=(0, *EFS), default_ef=0)
+    return Family(
+        "store", at, build, ram, disk_of(folder) / len(base), efs=(0, *efs), default_ef=0, default_note=note
+    )
 
 
 # ---- timing and report ------------------------------------------------------------------------
@@ -365,7 +383,7 @@ def report(families: list[Family], kinds: list[str]) -> str:
             )
         default = next((r, q) for ef, r, q in store.curve[kind] if ef == store.default_ef)
         lines.append(
-            f"\nStore at its default (ef {DEFAULT_PARAMS.ef_search}; a text-like query scans every head code "
+            f"\nStore at its default ({store.default_note}; a text-like query scans every head code "
             f"where they take at most {SCAN_BYTES >> 20} MB, else gets ×{LOW_HEAD_BOOST} candidates): "
             f"recall@10 {default[0]:.4f}, "
             f"{default[1]:.0f} q/s."
@@ -390,10 +408,10 @@ def bench(data: str, n: int, a: argparse.Namespace, params: StoreParams) -> str:
         qpath = work / "queries.npy"
         np.save(qpath, np.concatenate(list(queries.values()))[:RAM_QUERIES])
         wanted = set(a.only)
-        families = [hnswlib_family(base, work, qpath)] if "hnswlib" in wanted else []
-        families += faiss_families(base, work, qpath, wanted)
-        families += usearch_families(base, work, qpath, wanted)
-        families.append(store_family(base, work, qpath, params))
+        families = [hnswlib_family(base, work, qpath, a.efs)] if "hnswlib" in wanted else []
+        families += faiss_families(base, work, qpath, wanted, a.efs)
+        families += usearch_families(base, work, qpath, wanted, a.efs)
+        families.append(store_family(base, work, qpath, params, a.efs))
         print(f"{data} n={n}: built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         del base
         time_families(families, queries, truths, a.rounds)
@@ -419,6 +437,12 @@ def main() -> None:
         default=list(CONTENDERS),
         help=f"comma list of peers to run next to the store, from {','.join(CONTENDERS)} (default: all)",
     )
+    ap.add_argument(
+        "--efs",
+        type=lambda v: tuple(int(e) for e in v.split(",") if e),
+        default=EFS,
+        help=f"comma list of ef settings every contender is swept over (default {','.join(map(str, EFS))})",
+    )
     ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     ap.add_argument("--measure-ram", nargs=3, metavar=("KIND", "PATH", "QUERIES"), help=argparse.SUPPRESS)
@@ -442,7 +466,7 @@ def main() -> None:
         f"best time, so the ratios are the figures to read. Single query per call, one thread "
         f"({env_note()}; BLAS pinned to one thread). Builds use all cores. q/s at a recall is "
         f"log-interpolated between a contender's "
-        f'best ef settings ({", ".join(map(str, EFS))}); "not reached" means no setting got there. RAM '
+        f'best ef settings ({", ".join(map(str, a.efs))}); "not reached" means no setting got there. RAM '
         f"B/vec: growth of resident anonymous memory in a fresh process that loaded the index and ran "
         f"{RAM_QUERIES} queries (the store's float32 originals are memory-mapped, counted on disk only). "
         f"Peers: hnswlib M={HNSWLIB_M} ef_construction={HNSWLIB_EFC}; faiss efConstruction={FAISS_EFC}, "

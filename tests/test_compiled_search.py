@@ -280,3 +280,16 @@ def test_a_graph_file_gone_before_a_reader_needs_it_is_one_line_saying_to_open_t
 ) -> None:
     with pytest.raises(IndexCorruptError, match="open the store again"):
         store_module._load_graph(tmp_path / "g00000003.graph", DIM, N)
+
+
+def test_a_scan_split_among_threads_scores_every_row_as_one_thread_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(8)
+    codes = rng.integers(-127, 128, size=(1001, 40)).astype(np.int8)
+    weights = rng.standard_normal(40).astype(np.float32)
+    monkeypatch.setattr(scan, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(scan, "_cores", lambda: 3)
+    split = scan.all_scores(codes, weights)
+    assert split.shape == (1001,)
+    np.testing.assert_allclose(split, codes.astype(np.float32) @ weights, rtol=1e-4, atol=1e-3)

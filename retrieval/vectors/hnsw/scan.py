@@ -8,10 +8,47 @@ and pays a float32 copy of every row it passes to the second: at 10 % of 1M that
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from numba import njit
 
 from retrieval.vectors.hnsw.prefetch import prefetch
+
+#: A scan of every row splits them among the cores past this size (its kernel releases the GIL): a scan is
+#: bound by memory bandwidth per core, ~4.5 GB/s here, so 1M 444-dim CLIP-like rows take ~100 ms on one.
+PARALLEL_BYTES = 8 << 20
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def all_scores(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """codes[r] · weights for every row r of the int8 `codes`, on every core for a large array."""
+    threads = _cores()
+    if threads == 1 or codes.nbytes < PARALLEL_BYTES:
+        return _lead_scores(codes, weights)
+    bounds = np.linspace(0, len(codes), threads + 1).astype(np.int64)
+    parts = _threads(threads).map(
+        lambda i: _lead_scores(codes[bounds[i] : bounds[i + 1]], weights), range(threads)
+    )
+    return np.concatenate(list(parts))
+
+
+def _cores() -> int:
+    try:
+        return min(len(os.sched_getaffinity(0)), 8)
+    except AttributeError:  # not Linux
+        return min(os.cpu_count() or 1, 8)
+
+
+def _threads(count: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(count, thread_name_prefix="retrieval-scan")
+        return _pool
 
 
 def two_stage(
