@@ -70,7 +70,7 @@ def test_links_hold_each_slot_s_graph_neighbours_when_nodes_are_not_in_slot_orde
     assert level0 is not None
     links = level0.links(800)
     assert (links.counts >= 1).all() and (links.counts <= level0.max_links).all()
-    linked = [links.table[s, : links.counts[s]] for s in range(800)]
+    linked = [links.of(s) for s in range(800)]
     assert all(((row >= 0) & (row < 800) & (row != s)).all() for s, row in enumerate(linked))
     # a slot's links are its near neighbours, not the nodes that happen to share its record number
     near = np.mean([float((vecs[row] @ vecs[s]).mean()) for s, row in enumerate(linked)])

@@ -15,6 +15,10 @@ Search runs in three stages (see retrieval/quantizer.py for the transform):
    are scored exactly against the float32 originals, which stay on disk and are
    memory-mapped (the Qdrant/Milvus "rescore" step).
 
+How many candidates a large store's search collects (`ef`) and how many it scores
+exactly are chosen by its saves, from probe queries drawn from the store itself
+(`tuning`): collections differ by a factor of ten in the ef they need.
+
 A reader of a large store holds about a byte per dimension (head and tail codes)
 plus the graph's links in RAM; it loads hnswlib's copy of the graph (a float32 head
 per vector) only where a walk reaches too few live vectors (heavy deletes) and

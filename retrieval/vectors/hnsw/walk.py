@@ -32,26 +32,38 @@ _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
 @dataclass(eq=False)
 class Links:
-    """The bottom layer of a graph with nodes numbered by slot, in RAM (4 bytes per link): what an unfiltered
-    search walks, scoring each node on its int8 head codes instead of the graph file's float32 vectors, so
-    that a reader holds about one byte per dimension plus the links, not hnswlib's whole index."""
+    """The bottom layer of a graph with nodes numbered by slot, in RAM: what an unfiltered search walks,
+    scoring each node on its int8 head codes instead of the graph file's float32 vectors, so that a reader
+    holds about one byte per dimension plus the links, not hnswlib's whole index. Packed row after row (4
+    bytes a link, 8 a slot): nodes hold about half the links hnswlib makes room for (CLIP-like data at
+    100k, m 20: 21.8 of 40), so a table of max_links per slot was 164 bytes a vector where this is ~95."""
 
-    counts: np.ndarray  # (n_slots,) int32: links of each slot (0: no node)
-    table: np.ndarray  # (n_slots, max_links) int32: the linked slots, the first counts[s] of row s
+    offsets: np.ndarray  # (n_slots + 1,) int64: slot s links to flat[offsets[s] : offsets[s + 1]]
+    flat: np.ndarray  # (links,) int32: the linked slots
+    longest: int  # links of the slot that has most
+
+    def of(self, slot: int) -> np.ndarray:
+        """The slots `slot` links to."""
+        return self.flat[self.offsets[slot] : self.offsets[slot + 1]]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Links of each slot (0: no node)."""
+        return np.diff(self.offsets)
 
     def search(
         self, codes: np.ndarray, weights: np.ndarray, seeds: np.ndarray, width: int, hidden: int = -1
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `width` slots a best-first walk from `seeds` reaches, by codes[slot] · weights, with those
         scores; `codes`: (n_slots, dims) int8. Slot `hidden` (if >= 0) is never visited: marked seen first."""
-        seen, mark = _marks(len(self.counts))
+        seen, mark = _marks(len(self.offsets) - 1)
         if hidden >= 0:
             seen[hidden] = mark
-        return _search(self.counts, self.table, codes, weights, seeds, width, seen, mark)
+        return _search(self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark)
 
     @property
     def nbytes(self) -> int:
-        return self.counts.nbytes + self.table.nbytes
+        return self.offsets.nbytes + self.flat.nbytes
 
 
 @dataclass(eq=False)
@@ -121,12 +133,14 @@ class Level0:
         Raises:
             ValueError: a link names a node past the file's count.
         """
-        counts = np.zeros(n_slots, dtype=np.int32)
-        table = np.zeros((n_slots, self.max_links), dtype=np.int32)
-        # compiled, in place: numpy's temporaries for this (int64 per link) outgrew the table itself
-        if not _fill_links(self.words, self.stride, self.max_links, self.slots, counts, table):
+        offsets = np.zeros(n_slots + 1, dtype=np.int64)
+        _count_links(self.words, self.stride, self.max_links, self.slots, offsets)
+        np.cumsum(offsets, out=offsets)
+        flat = np.empty(int(offsets[-1]), dtype=np.int32)
+        # compiled, in place: numpy's temporaries for this (int64 per link) outgrew the links themselves
+        if not _fill_links(self.words, self.stride, self.max_links, self.slots, offsets, flat):
             raise ValueError("a link names a node past the file's count")
-        return Links(counts, table)
+        return Links(offsets, flat, int(np.diff(offsets).max(initial=0)))
 
     def walk(
         self, allowed: np.ndarray, query: np.ndarray, seeds: np.ndarray, width: int
@@ -285,7 +299,7 @@ def _marks(n: int) -> tuple[np.ndarray, int]:
 
 
 @njit(cache=True, nogil=True)
-def _search(counts, table, codes, weights, seeds, width, seen, mark):
+def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
     """The unfiltered best-first walk (as `_walk`, hnswlib's stopping rule) over slot-numbered links, scoring
     int8 code rows; each expansion prefetches the rows it is about to score. A slot is seen where `seen`
     holds `mark`."""
@@ -293,7 +307,7 @@ def _search(counts, table, codes, weights, seeds, width, seen, mark):
     todo_n = np.empty(1024, dtype=np.int64)
     best_s = np.empty(width + 1, dtype=np.float32)
     best_n = np.empty(width + 1, dtype=np.int64)
-    batch = np.empty(table.shape[1], dtype=np.int64)
+    batch = np.empty(max(longest, 1), dtype=np.int64)  # one node's links
     n_todo, n_best = 0, 0
     for t in range(seeds.shape[0]):
         u = seeds[t]
@@ -307,8 +321,8 @@ def _search(counts, table, codes, weights, seeds, width, seen, mark):
         v = todo_n[0]
         n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
         n_batch = 0
-        for j in range(counts[v]):
-            u = np.int64(table[v, j])
+        for j in range(offsets[v], offsets[v + 1]):
+            u = np.int64(flat[j])
             if seen[u] == mark:
                 continue
             seen[u] = mark
@@ -323,22 +337,30 @@ def _search(counts, table, codes, weights, seeds, width, seen, mark):
                 u, _code_dot(codes, u, weights), todo_s, todo_n, n_todo, best_s, best_n, n_best, width
             )
             if n_todo > queued:  # kept: its links are read when it is expanded
-                _prefetch(table, (u, 0))  # type: ignore[call-arg]
+                _prefetch(flat, offsets[u])  # type: ignore[call-arg]
     return best_n[:n_best].copy(), best_s[:n_best].copy()
 
 
 @njit(cache=True, nogil=True)
-def _fill_links(words, stride, max_links, slots, counts, table):
-    """Copy each node's links into its slot's row, as slots; False where a link names no node."""
+def _count_links(words, stride, max_links, slots, offsets):
+    """offsets[slot + 1] = the links of the node holding slot (0 where none), before their running sum."""
+    for v in range(slots.shape[0]):
+        offsets[slots[v] + 1] = min(np.int64(words[v * stride] & 0xFFFF), max_links)
+
+
+@njit(cache=True, nogil=True)
+def _fill_links(words, stride, max_links, slots, offsets, flat):
+    """Copy each node's links into its slot's row, as slots; False where a link names no node. A row takes
+    at most the room its slot was given (two nodes of one slot cannot write past it)."""
     nodes = slots.shape[0]
     for v in range(nodes):
         base = v * stride
-        count = min(np.int64(words[base] & 0xFFFF), max_links)
         row = slots[v]
-        counts[row] = count
+        at = offsets[row]
+        count = min(np.int64(words[base] & 0xFFFF), max_links, offsets[row + 1] - at)
         for j in range(count):
             u = np.int64(words[base + 1 + j])
             if u >= nodes:
                 return False
-            table[row, j] = slots[u]
+            flat[at + j] = slots[u]
     return True
