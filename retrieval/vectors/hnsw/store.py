@@ -244,7 +244,7 @@ class _State:
     seed_codes: np.ndarray | None = None  # their head codes
     seed_lead: np.ndarray | None = None  # the first SEED_DIMS columns of those
     graph_file: Path | None = None  # the saved graph a reader loads into hnswlib on first need
-    tuned: tuning.Tuning | None = None  # the default ef its save chose
+    tuned: tuning.Tuning | None = None  # the default ef and re-score depth its save chose
 
     @property
     def has_graph(self) -> bool:
@@ -1080,9 +1080,10 @@ class VectorStore:
     def _tune(
         self, st: _State, files: dict[str, dict[str, Any]]
     ) -> tuple[tuning.Tuning | None, Level0 | None, Links | None]:
-        """The default ef of the generation being saved (`tuning`), with the links of its graph file where
-        they were read for it: the last save's choice while it holds, else chosen again by probe queries;
-        None where the compiled search will not answer this generation (or its originals are garbled)."""
+        """The default ef and re-score depth of the generation being saved (`tuning`), with the links of its
+        graph file where they were read for it: the last save's choice while it holds, else chosen again by
+        probe queries; None where the compiled search will not answer this generation (or its originals are
+        garbled)."""
         quantizer = st.quantizer
         ladder = tuple(ef for ef in tuning.LADDER if 2 * ef <= st.n_alive)
         if (
@@ -1099,9 +1100,8 @@ class VectorStore:
         from retrieval.vectors.hnsw import walk
 
         start = time.perf_counter()
-        st.seeds = st.seed_codes = st.seed_lead = (
-            None  # drawn again from the slots live now, as a reader will
-        )
+        # the seeds are drawn again from the slots live now, as a reader will draw them
+        st.seeds = st.seed_codes = st.seed_lead = None
         try:
             level0 = walk.Level0.open(self.folder / files["graph"]["name"], quantizer.graph_dims, st.n_slots)
             links = level0.links(st.n_slots) if level0 is not None else None
