@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.vectors.hnsw import fileformat, filtered, tuning
+from retrieval.vectors.hnsw import fileformat, filtered, scan, tuning
 from retrieval.vectors.hnsw.fileformat import MANIFEST
 from retrieval.vectors.hnsw.store import StoreParams, VectorStore
 
@@ -193,3 +193,23 @@ def test_without_tuning_or_with_a_malformed_entry_the_default_is_ef_search(tmp_p
     assert tuning.Tuning.from_dict(manifest["tuning"]) is not None
     for broken in ({"ef": "many"}, {**manifest["tuning"], "ef": 0}, [1, 2], None):
         assert tuning.Tuning.from_dict(broken) is None
+
+
+def test_a_store_whose_walk_falls_short_at_every_ef_scans_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tuning, "LADDER", (16, 24))  # as though ef 24 were the top rung
+    vecs = _spectrum(3000, 0.25, seed=6)  # needs an ef in the hundreds (above)
+    _saved(tmp_path / "v", vecs)
+    scans = []
+    real = scan.all_scores
+    monkeypatch.setattr(scan, "all_scores", lambda *a: scans.append(1) or real(*a))
+    with VectorStore.open(tmp_path / "v") as store:
+        chosen = store.stats()["tuning"]
+        assert chosen["scan"] and chosen["ef"] == 24 and chosen["recall"] >= 0.98
+        queries = _spectrum(50, 0.25, seed=7)
+        found, _ = store.search(queries, 10)
+        assert len(scans) == len(queries)
+        walked, _ = store.search(queries, 10, ef=24)  # an ef of its own: the walk answers
+        assert len(scans) == len(queries)
+    assert _recall(found, queries, vecs) >= 0.98 > _recall(walked, queries, vecs)

@@ -620,6 +620,8 @@ class VectorStore:
             low = st.quantizer.head_share(q, None if prepared is None else prepared[0]) < LOW_HEAD_SHARE
             if ef is None:
                 cands[low] *= LOW_HEAD_BOOST
+                if self.params.tune_ef and st.tuned is not None and st.tuned.scan:
+                    low[:] = True  # this store's graph does not reach the target at any ef: scan
             if links is not None and prepared is not None and st.n_alive > cands.max():
                 found = self._compiled_search(st, links, q, prepared, k, cands, low & (ef is None))
         if found is not None:
@@ -720,10 +722,13 @@ class VectorStore:
         for i in range(len(q)):
             c = int(cands[i])
             if low[i] and head.codes.nbytes <= SCAN_BYTES:
-                c = min(c, SCAN_CANDS)  # ranked by the whole int8 head, not a walk's approximate order
+                # ranked by the whole int8 head, not a walk's approximate order: as many whatever the ef
+                c = min(max(SCAN_CANDS, k), st.n_slots)
                 head_weights, shift = head.weights(graph_query[i])
                 scores = scan.all_scores(head.codes[: st.n_slots], head_weights) + shift
                 scores[st.slot_ids[: st.n_slots] < 0] = -np.inf
+                if hidden is not None and hidden[i] >= 0:
+                    scores[hidden[i]] = -np.inf
                 slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
                 scores = scores[slots]
             else:
@@ -1127,6 +1132,15 @@ class VectorStore:
             return found[0] if found is not None else np.full_like(truth, -1)
 
         ef, rescore, reached = tuning.choose_with_rescore(search, truth, ladder)
+        scans = False
+        if reached < tuning.TARGET and st.head_codes_now().codes.nbytes <= SCAN_BYTES:
+            everywhere = np.ones(len(q), dtype=bool)
+            found = self._compiled_search(
+                st, links, q, prepared, tuning.K, np.full(len(q), SCAN_CANDS), everywhere, probes, rescore
+            )
+            scanned = tuning.recall(found[0], truth) if found is not None else 0.0
+            if scanned > reached:
+                scans, reached = True, scanned
         tuned = tuning.Tuning(
             ef=ef,
             rescore=rescore,
@@ -1135,6 +1149,7 @@ class VectorStore:
             quantizer_crc=crc,
             probes=len(probes),
             seconds=round(time.perf_counter() - start, 2),
+            scan=scans,
         )
         return tuned, level0, links
 

@@ -12,8 +12,10 @@ answer (the probe itself left out) reaches TARGET, once for each depth of the ex
 where vectors differ from their neighbours mostly outside the int8 head (near-duplicate bursts, sub-topics),
 the head scores cannot rank the candidates a walk finds and only a deeper re-score recovers them (clusters
 of 500 near-identical vectors in 32 dims: recall@10 0.987 re-scoring 48 at ef 1024, 1.0 re-scoring 96).
-The cheapest pair reaching TARGET on the probes (or the best recall where none did) is recorded in the
-manifest, and searches use it as their default. The probes are image-like queries: a query from
+The cheapest pair reaching TARGET on the probes is recorded in the manifest, and searches use it as their
+default. Where none reaches it (CLIP-like data at 1M: 0.973 at ef 4096), the probes try a scan of every
+head code instead, which ranks by the whole int8 head rather than by a walk's approximate path, and it is
+kept where it finds more. The probes are image-like queries: a query from
 another distribution (text against image embeddings) gets the scan or LOW_HEAD_BOOST on top of it.
 """
 
@@ -50,6 +52,7 @@ class Tuning:
     quantizer_crc: int  # the rotation it was chosen under (its file's crc32)
     probes: int
     seconds: float  # time the choice took, truth included
+    scan: bool = False  # every query scans the head codes: no ef up to the top rung reached the target
 
     def holds(self, n_alive: int, quantizer_crc: int) -> bool:
         """Whether a store of n_alive vectors under this rotation may keep this choice."""
@@ -75,6 +78,7 @@ class Tuning:
                 quantizer_crc=int(d["quantizer_crc"]),
                 probes=int(d["probes"]),
                 seconds=float(d["seconds"]),
+                scan=bool(d.get("scan", False)),
             )
         except (KeyError, TypeError, ValueError):
             return None
