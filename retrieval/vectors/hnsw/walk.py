@@ -36,7 +36,7 @@ class Links:
     scoring each node on its int8 head codes instead of the graph file's float32 vectors, so that a reader
     holds about one byte per dimension plus the links, not hnswlib's whole index. Packed row after row (4
     bytes a link, 8 a slot): nodes hold about half the links hnswlib makes room for (CLIP-like data at
-    100k, m 20: 21.8 of 40), so a table of max_links per slot was 164 bytes a vector where this is ~95."""
+    100k, m 20: 21.8 of 40), so a table of max_links per slot was 164 bytes a vector where this is 108."""
 
     offsets: np.ndarray  # (n_slots + 1,) int64: slot s links to flat[offsets[s] : offsets[s + 1]]
     flat: np.ndarray  # (links,) int32: the linked slots
