@@ -622,7 +622,8 @@ class VectorStore:
             low = st.quantizer.head_share(q, None if prepared is None else prepared[0]) < LOW_HEAD_SHARE
             if ef is None:
                 cands[low] *= LOW_HEAD_BOOST
-                if self.params.tune_ef and st.tuned is not None and st.tuned.scan:
+                tuned = self._tuned(st)
+                if tuned is not None and tuned.scan:
                     low[:] = True  # this store's graph does not reach the target at any ef: scan
             if links is not None and prepared is not None and st.n_alive > cands.max():
                 found = self._compiled_search(st, links, q, prepared, k, cands, low & (ef is None))
@@ -647,10 +648,14 @@ class VectorStore:
 
     def default_ef(self, k: int = tuning.K) -> int:
         """Graph candidates a query for k results gets unless it asks for its own `ef`."""
-        tuned = self._live().tuned if self.params.tune_ef else None
+        tuned = self._tuned(self._live())
         if tuned is None:
             return self.params.ef_search
         return max(tuned.ef, -(-tuned.ef * k // tuning.K))
+
+    def _tuned(self, st: _State) -> tuning.Tuning | None:
+        """The choice searches follow: the last save's, unless params.tune_ef is off."""
+        return st.tuned if self.params.tune_ef else None
 
     @staticmethod
     def _padded(st: _State, slots: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -713,7 +718,7 @@ class VectorStore:
         graph_query, weights, bias = prepared
         originals = st.originals.mapped
         if rescore is None:
-            tuned = st.tuned if self.params.tune_ef else None
+            tuned = self._tuned(st)
             if tuned is not None:
                 rescore = -(-tuned.rescore * max(k, tuning.K) // tuning.K)
             else:

@@ -15,8 +15,8 @@ of 500 near-identical vectors in 32 dims: recall@10 0.987 re-scoring 48 at ef 10
 The cheapest pair reaching TARGET on the probes is recorded in the manifest, and searches use it as their
 default. Where none reaches it (CLIP-like data at 1M: 0.973 at ef 4096), the probes try a scan of every
 head code instead, which ranks by the whole int8 head rather than by a walk's approximate path, and it is
-kept where it finds more. The probes are image-like queries: a query from
-another distribution (text against image embeddings) gets the scan or LOW_HEAD_BOOST on top of it.
+kept where it finds more. The probes are image-like queries: a query from another distribution (text
+against image embeddings) gets the scan or LOW_HEAD_BOOST on top of it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ RETUNE = 1.25
 
 @dataclass(frozen=True)
 class Tuning:
-    """The default ef a save chose, and what it was chosen on."""
+    """What a save chose for its searches (ef, re-score depth, or scanning), and what it was chosen on."""
 
     ef: int
     rescore: int  # candidates re-scored exactly
