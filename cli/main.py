@@ -845,6 +845,8 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Counts, model and sizes on disk of an index, and its failed files (the first 20, or --failures)."""
+    from retrieval.vectors.hnsw.tuning import Tuning
+
     with _engine(index, home) as engine:
         st = engine.stats(failures=None if failures or as_json else 20)
         if as_json:
@@ -870,13 +872,9 @@ def stats(
             f"vectors {_human(st.bytes_on_disk['vectors'])}",
             highlight=False,
         )
-        tuned = st.store.get("tuning")
-        if isinstance(tuned, dict):
-            out.print(
-                f"search     ef {tuned.get('ef')}, {tuned.get('rescore')} re-scored exactly: chosen at the "
-                f"last save, recall@10 {tuned.get('recall')} on {tuned.get('probes')} of its own vectors",
-                highlight=False,
-            )
+        tuned = Tuning.from_dict(st.store.get("tuning"))
+        if tuned is not None:
+            out.print(f"search     {tuned.describe()}", highlight=False)
         for path, reason in st.failures:
             out.print(f"  failed: {_safe(path)}: {_safe(reason)}", highlight=False, soft_wrap=True)
         if c["failures"] > len(st.failures):

@@ -190,7 +190,8 @@ def test_without_tuning_or_with_a_malformed_entry_the_default_is_ef_search(tmp_p
         assert store.stats()["tuning"] is None and store.default_ef() == 77
     _saved(tmp_path / "bad", vecs)
     manifest = json.loads((tmp_path / "bad" / MANIFEST).read_text())["body"]
-    assert tuning.Tuning.from_dict(manifest["tuning"]) is not None
+    read = tuning.Tuning.from_dict(manifest["tuning"])
+    assert read is not None and read.describe().startswith(f"ef {read.ef}, {read.rescore} re-scored exactly")
     for broken in ({"ef": "many"}, {**manifest["tuning"], "ef": 0}, [1, 2], None):
         assert tuning.Tuning.from_dict(broken) is None
 
@@ -207,6 +208,8 @@ def test_a_store_whose_walk_falls_short_at_every_ef_scans_by_default(
     with VectorStore.open(tmp_path / "v") as store:
         chosen = store.stats()["tuning"]
         assert chosen["scan"] and chosen["ef"] == 24 and chosen["recall"] >= 0.98
+        described = tuning.Tuning.from_dict(chosen).describe()  # `retrieval stats` says what searches do
+        assert described.startswith("a scan of every head code") and "ef" not in described
         queries = _spectrum(50, 0.25, seed=7)
         found, _ = store.search(queries, 10)
         assert len(scans) == len(queries)

@@ -63,6 +63,14 @@ class Tuning:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for people: what searches do by default, and what it was chosen on."""
+        how = "a scan of every head code" if self.scan else f"ef {self.ef}"
+        return (
+            f"{how}, {self.rescore} re-scored exactly: chosen at the last save, recall@10 {self.recall:.3f} "
+            f"on {self.probes} of its own vectors"
+        )
+
     @classmethod
     def from_dict(cls, d: object) -> Tuning | None:
         """Read back a manifest's entry; None where there is none or it is malformed (the store then uses
