@@ -82,7 +82,7 @@ def test_a_saved_large_store_answers_by_the_compiled_walk_with_exact_scores(
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=3)
     _saved(tmp_path / "v", vecs)
-    walks = _count_calls(monkeypatch, walk.Links, "search")
+    walks = _count_calls(monkeypatch, walk.Links, "marks")
     queries = _clusters(20, DIM, 12, seed=3)[:20] + 0.02
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     with VectorStore.open(tmp_path / "v") as store:
@@ -98,7 +98,7 @@ def test_a_writer_with_unsaved_changes_and_a_small_store_search_with_hnswlib(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=4)
-    walks = _count_calls(monkeypatch, walk.Links, "search")
+    walks = _count_calls(monkeypatch, walk.Links, "marks")
     with VectorStore.create(tmp_path / "v", DIM, PARAMS) as store:
         store.add(np.arange(N), vecs)
         store.search(vecs[:3], 5)  # never saved: no file to walk
@@ -123,7 +123,7 @@ def test_a_post_filtered_search_walks_the_links_too_and_never_loads_the_graph(
     vecs = _clusters(N, DIM, 12, seed=5)
     _saved(tmp_path / "v", vecs)
     monkeypatch.setattr(filtered, "choose", lambda *args, **kwargs: "post")
-    walks = _count_calls(monkeypatch, walk.Links, "search")
+    walks = _count_calls(monkeypatch, walk.Links, "marks")
     allowed = np.arange(0, N, 2)
     with VectorStore.open(tmp_path / "v") as store:
         found, scores = store.search(vecs[:20], 5, allowed=allowed)
@@ -137,7 +137,7 @@ def test_removed_vectors_never_come_back_from_the_compiled_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=6)
-    walks = _count_calls(monkeypatch, walk.Links, "search")
+    walks = _count_calls(monkeypatch, walk.Links, "marks")
     with VectorStore.create(tmp_path / "v", DIM, PARAMS) as store:
         store.add(np.arange(N), vecs)
         store.save()
@@ -216,7 +216,7 @@ def test_a_store_saved_without_head_codes_still_searches_and_its_next_save_write
         writer.add(np.array([N]), _clusters(1, DIM, 12, seed=99))  # not a copy of a query: no tie for top-1
         writer.save()
         assert "head" in writer._live().files
-    walks = _count_calls(monkeypatch, walk.Links, "search")
+    walks = _count_calls(monkeypatch, walk.Links, "marks")
     with VectorStore.open(tmp_path / "v") as reader:
         found, _ = reader.search(vecs[:5], 3)
         assert walks and (found[:, 0] == np.arange(5)).all()
@@ -293,3 +293,37 @@ def test_a_scan_split_among_threads_scores_every_row_as_one_thread_does(
     split = scan.all_scores(codes, weights)
     assert split.shape == (1001,)
     np.testing.assert_allclose(split, codes.astype(np.float32) @ weights, rtol=1e-4, atol=1e-3)
+
+
+def test_one_compiled_call_answers_as_the_walk_then_the_re_rank_do(tmp_path: Path, large: None) -> None:
+    vecs = _clusters(N, DIM, 12, seed=13)
+    with VectorStore.create(tmp_path / "v", DIM, PARAMS) as store:
+        store.add(np.arange(N), vecs)
+        store.save()
+        store.remove(np.arange(0, 600, 2))  # removed slots the walk still meets
+        store.save()
+    queries = vecs[300:330] + 0.05 * np.random.default_rng(14).standard_normal((30, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    with VectorStore.open(tmp_path / "v") as store:
+        st = store._live()
+        links = store._links(st)
+        assert links is not None and st.quantizer is not None and st.originals.mapped is not None
+        depth = st.tuned.rescore if st.tuned is not None else store_module.COMPILED_RESCORE * PARAMS.rescore
+        found, scores = store.search(queries, 10, ef=48)
+        for i, query in enumerate(queries):
+            graph_row, tail_weights, bias = st.quantizer.prepare_queries(query[None])
+            slots, head = store._walk_links(st, links, graph_row[0], 48, lead=True)
+            live = st.slot_ids[slots] >= 0
+            steps, exact = scan.rerank(
+                slots[live],
+                head[live] + bias[0],
+                st.codes,
+                tail_weights[0],
+                st.originals.mapped,
+                query,
+                depth,
+                10,
+            )
+            np.testing.assert_array_equal(found[i], st.slot_ids[steps])
+            np.testing.assert_allclose(scores[i], exact, rtol=1e-5)
+    assert not np.isin(found, np.arange(0, 600, 2)).any()

@@ -64,7 +64,7 @@ class Quantizer:
     scale: np.ndarray  # (tail_dims,) float32, > 0
     fitted_n: int
     completion: bool = False  # graph vectors carry sqrt(1 - |head|²) as one more coordinate
-    # [head basis | 0 if completion | tail basis | tail basis @ offset]: one product per query
+    # [head basis | 0 if completion | tail basis · scale | tail basis @ offset]: one product per query
     # yields the graph query, the tail and the tail's offset term.
     _query_matrix: np.ndarray = field(init=False, repr=False)
     # The leading directions `head_share` measures, as one contiguous block: a column slice of `basis` is
@@ -76,7 +76,7 @@ class Quantizer:
         g = self.graph_dims
         matrix = np.zeros((dim, g + self.tail_dims + 1), dtype=np.float32)
         matrix[:, :h] = self.basis[:, :h]
-        matrix[:, g:-1] = self.basis[:, h:]
+        matrix[:, g:-1] = self.basis[:, h:] * self.scale  # tail weights come out pre-scaled
         matrix[:, -1] = self.basis[:, h:] @ self.offset if self.tail_dims else 0.0
         object.__setattr__(self, "_query_matrix", matrix)
         total = float(self.energy.sum())
@@ -180,7 +180,7 @@ class Quantizer:
         """
         g = self.graph_dims
         rotated = np.asarray(queries, dtype=np.float32) @ self._query_matrix
-        return rotated[:, :g], rotated[:, g:-1] * self.scale, rotated[:, -1]
+        return rotated[:, :g], rotated[:, g:-1], rotated[:, -1]
 
     def head_share(self, queries: np.ndarray, graph_queries: np.ndarray | None = None) -> np.ndarray:
         """Fraction of each query's energy (m, dim) where the data lies: on the leading directions holding
@@ -191,6 +191,8 @@ class Quantizer:
             head = graph_queries[:, : self._share_basis.shape[1]]
         else:
             head = queries @ self._share_basis
+        if len(queries) == 1:  # the usual single query: two dot products (a tenth of a query's own cost)
+            return np.array([np.dot(head[0], head[0]) / max(float(np.dot(queries[0], queries[0])), 1e-12)])
         return np.einsum("ij,ij->i", head, head) / np.maximum(np.einsum("ij,ij->i", queries, queries), 1e-12)
 
     def head_energy(self) -> float:

@@ -712,7 +712,7 @@ class VectorStore:
         per query that its walk never visits (-1: none; tuning's probes). `rescore`: how many candidates
         are scored exactly (default: the last save's choice, per 10 results, else COMPILED_RESCORE ×
         params.rescore). None where the walk reached fewer than k live slots (heavy deletes)."""
-        from retrieval.vectors.hnsw import scan
+        from retrieval.vectors.hnsw import onepass, scan
 
         head = st.head_codes_now()
         graph_query, weights, bias = prepared
@@ -724,11 +724,13 @@ class VectorStore:
             else:
                 rescore = COMPILED_RESCORE * self.params.rescore
         n_rescore = max(rescore, k) if self.params.rescore else 0
+        fused = n_rescore > 0
+        scans = head.codes.nbytes <= SCAN_BYTES
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         for i in range(len(q)):
             c = int(cands[i])
-            if low[i] and head.codes.nbytes <= SCAN_BYTES:
+            if low[i] and scans:
                 # ranked by the whole int8 head, not a walk's approximate order: as many whatever the ef
                 c = min(max(SCAN_CANDS, k), st.n_slots)
                 head_weights, shift = head.weights(graph_query[i])
@@ -738,6 +740,38 @@ class VectorStore:
                     scores[hidden[i]] = -np.inf
                 slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
                 scores = scores[slots]
+            elif fused and originals is not None:  # the usual walked query: one compiled call
+                seeds, seed_codes = self._seed_sample(st, lead=not low[i])
+                seen, mark = links.marks(-1 if hidden is None else int(hidden[i]))
+                answered = onepass.answer(
+                    graph_query[i],
+                    head.step,
+                    head.offset,
+                    seeds,
+                    seed_codes,
+                    SEEDS,
+                    links.offsets,
+                    links.flat,
+                    links.longest,
+                    head.codes,
+                    seen,
+                    mark,
+                    c,
+                    st.slot_ids,
+                    st.codes,
+                    weights[i],
+                    float(bias[i]),
+                    originals,
+                    q[i],
+                    n_rescore,
+                    k,
+                )
+                if answered is None:
+                    return None
+                if len(q) == 1:
+                    return answered[0][None], answered[1][None]
+                out_slots[i], out_scores[i] = answered
+                continue
             else:
                 slots, scores = self._walk_links(
                     st, links, graph_query[i], c, -1 if hidden is None else hidden[i], lead=not low[i]
@@ -768,20 +802,24 @@ class VectorStore:
         from retrieval.vectors.hnsw import scan
 
         head = st.head_codes_now()
+        sample, sample_codes = VectorStore._seed_sample(st, lead=lead)
+        weights, shift = head.weights(graph_query)
+        first = scan._lead_scores(sample_codes, weights[: sample_codes.shape[1]])
+        seeds = sample[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
+        slots, scores = links.search(head.codes, weights, seeds, width, hidden)
+        return slots, scores + shift
+
+    @staticmethod
+    def _seed_sample(st: _State, *, lead: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed sample of live slots walks start from, and their head codes to rank them by: the first
+        SEED_DIMS columns for a `lead` query, else all (drawn once per generation)."""
         if st.seeds is None or st.seed_codes is None or st.seed_lead is None:
             alive = st.alive_slots()
             take = min(len(alive), filtered.SEED_SAMPLE)
             st.seeds = np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
-            st.seed_codes = head.codes[st.seeds]  # contiguous: one sequential read per query
+            st.seed_codes = st.head_codes_now().codes[st.seeds]  # contiguous: one sequential read per query
             st.seed_lead = np.ascontiguousarray(st.seed_codes[:, :SEED_DIMS])
-        weights, shift = head.weights(graph_query)
-        if lead:
-            first = scan._lead_scores(st.seed_lead, weights[: st.seed_lead.shape[1]])
-        else:
-            first = scan._lead_scores(st.seed_codes, weights)
-        seeds = st.seeds[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
-        slots, scores = links.search(head.codes, weights, seeds, width, hidden)
-        return slots, scores + shift
+        return st.seeds, st.seed_lead if lead else st.seed_codes
 
     def _links(self, st: _State) -> Links | None:
         """The saved graph's links by slot (`_level0`'s conditions), copied once per generation; None also
@@ -1008,8 +1046,12 @@ class VectorStore:
 
     def _refuse_garbled(self, st: _State, q: np.ndarray, scores: np.ndarray) -> None:
         """Unit vectors score within ±|q|: a score beyond (or NaN) comes from a garbled original."""
-        norms = np.sqrt((q * q).sum(axis=1, keepdims=True))  # np.linalg.norm costs several times more
-        if not (np.abs(scores) <= 1.1 * norms + 1e-6).all():
+        if len(q) == 1:  # the usual single query: scalars (array operations cost ~20 µs here)
+            fine = float(np.abs(scores).max(initial=0.0)) <= 1.1 * float(np.sqrt(np.dot(q[0], q[0]))) + 1e-6
+        else:
+            norms = np.sqrt((q * q).sum(axis=1, keepdims=True))  # np.linalg.norm costs several times more
+            fine = bool((np.abs(scores) <= 1.1 * norms + 1e-6).all())
+        if not fine:
             raise IndexCorruptError(
                 f"{st.originals.path.name} in {self.folder} holds garbled vectors; "
                 "`retrieval doctor --fix` drops them and the next ingest embeds those images again"

@@ -56,10 +56,15 @@ class Links:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `width` slots a best-first walk from `seeds` reaches, by codes[slot] · weights, with those
         scores; `codes`: (n_slots, dims) int8. Slot `hidden` (if >= 0) is never visited: marked seen first."""
+        seen, mark = self.marks(hidden)
+        return _search(self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark)
+
+    def marks(self, hidden: int = -1) -> tuple[np.ndarray, int]:
+        """Visited marks for one walk on this thread (`_marks`), slot `hidden` (if >= 0) marked already."""
         seen, mark = _marks(len(self.offsets) - 1)
         if hidden >= 0:
             seen[hidden] = mark
-        return _search(self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark)
+        return seen, mark
 
     @property
     def nbytes(self) -> int:
@@ -195,15 +200,12 @@ def _pop(scores, nodes, n, sign):
 
 @njit(cache=True, nogil=True)
 def _offer(node, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width):
-    """Keep a scored node if it is among the best `width` so far, and queue it for expansion."""
+    """Keep a scored node if it is among the best `width` so far, and queue it for expansion; returns the new
+    (n_todo, n_best). The queue must have room (`_room`), and callers test `score` against the worst kept
+    first. Both for speed: when this returned the queue's arrays and made the test itself, calls for every
+    scored node cost more than the walk's own work (the walk at ef 16-64, 100k: 37 → 14 µs, 95 → 37)."""
     if n_best >= width and score <= best_s[0]:
-        return todo_s, todo_n, n_todo, n_best
-    if n_todo == todo_s.shape[0]:
-        grown_s = np.empty(2 * n_todo, dtype=np.float32)
-        grown_n = np.empty(2 * n_todo, dtype=np.int64)
-        grown_s[:n_todo] = todo_s
-        grown_n[:n_todo] = todo_n
-        todo_s, todo_n = grown_s, grown_n
+        return n_todo, n_best
     todo_s[n_todo], todo_n[n_todo] = score, node
     _sift_up(todo_s, todo_n, n_todo, 1.0)
     best_s[n_best], best_n[n_best] = score, node
@@ -211,7 +213,19 @@ def _offer(node, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width):
     n_best += 1
     if n_best > width:
         n_best = _pop(best_s, best_n, n_best, -1.0)
-    return todo_s, todo_n, n_todo + 1, n_best
+    return n_todo + 1, n_best
+
+
+@njit(cache=True, nogil=True)
+def _room(todo_s, todo_n, n_todo):
+    """The queue's arrays with room for one more: the same, or twice as long (rare)."""
+    if n_todo < todo_s.shape[0]:
+        return todo_s, todo_n
+    grown_s = np.empty(2 * n_todo, dtype=np.float32)
+    grown_n = np.empty(2 * n_todo, dtype=np.int64)
+    grown_s[:n_todo] = todo_s[:n_todo]
+    grown_n[:n_todo] = todo_n[:n_todo]
+    return grown_s, grown_n
 
 
 @njit(cache=True, nogil=True)
@@ -234,9 +248,9 @@ def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, wi
             continue
         seen[u] = 1
         score = _dot(values, u * stride + vector_at, query)
-        todo_s, todo_n, n_todo, n_best = _offer(
-            u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
-        )
+        if n_todo == todo_s.shape[0]:
+            todo_s, todo_n = _room(todo_s, todo_n, n_todo)
+        n_todo, n_best = _offer(u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
     while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
         base = todo_n[0] * stride
         n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
@@ -268,9 +282,11 @@ def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, wi
                 _prefetch(values, at + c)  # type: ignore[call-arg]
         for j in range(n_batch):
             score = _dot(values, batch[j] * stride + vector_at, query)
-            todo_s, todo_n, n_todo, n_best = _offer(
-                batch[j], score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width
-            )
+            if n_best >= width and score <= best_s[0]:
+                continue
+            if n_todo == todo_s.shape[0]:
+                todo_s, todo_n = _room(todo_s, todo_n, n_todo)
+            n_todo, n_best = _offer(batch[j], score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
     return best_n[:n_best].copy(), best_s[:n_best].copy()
 
 
@@ -314,7 +330,9 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
         if seen[u] == mark:
             continue
         seen[u] = mark
-        todo_s, todo_n, n_todo, n_best = _offer(
+        if n_todo == todo_s.shape[0]:
+            todo_s, todo_n = _room(todo_s, todo_n, n_todo)
+        n_todo, n_best = _offer(
             u, _code_dot(codes, u, weights), todo_s, todo_n, n_todo, best_s, best_n, n_best, width
         )
     while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
@@ -332,12 +350,13 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
                 _prefetch(codes, (u, c))  # type: ignore[call-arg]
         for j in range(n_batch):
             u = batch[j]
-            queued = n_todo
-            todo_s, todo_n, n_todo, n_best = _offer(
-                u, _code_dot(codes, u, weights), todo_s, todo_n, n_todo, best_s, best_n, n_best, width
-            )
-            if n_todo > queued:  # kept: its links are read when it is expanded
-                _prefetch(flat, offsets[u])  # type: ignore[call-arg]
+            score = _code_dot(codes, u, weights)
+            if n_best >= width and score <= best_s[0]:  # no call for the many that are not kept (`_offer`)
+                continue
+            if n_todo == todo_s.shape[0]:
+                todo_s, todo_n = _room(todo_s, todo_n, n_todo)
+            n_todo, n_best = _offer(u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
+            _prefetch(flat, offsets[u])  # type: ignore[call-arg]  # kept: its links are read when expanded
     return best_n[:n_best].copy(), best_s[:n_best].copy()
 
 
