@@ -295,7 +295,10 @@ def test_a_scan_split_among_threads_scores_every_row_as_one_thread_does(
     np.testing.assert_allclose(split, codes.astype(np.float32) @ weights, rtol=1e-4, atol=1e-3)
 
 
-def test_one_compiled_call_answers_as_the_walk_then_the_re_rank_do(tmp_path: Path, large: None) -> None:
+@pytest.mark.parametrize("ef", [24, 96])  # fewer candidates than the exact re-score takes (no tail), more
+def test_one_compiled_call_answers_as_the_walk_then_the_re_rank_do(
+    tmp_path: Path, large: None, ef: int
+) -> None:
     vecs = _clusters(N, DIM, 12, seed=13)
     with VectorStore.create(tmp_path / "v", DIM, PARAMS) as store:
         store.add(np.arange(N), vecs)
@@ -309,10 +312,14 @@ def test_one_compiled_call_answers_as_the_walk_then_the_re_rank_do(tmp_path: Pat
         links = store._links(st)
         assert links is not None and st.quantizer is not None and st.originals.mapped is not None
         depth = st.tuned.rescore if st.tuned is not None else store_module.COMPILED_RESCORE * PARAMS.rescore
-        found, scores = store.search(queries, 10, ef=48)
+        assert depth == 48  # between the two
+        found, scores = store.search(queries, 10, ef=ef)
         for i, query in enumerate(queries):
             graph_row, tail_weights, bias = st.quantizer.prepare_queries(query[None])
-            slots, head = store._walk_links(st, links, graph_row[0], 48, lead=True)
+            alone = st.quantizer.prepare_queries(query[None], tail=False)
+            np.testing.assert_allclose(alone[0], graph_row, rtol=1e-5, atol=1e-6)
+            assert alone[1].shape == (1, 0) and alone[2][0] == 0
+            slots, head = store._walk_links(st, links, graph_row[0], ef, lead=True)
             live = st.slot_ids[slots] >= 0
             steps, exact = scan.rerank(
                 slots[live],

@@ -618,7 +618,8 @@ class VectorStore:
         if st.quantizer is not None:
             # the compiled search's query rows hold the share's coordinates; hnswlib's path makes its own
             links = self._links(st)
-            prepared = st.quantizer.prepare_queries(q) if links is not None else None
+            # without the tail weights: _compiled_search adds them where a row needs them
+            prepared = st.quantizer.prepare_queries(q, tail=False) if links is not None else None
             low = st.quantizer.head_share(q, None if prepared is None else prepared[0]) < LOW_HEAD_SHARE
             if ef is None:
                 cands[low] *= LOW_HEAD_BOOST
@@ -707,16 +708,20 @@ class VectorStore:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The graph search of a large saved store, compiled (`walk.Links`): a best-first walk over the saved
         graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
-        re-rank in one compiled pass (`scan.rerank`). A `low` query (little energy where the data lies: text
-        against images) scans every head code instead where that reads at most SCAN_BYTES. `hidden`: a slot
-        per query that its walk never visits (-1: none; tuning's probes). `rescore`: how many candidates
-        are scored exactly (default: the last save's choice, per 10 results, else COMPILED_RESCORE ×
-        params.rescore). None where the walk reached fewer than k live slots (heavy deletes)."""
+        re-rank, all in one compiled call (`onepass`). `prepared`: the queries' `prepare_queries`, whose
+        tail weights may be left out (`tail=False`): they are added where a query needs them. A `low`
+        query (little energy where the data lies: text against images) scans every head code instead where
+        that reads at most SCAN_BYTES. `hidden`: a slot per query that its walk never visits (-1: none;
+        tuning's probes). `rescore`: how many candidates are scored exactly (default: the last save's
+        choice, per 10 results, else COMPILED_RESCORE × params.rescore). None where the walk reached fewer
+        than k live slots (heavy deletes)."""
         from retrieval.vectors.hnsw import onepass, scan
 
         head = st.head_codes_now()
         graph_query, weights, bias = prepared
         originals = st.originals.mapped
+        quantizer = st.quantizer
+        assert quantizer is not None
         if rescore is None:
             tuned = self._tuned(st)
             if tuned is not None:
@@ -726,6 +731,11 @@ class VectorStore:
         n_rescore = max(rescore, k) if self.params.rescore else 0
         fused = n_rescore > 0
         scans = head.codes.nbytes <= SCAN_BYTES
+        # the tail ranks candidates for the exact re-score: not needed where every candidate gets it
+        if weights.shape[1] != quantizer.tail_dims and (
+            not fused or (low & scans).any() or int(cands.max()) > n_rescore
+        ):
+            graph_query, weights, bias = quantizer.prepare_queries(q)
         out_slots = np.empty((len(q), k), dtype=np.int64)
         out_scores = np.empty((len(q), k), dtype=np.float32)
         for i in range(len(q)):
