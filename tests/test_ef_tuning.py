@@ -93,7 +93,27 @@ def test_a_deeper_re_score_is_taken_where_it_reaches_the_target_at_less_cost() -
     ef, rescore, reached = tuning.choose_with_rescore(search, truth, ladder, (48, 96, 192), target=0.95)
     assert tuning.cost(128, 96) < tuning.cost(1024, 48) and tuning.cost(64, 192) < tuning.cost(128, 96)
     assert (ef, rescore, reached) == (64, 192, 1.0)
-    assert all(e < 1024 for e, r in calls if r == 96) and all(e < 128 for e, r in calls if r == 192)
+    assert max(e for e, r in calls if r == 96) == 256  # climbs only until it reaches the target
+    assert all(e <= 128 for e, r in calls if r == 192)  # no rung above the ef already found
+
+
+def test_re_scoring_every_candidate_is_chosen_where_ranking_them_by_a_long_tail_costs_more() -> None:
+    ladder = (16, 32, 64, 128, 192, 256, 512)
+    truth = np.arange(40).reshape(4, 10)
+
+    # re-scoring 48 (ranked by the tail) reaches the target at ef 256; re-scoring every candidate at 192
+    def search(ef: int, rescore: int) -> np.ndarray:
+        found = truth.copy()
+        if ef < (192 if rescore >= ef else 256):
+            found[:, 9:] = -1
+        return found
+
+    short = tuning.choose_with_rescore(search, truth, ladder, (48, tuning.EVERY), target=0.95, tail_dims=0)
+    long = tuning.choose_with_rescore(search, truth, ladder, (48, tuning.EVERY), target=0.95, tail_dims=400)
+    assert short == (256, 48, 1.0)  # no tail to rank by: the shallower exact re-score is cheaper
+    assert long == (192, 192, 1.0)  # 400 tail dims: ranking by them costs more than re-scoring all
+    described = tuning.Tuning(192, 192, 0.99, 10**5, 1, 256, 1.0).describe()
+    assert described.startswith("ef 192, every candidate re-scored exactly")
 
 
 def test_a_probe_is_hidden_from_its_own_walk(tmp_path: Path) -> None:
@@ -191,7 +211,9 @@ def test_without_tuning_or_with_a_malformed_entry_the_default_is_ef_search(tmp_p
     _saved(tmp_path / "bad", vecs)
     manifest = json.loads((tmp_path / "bad" / MANIFEST).read_text())["body"]
     read = tuning.Tuning.from_dict(manifest["tuning"])
-    assert read is not None and read.describe().startswith(f"ef {read.ef}, {read.rescore} re-scored exactly")
+    assert read is not None
+    depth = "every candidate" if read.rescore >= read.ef else str(read.rescore)
+    assert read.describe().startswith(f"ef {read.ef}, {depth} re-scored exactly")
     for broken in ({"ef": "many"}, {**manifest["tuning"], "ef": 0}, [1, 2], None):
         assert tuning.Tuning.from_dict(broken) is None
 

@@ -1190,7 +1190,9 @@ class VectorStore:
             )
             return found[0] if found is not None else np.full_like(truth, -1)
 
-        ef, rescore, reached = tuning.choose_with_rescore(search, truth, ladder)
+        ef, rescore, reached = tuning.choose_with_rescore(
+            search, truth, ladder, tail_dims=quantizer.tail_dims
+        )
         scans = False
         if reached < tuning.TARGET and st.head_codes_now().codes.nbytes <= SCAN_BYTES:
             everywhere = np.ones(len(q), dtype=bool)

@@ -34,8 +34,16 @@ PROBES = 256
 TARGET = 0.99
 K = 10
 LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+#: Depth EVERY re-scores every candidate the walk keeps (the depth recorded is then the ef): nothing then
+#: ranks them by their int8 tail, so the tail's weights are never computed nor its codes read. Where the
+#: tail is long that is the cheaper way up to a few hundred candidates (`benchmarks/vectors.py` data at
+#: 100k, 401 tail dims: ef 128 re-scoring 48 via the tail 270 µs, re-scoring all 128 191 µs, same recall).
+EVERY = 0
 #: Candidates re-scored exactly from the originals: the first is the store's own default (3 × rescore).
-RESCORES = (48, 96, 192)
+RESCORES = (48, 96, 192, EVERY)
+#: What ranking by the tail costs a query, per tail dimension, in `cost`'s units (its weights are a
+#: product with a dim × tail matrix; 401 tail dims: ~50 units, the ~60-80 µs measured above).
+TAIL_UNIT = 0.125
 #: A choice holds while the store stays within this factor of the size it was made at, under the same
 #: rotation; a save outside that chooses again.
 RETUNE = 1.25
@@ -66,8 +74,9 @@ class Tuning:
     def describe(self) -> str:
         """One line for people: what searches do by default, and what it was chosen on."""
         how = "a scan of every head code" if self.scan else f"ef {self.ef}"
+        depth = "every candidate" if self.rescore >= self.ef and not self.scan else str(self.rescore)
         return (
-            f"{how}, {self.rescore} re-scored exactly: chosen at the last save, recall@10 {self.recall:.3f} "
+            f"{how}, {depth} re-scored exactly: chosen at the last save, recall@10 {self.recall:.3f} "
             f"on {self.probes} of its own vectors"
         )
 
@@ -139,37 +148,43 @@ def choose_with_rescore(
     ladder: tuple[int, ...] = LADDER,
     rescores: tuple[int, ...] = RESCORES,
     target: float = TARGET,
+    tail_dims: int = 0,
 ) -> tuple[int, int, float]:
-    """(ef, rescore, recall): for each re-score depth the least ef reaching `target` (`choose`), and of
-    those pairs the cheapest by `cost`; the best recall where no pair reaches it. A deeper re-score is
-    tried only on the rungs below the ef already found, where it could be cheaper."""
+    """(ef, rescore, recall): for each re-score depth (EVERY: as many as the ef) the least ef reaching
+    `target` (`choose`), and of those pairs the cheapest by `cost` for a store of `tail_dims` int8 tail
+    dimensions; the best recall where no pair reaches it. A deeper re-score is tried only on the rungs up
+    to the ef already found, where it could be cheaper (re-scoring every candidate can be at the same ef:
+    it ranks none by the tail)."""
     best: tuple[int, int, float] | None = None
     for rescore in rescores:
-        rungs = ladder if best is None or best[2] < target else tuple(e for e in ladder if e < best[0])
+        rungs = ladder if best is None or best[2] < target else tuple(e for e in ladder if e <= best[0])
         if not rungs:
             break
         ef, reached = choose(functools.partial(_at_depth, search, rescore), truth, rungs, target)
-        if best is None or _better((ef, rescore, reached), best, target):
-            best = (ef, rescore, reached)
+        pair = (ef, ef if rescore == EVERY else rescore, reached)
+        if best is None or _better(pair, best, target, tail_dims):
+            best = pair
     assert best is not None
     return best
 
 
 def _at_depth(search: Callable[[int, int], np.ndarray], rescore: int, ef: int) -> np.ndarray:
-    return search(ef, rescore)
+    return search(ef, ef if rescore == EVERY else rescore)
 
 
-def cost(ef: int, rescore: int) -> float:
+def cost(ef: int, rescore: int, tail_dims: int = 0) -> float:
     """A query's work in units of one node the walk visits: an exact re-score reads a 2 KB float32 row
     but scores one vector (CLIP-like data at 100k: ~3 µs a unit of ef, ~1 µs a re-scored candidate; a
-    cold page cache makes re-scores dearer, so they count as half a unit)."""
-    return ef + rescore / 2
+    cold page cache makes re-scores dearer, so they count as half a unit). Re-scoring fewer than the ef
+    ranks the candidates by the tail first, TAIL_UNIT a tail dimension."""
+    ranked = rescore < ef and tail_dims > 0
+    return ef + min(rescore, ef) / 2 + (TAIL_UNIT * tail_dims if ranked else 0.0)
 
 
-def _better(a: tuple[int, int, float], b: tuple[int, int, float], target: float) -> bool:
+def _better(a: tuple[int, int, float], b: tuple[int, int, float], target: float, tail_dims: int) -> bool:
     """Whether pair a beats b: reaching the target first, then cheaper; neither reaching it, more recall."""
     if (a[2] >= target) != (b[2] >= target):
         return a[2] >= target
     if a[2] >= target:
-        return cost(a[0], a[1]) < cost(b[0], b[1])
+        return cost(a[0], a[1], tail_dims) < cost(b[0], b[1], tail_dims)
     return a[2] > b[2]
