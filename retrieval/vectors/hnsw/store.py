@@ -13,7 +13,8 @@ Search runs in three stages (see retrieval/quantizer.py for the transform):
 2. each candidate's score is completed with the int8 *tail* codes held in RAM;
 3. the best `rescore` candidates (COMPILED_RESCORE times that after int8 head scores)
    are scored exactly against the float32 originals, which stay on disk and are
-   memory-mapped (the Qdrant/Milvus "rescore" step).
+   memory-mapped (the Qdrant/Milvus "rescore" step). Where that is every candidate,
+   stage 2 is skipped (`tuning.EVERY`: cheaper where the tail is long).
 
 How many candidates a large store's search collects (`ef`) and how many it scores
 exactly are chosen by its saves, from probe queries drawn from the store itself
