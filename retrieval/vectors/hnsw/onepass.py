@@ -17,67 +17,8 @@ from retrieval.vectors.hnsw.scan import _rerank
 from retrieval.vectors.hnsw.walk import _search
 
 
-def answer(
-    graph_row: np.ndarray,
-    head_step: np.ndarray,
-    head_offset: np.ndarray,
-    seeds: np.ndarray,
-    seed_codes: np.ndarray,
-    n_seeds: int,
-    offsets: np.ndarray,
-    flat: np.ndarray,
-    longest: int,
-    head_codes: np.ndarray,
-    seen: np.ndarray,
-    mark: int,
-    width: int,
-    slot_ids: np.ndarray,
-    tail_codes: np.ndarray,
-    tail_weights: np.ndarray,
-    bias: float,
-    originals: np.ndarray,
-    query: np.ndarray,
-    n_rescore: int,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The best k slots for one query and their exact scores, best first; None where the walk reached fewer
-    than k live slots (heavy deletes: the caller asks hnswlib).
-
-    graph_row: the query's head coordinates (its `prepare_queries` graph row); head_step, head_offset: the
-    int8 head codes' ranges (`HeadCodes`), so a slot's head score is codes[slot] · (row · step) + row ·
-    offset. seeds: a sample of live slots; seed_codes: their first columns of head codes (as many as it
-    has), ranked to pick the best n_seeds to start from. The walk (`walk._search`) keeps `width` slots and
-    marks what it visits in `seen` with `mark` (a slot already holding it is never visited). tail_codes,
-    tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`);
-    the best n_rescore by head + tail are scored exactly against `originals` (`scan.rerank`)."""
-    slots, scores = _answer(
-        graph_row,
-        head_step,
-        head_offset,
-        seeds,
-        seed_codes,
-        n_seeds,
-        offsets,
-        flat,
-        longest,
-        head_codes,
-        seen,
-        mark,
-        width,
-        slot_ids,
-        tail_codes,
-        tail_weights,
-        bias,
-        originals,
-        query,
-        n_rescore,
-        k,
-    )
-    return None if len(slots) < k else (slots, scores)
-
-
 @njit(cache=True, nogil=True, fastmath=True)
-def _answer(
+def answer(
     graph_row,
     head_step,
     head_offset,
@@ -100,6 +41,17 @@ def _answer(
     n_rescore,
     k,
 ):
+    """The best k slots for one query and their exact scores, best first; none where the walk reached fewer
+    than k live slots (heavy deletes: the caller asks hnswlib).
+
+    graph_row: the query's head coordinates (its `prepare_queries` graph row); head_step, head_offset: the
+    int8 head codes' ranges (`HeadCodes`), so a slot's head score is codes[slot] · (row · step) + row ·
+    offset. seeds: a sample of live slots; seed_codes: their first columns of head codes (as many as it
+    has), ranked to pick the best n_seeds to start from. The walk (`walk._search`) keeps `width` slots and
+    marks what it visits in `seen` with `mark` (a slot already holding it is never visited). tail_codes,
+    tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`; unread
+    where width <= n_rescore); the best n_rescore by head + tail are scored exactly against `originals`
+    (`scan.rerank`)."""
     h = head_step.shape[0]
     weights = np.empty(h, dtype=np.float32)
     shift = np.float32(0.0)

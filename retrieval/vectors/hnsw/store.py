@@ -754,7 +754,7 @@ class VectorStore:
             elif fused and originals is not None:  # the usual walked query: one compiled call
                 seeds, seed_codes = self._seed_sample(st, lead=not low[i])
                 seen, mark = links.marks(-1 if hidden is None else int(hidden[i]))
-                answered = onepass.answer(
+                found, exact = onepass.answer(
                     graph_query[i],
                     head.step,
                     head.offset,
@@ -777,11 +777,11 @@ class VectorStore:
                     n_rescore,
                     k,
                 )
-                if answered is None:
+                if len(found) < k:
                     return None
                 if len(q) == 1:
-                    return answered[0][None], answered[1][None]
-                out_slots[i], out_scores[i] = answered
+                    return found[None], exact[None]
+                out_slots[i], out_scores[i] = found, exact
                 continue
             else:
                 slots, scores = self._walk_links(
