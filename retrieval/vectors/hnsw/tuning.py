@@ -24,9 +24,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # `retrieval stats` reads a Tuning without numpy (the CLI's quick start)
+    import numpy as np
 
 PROBES = 256
 #: Recall the probes must reach. Above the 0.98 a user is promised: 256 probes measure recall@10 within
@@ -104,12 +105,16 @@ class Tuning:
 
 def probe_slots(alive: np.ndarray, count: int = PROBES) -> np.ndarray:
     """A spread of live slots to probe with, the same for the same store (seeded by its size)."""
+    import numpy as np
+
     take = min(count, len(alive))
     return np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each row of `truth` (m, k) that the same row of `found` holds."""
+    import numpy as np
+
     hits = sum(len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True))
     return hits / truth.size if truth.size else 1.0
 
