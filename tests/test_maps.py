@@ -170,6 +170,10 @@ def _first_id(engine: Engine, name: str) -> int:
     return content_id
 
 
+def test_small_maps_get_more_iterations_than_large_ones() -> None:
+    assert maps.choose_iterations(35) == maps.SMALL_MAP_ITER > maps.choose_iterations(1000)
+
+
 def test_map_of_grouped_photos_keeps_groups_apart_and_places_the_query(grouped):
     engine, group_of = grouped
     query_id = _first_id(engine, "g1-0")
