@@ -730,7 +730,7 @@ class VectorStore:
             else:
                 rescore = COMPILED_RESCORE * self.params.rescore
         n_rescore = max(rescore, k) if self.params.rescore else 0
-        fused = n_rescore > 0
+        fused = n_rescore > 0 and originals is not None  # else the numpy re-rank, which needs the tail
         scans = head.codes.nbytes <= SCAN_BYTES
         # the tail ranks candidates for the exact re-score: not needed where every candidate gets it
         if weights.shape[1] != quantizer.tail_dims and (

@@ -218,9 +218,7 @@ def _offer(node, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width):
 
 @njit(cache=True, nogil=True)
 def _room(todo_s, todo_n, n_todo):
-    """The queue's arrays with room for one more: the same, or twice as long (rare)."""
-    if n_todo < todo_s.shape[0]:
-        return todo_s, todo_n
+    """The full queue's arrays, twice as long (callers test that it is full: rare, and no call otherwise)."""
     grown_s = np.empty(2 * n_todo, dtype=np.float32)
     grown_n = np.empty(2 * n_todo, dtype=np.int64)
     grown_s[:n_todo] = todo_s[:n_todo]
