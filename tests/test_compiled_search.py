@@ -222,6 +222,53 @@ def test_a_store_saved_without_head_codes_still_searches_and_its_next_save_write
         assert walks and (found[:, 0] == np.arange(5)).all()
 
 
+def test_head_code_rows_start_on_and_fill_whole_cache_lines_and_their_file_keeps_them_unpadded(
+    tmp_path: Path, large: None
+) -> None:
+    """A walk reads head rows at random: an unaligned 444-byte row spans 8 cache lines where 7 hold it."""
+    vecs = _clusters(N, DIM, 12, seed=12)
+    _saved(tmp_path / "v", vecs)
+    with VectorStore.open(tmp_path / "v", writable=True) as store:
+        st = store._live()
+        assert st.quantizer is not None and st.head_codes is not None
+        h = st.quantizer.head_dims
+        head_file = tmp_path / "v" / st.files["head"]["name"]
+        assert head_file.stat().st_size == 8 * h + st.n_slots * h  # the file's rows are not padded
+        store.add(np.arange(N, N + 700), _clusters(700, DIM, 12, seed=13))
+        for head in (st.head_codes, st.head_codes_now()):  # as read back, and as grown
+            rows = head.rows
+            assert rows.ctypes.data % filtered.ROW_ALIGN == 0 and rows.flags.c_contiguous
+            assert rows.shape[1] % filtered.ROW_ALIGN == 0 and rows.shape[1] >= h
+            assert not rows[:, h:].any()
+            np.testing.assert_array_equal(head.codes, rows[:, :h])
+        grown = st.head_codes_now()
+        exact = st.originals.get(np.arange(st.n_slots)) @ st.quantizer.basis[:, :h]
+        encoded = np.clip(np.rint((exact - grown.offset) / grown.step), -127, 127)
+        np.testing.assert_array_equal(grown.codes, encoded)
+        # the kernels read a row only as far as the weights go: the padding is never scored
+        weights = np.random.default_rng(14).standard_normal(h).astype(np.float32)
+        expected = grown.codes.astype(np.float32) @ weights
+        np.testing.assert_allclose(scan.all_scores(grown.rows, weights), expected, rtol=1e-4, atol=1e-3)
+        slots = np.array([5, 0, N + 3, 17], dtype=np.int64)
+        lead = grown.codes[slots, :8].copy()
+        found, scores = scan.two_stage(lead, slots, grown.rows, weights[:8], weights, 9, 9)
+        np.testing.assert_allclose(scores, expected[found], rtol=1e-4, atol=1e-3)
+
+
+def test_row_prefetch_hints_land_in_every_cache_line_of_a_row_wherever_it_starts() -> None:
+    """`prefetch_row` hints every `line_step` elements from a row's start, and its last element."""
+    from retrieval.vectors.hnsw.prefetch import LINE, line_step
+
+    for itemsize in (1, 2, 4, 8):
+        step = line_step(itemsize)
+        for n in (1, 15, 16, 64, 68, 111, 444, 512):
+            hinted = [*range(0, n, step), n - 1]
+            for start in range(0, LINE, itemsize):
+                lines = {(start + i * itemsize) // LINE for i in hinted}
+                spanned = set(range(start // LINE, (start + n * itemsize - 1) // LINE + 1))
+                assert lines == spanned, (itemsize, n, start)
+
+
 def test_head_codes_span_each_coordinate_s_own_range_not_one_around_zero() -> None:
     """The leading coordinates of uncentred data sit far from 0, and a small cluster puts a coordinate far
     from the rest: codes centred on 0 with a few root mean squares either side clipped both."""

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +41,15 @@ def fsync_dir(folder: Path) -> None:
 def write_file(folder: Path, name: str, data: memoryview, *more: memoryview) -> dict[str, Any]:
     """Write `data` (then `more`, in order: no joined copy) to folder/name via a fsynced temporary; returns
     its manifest entry."""
+    return write_blocks(folder, name, (data, *more))
+
+
+def write_blocks(folder: Path, name: str, blocks: Iterable[memoryview]) -> dict[str, Any]:
+    """As `write_file`, for blocks made one at a time (each may be freed once written)."""
     tmp = folder / (name + ".tmp")
     size, crc = 0, 0
     with open(tmp, "wb") as f:
-        for part in (data, *more):
+        for part in blocks:
             f.write(part)
             size, crc = size + part.nbytes, zlib.crc32(part, crc)
         f.flush()

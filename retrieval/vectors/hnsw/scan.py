@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
-from retrieval.vectors.hnsw.prefetch import prefetch
+from retrieval.vectors.hnsw.prefetch import prefetch_row
 
 #: A scan of every row splits them among the cores past this size (its kernel releases the GIL): a scan is
 #: bound by memory bandwidth per core, ~4.5 GB/s here, so 1M 444-dim CLIP-like rows take ~100 ms on one.
@@ -25,7 +25,8 @@ _pool_lock = threading.Lock()
 
 
 def all_scores(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """codes[r] · weights for every row r of the int8 `codes`, on every core for a large array."""
+    """codes[r, :len(weights)] · weights for every row r of the int8 `codes` (`HeadCodes.rows`: longer rows),
+    on every core for a large array."""
     threads = _cores()
     if threads == 1 or codes.nbytes < PARALLEL_BYTES:
         return _lead_scores(codes, weights)
@@ -63,7 +64,8 @@ def two_stage(
     """The best `cands` of the allowed `slots` by head score codes[slot] · weights, among the best `keep` by
     the lead score lead[row] · lead_weights, with those head scores.
 
-    lead: (m, lead_dims) int8, row r the first head codes of slots[r]; codes: (n_slots, head_dims) int8.
+    lead: (m, lead_dims) int8, row r the first head codes of slots[r]; codes: `HeadCodes.rows`, int8 rows
+    at least as long as `weights`.
     The selections stay in numpy (argpartition): a heap in the kernel was slower, 4.9 against 2.2 ms at
     10 % of 1M."""
     if len(slots) > keep:
@@ -78,10 +80,11 @@ def two_stage(
 
 @njit(cache=True, nogil=True, fastmath=True)
 def _lead_scores(lead, weights):
+    """lead[r, :len(weights)] · weights for every row r (rows may be longer: `HeadCodes.rows`)."""
     out = np.empty(lead.shape[0], dtype=np.float32)
     for r in range(lead.shape[0]):
         s = np.float32(0.0)
-        for d in range(lead.shape[1]):
+        for d in range(weights.shape[0]):
             s += np.float32(lead[r, d]) * weights[d]
         out[r] = s
     return out
@@ -92,22 +95,16 @@ def _head_scores(codes, slots, weights):
     out = np.empty(slots.shape[0], dtype=np.float32)
     ahead = min(8, slots.shape[0])
     for j in range(ahead):
-        _prefetch_row(codes, slots[j])
+        prefetch_row(codes, slots[j])
     for j in range(slots.shape[0]):
         if j + ahead < slots.shape[0]:
-            _prefetch_row(codes, slots[j + ahead])
+            prefetch_row(codes, slots[j + ahead])
         row = slots[j]
         s = np.float32(0.0)
-        for d in range(codes.shape[1]):
+        for d in range(weights.shape[0]):
             s += np.float32(codes[row, d]) * weights[d]
         out[j] = s
     return out
-
-
-@njit(cache=True, nogil=True)
-def _prefetch_row(codes, row):
-    for c in range(0, codes.shape[1], 64):  # one 64-byte cache line at a time
-        prefetch(codes, (row, c))  # type: ignore[call-arg]  # numba supplies typingctx
 
 
 def rerank(
@@ -135,10 +132,10 @@ def _rerank(slots, head, tail, tail_weights, originals, query, n_rescore, k):
         total = np.empty(c, dtype=np.float32)
         ahead = min(8, c)
         for j in range(ahead):
-            _prefetch_row(tail, slots[j])
+            prefetch_row(tail, slots[j])
         for j in range(c):
             if j + ahead < c:
-                _prefetch_row(tail, slots[j + ahead])
+                prefetch_row(tail, slots[j + ahead])
             row = slots[j]
             s = head[j]
             for d in range(tail.shape[1]):
@@ -161,7 +158,7 @@ def _rerank(slots, head, tail, tail_weights, originals, query, n_rescore, k):
     picked = np.empty(m, dtype=np.int64)
     for j in range(m):
         picked[j] = slots[keep[j]]
-        _prefetch_row(originals, picked[j])
+        prefetch_row(originals, picked[j])
     exact = np.empty(m, dtype=np.float32)
     for j in range(m):
         row = picked[j]

@@ -745,7 +745,7 @@ class VectorStore:
                 # ranked by the whole int8 head, not a walk's approximate order: as many whatever the ef
                 c = min(max(SCAN_CANDS, k), st.n_slots)
                 head_weights, shift = head.weights(graph_query[i])
-                scores = scan.all_scores(head.codes[: st.n_slots], head_weights) + shift
+                scores = scan.all_scores(head.rows[: st.n_slots], head_weights) + shift
                 scores[st.slot_ids[: st.n_slots] < 0] = -np.inf
                 if hidden is not None and hidden[i] >= 0:
                     scores[hidden[i]] = -np.inf
@@ -764,7 +764,7 @@ class VectorStore:
                     links.offsets,
                     links.flat,
                     links.longest,
-                    head.codes,
+                    head.rows,
                     seen,
                     mark,
                     c,
@@ -817,7 +817,7 @@ class VectorStore:
         weights, shift = head.weights(graph_query)
         first = scan._lead_scores(sample_codes, weights[: sample_codes.shape[1]])
         seeds = sample[np.argpartition(first, len(first) - SEEDS)[len(first) - SEEDS :]]
-        slots, scores = links.search(head.codes, weights, seeds, width, hidden)
+        slots, scores = links.search(head.rows, weights, seeds, width, hidden)
         return slots, scores + shift
 
     @staticmethod
@@ -1116,8 +1116,8 @@ class VectorStore:
             files["graph"] = fileformat.write_graph(self.folder, fileformat.gen_name(gen, "graph"), graph)
             if st.head_codes is not None or filtered.compiled(st.n_alive):
                 head = st.head_codes_now()
-                files["head"] = fileformat.write_file(
-                    self.folder, fileformat.gen_name(gen, "head"), *head.parts(st.n_slots)
+                files["head"] = fileformat.write_blocks(
+                    self.folder, fileformat.gen_name(gen, "head"), head.parts(st.n_slots)
                 )
         tuned, level0, links = self._tune(st, files)
         fileformat.fsync_dir(self.folder)
@@ -1392,9 +1392,7 @@ def _load_state(folder: Path, manifest: dict[str, Any], *, writable: bool) -> _S
         if "head" in files:
             head_path = fileformat.verified(folder, files["head"])
             try:
-                head_codes = filtered.HeadCodes.from_parts(
-                    quantizer, np.fromfile(head_path, dtype=np.uint8), n_slots
-                )
+                head_codes = filtered.HeadCodes.read(quantizer, head_path, n_slots)
             except ValueError as exc:
                 raise IndexCorruptError(f"{head_path.name} is unreadable: {exc}") from None
     originals = _Originals(folder / originals_entry["name"], dim, n_slots, writable=writable)

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from retrieval.vectors.hnsw.prefetch import prefetch as _prefetch
+from retrieval.vectors.hnsw.prefetch import prefetch_row
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
@@ -278,6 +279,7 @@ def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, wi
             at = batch[j] * stride + vector_at
             for c in range(0, query.shape[0], 16):  # 16 float32: one 64-byte cache line
                 _prefetch(values, at + c)  # type: ignore[call-arg]
+            _prefetch(values, at + query.shape[0] - 1)  # type: ignore[call-arg]  # records start mid-line
         for j in range(n_batch):
             score = _dot(values, batch[j] * stride + vector_at, query)
             if n_best >= width and score <= best_s[0]:
@@ -344,8 +346,7 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
             seen[u] = mark
             batch[n_batch] = u
             n_batch += 1
-            for c in range(0, codes.shape[1], 64):  # one 64-byte cache line at a time
-                _prefetch(codes, (u, c))  # type: ignore[call-arg]
+            prefetch_row(codes, u)
         for j in range(n_batch):
             u = batch[j]
             score = _code_dot(codes, u, weights)
