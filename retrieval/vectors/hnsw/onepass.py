@@ -46,8 +46,9 @@ def answer(
 
     graph_row: the query's head coordinates (its `prepare_queries` graph row); head_step, head_offset: the
     int8 head codes' ranges (`HeadCodes`), so a slot's head score is codes[slot] · (row · step) + row ·
-    offset. seeds: a sample of live slots; seed_codes: their first columns of head codes (as many as it
-    has), ranked to pick the best n_seeds to start from. The walk (`walk._search`) keeps `width` slots and
+    offset; head_codes: their rows (`HeadCodes.rows`, padded to whole cache lines). seeds: a sample of
+    live slots; seed_codes: their first columns of head codes (as many as it has), ranked to pick the best
+    n_seeds to start from. The walk (`walk._search`) keeps `width` slots and
     marks what it visits in `seen` with `mark` (a slot already holding it is never visited). tail_codes,
     tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`; unread
     where width <= n_rescore); the best n_rescore by head + tail are scored exactly against `originals`

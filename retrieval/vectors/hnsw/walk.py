@@ -56,7 +56,8 @@ class Links:
         self, codes: np.ndarray, weights: np.ndarray, seeds: np.ndarray, width: int, hidden: int = -1
     ) -> tuple[np.ndarray, np.ndarray]:
         """The best `width` slots a best-first walk from `seeds` reaches, by codes[slot] · weights, with those
-        scores; `codes`: (n_slots, dims) int8. Slot `hidden` (if >= 0) is never visited: marked seen first."""
+        scores; `codes`: (n_slots, >= len(weights)) int8 rows (`HeadCodes.rows`: read as far as `weights`
+        goes). Slot `hidden` (if >= 0) is never visited: marked seen first."""
         seen, mark = self.marks(hidden)
         return _search(self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark)
 
