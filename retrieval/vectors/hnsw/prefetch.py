@@ -55,3 +55,12 @@ def prefetch_row(array, row):
         prefetch(array, (row, c))  # type: ignore[call-arg]  # numba supplies typingctx
     if n:
         prefetch(array, (row, n - 1))  # type: ignore[call-arg]
+
+
+@njit(cache=True, nogil=True)
+def prefetch_span(array, start, count):
+    """As `prefetch_row`, for the `count` elements of 1-D `array` from `start` (a vector inside a record)."""
+    for c in range(0, count, line_step(array.itemsize)):
+        prefetch(array, start + c)  # type: ignore[call-arg]
+    if count:
+        prefetch(array, start + count - 1)  # type: ignore[call-arg]

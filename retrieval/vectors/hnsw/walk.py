@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from retrieval.vectors.hnsw.prefetch import prefetch as _prefetch
-from retrieval.vectors.hnsw.prefetch import prefetch_row
+from retrieval.vectors.hnsw.prefetch import prefetch_row, prefetch_span
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
@@ -277,10 +277,7 @@ def _walk(words, values, stride, vector_at, max_links, allowed, query, seeds, wi
                 batch[n_batch] = w
                 n_batch += 1
         for j in range(n_batch):
-            at = batch[j] * stride + vector_at
-            for c in range(0, query.shape[0], 16):  # 16 float32: one 64-byte cache line
-                _prefetch(values, at + c)  # type: ignore[call-arg]
-            _prefetch(values, at + query.shape[0] - 1)  # type: ignore[call-arg]  # records start mid-line
+            prefetch_span(values, batch[j] * stride + vector_at, query.shape[0])  # records start mid-line
         for j in range(n_batch):
             score = _dot(values, batch[j] * stride + vector_at, query)
             if n_best >= width and score <= best_s[0]:
