@@ -286,7 +286,7 @@ def bench(a: argparse.Namespace, params: StoreParams) -> str:
         rec, qps = res[("filtered", key)]
         _, fresh = res[("fresh", key)]
         n_rec, n_qps = res[("naive", key)]
-        way = filtered.choose(len(f.allowed), a.n, a.n, FILTER_EF, graph=True)
+        way = store._filter_ways(st, len(f.allowed), K, None, FILTER_EF)[0]
         lines.append(
             f"| {f.kind} | {f.share:.2%} | {len(f.allowed):,} | {way} | {rec:.4f} | {qps:.0f} | "
             f"{qps / u_qps:.2f} | {fresh:.0f} | {n_rec:.4f} | {n_qps:.1f} | {qps / n_qps:.1f} |"
@@ -321,17 +321,24 @@ def compare_ways(
 ) -> list[str]:
     """Each way forced on each filter (what the cut-overs are chosen from): ms per query and recall@10.
     A way the cost model puts above 3 exact scans of 100k rows is skipped (around a second per query).
+    "graph" is the compiled filtered walk (its queries that give up go on as "post" ones that find too few);
     "post" sends the queries that find too few allowed nodes on as `filtered.fallback` chooses; "post, X"
     forces X for them (the compiled walk, the scan, or hnswlib's walk with a Python filter)."""
-    ways = ("exact", "scan", "post", "post, walk", "post, scan", "post, hnswlib walk")
+    ways = ("exact", "scan", "graph", "post", "post, walk", "post, scan", "post, hnswlib walk")
     n = len(store)
+    st = store._live()
+    width = store.default_ef(K)
     chosen, fallback, level0 = filtered.choose, filtered.fallback, VectorStore._level0
     cells: dict[tuple[int, str], str] = {}
+    picks = [store._filter_ways(st, len(f.allowed), K, None, FILTER_EF)[0] for f in filters]
     try:
         for j, f in enumerate(filters):
             m = len(f.allowed)
             post = filtered.POST_NODE * FILTER_EF * n / m if m > FILTER_EF else float("inf")
-            cost = {"exact": float(m), "scan": filtered.scan_row(n) * m, "post": post}
+            graph = float("inf")
+            if m > width:
+                graph = filtered.GRAPH_NODE * filtered.graph_expansions(width, m, n)
+            cost = {"exact": float(m), "scan": filtered.scan_row(n) * m, "post": post, "graph": graph}
             for way in ways:
                 base, _, then = way.partition(", ")
                 if cost[base] > 300_000 or (then and m < filtered.WALK_MIN_SHARE * n):
@@ -362,8 +369,7 @@ def compare_ways(
         "|---|---:|" + "---:|" * len(ways),
     ]
     for j, f in enumerate(filters):
-        pick = chosen(len(f.allowed), n, n, FILTER_EF, graph=True)
-        row = [f"**{cells[(j, w)]}**" if w == pick else cells[(j, w)] for w in ways]
+        row = [f"**{cells[(j, w)]}**" if w == picks[j] else cells[(j, w)] for w in ways]
         out.append(f"| {f.kind} | {f.share:.2%} | " + " | ".join(row) + " |")
     return out
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import IndexCorruptError
-from retrieval.vectors.hnsw import fileformat, filtered, scan, walk
+from retrieval.vectors.hnsw import fileformat, filtered, onepass, scan, walk
 from retrieval.vectors.hnsw import store as store_module
 from retrieval.vectors.hnsw.quantizer import Quantizer
 from retrieval.vectors.hnsw.store import StoreParams, VectorStore
@@ -51,9 +51,9 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> l
     calls: list[int] = []
     real = getattr(owner, name)
 
-    def spy(*args: object) -> object:
+    def spy(*args: object, **kwargs: object) -> object:
         calls.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, spy)
     return calls
@@ -381,3 +381,115 @@ def test_one_compiled_call_answers_as_the_walk_then_the_re_rank_do(
             np.testing.assert_array_equal(found[i], st.slot_ids[steps])
             np.testing.assert_allclose(scores[i], exact, rtol=1e-5)
     assert not np.isin(found, np.arange(0, 600, 2)).any()
+
+
+def test_the_filtered_walk_steps_through_every_node_but_keeps_only_allowed_ones(
+    tmp_path: Path, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=15)
+    _saved(tmp_path / "v", vecs)
+    allowed = np.zeros(N, dtype=np.uint8)
+    allowed[np.random.default_rng(16).choice(N, N // 2, replace=False)] = 1
+    with VectorStore.open(tmp_path / "v") as store:
+        st = store._live()
+        links = store._links(st)
+        assert links is not None and st.quantizer is not None
+        head = st.head_codes_now()
+        seeds = store._seed_sample(st, lead=False)[0][:16]
+        for query in vecs[:20] + 0.02:
+            weights, _ = head.weights(st.quantizer.prepare_queries(query[None])[0][0])
+            truth = np.argsort(-(head.codes[: st.n_slots].astype(np.float32) @ weights))
+            for keep, rule in ((walk.EVERY, np.ones(N, dtype=bool)), (allowed, allowed == 1)):
+                seen, mark = links.marks()
+                found, scores, ended = walk._search(
+                    links.offsets,
+                    links.flat,
+                    links.longest,
+                    head.rows,
+                    weights,
+                    seeds,
+                    64,
+                    seen,
+                    mark,
+                    keep,
+                    0,
+                )
+                assert ended and len(found) == 64 and rule[found].all()
+                # by the int8 head: the walk's own scores, so its best 10 are the allowed set's best 10
+                best = truth[rule[truth]][:10]
+                assert len(set(found.tolist()) & set(best.tolist())) >= 9
+                np.testing.assert_allclose(scores, head.codes[found].astype(np.float32) @ weights, rtol=1e-4)
+            seen, mark = links.marks()
+            cut = walk._search(
+                links.offsets,
+                links.flat,
+                links.longest,
+                head.rows,
+                weights,
+                seeds,
+                64,
+                seen,
+                mark,
+                allowed,
+                5,
+            )
+            assert not cut[2]  # five expansions hold far fewer than 64 allowed: it stopped at the limit
+
+
+def test_a_filtered_search_of_a_large_share_takes_the_compiled_filtered_walk_with_exact_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=17)
+    _saved(tmp_path / "v", vecs)
+    monkeypatch.setattr(
+        filtered, "choose", lambda *args, walk=None, **kwargs: "scan" if walk is None else "graph"
+    )
+    walked = _count_calls(monkeypatch, VectorStore, "_graph_filtered")
+    allowed = np.sort(np.random.default_rng(18).choice(N, N // 2, replace=False))
+    allowed.flags.writeable = False
+    queries = vecs[:30] + 0.02
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    with VectorStore.open(tmp_path / "v") as store:
+        found, scores = store.search(queries, 10, allowed=allowed)
+        assert store._live().loaded_graph is None  # the links and codes only, as unfiltered readers
+    assert len(walked) == len(queries)
+    assert np.isin(found, allowed).all()
+    np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", queries, vecs[found]), atol=1e-5)
+    assert _recall(found, queries, vecs, allowed) >= 0.95
+
+
+def test_a_filtered_walk_that_would_flood_a_disallowed_neighbourhood_gives_up_and_the_set_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+) -> None:
+    vecs = _clusters(N, DIM, 12, seed=19)
+    _saved(tmp_path / "v", vecs)
+    monkeypatch.setattr(
+        filtered, "choose", lambda *args, walk=None, **kwargs: "scan" if walk is None else "graph"
+    )
+    monkeypatch.setattr(filtered, "GRAPH_LIMIT", 1)  # as far as a query of the set's own share goes
+    answers = _count_calls(monkeypatch, onepass, "answer")
+    with VectorStore.open(tmp_path / "v") as store:
+        st = store._live()
+        assert st.quantizer is not None
+        # a folder: the half of the store nearest one direction; the queries come from the other half
+        side = vecs @ st.quantizer.basis[:, 1]
+        allowed = np.flatnonzero(side > np.median(side))
+        allowed.flags.writeable = False
+        far = vecs[np.argsort(side)[:40]]
+        found, scores = store.search(far, 10, allowed=allowed)
+        entry = store._filter_cache[-1][3]
+    assert entry.tries == len(far) and entry.misses >= len(far) // 2
+    assert len(answers) < len(far)  # once the set missed often, its queries probed first and skipped it
+    assert np.isin(found, allowed).all()
+    np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", far, vecs[found]), atol=1e-5)
+    assert _recall(found, far, vecs, allowed) >= 0.95
+
+
+def test_the_compiled_filtered_walk_stands_in_for_the_post_filter_where_it_is_at_hand() -> None:
+    n = 1_000_000
+    assert filtered.choose(500_000, n, n, 192, graph=True, walk=128) == "graph"
+    assert filtered.choose(50_000, 100_000, 100_000, 192, graph=True, walk=128) == "graph"  # half of 100k
+    assert filtered.choose(10_000, 100_000, 100_000, 192, graph=True, walk=128) == "scan"  # a tenth: scan
+    assert filtered.choose(500_000, n, n, 192, graph=True) == "post"  # no compiled walk: hnswlib's graph
+    assert filtered.choose(100, n, n, 192, graph=True, walk=128) == "exact"
+    assert filtered.graph_limit(128, 500_000, n) == 4 * 256

@@ -1,6 +1,6 @@
 """Filtered search in the default store: which way answers a search restricted to a set of allowed slots.
 
-Three ways, chosen per search by the allowed set's size m among n live vectors (cost model below, constants
+Four ways, chosen per search by the allowed set's size m among n live vectors (cost model below, constants
 measured in BENCHMARKS.md, "Filtered search"):
 
 * **exact**: score the m float32 originals (memory-mapped) directly; for small sets.
@@ -11,14 +11,18 @@ measured in BENCHMARKS.md, "Filtered search"):
   `scan.two_stage`, else float32 for numpy). A query scores every allowed slot on those, the best
   LEAD_KEEP·cands of them on their whole int8 head, and hands the best `cands` to the graph path's
   re-rank: int8 tail, then the best of those exactly from the originals.
-* **post**: for a large set, the unfiltered graph search made cands·n/m wide, kept to the allowed nodes
-  (about `cands` of them where allowed vectors are as common near the query as in the store), then the
-  same re-rank (in a large saved store, the compiled walk of the unfiltered search, `walk.Links`). A query
-  that finds fewer than POST_KEEP·cands allowed (a folder away from the query) walks the graph through
-  allowed nodes only (`walk.Level0`, compiled, over the saved graph file), or where that would cost more,
-  scans. Without the compiled walk (a small store, or one with unsaved
-  changes) the walk is hnswlib's own (`knn_query(filter=...)`, a Python call per node it meets). A set
-  whose queries often come up short probes first (PROBE) and skips the post-filter where it would.
+* **graph**: for a large set in a large saved store, the unfiltered compiled search (`onepass`) with the
+  filter applied inside its walk: every node steers it, only allowed ones are kept, at the unfiltered
+  width, re-ranked in the same call. A query that gives up (GRAPH_LIMIT) goes on as a post-filtered one
+  that found too few allowed nodes (below).
+* **post**: for a large set elsewhere, the unfiltered graph search made cands·n/m wide, kept to the
+  allowed nodes (about `cands` of them where allowed vectors are as common near the query as in the
+  store), then the same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away
+  from the query) walks the graph through allowed nodes only (`walk.Level0`, compiled, over the saved
+  graph file), or where that would cost more, scans. Without the compiled walk (a small store, or one
+  with unsaved changes) the walk is hnswlib's own (`knn_query(filter=...)`, a Python call per node it
+  meets). A set whose queries often come up short (graph or post) probes first (PROBE) and skips the
+  graph walk or post-filter where it would.
 
 Every way returns exact scores; only which allowed vectors are considered differs. A partitioned scan
 (k-means over the heads) was measured and dropped (BENCHMARKS.md): on these vectors its recall needed
@@ -49,6 +53,19 @@ SCAN_ROW = 0.04
 SCAN_ROW_COMPILED = 0.012
 POST_NODE = 4.8
 FIXED = 150.0
+#: A large saved store (the compiled walk at hand) walks instead of post-filtering ("graph"): the unfiltered
+#: walk at the unfiltered width (`VectorStore.default_ef`), stepping through every node, keeping only allowed
+#: ones (hnswlib's filtered rule), and re-ranked in the same compiled call. It expands about width·n/m
+#: nodes, as a post-filter of width·n/m does, but re-ranks `width` rather than FILTER_EF candidates and
+#: needs no wider search where allowed nodes are rarer near the query than in the store: it goes on until
+#: it holds `width`. GRAPH_NODE per expansion expected, fitted on the forced ways at 100k (ef 128; ms a
+#: query, random set: 0.33 / 0.75 / 4.4 at a half / tenth / hundredth of the store, against the scan's
+#: 0.46 / 0.27 / 0.13 and a post-filter's 0.47 / 1.24 / 7.8). After GRAPH_LIMIT times the expected
+#: expansions (a folder away from the query, whose own neighbourhood it would flood: at 100k, a folder of
+#: half the store, the 90th percentile query took 7 times, the slowest 17) it gives up, as a post-filter
+#: that found too few.
+GRAPH_NODE = 0.7
+GRAPH_LIMIT = 4
 #: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph where that costs
 #: less than the scan, else scans. The compiled walk keeps WALK_WIDTH·cands allowed nodes (1M, a folder of
 #: half the store, the queries outside it: recall@10 0.953 with 1·cands, 0.970 with 1.5·, 0.973 with 2·;
@@ -93,15 +110,29 @@ _BLOCK = 16384
 ROW_ALIGN = 64
 
 
-def choose(m: int, n_slots: int, n_alive: int, cands: int, *, graph: bool) -> str:
-    """'exact', 'scan' or 'post' for m allowed live vectors and `cands` candidates per query: the cheapest
-    by the cost model above. The post-filtered search needs a graph and more allowed vectors than
-    candidates."""
+def choose(m: int, n_slots: int, n_alive: int, cands: int, *, graph: bool, walk: int | None = None) -> str:
+    """'exact', 'scan', 'post' or 'graph' for m allowed live vectors and `cands` candidates per query: the
+    cheapest by the cost model above. The post-filtered search needs a graph and more allowed vectors than
+    candidates; `walk`: the compiled filtered walk's width, where it is at hand (it then stands in for the
+    post-filter, which explores as far for a wider re-rank)."""
     del n_slots
     costs = {"exact": float(m), "scan": scan_row(n_alive) * m + FIXED}
-    if graph and m > cands:
+    if walk is not None and m > walk:
+        costs["graph"] = GRAPH_NODE * graph_expansions(walk, m, n_alive) + FIXED
+    elif graph and m > cands:
         costs["post"] = POST_NODE * cands * n_alive / m + FIXED
     return min(costs, key=costs.__getitem__)
+
+
+def graph_expansions(width: int, m: int, n_alive: int) -> float:
+    """The expansions the compiled filtered walk expects to keep `width` of m allowed among n_alive live
+    nodes: width·n/m (the allowed ones as common near the query as in the store)."""
+    return width * n_alive / m
+
+
+def graph_limit(width: int, m: int, n_alive: int) -> int:
+    """The expansions after which the compiled filtered walk gives up (GRAPH_LIMIT times those expected)."""
+    return max(1, int(GRAPH_LIMIT * graph_expansions(width, m, n_alive)))
 
 
 def post_width(cands: int, m: int, n_alive: int, near: float | None) -> int:

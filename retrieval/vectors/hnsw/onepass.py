@@ -32,6 +32,8 @@ def answer(
     seen,
     mark,
     width,
+    allowed,
+    limit,
     slot_ids,
     tail_codes,
     tail_weights,
@@ -42,14 +44,15 @@ def answer(
     k,
 ):
     """The best k slots for one query and their exact scores, best first; none where the walk reached fewer
-    than k live slots (heavy deletes: the caller asks hnswlib).
+    than k live slots (heavy deletes: the caller asks hnswlib), or where `limit` (> 0) stopped the walk.
 
     graph_row: the query's head coordinates (its `prepare_queries` graph row); head_step, head_offset: the
     int8 head codes' ranges (`HeadCodes`), so a slot's head score is codes[slot] · (row · step) + row ·
     offset; head_codes: their rows (`HeadCodes.rows`, padded to whole cache lines). seeds: a sample of
     live slots; seed_codes: their first columns of head codes (as many as it has), ranked to pick the best
-    n_seeds to start from. The walk (`walk._search`) keeps `width` slots and
-    marks what it visits in `seen` with `mark` (a slot already holding it is never visited). tail_codes,
+    n_seeds to start from. The walk (`walk._search`) keeps `width` slots (only `allowed` ones where that
+    holds a byte per slot: a filter), expands at most `limit` (0: any number) and marks what it visits in
+    `seen` with `mark` (a slot already holding it is never visited). tail_codes,
     tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`; unread
     where width <= n_rescore); the best n_rescore by head + tail are scored exactly against `originals`
     (`scan.rerank`)."""
@@ -60,7 +63,11 @@ def answer(
         weights[d] = graph_row[d] * head_step[d]
         shift += graph_row[d] * head_offset[d]
     starts = _best_seeds(seeds, seed_codes, weights, n_seeds)
-    slots, scores = _search(offsets, flat, longest, head_codes, weights, starts, width, seen, mark)
+    slots, scores, ended = _search(
+        offsets, flat, longest, head_codes, weights, starts, width, seen, mark, allowed, limit
+    )
+    if not ended:
+        return slots[:0], scores[:0]
     live = 0
     for j in range(slots.shape[0]):  # drop removed slots, in place
         if slot_ids[slots[j]] >= 0:

@@ -674,12 +674,6 @@ class VectorStore:
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return ids, scores
 
-    @staticmethod
-    def _head_share(st: _State, q: np.ndarray) -> np.ndarray:
-        """Fraction of each query's energy in the graph's PCA head (the rest only the re-rank sees)."""
-        assert st.quantizer is not None
-        return st.quantizer.head_share(q)
-
     def _graph_search(self, st: _State, q: np.ndarray, k: int, cands: int) -> tuple[np.ndarray, np.ndarray]:
         quantizer, graph = st.quantizer, st.graph
         assert quantizer is not None and graph is not None
@@ -721,20 +715,15 @@ class VectorStore:
         tuning's probes). `rescore`: how many candidates are scored exactly (default: the last save's
         choice, per 10 results, else COMPILED_RESCORE × params.rescore). None where the walk reached fewer
         than k live slots (heavy deletes)."""
-        from retrieval.vectors.hnsw import onepass, scan
+        from retrieval.vectors.hnsw import scan
 
         head = st.head_codes_now()
         graph_query, weights, bias = prepared
         originals = st.originals.mapped
         quantizer = st.quantizer
         assert quantizer is not None
-        if rescore is None:
-            tuned = self._tuned(st)
-            if tuned is not None:
-                rescore = -(-tuned.rescore * max(k, tuning.K) // tuning.K)
-            else:
-                rescore = COMPILED_RESCORE * self.params.rescore
-        n_rescore = max(rescore, k) if self.params.rescore else 0
+        n_rescore = max(self._compiled_rescore(st, k) if rescore is None else rescore, k)
+        n_rescore = n_rescore if self.params.rescore else 0
         fused = n_rescore > 0 and originals is not None  # else the numpy re-rank, which needs the tail
         scans = head.codes.nbytes <= SCAN_BYTES
         # the tail ranks candidates for the exact re-score: not needed where every candidate gets it
@@ -757,30 +746,16 @@ class VectorStore:
                 slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
                 scores = scores[slots]
             elif fused and originals is not None:  # the usual walked query: one compiled call
-                seeds, seed_codes = self._seed_sample(st, lead=not low[i])
-                seen, mark = links.marks(-1 if hidden is None else int(hidden[i]))
-                found, exact = onepass.answer(
-                    graph_query[i],
-                    head.step,
-                    head.offset,
-                    seeds,
-                    seed_codes,
-                    SEEDS,
-                    links.offsets,
-                    links.flat,
-                    links.longest,
-                    head.rows,
-                    seen,
-                    mark,
-                    c,
-                    st.slot_ids,
-                    st.codes,
-                    weights[i],
-                    float(bias[i]),
-                    originals,
+                found, exact = self._one_pass(
+                    st,
+                    links,
+                    (graph_query[i], weights[i], float(bias[i])),
                     q[i],
+                    c,
                     n_rescore,
                     k,
+                    lead=not low[i],
+                    hidden=-1 if hidden is None else int(hidden[i]),
                 )
                 if len(found) < k:
                     return None
@@ -806,6 +781,64 @@ class VectorStore:
                     st, q[i], slots, scores + bias[i], weights[i], k, COMPILED_RESCORE
                 )
         return out_slots, out_scores
+
+    def _compiled_rescore(self, st: _State, k: int) -> int:
+        """Candidates a compiled search scores exactly for k results: the last save's choice per 10 results,
+        else COMPILED_RESCORE × params.rescore."""
+        tuned = self._tuned(st)
+        if tuned is not None:
+            return -(-tuned.rescore * max(k, tuning.K) // tuning.K)
+        return COMPILED_RESCORE * self.params.rescore
+
+    @staticmethod
+    def _one_pass(
+        st: _State,
+        links: Links,
+        prepared: tuple[np.ndarray, np.ndarray, float],
+        q: np.ndarray,
+        width: int,
+        n_rescore: int,
+        k: int,
+        *,
+        lead: bool,
+        hidden: int = -1,
+        allowed: bytes | None = None,
+        limit: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One query's walk and re-rank in one compiled call (`onepass.answer`): its best k slots and exact
+        scores, or none (heavy deletes; or `limit` expansions reached). `prepared`: the query's graph row,
+        tail weights and bias; `allowed`: a byte per slot, only those kept (a filter)."""
+        from retrieval.vectors.hnsw import onepass, walk
+
+        head = st.head_codes_now()
+        graph_row, tail_weights, bias = prepared
+        seeds, seed_codes = VectorStore._seed_sample(st, lead=lead)
+        seen, mark = links.marks(hidden)
+        return onepass.answer(
+            graph_row,
+            head.step,
+            head.offset,
+            seeds,
+            seed_codes,
+            SEEDS,
+            links.offsets,
+            links.flat,
+            links.longest,
+            head.rows,
+            seen,
+            mark,
+            width,
+            walk.EVERY if allowed is None else np.frombuffer(allowed, dtype=np.uint8),
+            limit,
+            st.slot_ids,
+            st.codes,
+            tail_weights,
+            bias,
+            st.originals.mapped,
+            q,
+            n_rescore,
+            k,
+        )
 
     @staticmethod
     def _walk_links(
@@ -890,26 +923,40 @@ class VectorStore:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
         cands = np.full(len(q), max(ef or FILTER_EF, k))
         quantizer = st.quantizer
-        if ef is None and quantizer is not None:
-            cands[self._head_share(st, q) < LOW_HEAD_SHARE] *= LOW_HEAD_BOOST
-        way = "exact"
-        if quantizer is not None:
-            way = filtered.choose(m, st.n_slots, st.n_alive, int(cands.max()), graph=st.has_graph)
-        if way == "exact":
+        widest = int(cands[0]) * (LOW_HEAD_BOOST if ef is None else 1)
+        if (
+            quantizer is None
+            or filtered.choose(m, st.n_slots, st.n_alive, widest, graph=st.has_graph) == "exact"
+        ):
             found, scores = self._exact_search(st, q, k, slots)
             self._refuse_garbled(st, q, scores)
             return self._padded(st, found, scores, k)
-        assert quantizer is not None
         graph_query, weights, bias = quantizer.prepare_queries(q)
+        low = np.zeros(len(q), dtype=bool)
+        if ef is None:
+            low = quantizer.head_share(q, graph_query) < LOW_HEAD_SHARE
+            cands[low] *= LOW_HEAD_BOOST
+        way, other, walk_width = self._filter_ways(st, m, k, ef, int(cands.max()))
         width = min(k, m)  # fewer allowed than k: padded below
+        walking = way == "graph"
+        way = other
+        links = self._links(st) if walking else None
         out_slots = np.empty((len(q), width), dtype=np.int64)
         out_scores = np.empty((len(q), width), dtype=np.float32)
-        if way == "post" and entry.mask is None:
+        if (way == "post" or walking) and entry.mask is None:
             entry.mask = self._slot_mask(st, slots)
         for i in range(len(q)):
             c = min(int(cands[i]), m)
             post = None
-            if way == "post":
+            if walking and not low[i] and links is not None:
+                answered = self._graph_filtered(
+                    st, links, entry, (graph_query[i], weights[i], float(bias[i])), q[i], walk_width, width
+                )
+                if answered is not None:
+                    out_slots[i], out_scores[i] = answered
+                    continue
+                post = self._walk(st, entry, graph_query[i], c)
+            elif way == "post":
                 assert entry.mask is not None
                 near = None  # the share of the query's nearest nodes that is allowed, where probed
                 if entry.misses * filtered.MISS_RATE > entry.tries:
@@ -933,6 +980,66 @@ class VectorStore:
             out_slots[i], out_scores[i] = self._rerank(st, q[i], picked, head, weights[i], width)
         self._refuse_garbled(st, q, out_scores)
         return self._padded(st, out_slots, out_scores, k)
+
+    def _filter_ways(self, st: _State, m: int, k: int, ef: int | None, cands: int) -> tuple[str, str, int]:
+        """How a search of m allowed vectors goes (`filtered.choose`): the way for a query that lies where
+        the data does, the way for others (text against images: they keep off the graph walk, as unfiltered
+        ones do) and the compiled filtered walk's width (the unfiltered width), for `cands` candidates."""
+        if st.quantizer is None:
+            return "exact", "exact", 0
+        other = filtered.choose(m, st.n_slots, st.n_alive, cands, graph=st.has_graph)
+        width = max(ef or self.default_ef(k), k)
+        tuned = self._tuned(st)
+        if (
+            other == "exact"
+            or (tuned is not None and tuned.scan)  # this graph does not reach the target at any ef
+            or st.originals.mapped is None
+            or not self.params.rescore
+            or self._links(st) is None
+        ):
+            return other, other, width
+        way = filtered.choose(m, st.n_slots, st.n_alive, cands, graph=st.has_graph, walk=width)
+        return way, other if way == "graph" else way, width
+
+    def _graph_filtered(
+        self,
+        st: _State,
+        links: Links,
+        entry: _Allowed,
+        prepared: tuple[np.ndarray, np.ndarray, float],
+        q: np.ndarray,
+        walk_width: int,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """One query's compiled filtered walk and re-rank (`filtered.GRAPH_NODE`): its best k allowed slots
+        and exact scores, or None where it came up short (a folder away from the query: the caller walks
+        through allowed nodes only, or scans). A set whose queries often come up short probes first
+        (`_probe`) and skips this walk where too few of the query's nearest nodes are allowed."""
+        mask = entry.mask
+        assert mask is not None
+        m, n = len(entry.slots), st.n_alive
+        entry.tries += 1
+        if entry.misses * filtered.MISS_RATE > entry.tries:
+            near = self._probe(st, prepared[0], entry)
+            if near is not None and near < filtered.PROBE_KEEP * m / n:
+                entry.misses += 1
+                return None
+        found, exact = self._one_pass(
+            st,
+            links,
+            prepared,
+            q,
+            walk_width,
+            max(self._compiled_rescore(st, k), k),
+            k,
+            lead=True,
+            allowed=mask,
+            limit=filtered.graph_limit(walk_width, m, n),
+        )
+        if len(found) < k:
+            entry.misses += 1
+            return None
+        return found, exact
 
     def _probe(self, st: _State, graph_query: np.ndarray, entry: _Allowed) -> float | None:
         """The share of the query's nearest PROBE nodes that is allowed (None: the graph reached too few):

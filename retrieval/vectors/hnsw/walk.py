@@ -29,6 +29,9 @@ from retrieval.vectors.hnsw.prefetch import prefetch as _prefetch
 from retrieval.vectors.hnsw.prefetch import prefetch_row, prefetch_span
 
 _HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+#: `_search`'s `allowed` for an unfiltered walk: no byte per slot, every slot kept.
+EVERY = np.empty(0, dtype=np.uint8)
+EVERY.flags.writeable = False  # the type of a filter read from bytes: one compiled walk serves both
 
 
 @dataclass(eq=False)
@@ -59,7 +62,10 @@ class Links:
         scores; `codes`: (n_slots, >= len(weights)) int8 rows (`HeadCodes.rows`: read as far as `weights`
         goes). Slot `hidden` (if >= 0) is never visited: marked seen first."""
         seen, mark = self.marks(hidden)
-        return _search(self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark)
+        slots, scores, _ = _search(
+            self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark, EVERY, 0
+        )
+        return slots, scores
 
     def marks(self, hidden: int = -1) -> tuple[np.ndarray, int]:
         """Visited marks for one walk on this thread (`_marks`), slot `hidden` (if >= 0) marked already."""
@@ -208,14 +214,21 @@ def _offer(node, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width):
     scored node cost more than the walk's own work (the walk at ef 16-64, 100k: 37 → 14 µs, 95 → 37)."""
     if n_best >= width and score <= best_s[0]:
         return n_todo, n_best
-    todo_s[n_todo], todo_n[n_todo] = score, node
-    _sift_up(todo_s, todo_n, n_todo, 1.0)
+    n_todo = _queue(node, score, todo_s, todo_n, n_todo)
     best_s[n_best], best_n[n_best] = score, node
     _sift_up(best_s, best_n, n_best, -1.0)
     n_best += 1
     if n_best > width:
         n_best = _pop(best_s, best_n, n_best, -1.0)
-    return n_todo + 1, n_best
+    return n_todo, n_best
+
+
+@njit(cache=True, nogil=True)
+def _queue(node, score, todo_s, todo_n, n_todo):
+    """Queue a scored node for expansion (the queue must have room); returns the new n_todo."""
+    todo_s[n_todo], todo_n[n_todo] = score, node
+    _sift_up(todo_s, todo_n, n_todo, 1.0)
+    return n_todo + 1
 
 
 @njit(cache=True, nogil=True)
@@ -313,16 +326,22 @@ def _marks(n: int) -> tuple[np.ndarray, int]:
 
 
 @njit(cache=True, nogil=True)
-def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
-    """The unfiltered best-first walk (as `_walk`, hnswlib's stopping rule) over slot-numbered links, scoring
-    int8 code rows; each expansion prefetches the rows it is about to score. A slot is seen where `seen`
-    holds `mark`."""
+def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark, allowed, limit):
+    """The best-first walk (as `_walk`, hnswlib's stopping rule) over slot-numbered links, scoring int8 code
+    rows; each expansion prefetches the rows it is about to score. A slot is seen where `seen` holds `mark`.
+
+    `allowed`: one byte per slot, or empty for all. Where given, every node still steers the walk but only
+    allowed ones are kept (hnswlib's filtered rule), so the walk goes on until it holds `width` allowed
+    nodes: about width·n/m expansions for m allowed of n spread like the rest, far more for a query whose
+    neighbourhood is disallowed. `limit` (> 0) stops it after that many expansions. Returns the kept slots,
+    their scores and whether the walk ended by the rule (not by `limit`)."""
     todo_s = np.empty(1024, dtype=np.float32)
     todo_n = np.empty(1024, dtype=np.int64)
     best_s = np.empty(width + 1, dtype=np.float32)
     best_n = np.empty(width + 1, dtype=np.int64)
     batch = np.empty(max(longest, 1), dtype=np.int64)  # one node's links
-    n_todo, n_best = 0, 0
+    every = allowed.shape[0] == 0
+    n_todo, n_best, expanded = 0, 0, 0
     for t in range(seeds.shape[0]):
         u = seeds[t]
         if seen[u] == mark:
@@ -330,10 +349,15 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
         seen[u] = mark
         if n_todo == todo_s.shape[0]:
             todo_s, todo_n = _room(todo_s, todo_n, n_todo)
-        n_todo, n_best = _offer(
-            u, _code_dot(codes, u, weights), todo_s, todo_n, n_todo, best_s, best_n, n_best, width
-        )
+        score = _code_dot(codes, u, weights)
+        if every or allowed[u]:
+            n_todo, n_best = _offer(u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
+        else:
+            n_todo = _queue(u, score, todo_s, todo_n, n_todo)
     while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
+        if expanded == limit > 0:
+            return best_n[:n_best].copy(), best_s[:n_best].copy(), False
+        expanded += 1
         v = todo_n[0]
         n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
         n_batch = 0
@@ -352,9 +376,12 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark):
                 continue
             if n_todo == todo_s.shape[0]:
                 todo_s, todo_n = _room(todo_s, todo_n, n_todo)
-            n_todo, n_best = _offer(u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
-            _prefetch(flat, offsets[u])  # type: ignore[call-arg]  # kept: its links are read when expanded
-    return best_n[:n_best].copy(), best_s[:n_best].copy()
+            if every or allowed[u]:
+                n_todo, n_best = _offer(u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
+            else:
+                n_todo = _queue(u, score, todo_s, todo_n, n_todo)
+            _prefetch(flat, offsets[u])  # type: ignore[call-arg]  # queued: its links are read when expanded
+    return best_n[:n_best].copy(), best_s[:n_best].copy(), True
 
 
 @njit(cache=True, nogil=True)
