@@ -324,7 +324,17 @@ def compare_ways(
     "graph" is the compiled filtered walk (its queries that give up go on as "post" ones that find too few);
     "post" sends the queries that find too few allowed nodes on as `filtered.fallback` chooses; "post, X"
     forces X for them (the compiled walk, the scan, or hnswlib's walk with a Python filter)."""
-    ways = ("exact", "scan", "graph", "post", "post, walk", "post, scan", "post, hnswlib walk")
+    ways = (
+        "exact",
+        "scan",
+        "graph",
+        "graph, walk",
+        "graph, scan",
+        "post",
+        "post, walk",
+        "post, scan",
+        "post, hnswlib walk",
+    )
     n = len(store)
     st = store._live()
     width = store.default_ef(K)

@@ -396,44 +396,43 @@ def test_the_filtered_walk_steps_through_every_node_but_keeps_only_allowed_ones(
         assert links is not None and st.quantizer is not None
         head = st.head_codes_now()
         seeds = store._seed_sample(st, lead=False)[0][:16]
-        for query in vecs[:20] + 0.02:
-            weights, _ = head.weights(st.quantizer.prepare_queries(query[None])[0][0])
-            truth = np.argsort(-(head.codes[: st.n_slots].astype(np.float32) @ weights))
-            for keep, rule in ((walk.EVERY, np.ones(N, dtype=bool)), (allowed, allowed == 1)):
-                seen, mark = links.marks()
-                found, scores, ended = walk._search(
-                    links.offsets,
-                    links.flat,
-                    links.longest,
-                    head.rows,
-                    weights,
-                    seeds,
-                    64,
-                    seen,
-                    mark,
-                    keep,
-                    0,
-                )
-                assert ended and len(found) == 64 and rule[found].all()
-                # by the int8 head: the walk's own scores, so its best 10 are the allowed set's best 10
-                best = truth[rule[truth]][:10]
-                assert len(set(found.tolist()) & set(best.tolist())) >= 9
-                np.testing.assert_allclose(scores, head.codes[found].astype(np.float32) @ weights, rtol=1e-4)
+        inside = np.flatnonzero(allowed)[:16]
+
+        def walked(
+            weights: np.ndarray, starts: np.ndarray, keep: np.ndarray, limit: int, through: bool
+        ) -> tuple[np.ndarray, np.ndarray, bool]:
             seen, mark = links.marks()
-            cut = walk._search(
+            return walk._search(  # type: ignore[no-any-return]
                 links.offsets,
                 links.flat,
                 links.longest,
                 head.rows,
                 weights,
-                seeds,
+                starts,
                 64,
                 seen,
                 mark,
-                allowed,
-                5,
+                keep,
+                limit,
+                through,
             )
-            assert not cut[2]  # five expansions hold far fewer than 64 allowed: it stopped at the limit
+
+        for query in vecs[:20] + 0.02:
+            weights, _ = head.weights(st.quantizer.prepare_queries(query[None])[0][0])
+            truth = np.argsort(-(head.codes[: st.n_slots].astype(np.float32) @ weights))
+            for keep, rule, starts, through in (
+                (walk.EVERY, np.ones(N, dtype=bool), seeds, False),
+                (allowed, allowed == 1, seeds, False),  # every node steers, allowed ones are kept
+                (allowed, allowed == 1, inside, True),  # onto allowed nodes only, from some of them
+            ):
+                found, scores, ended = walked(weights, starts, keep, 0, through)
+                assert ended and len(found) == 64 and rule[found].all()
+                # by the int8 head: the walk's own scores, so its best 10 are the allowed set's best 10
+                best = truth[rule[truth]][:10]
+                assert len(set(found.tolist()) & set(best.tolist())) >= 9
+                np.testing.assert_allclose(scores, head.codes[found].astype(np.float32) @ weights, rtol=1e-4)
+            # five expansions hold far fewer than 64 allowed: it stopped at the limit
+            assert not walked(weights, seeds, allowed, 5, False)[2]
 
 
 def test_a_filtered_search_of_a_large_share_takes_the_compiled_filtered_walk_with_exact_scores(
@@ -458,10 +457,12 @@ def test_a_filtered_search_of_a_large_share_takes_the_compiled_filtered_walk_wit
     assert _recall(found, queries, vecs, allowed) >= 0.95
 
 
+@pytest.mark.parametrize("then", ["walk", "scan"])
 def test_a_filtered_walk_that_would_flood_a_disallowed_neighbourhood_gives_up_and_the_set_probes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None, then: str
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=19)
+    monkeypatch.setattr(filtered, "fallback", lambda *args, **kwargs: then)
     _saved(tmp_path / "v", vecs)
     monkeypatch.setattr(
         filtered, "choose", lambda *args, walk=None, **kwargs: "scan" if walk is None else "graph"
@@ -479,7 +480,11 @@ def test_a_filtered_walk_that_would_flood_a_disallowed_neighbourhood_gives_up_an
         found, scores = store.search(far, 10, allowed=allowed)
         entry = store._filter_cache[-1][3]
     assert entry.tries == len(far) and entry.misses >= len(far) // 2
-    assert len(answers) < len(far)  # once the set missed often, its queries probed first and skipped it
+    # each miss then walked through allowed nodes only, from a sample of them, or was scanned; once the set
+    # missed often, its queries probed first and skipped the first walk
+    first_walks = len(answers) - (entry.misses if then == "walk" else 0)
+    assert first_walks < len(far)
+    assert (entry.seeds is not None) == (then == "walk") and (entry.lead is not None) == (then == "scan")
     assert np.isin(found, allowed).all()
     np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", far, vecs[found]), atol=1e-5)
     assert _recall(found, far, vecs, allowed) >= 0.95

@@ -34,6 +34,7 @@ def answer(
     width,
     allowed,
     limit,
+    through,
     slot_ids,
     tail_codes,
     tail_weights,
@@ -51,7 +52,8 @@ def answer(
     offset; head_codes: their rows (`HeadCodes.rows`, padded to whole cache lines). seeds: a sample of
     live slots; seed_codes: their first columns of head codes (as many as it has), ranked to pick the best
     n_seeds to start from. The walk (`walk._search`) keeps `width` slots (only `allowed` ones where that
-    holds a byte per slot: a filter), expands at most `limit` (0: any number) and marks what it visits in
+    holds a byte per slot: a filter; stepping onto those only, `through`), expands at most `limit` (0: any
+    number) and marks what it visits in
     `seen` with `mark` (a slot already holding it is never visited). tail_codes,
     tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`; unread
     where width <= n_rescore); the best n_rescore by head + tail are scored exactly against `originals`
@@ -64,7 +66,7 @@ def answer(
         shift += graph_row[d] * head_offset[d]
     starts = _best_seeds(seeds, seed_codes, weights, n_seeds)
     slots, scores, ended = _search(
-        offsets, flat, longest, head_codes, weights, starts, width, seen, mark, allowed, limit
+        offsets, flat, longest, head_codes, weights, starts, width, seen, mark, allowed, limit, through
     )
     if not ended:
         return slots[:0], scores[:0]

@@ -301,7 +301,8 @@ class _Allowed:
     slots: np.ndarray
     mask: bytes | None = None  # one byte per slot, for the post-filtered search
     lead: filtered.Lead | None = None  # for the two-stage scan
-    walk: filtered.WalkSet | None = None  # for the compiled walk
+    walk: filtered.WalkSet | None = None  # for the compiled walk over the graph file
+    seeds: tuple[np.ndarray, np.ndarray] | None = None  # a sample of its slots and their lead codes
     tries: int = 0  # post-filtered searches of this set so far,
     misses: int = 0  # and how many of them held too few allowed nodes
 
@@ -804,22 +805,26 @@ class VectorStore:
         hidden: int = -1,
         allowed: bytes | None = None,
         limit: int = 0,
+        through: bool = False,
+        seeds: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One query's walk and re-rank in one compiled call (`onepass.answer`): its best k slots and exact
         scores, or none (heavy deletes; or `limit` expansions reached). `prepared`: the query's graph row,
-        tail weights and bias; `allowed`: a byte per slot, only those kept (a filter)."""
+        tail weights and bias; `allowed`: a byte per slot, only those kept (a filter), or stepped onto
+        (`through`); `seeds`: slots to start from and their leading head codes (default: the generation's
+        sample, `_seed_sample`)."""
         from retrieval.vectors.hnsw import onepass, walk
 
         head = st.head_codes_now()
         graph_row, tail_weights, bias = prepared
-        seeds, seed_codes = VectorStore._seed_sample(st, lead=lead)
+        starts, start_codes = VectorStore._seed_sample(st, lead=lead) if seeds is None else seeds
         seen, mark = links.marks(hidden)
         return onepass.answer(
             graph_row,
             head.step,
             head.offset,
-            seeds,
-            seed_codes,
+            starts,
+            start_codes,
             SEEDS,
             links.offsets,
             links.flat,
@@ -830,6 +835,7 @@ class VectorStore:
             width,
             walk.EVERY if allowed is None else np.frombuffer(allowed, dtype=np.uint8),
             limit,
+            through,
             st.slot_ids,
             st.codes,
             tail_weights,
@@ -950,12 +956,17 @@ class VectorStore:
             post = None
             if walking and not low[i] and links is not None:
                 answered = self._graph_filtered(
-                    st, links, entry, (graph_query[i], weights[i], float(bias[i])), q[i], walk_width, width
+                    st,
+                    links,
+                    entry,
+                    (graph_query[i], weights[i], float(bias[i])),
+                    q[i],
+                    (walk_width, c),
+                    width,
                 )
                 if answered is not None:
                     out_slots[i], out_scores[i] = answered
                     continue
-                post = self._walk(st, entry, graph_query[i], c)
             elif way == "post":
                 assert entry.mask is not None
                 near = None  # the share of the query's nearest nodes that is allowed, where probed
@@ -1008,38 +1019,62 @@ class VectorStore:
         entry: _Allowed,
         prepared: tuple[np.ndarray, np.ndarray, float],
         q: np.ndarray,
-        walk_width: int,
+        widths: tuple[int, int],
         k: int,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """One query's compiled filtered walk and re-rank (`filtered.GRAPH_NODE`): its best k allowed slots
-        and exact scores, or None where it came up short (a folder away from the query: the caller walks
-        through allowed nodes only, or scans). A set whose queries often come up short probes first
-        (`_probe`) and skips this walk where too few of the query's nearest nodes are allowed."""
+        and exact scores, or None where the scan costs less. `widths`: the walk's (the unfiltered width)
+        and the scan's candidates. A query that gives up (a folder away from it) walks through allowed
+        nodes only, from the best of a sample of them (`filtered.fallback`); a set whose queries often
+        give up probes first (`_probe`) and skips the first walk where too few of the query's nearest nodes
+        are allowed."""
         mask = entry.mask
         assert mask is not None
         m, n = len(entry.slots), st.n_alive
+        width, cands = widths
+        n_rescore = max(self._compiled_rescore(st, k), k)
         entry.tries += 1
+        near = None
         if entry.misses * filtered.MISS_RATE > entry.tries:
             near = self._probe(st, prepared[0], entry)
-            if near is not None and near < filtered.PROBE_KEEP * m / n:
-                entry.misses += 1
-                return None
+        if near is None or near >= filtered.PROBE_KEEP * m / n:
+            found, exact = self._one_pass(
+                st,
+                links,
+                prepared,
+                q,
+                width,
+                n_rescore,
+                k,
+                lead=True,
+                allowed=mask,
+                limit=filtered.graph_limit(width, m, n),
+            )
+            if len(found) >= k:
+                return found, exact
+        entry.misses += 1
+        if filtered.fallback(m, n, cands, compiled=True, codes=True) == "scan":
+            return None
+        if entry.seeds is None:
+            sample = entry.slots
+            if len(sample) > filtered.SEED_SAMPLE:
+                rng = np.random.default_rng(len(sample))
+                sample = np.sort(rng.choice(sample, filtered.SEED_SAMPLE, replace=False))
+            entry.seeds = sample, np.ascontiguousarray(st.head_codes_now().codes[sample, :SEED_DIMS])
         found, exact = self._one_pass(
             st,
             links,
             prepared,
             q,
-            walk_width,
-            max(self._compiled_rescore(st, k), k),
+            int(filtered.WALK_WIDTH * cands),
+            n_rescore,
             k,
             lead=True,
             allowed=mask,
-            limit=filtered.graph_limit(walk_width, m, n),
+            through=True,
+            seeds=entry.seeds,
         )
-        if len(found) < k:
-            entry.misses += 1
-            return None
-        return found, exact
+        return (found, exact) if len(found) >= k else None
 
     def _probe(self, st: _State, graph_query: np.ndarray, entry: _Allowed) -> float | None:
         """The share of the query's nearest PROBE nodes that is allowed (None: the graph reached too few):

@@ -63,7 +63,7 @@ class Links:
         goes). Slot `hidden` (if >= 0) is never visited: marked seen first."""
         seen, mark = self.marks(hidden)
         slots, scores, _ = _search(
-            self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark, EVERY, 0
+            self.offsets, self.flat, self.longest, codes, weights, seeds, width, seen, mark, EVERY, 0, False
         )
         return slots, scores
 
@@ -326,20 +326,24 @@ def _marks(n: int) -> tuple[np.ndarray, int]:
 
 
 @njit(cache=True, nogil=True)
-def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark, allowed, limit):
+def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark, allowed, limit, through):
     """The best-first walk (as `_walk`, hnswlib's stopping rule) over slot-numbered links, scoring int8 code
     rows; each expansion prefetches the rows it is about to score. A slot is seen where `seen` holds `mark`.
 
     `allowed`: one byte per slot, or empty for all. Where given, every node still steers the walk but only
     allowed ones are kept (hnswlib's filtered rule), so the walk goes on until it holds `width` allowed
     nodes: about width·n/m expansions for m allowed of n spread like the rest, far more for a query whose
-    neighbourhood is disallowed. `limit` (> 0) stops it after that many expansions. Returns the kept slots,
+    neighbourhood is disallowed. With `through`, it steps onto allowed nodes only and looks through a
+    disallowed neighbour to its allowed neighbours instead (as `_walk`: for such a query, from seeds
+    inside the allowed set). `limit` (> 0) stops it after that many expansions. Returns the kept slots,
     their scores and whether the walk ended by the rule (not by `limit`)."""
     todo_s = np.empty(1024, dtype=np.float32)
     todo_n = np.empty(1024, dtype=np.int64)
     best_s = np.empty(width + 1, dtype=np.float32)
     best_n = np.empty(width + 1, dtype=np.int64)
-    batch = np.empty(max(longest, 1), dtype=np.int64)  # one node's links
+    longest = max(longest, 1)
+    batch = np.empty(longest * (longest + 1) if through else longest, dtype=np.int64)  # one node's links
+    beyond = np.empty(longest if through else 0, dtype=np.int64)  # its disallowed links, to look through
     every = allowed.shape[0] == 0
     n_todo, n_best, expanded = 0, 0, 0
     for t in range(seeds.shape[0]):
@@ -352,7 +356,7 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark, al
         score = _code_dot(codes, u, weights)
         if every or allowed[u]:
             n_todo, n_best = _offer(u, score, todo_s, todo_n, n_todo, best_s, best_n, n_best, width)
-        else:
+        elif not through:
             n_todo = _queue(u, score, todo_s, todo_n, n_todo)
     while n_todo > 0 and not (n_best >= width and todo_s[0] < best_s[0]):
         if expanded == limit > 0:
@@ -360,15 +364,30 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark, al
         expanded += 1
         v = todo_n[0]
         n_todo = _pop(todo_s, todo_n, n_todo, 1.0)
-        n_batch = 0
+        n_batch, n_beyond = 0, 0
         for j in range(offsets[v], offsets[v + 1]):
             u = np.int64(flat[j])
             if seen[u] == mark:
                 continue
             seen[u] = mark
+            if through and not allowed[u]:
+                beyond[n_beyond] = u
+                n_beyond += 1
+                _prefetch(flat, offsets[u])  # type: ignore[call-arg]  # numba supplies typingctx
+                continue
             batch[n_batch] = u
             n_batch += 1
             prefetch_row(codes, u)
+        for j in range(n_beyond):
+            w0 = beyond[j]
+            for h in range(offsets[w0], offsets[w0 + 1]):
+                w = np.int64(flat[h])
+                if seen[w] == mark or not allowed[w]:
+                    continue
+                seen[w] = mark
+                batch[n_batch] = w
+                n_batch += 1
+                prefetch_row(codes, w)
         for j in range(n_batch):
             u = batch[j]
             score = _code_dot(codes, u, weights)
