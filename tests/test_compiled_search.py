@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import IndexCorruptError
-from retrieval.vectors.hnsw import fileformat, filtered, onepass, scan, walk
+from retrieval.vectors.hnsw import fileformat, filtered, scan, walk
 from retrieval.vectors.hnsw import store as store_module
 from retrieval.vectors.hnsw.quantizer import Quantizer
 from retrieval.vectors.hnsw.store import StoreParams, VectorStore
@@ -458,17 +458,25 @@ def test_a_filtered_search_of_a_large_share_takes_the_compiled_filtered_walk_wit
 
 
 @pytest.mark.parametrize("then", ["walk", "scan"])
-def test_a_filtered_walk_that_would_flood_a_disallowed_neighbourhood_gives_up_and_the_set_probes(
+def test_a_query_away_from_a_folder_does_not_flood_its_own_neighbourhood_but_walks_allowed_nodes_or_scans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: None, then: str
 ) -> None:
     vecs = _clusters(N, DIM, 12, seed=19)
-    monkeypatch.setattr(filtered, "fallback", lambda *args, **kwargs: then)
     _saved(tmp_path / "v", vecs)
+    monkeypatch.setattr(filtered, "fallback", lambda *args, **kwargs: then)
     monkeypatch.setattr(
         filtered, "choose", lambda *args, walk=None, **kwargs: "scan" if walk is None else "graph"
     )
-    monkeypatch.setattr(filtered, "GRAPH_LIMIT", 1)  # as far as a query of the set's own share goes
-    answers = _count_calls(monkeypatch, onepass, "answer")
+    walks: list[tuple[int, bool]] = []  # (the walk's limit, through) of each compiled filtered walk
+    real = VectorStore._one_pass
+
+    def spy(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        answer = real(*args, **kwargs)  # type: ignore[arg-type]
+        walks.append((len(answer[0]), bool(kwargs.get("through"))))
+        return answer
+
+    monkeypatch.setattr(VectorStore, "_one_pass", staticmethod(spy))
+    monkeypatch.setattr(filtered, "GRAPH_LIMIT", 10**6)  # no give-up on the way: only where it starts
     with VectorStore.open(tmp_path / "v") as store:
         st = store._live()
         assert st.quantizer is not None
@@ -479,12 +487,19 @@ def test_a_filtered_walk_that_would_flood_a_disallowed_neighbourhood_gives_up_an
         far = vecs[np.argsort(side)[:40]]
         found, scores = store.search(far, 10, allowed=allowed)
         entry = store._filter_cache[-1][3]
-    assert entry.tries == len(far) and entry.misses >= len(far) // 2
-    # each miss then walked through allowed nodes only, from a sample of them, or was scanned; once the set
-    # missed often, its queries probed first and skipped the first walk
-    first_walks = len(answers) - (entry.misses if then == "walk" else 0)
-    assert first_walks < len(far)
-    assert (entry.seeds is not None) == (then == "walk") and (entry.lead is not None) == (then == "scan")
+        near = vecs[np.argsort(side)[-40:]]
+        inside = _count_calls(monkeypatch, scan, "two_stage")
+        store.search(near, 10, allowed=allowed)
+    first = [got for got, through in walks if not through]
+    # the far queries' best start slots lie in their own, disallowed, neighbourhood: most never start
+    assert len(first) == len(far) + len(near) and sum(got == 0 for got in first[: len(far)]) >= 0.9 * len(far)
+    assert all(got == 10 for got in first[len(far) :]) and not inside  # those inside the folder walk
+    if then == "walk":  # the far ones walked through allowed nodes only, from a sample of them
+        assert (
+            sum(through for _, through in walks) == sum(got == 0 for got in first) and entry.seeds is not None
+        )
+    else:
+        assert entry.lead is not None and entry.seeds is None
     assert np.isin(found, allowed).all()
     np.testing.assert_allclose(scores, np.einsum("ij,ikj->ik", far, vecs[found]), atol=1e-5)
     assert _recall(found, far, vecs, allowed) >= 0.95
@@ -498,3 +513,5 @@ def test_the_compiled_filtered_walk_stands_in_for_the_post_filter_where_it_is_at
     assert filtered.choose(500_000, n, n, 192, graph=True) == "post"  # no compiled walk: hnswlib's graph
     assert filtered.choose(100, n, n, 192, graph=True, walk=128) == "exact"
     assert filtered.graph_limit(128, 500_000, n) == 4 * 256
+    assert filtered.graph_least(16, 500_000, n) == 2  # of a query's 16 start slots, at half the store
+    assert filtered.graph_least(16, 10_000, n) == 1

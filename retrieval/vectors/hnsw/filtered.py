@@ -13,9 +13,9 @@ measured in BENCHMARKS.md, "Filtered search"):
   re-rank: int8 tail, then the best of those exactly from the originals.
 * **graph**: for a large set in a large saved store, the unfiltered compiled search (`onepass`) with the
   filter applied inside its walk: every node steers it, only allowed ones are kept, at the unfiltered
-  width, re-ranked in the same call. A query that gives up (GRAPH_LIMIT: a folder away from the query)
-  walks again, through allowed nodes only, from the best of a sample of them (the same compiled call),
-  or where that would cost more (`fallback`), scans.
+  width, re-ranked in the same call. A query that does not start or gives up (a folder away from it:
+  `graph_least`, GRAPH_LIMIT) walks again, through allowed nodes only, from the best of a sample of
+  them (the same compiled call), or where that would cost more (`fallback`), scans.
 * **post**: for a large set elsewhere, the unfiltered graph search made cands·n/m wide, kept to the
   allowed nodes (about `cands` of them where allowed vectors are as common near the query as in the
   store), then the same re-rank. A query that finds fewer than POST_KEEP·cands allowed (a folder away
@@ -61,10 +61,12 @@ FIXED = 150.0
 #: needs no wider search where allowed nodes are rarer near the query than in the store: it goes on until
 #: it holds `width`. GRAPH_NODE per expansion expected, fitted on the forced ways at 100k (ef 128; ms a
 #: query, random set: 0.33 / 0.75 / 4.4 at a half / tenth / hundredth of the store, against the scan's
-#: 0.46 / 0.27 / 0.13 and a post-filter's 0.47 / 1.24 / 7.8). After GRAPH_LIMIT times the expected
-#: expansions (a folder away from the query, whose own neighbourhood it would flood: at 100k, a folder of
-#: half the store, the 90th percentile query took 7 times, the slowest 17) it gives up, as a post-filter
-#: that found too few.
+#: 0.46 / 0.27 / 0.13 and a post-filter's 0.47 / 1.24 / 7.8). A query away from a folder would flood its
+#: own, disallowed, neighbourhood first (at 100k, a folder of half the store: the 90th percentile query
+#: expanded 7 times the expected, the slowest 17): where fewer of its start slots (the best SEEDS of the
+#: generation's sample, ranked anyway) are allowed than `graph_least` says, it does not start, and after
+#: GRAPH_LIMIT times the expected expansions it gives up; either way it goes on as a post-filter that
+#: found too few. The start check costs nothing, where the post-filter's probe cost ~40 µs at 100k.
 GRAPH_NODE = 0.7
 GRAPH_LIMIT = 4
 #: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph where that costs
@@ -133,6 +135,13 @@ def graph_expansions(width: int, m: int, n_alive: int) -> float:
     """The expansions the compiled filtered walk expects to keep `width` of m allowed among n_alive live
     nodes: width·n/m (the allowed ones as common near the query as in the store)."""
     return width * n_alive / m
+
+
+def graph_least(n_seeds: int, m: int, n_alive: int) -> int:
+    """The fewest allowed of a query's n_seeds start slots for the compiled filtered walk to start: at least
+    one, else PROBE_KEEP of the share allowed in the store (2 of 16 at half the store: a random half
+    falls short in 17 queries in 65,536)."""
+    return max(1, int(np.ceil(PROBE_KEEP * n_seeds * m / n_alive)))
 
 
 def graph_limit(width: int, m: int, n_alive: int) -> int:

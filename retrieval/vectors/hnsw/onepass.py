@@ -35,6 +35,7 @@ def answer(
     allowed,
     limit,
     through,
+    least,
     slot_ids,
     tail_codes,
     tail_weights,
@@ -45,7 +46,8 @@ def answer(
     k,
 ):
     """The best k slots for one query and their exact scores, best first; none where the walk reached fewer
-    than k live slots (heavy deletes: the caller asks hnswlib), or where `limit` (> 0) stopped the walk.
+    than k live slots (heavy deletes: the caller asks hnswlib), or where `limit` (> 0) stopped the walk or
+    `least` kept it from starting.
 
     graph_row: the query's head coordinates (its `prepare_queries` graph row); head_step, head_offset: the
     int8 head codes' ranges (`HeadCodes`), so a slot's head score is codes[slot] · (row · step) + row ·
@@ -54,7 +56,9 @@ def answer(
     n_seeds to start from. The walk (`walk._search`) keeps `width` slots (only `allowed` ones where that
     holds a byte per slot: a filter; stepping onto those only, `through`), expands at most `limit` (0: any
     number) and marks what it visits in
-    `seen` with `mark` (a slot already holding it is never visited). tail_codes,
+    `seen` with `mark` (a slot already holding it is never visited); with a filter, it does not start
+    where fewer than `least` of the n_seeds start slots are allowed (a folder away from the query: the
+    walk would flood the query's own neighbourhood first; 0: it always starts). tail_codes,
     tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`; unread
     where width <= n_rescore); the best n_rescore by head + tail are scored exactly against `originals`
     (`scan.rerank`)."""
@@ -65,6 +69,12 @@ def answer(
         weights[d] = graph_row[d] * head_step[d]
         shift += graph_row[d] * head_offset[d]
     starts = _best_seeds(seeds, seed_codes, weights, n_seeds)
+    if least > 0:  # a filter: the query's best seeds say whether its neighbourhood is allowed at all
+        near = 0
+        for j in range(starts.shape[0]):
+            near += allowed[starts[j]] != 0
+        if near < least:
+            return starts[:0], np.empty(0, dtype=np.float32)
     slots, scores, ended = _search(
         offsets, flat, longest, head_codes, weights, starts, width, seen, mark, allowed, limit, through
     )

@@ -806,13 +806,14 @@ class VectorStore:
         allowed: bytes | None = None,
         limit: int = 0,
         through: bool = False,
+        least: int = 0,
         seeds: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One query's walk and re-rank in one compiled call (`onepass.answer`): its best k slots and exact
         scores, or none (heavy deletes; or `limit` expansions reached). `prepared`: the query's graph row,
         tail weights and bias; `allowed`: a byte per slot, only those kept (a filter), or stepped onto
-        (`through`); `seeds`: slots to start from and their leading head codes (default: the generation's
-        sample, `_seed_sample`)."""
+        (`through`), and none where fewer than `least` of the start slots are; `seeds`: slots to start from
+        and their leading head codes (default: the generation's sample, `_seed_sample`)."""
         from retrieval.vectors.hnsw import onepass, walk
 
         head = st.head_codes_now()
@@ -836,6 +837,7 @@ class VectorStore:
             walk.EVERY if allowed is None else np.frombuffer(allowed, dtype=np.uint8),
             limit,
             through,
+            least,
             st.slot_ids,
             st.codes,
             tail_weights,
@@ -1024,35 +1026,29 @@ class VectorStore:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """One query's compiled filtered walk and re-rank (`filtered.GRAPH_NODE`): its best k allowed slots
         and exact scores, or None where the scan costs less. `widths`: the walk's (the unfiltered width)
-        and the scan's candidates. A query that gives up (a folder away from it) walks through allowed
-        nodes only, from the best of a sample of them (`filtered.fallback`); a set whose queries often
-        give up probes first (`_probe`) and skips the first walk where too few of the query's nearest nodes
-        are allowed."""
+        and the scan's candidates. A query whose best start slots are almost all disallowed, or whose walk
+        gives up (a folder away from it), walks through allowed nodes only, from the best of a sample of
+        them (`filtered.fallback`)."""
         mask = entry.mask
         assert mask is not None
         m, n = len(entry.slots), st.n_alive
         width, cands = widths
         n_rescore = max(self._compiled_rescore(st, k), k)
-        entry.tries += 1
-        near = None
-        if entry.misses * filtered.MISS_RATE > entry.tries:
-            near = self._probe(st, prepared[0], entry)
-        if near is None or near >= filtered.PROBE_KEEP * m / n:
-            found, exact = self._one_pass(
-                st,
-                links,
-                prepared,
-                q,
-                width,
-                n_rescore,
-                k,
-                lead=True,
-                allowed=mask,
-                limit=filtered.graph_limit(width, m, n),
-            )
-            if len(found) >= k:
-                return found, exact
-        entry.misses += 1
+        found, exact = self._one_pass(
+            st,
+            links,
+            prepared,
+            q,
+            width,
+            n_rescore,
+            k,
+            lead=True,
+            allowed=mask,
+            limit=filtered.graph_limit(width, m, n),
+            least=filtered.graph_least(SEEDS, m, n),
+        )
+        if len(found) >= k:
+            return found, exact
         if filtered.fallback(m, n, cands, compiled=True, codes=True) == "scan":
             return None
         if entry.seeds is None:
