@@ -60,52 +60,62 @@ WHY = """\
 ### The cut-overs, and why
 
 `search(allowed=ids)` maps the ids to slots (a table indexed by id: one gather, ~2 ms for 500k ids at 1M
-where binary search took ~170 ms) and takes the cheapest of three ways by a cost model in units of one
+where binary search took ~170 ms) and takes the cheapest of four ways by a cost model in units of one
 float32 original scored (retrieval/vectors/hnsw/filtered.py), every way ending in exact scores. From 50,000
-vectors the scan and the walk are compiled (numba; below, the first use's ~10 s compile would not pay back):
+vectors the scan and the walks are compiled (numba; below, the first use's ~10 s compile would not pay
+back):
 
 - **exact** (m): score the memory-mapped originals; cheapest below ~150 allowed vectors.
 - **scan** (0.012·m + 150 compiled, 0.04·m + 150 numpy), in two stages: every allowed row on its first 32
   PCA-head coordinates (`Lead`, built once per allowed set and kept with the read-only ids array: int8,
   32 B per row, for the compiled scan; float32 for numpy, which has no int8 dot product), then the best
-  16·192 = 3,072 of them on the whole int8 head (a byte per head dimension, built from the originals on the
-  first scan and kept with the generation), then the graph path's re-rank (int8 tail for the best 192, the
-  best 16 exactly). Compiled, the first stage reads a quarter of the bytes and the second reads its rows in
-  place, prefetched a few rows ahead: at 1M, 0.84 against 1.49 ms at 10 %, 0.18 against 0.53 ms at 1 %
-  (one run, same queries). 32 coordinates keep the true top-10 with room to spare: over 40 queries at 1M
-  their rank by the 32-coordinate score was at most 6,002 (98th percentile 1,549) of a random 100k and at
-  most 1,430 of a random 10k; 24 coordinates, or keeping 8·192 rows, dropped a random 10 % to recall
-  0.980-0.982 (50 queries, a separate run).
-- **post** (4.8·192·n/m + 150): the unfiltered graph search made 192·n/m wide (384 at 50 %), kept to the
-  allowed nodes: a random half of the store costs what an unfiltered search does. A query that keeps fewer
-  than 96 allowed nodes (a folder away from the query: its neighbourhood is disallowed) **walks** the graph
-  through allowed nodes only, where that costs less than the scan (9·336 against 0.012·m: above ~25 % of
-  the store), else it is scanned. Once more than one query in ten of a set has come up short, each query
-  of that set first asks the graph for its 32 nearest nodes (0.2 ms) and, where under a quarter of the
-  expected share of them is allowed, skips the post-filter; elsewhere it makes the post-filter only as
-  wide as that share says, with a margin of 1.5 (288 nodes instead of 384 inside a folder of half the
-  store).
+  16·192 = 3,072 of them on the whole int8 head (a byte per head dimension, kept with the generation), then
+  the graph path's re-rank. Compiled, the first stage reads a quarter of the bytes and the second reads
+  its rows in place, prefetched a few rows ahead: at 1M, 0.84 against 1.49 ms at 10 %, 0.18 against
+  0.53 ms at 1 % (one run, same queries). 32 coordinates keep the true top-10 with room to spare: over 40
+  queries at 1M their rank by the 32-coordinate score was at most 6,002 (98th percentile 1,549) of a
+  random 100k and at most 1,430 of a random 10k; 24 coordinates, or keeping 8·192 rows, dropped a random
+  10 % to recall 0.980-0.982 (50 queries, a separate run).
+- **graph** (1.2·w·n/m + 150, w the unfiltered width: the save's tuned ef, 128 at 100k and 192 at 1M
+  here), in a large saved store: the unfiltered compiled search (walk over the links in RAM scoring int8
+  head codes, then the re-rank, one compiled call) with the filter inside the walk: every node steers it,
+  only allowed ones are kept (hnswlib's filtered rule), until it holds w. It expands about w·n/m nodes, as
+  a post-filter of w·n/m does, but re-ranks w candidates, not 192, and needs no wider search where allowed
+  nodes are rarer near the query than in the store. A random half of 100k: 0.33-0.37 ms against the
+  post-filter's 0.47-0.51 and the scan's 0.46-0.53 (forced, below). The scan is O(m), this walk O(n/m),
+  and an expansion costs more against a scanned row in a larger store (its rows lie further apart):
+  fitted alone, 0.7 at 100k and 1.8 at 1M. With 1.2 it takes over from the scan above ~36 % of 100k and
+  ~14 % of 1M.
+  A query away from a folder would flood its own, disallowed, neighbourhood first (at 100k the 90th
+  percentile such query expanded 7 times the nodes expected, the slowest 17): where fewer than a quarter
+  of the allowed share of its 16 start slots (the best of the generation's 1,024-slot sample, ranked
+  anyway) are allowed, it does not start (a free check, where the post-filter's probe cost ~40 µs), and
+  after 4 times the expected expansions it gives up. Either way it **walks** again through allowed nodes
+  only, from the best 16 of 1,024 allowed nodes drawn once per set, over the same int8 codes and links
+  (7·336 against 0.012·m: above ~20 % of the store), else it is scanned.
+- **post** (4.8·192·n/m + 150), where the compiled walk is not at hand (a store under 50,000 vectors, one
+  with unsaved changes, or no numba): the unfiltered graph search made 192·n/m wide, kept to the allowed
+  nodes. A query that keeps fewer than 96 allowed nodes walks through allowed nodes only, where that
+  costs less than the scan (over the saved graph file's float32 vectors, 9·336, or hnswlib's own filtered
+  walk), else it is scanned. Once more than one query in ten of a set has come up short, each query of
+  that set first asks the graph for its 32 nearest nodes and, where under a quarter of the expected share
+  of them is allowed, skips the post-filter; elsewhere it makes the post-filter only as wide as that share
+  says, with a margin of 1.5.
 
-The walk (retrieval/vectors/hnsw/walk.py) reads the bottom layer of the saved graph file, memory-mapped
-(hnswlib keeps its own memory to itself). hnswlib's filtered walk (`knn_query(filter=...)`) follows every
-node better than the worst allowed one found so far, allowed or not; for a query outside a folder that
-floods the query's own cluster first: ~15,000 nodes scored per query at 1M, 14 ms, and a compiled copy of
-that walk with no Python call per node took as long (15 ms), so the filter callback was not the cost. The
-new walk starts from the best 16 of 1,024 allowed nodes drawn once per set, steps only onto allowed nodes,
-and looks through a disallowed neighbour to its allowed neighbours (two hops, as ACORN does): ~6,000
-nodes, and each expansion collects its nodes, prefetches their vectors, then scores them (a random 892-byte
-row: 440 ns alone, 230 ns prefetched). Queries outside the folder of half the store: hnswlib's walk 14.3 ms
-at recall@10 0.970; this walk 4.8 ms at 0.973 keeping 384 (before the prefetch), 2.9 ms after. It keeps
-1.75·192 = 336 nodes (0.953 for those queries with 192, 0.970 with 288, 0.973 with 384); for the whole
-set, interleaved in one run, best of 3 rounds: recall 0.9825 / 0.9830 / 0.9845 at 0.67 / 0.64 / 0.61×
-unfiltered with 288 / 336 / 384. A graph
-with unsaved changes in this process (its file is not the graph in memory) and stores under 50,000
-vectors walk with hnswlib.
+The walk through allowed nodes starts inside the allowed set, steps only onto allowed nodes, and looks
+through a disallowed neighbour to its allowed neighbours (two hops, as ACORN does); each expansion
+collects its nodes, prefetches their rows, then scores them. hnswlib's filtered walk (`knn_query(filter=
+...)`) for a query outside a folder of half of 1M floods the query's own cluster first: ~15,000 nodes
+scored, 14 ms, and a compiled copy of it with no Python call per node took as long (15 ms), so the filter
+callback was not the cost. Over the graph file (892-byte float32 records) the two-hop walk took 2.9 ms for
+those queries at recall@10 0.973 keeping 384; over the int8 codes in RAM, at 1M (median, 100 queries
+outside the folder, keeping 1.75·192 = 336): 1.60 ms at recall 0.984 (0.87 ms / 0.965 keeping 128, 1.09 /
+0.977 keeping 192), against 2.58 ms for the scan of 500,000 rows; at 100k, 1.04 against 1.34 ms over the
+graph file, and the scan 0.59 ms (so there it scans). The walk's width stays 1.75·192.
 
-The scan and the post-filtered search cross at m² ≈ 4.8·192·n / 0.012: ~28 % of 1M. The constants were
-fitted on the forced-way tables (this one and earlier runs); near a cut-over the two ways cost about the
-same. These 2 cores are shared: unfiltered search alone moved between 363 and 759 q/s over this session's
-runs, so read the ratios of one run.
+The constants were fitted on the forced-way tables (this one and earlier runs); near a cut-over two ways
+cost about the same. These 2 cores are shared: unfiltered search alone moved between 363 and 759 q/s at
+1M over one earlier session's runs, so read the ratios of one run.
 
 Not built, by measurement: the partitioned scan (IVF over the PCA head: ~sqrt(n) k-means centroids on the
 first 32 coordinates, each allowed set grouped by centroid, a query visiting centroids best first until
@@ -116,17 +126,16 @@ clusters (30 % of the partition) 0.99, but at 3.2× an unfiltered search at 10 %
 power-law spectrum, clusters that overlap) the true top-10 are spread over a fixed share of the
 partitions, so a probe scores O(m) rows like the scan, and the first search took 31-38 s at 1M.
 
-At 100k (`python benchmarks/filtered_search.py --n 100000 --queries 200 --rounds 2 --ways 20`, same day,
-load about 1, after the last change) every target holds with room: recall@10 >= 0.9945, 0.97× unfiltered at
-the lowest (the compiled scan answers even half the store there), 7.9-10× naive at 1 %.
-
-What is thin at 1M: the folder of half the store, at 0.5-0.6× unfiltered. Half its queries walk, at about
-2.2× an unfiltered search each. A second run of this command right after the one above gave 0.55; earlier
-runs, before the store kept 4 allowed sets instead of 1 (the interleaved contenders evicted each other),
-gave 0.48-0.53. 5× naive at 1 % also depends on the run: the naive search at 1 % (k = 1,000 from a graph
-that is fast at any k) is only ~2.5-3× slower than unfiltered. "q/s, fresh ids" is the O(n) id-to-slot
-map, mask and lead coordinates built per query; the engine passes one read-only array per filtered request
-(the SQLite query that makes the ids costs more anyway).
+What is thin at 1M: the folder of half the store. Unfiltered search is now the tuned walk (ef 192, 0.66 ms
+a query here, 3.6× faster than when this target was first met at 0.58×), and of that folder's 200
+queries 155 walk the graph way in 0.90 ms (1.03 ms in all), 10 do not start and walk through allowed
+nodes (1.88 ms), and 35 give up after 1.95 ms and then walk (3.58 ms): 1.27-1.34 ms on average (one
+process, best of 2 rounds, whatever the give-up point, 2-4 times, or the start share, a quarter or a half),
+0.42-0.51× unfiltered. Closing it needs a cheaper walk for the queries at the folder's edge, whose
+neighbourhood is partly allowed. 5× naive at 1 % depends on the run: the naive search at 1 % (k = 1,000
+from a graph that is fast at any k) is only ~2.5-3× slower than unfiltered. "q/s, fresh ids" is the
+O(n) id-to-slot map, mask and lead coordinates built per query; the engine passes one read-only array per
+filtered request (the SQLite query that makes the ids costs more anyway).
 """
 
 CACHE = Path.home() / ".cache" / "retrieval-bench"

@@ -59,15 +59,17 @@ FIXED = 150.0
 #: ones (hnswlib's filtered rule), and re-ranked in the same compiled call. It expands about width·n/m
 #: nodes, as a post-filter of width·n/m does, but re-ranks `width` rather than FILTER_EF candidates and
 #: needs no wider search where allowed nodes are rarer near the query than in the store: it goes on until
-#: it holds `width`. GRAPH_NODE per expansion expected, fitted on the forced ways at 100k (ef 128; ms a
-#: query, random set: 0.33 / 0.75 / 4.4 at a half / tenth / hundredth of the store, against the scan's
-#: 0.46 / 0.27 / 0.13 and a post-filter's 0.47 / 1.24 / 7.8). A query away from a folder would flood its
+#: it holds `width`. GRAPH_NODE per expansion expected, between the fits on the forced ways at 100k and 1M:
+#: an expansion costs more against a scanned row in a larger store (its rows are further apart in memory).
+#: At 100k (ef 128; ms a query, random set: 0.33 / 0.75 at a half / tenth of the store, against the scan's
+#: 0.46 / 0.27 and a post-filter's 0.47 / 1.24) it fits 0.7; at 1M (ef 192: 0.87 / 2.51 against the
+#: scan's 2.62 / 0.86) 1.8. A query away from a folder would flood its
 #: own, disallowed, neighbourhood first (at 100k, a folder of half the store: the 90th percentile query
 #: expanded 7 times the expected, the slowest 17): where fewer of its start slots (the best SEEDS of the
 #: generation's sample, ranked anyway) are allowed than `graph_least` says, it does not start, and after
 #: GRAPH_LIMIT times the expected expansions it gives up; either way it goes on as a post-filter that
 #: found too few. The start check costs nothing, where the post-filter's probe cost ~40 µs at 100k.
-GRAPH_NODE = 0.7
+GRAPH_NODE = 1.2
 GRAPH_LIMIT = 4
 #: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph where that costs
 #: less than the scan, else scans. The compiled walk keeps WALK_WIDTH·cands allowed nodes (1M, a folder of

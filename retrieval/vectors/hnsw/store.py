@@ -299,7 +299,7 @@ class _Allowed:
     """An allowed set's live slots, ascending, with what filtered searches build from them once."""
 
     slots: np.ndarray
-    mask: bytes | None = None  # one byte per slot, for the post-filtered search
+    mask: bytes | None = None  # one byte per slot, for the filtered walks and the post-filter
     lead: filtered.Lead | None = None  # for the two-stage scan
     walk: filtered.WalkSet | None = None  # for the compiled walk over the graph file
     seeds: tuple[np.ndarray, np.ndarray] | None = None  # a sample of its slots and their lead codes
