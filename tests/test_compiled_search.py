@@ -467,7 +467,7 @@ def test_a_query_away_from_a_folder_does_not_flood_its_own_neighbourhood_but_wal
     monkeypatch.setattr(
         filtered, "choose", lambda *args, walk=None, **kwargs: "scan" if walk is None else "graph"
     )
-    walks: list[tuple[int, bool]] = []  # (the walk's limit, through) of each compiled filtered walk
+    walks: list[tuple[int, bool]] = []  # (results, through) of each compiled filtered walk
     real = VectorStore._one_pass
 
     def spy(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:

@@ -55,13 +55,12 @@ def answer(
     live slots; seed_codes: their first columns of head codes (as many as it has), ranked to pick the best
     n_seeds to start from. The walk (`walk._search`) keeps `width` slots (only `allowed` ones where that
     holds a byte per slot: a filter; stepping onto those only, `through`), expands at most `limit` (0: any
-    number) and marks what it visits in
-    `seen` with `mark` (a slot already holding it is never visited); with a filter, it does not start
-    where fewer than `least` of the n_seeds start slots are allowed (a folder away from the query: the
-    walk would flood the query's own neighbourhood first; 0: it always starts). tail_codes,
-    tail_weights, bias: the int8 tail and the query's pre-scaled tail weights (`prepare_queries`; unread
-    where width <= n_rescore); the best n_rescore by head + tail are scored exactly against `originals`
-    (`scan.rerank`)."""
+    number) and marks what it visits in `seen` with `mark` (a slot already holding it is never visited);
+    with a filter, it does not start where fewer than `least` of the n_seeds start slots are allowed (a
+    folder away from the query: the walk would flood the query's own neighbourhood first; 0: it always
+    starts). tail_codes, tail_weights, bias: the int8 tail and the query's pre-scaled tail weights
+    (`prepare_queries`; unread where width <= n_rescore); the best n_rescore by head + tail are scored
+    exactly against `originals` (`scan.rerank`)."""
     h = head_step.shape[0]
     weights = np.empty(h, dtype=np.float32)
     shift = np.float32(0.0)

@@ -342,7 +342,8 @@ def _search(offsets, flat, longest, codes, weights, seeds, width, seen, mark, al
     best_s = np.empty(width + 1, dtype=np.float32)
     best_n = np.empty(width + 1, dtype=np.int64)
     longest = max(longest, 1)
-    batch = np.empty(longest * (longest + 1) if through else longest, dtype=np.int64)  # one node's links
+    # the nodes one expansion scores: its links (and, `through`, their links)
+    batch = np.empty(longest * (longest + 1) if through else longest, dtype=np.int64)
     beyond = np.empty(longest if through else 0, dtype=np.int64)  # its disallowed links, to look through
     every = allowed.shape[0] == 0
     n_todo, n_best, expanded = 0, 0, 0
