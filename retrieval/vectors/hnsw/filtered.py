@@ -22,8 +22,8 @@ measured in BENCHMARKS.md, "Filtered search"):
   from the query) walks the graph through allowed nodes only (`walk.Level0`, compiled, over the saved
   graph file), or where that would cost more, scans. Without the compiled walk (a small store, or one
   with unsaved changes) the walk is hnswlib's own (`knn_query(filter=...)`, a Python call per node it
-  meets). A set whose queries often come up short (graph or post) probes first (PROBE) and skips the
-  graph walk or post-filter where it would.
+  meets). A set whose post-filtered queries often come up short probes first (PROBE) and skips the
+  post-filter where it would.
 
 Every way returns exact scores; only which allowed vectors are considered differs. A partitioned scan
 (k-means over the heads) was measured and dropped (BENCHMARKS.md): on these vectors its recall needed
@@ -63,12 +63,12 @@ FIXED = 150.0
 #: an expansion costs more against a scanned row in a larger store (its rows are further apart in memory).
 #: At 100k (ef 128; ms a query, random set: 0.33 / 0.75 at a half / tenth of the store, against the scan's
 #: 0.46 / 0.27 and a post-filter's 0.47 / 1.24) it fits 0.7; at 1M (ef 192: 0.87 / 2.51 against the
-#: scan's 2.62 / 0.86) 1.8. A query away from a folder would flood its
-#: own, disallowed, neighbourhood first (at 100k, a folder of half the store: the 90th percentile query
-#: expanded 7 times the expected, the slowest 17): where fewer of its start slots (the best SEEDS of the
-#: generation's sample, ranked anyway) are allowed than `graph_least` says, it does not start, and after
-#: GRAPH_LIMIT times the expected expansions it gives up; either way it goes on as a post-filter that
-#: found too few. The start check costs nothing, where the post-filter's probe cost ~40 µs at 100k.
+#: scan's 2.62 / 0.86) 1.8. A query away from a folder would flood its own, disallowed, neighbourhood
+#: first (at 100k, a folder of half the store: the 90th percentile query expanded 7 times the expected,
+#: the slowest 17): where fewer of its start slots (the best SEEDS of the generation's sample, ranked
+#: anyway) are allowed than `graph_least` says, it does not start, and after GRAPH_LIMIT times the
+#: expected expansions it gives up; either way it walks again through allowed nodes only, or scans
+#: (`fallback`). The start check costs nothing, where the post-filter's probe cost ~40 µs at 100k.
 GRAPH_NODE = 1.2
 GRAPH_LIMIT = 4
 #: A post-filtered query keeping fewer than POST_KEEP·cands allowed nodes walks the graph where that costs
