@@ -133,6 +133,14 @@ def choose(m: int, n_slots: int, n_alive: int, cands: int, *, graph: bool, walk:
     return min(costs, key=costs.__getitem__)
 
 
+def start_sample(slots: np.ndarray) -> np.ndarray:
+    """At most SEED_SAMPLE of `slots` (or graph nodes), ascending, to start walks from: drawn from a seed of
+    their count, so the same set gives the same sample in every process."""
+    if len(slots) > SEED_SAMPLE:
+        slots = np.random.default_rng(len(slots)).choice(slots, SEED_SAMPLE, replace=False)
+    return np.sort(slots)
+
+
 def graph_expansions(width: int, m: int, n_alive: int) -> float:
     """The expansions the compiled filtered walk expects to keep `width` of m allowed among n_alive live
     nodes: width·n/m (the allowed ones as common near the query as in the store)."""
@@ -371,10 +379,7 @@ class WalkSet:
         """For the allowed `slots` (ascending) and their `mask` (a byte per slot)."""
         allowed = np.frombuffer(mask, dtype=np.uint8)[level0.slots]
         nodes = level0.nodes[slots]
-        nodes = nodes[nodes >= 0]
-        if len(nodes) > SEED_SAMPLE:
-            nodes = np.random.default_rng(len(nodes)).choice(nodes, SEED_SAMPLE, replace=False)
-        nodes = np.sort(nodes)
+        nodes = start_sample(nodes[nodes >= 0])
         return cls(level0, allowed, nodes, level0.vectors(nodes))
 
     def candidates(self, graph_query: np.ndarray, cands: int) -> tuple[np.ndarray, np.ndarray]:

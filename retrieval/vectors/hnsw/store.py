@@ -871,9 +871,7 @@ class VectorStore:
         """The fixed sample of live slots walks start from, and their head codes to rank them by: the first
         SEED_DIMS columns for a `lead` query, else all (drawn once per generation)."""
         if st.seeds is None or st.seed_codes is None or st.seed_lead is None:
-            alive = st.alive_slots()
-            take = min(len(alive), filtered.SEED_SAMPLE)
-            st.seeds = np.sort(np.random.default_rng(len(alive)).choice(alive, take, replace=False))
+            st.seeds = filtered.start_sample(st.alive_slots())
             st.seed_codes = st.head_codes_now().codes[st.seeds]  # contiguous: one sequential read per query
             st.seed_lead = np.ascontiguousarray(st.seed_codes[:, :SEED_DIMS])
         return st.seeds, st.seed_lead if lead else st.seed_codes
@@ -1052,10 +1050,7 @@ class VectorStore:
         if filtered.fallback(m, n, cands, compiled=True, codes=True) == "scan":
             return None
         if entry.seeds is None:
-            sample = entry.slots
-            if len(sample) > filtered.SEED_SAMPLE:
-                rng = np.random.default_rng(len(sample))
-                sample = np.sort(rng.choice(sample, filtered.SEED_SAMPLE, replace=False))
+            sample = filtered.start_sample(entry.slots)
             entry.seeds = sample, np.ascontiguousarray(st.head_codes_now().codes[sample, :SEED_DIMS])
         found, exact = self._one_pass(
             st,
