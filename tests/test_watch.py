@@ -114,7 +114,8 @@ def test_a_burst_of_new_files_is_ingested_as_one_batch(watched, home, tmp_path):
     }
     for name, data in burst.items():  # a camera import: one file after another
         (folder / name).write_bytes(data)
-    wait_until(lambda: len(indexed(home)) == 43, log)
+    # the index shows an ingest's files before the watcher reports it: wait for both
+    wait_until(lambda: len(indexed(home)) == 43 and bool(ingests(log)), log)
     changes = ingests(log)
     assert len(changes) == 1, changes
     assert changes[0].report is not None and changes[0].report.added == 40
@@ -130,7 +131,9 @@ def test_the_watcher_waits_for_a_folder_that_went_away_and_keeps_its_files(watch
 
     save_photo(away / "while-away.jpg", 20)
     os.rename(away, folder)  # mounted again
-    wait_until(lambda: str(folder / "while-away.jpg") in indexed(home), log)
+    wait_until(
+        lambda: str(folder / "while-away.jpg") in indexed(home) and len(ingests(log, "catch-up")) == 2, log
+    )
     assert [b.kind for b in log if b.report is None] == ["waiting", "back"]
     back = ingests(log, "catch-up")[-1].report
     assert back is not None and back.unchanged == 3 and back.added == 1  # a rescan: no event named it
@@ -155,7 +158,7 @@ def test_watch_batches_ingest_only_the_paths_their_events_name(watched, home, tm
     )
 
     save_photo(folder / "one.jpg", 30)
-    wait_until(lambda: str(folder / "one.jpg") in indexed(home), log)
+    wait_until(lambda: str(folder / "one.jpg") in indexed(home) and bool(ingests(log)), log)
     first = ingests(log)[0].report
     assert first is not None and first.added == 1 and first.unchanged == 0  # p0..p2 were not looked at
 
