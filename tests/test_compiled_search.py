@@ -336,7 +336,7 @@ def test_a_scan_split_among_threads_scores_every_row_as_one_thread_does(
     codes = rng.integers(-127, 128, size=(1001, 40)).astype(np.int8)
     weights = rng.standard_normal(40).astype(np.float32)
     monkeypatch.setattr(scan, "PARALLEL_BYTES", 0)
-    monkeypatch.setattr(scan, "_cores", lambda: 3)
+    monkeypatch.setattr(scan, "cores", lambda: 3)
     split = scan.all_scores(codes, weights)
     assert split.shape == (1001,)
     np.testing.assert_allclose(split, codes.astype(np.float32) @ weights, rtol=1e-4, atol=1e-3)

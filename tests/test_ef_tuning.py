@@ -231,7 +231,7 @@ def test_a_store_whose_walk_falls_short_at_every_ef_scans_by_default(
         chosen = store.stats()["tuning"]
         assert chosen["scan"] and chosen["ef"] == 24 and chosen["recall"] >= 0.98
         described = tuning.Tuning.from_dict(chosen).describe()  # `retrieval stats` says what searches do
-        assert described.startswith("a scan of every head code") and "ef" not in described
+        assert described.startswith("a scan of every slot") and "ef" not in described
         queries = _spectrum(50, 0.25, seed=7)
         found, _ = store.search(queries, 10)
         assert len(scans) == len(queries)

@@ -27,24 +27,39 @@ _pool_lock = threading.Lock()
 def all_scores(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """codes[r, :len(weights)] · weights for every row r of the int8 `codes` (`HeadCodes.rows`: longer rows),
     on every core for a large array."""
-    threads = _cores()
-    if threads == 1 or codes.nbytes < PARALLEL_BYTES:
+    count = cores()
+    if count == 1 or codes.nbytes < PARALLEL_BYTES:
         return _lead_scores(codes, weights)
-    bounds = np.linspace(0, len(codes), threads + 1).astype(np.int64)
-    parts = _threads(threads).map(
-        lambda i: _lead_scores(codes[bounds[i] : bounds[i + 1]], weights), range(threads)
+    bounds = np.linspace(0, len(codes), count + 1).astype(np.int64)
+    parts = threads(count).map(
+        lambda i: _lead_scores(codes[bounds[i] : bounds[i + 1]], weights), range(count)
     )
     return np.concatenate(list(parts))
 
 
-def _cores() -> int:
+def head_scores(codes: np.ndarray, slots: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """codes[slot, :len(weights)] · weights for each of `slots` (rows read at random, prefetched), on every
+    core for many rows."""
+    count = cores()
+    if count == 1 or len(slots) * codes.shape[1] < PARALLEL_BYTES:
+        return _head_scores(codes, slots, weights)
+    bounds = np.linspace(0, len(slots), count + 1).astype(np.int64)
+    parts = threads(count).map(
+        lambda i: _head_scores(codes, slots[bounds[i] : bounds[i + 1]], weights), range(count)
+    )
+    return np.concatenate(list(parts))
+
+
+def cores() -> int:
+    """Cores a scan splits its rows among (at most 8)."""
     try:
         return min(len(os.sched_getaffinity(0)), 8)
     except AttributeError:  # not Linux
         return min(os.cpu_count() or 1, 8)
 
 
-def _threads(count: int) -> ThreadPoolExecutor:
+def threads(count: int) -> ThreadPoolExecutor:
+    """The scans' shared pool of `count` threads (made on first use)."""
     global _pool
     with _pool_lock:
         if _pool is None:

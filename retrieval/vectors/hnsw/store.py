@@ -8,7 +8,8 @@ Search runs in three stages (see retrieval/quantizer.py for the transform):
    saved graph's links itself (`walk.Links`, compiled), scoring int8 *head codes*
    (`filtered.HeadCodes`) from the best of a sample of start nodes; a query from
    another distribution (text against images: little energy where the data lies)
-   scans every head code instead where they are few enough (SCAN_BYTES). Smaller
+   scans instead where the head codes are few enough (SCAN_BYTES): every slot's
+   signs (`signs`), then the best of those on their head codes. Smaller
    stores, and writers holding unsaved changes, ask hnswlib;
 2. each candidate's score is completed with the int8 *tail* codes held in RAM;
 3. the best `rescore` candidates (COMPILED_RESCORE times that after int8 head scores)
@@ -65,6 +66,7 @@ from retrieval.vectors.hnsw.originals import Originals as _Originals
 from retrieval.vectors.hnsw.quantizer import Quantizer
 
 if TYPE_CHECKING:  # numba loads only when a large store is first searched
+    from retrieval.vectors.hnsw.signs import Signs
     from retrieval.vectors.hnsw.walk import Level0, Links
 
 #: The quantizer is refitted (and the graph rebuilt) when the collection reaches
@@ -97,6 +99,7 @@ FILTER_SETS = 4
 #: Every graph walks such queries badly: their best matches are spread over the images' clusters. At 1M
 #: (444 MB of codes, on two cores) the scan reached 0.994 at 32 q/s, the walk 0.840 at ef 3072 (117 q/s),
 #: faiss HNSWFlat M=32 and usearch f16 at most 0.855 by ef 3072: so up to SCAN_BYTES, ~1.15M such vectors.
+#: A scan of a large store scores only the best rows by sign (`signs`) on their head codes (`_scan`).
 #: An image-like query ranks the sample on its first SEED_DIMS head coordinates: as good a start there
 #: (CLIP-like data at 100k: recall@10 0.687 / 0.881 / 0.980 at ef 32 / 128 / 512 against 0.691 / 0.885 /
 #: 0.980 on all 444; `vectors` the same to the 4th digit) for a seventh of the bytes read. A text-like
@@ -239,6 +242,7 @@ class _State:
     id_index: _IdIndex | None  # built on first lookup by id: search-only readers never pay for it
     files: dict[str, dict[str, Any]]  # this generation's files as recorded in the manifest
     head_codes: filtered.HeadCodes | None = None  # saved with a large generation, else built by a first scan
+    signs: Signs | None = None  # the full scan's first stage, built from the codes by the first such scan
     level0: Level0 | Literal[False] | None = (
         None  # the saved graph's bottom layer once a walk needs it; False: none
     )
@@ -275,6 +279,18 @@ class _State:
         else:
             self.head_codes.extend(self.originals, self.n_slots)
         return self.head_codes
+
+    def signs_now(self) -> Signs:
+        """The signs of every slot's rotated coordinates (`signs.Signs`), built or extended to the current
+        slots."""
+        from retrieval.vectors.hnsw.signs import Signs
+
+        head = self.head_codes_now()
+        if self.signs is None or self.signs.head is not head:
+            self.signs = Signs.build(head, self.codes, self.n_slots)
+        else:
+            self.signs.extend(self.codes, self.n_slots)
+        return self.signs
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 where absent."""
@@ -584,7 +600,7 @@ class VectorStore:
                 graph.add_items(head, block)
             st.graph = graph
         st.id_index = None
-        st.head_codes = None  # slots renumbered or a new rotation
+        st.head_codes = st.signs = None  # slots renumbered or a new rotation
         self._filter_cache.clear()
 
     # ---- search ----------------------------------------------------------------------------
@@ -711,8 +727,8 @@ class VectorStore:
         graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
         re-rank, all in one compiled call (`onepass`). `prepared`: the queries' `prepare_queries`, whose
         tail weights may be left out (`tail=False`): they are added where a query needs them. A `low`
-        query (little energy where the data lies: text against images) scans every head code instead where
-        that reads at most SCAN_BYTES. `hidden`: a slot per query that its walk never visits (-1: none;
+        query (little energy where the data lies: text against images) scans instead (`_scan`) where the
+        head codes take at most SCAN_BYTES. `hidden`: a slot per query that its walk never visits (-1: none;
         tuning's probes). `rescore`: how many candidates are scored exactly (default: the last save's
         choice, per 10 results, else COMPILED_RESCORE × params.rescore). None where the walk reached fewer
         than k live slots (heavy deletes)."""
@@ -737,15 +753,9 @@ class VectorStore:
         for i in range(len(q)):
             c = int(cands[i])
             if low[i] and scans:
-                # ranked by the whole int8 head, not a walk's approximate order: as many whatever the ef
-                c = min(max(SCAN_CANDS, k), st.n_slots)
-                head_weights, shift = head.weights(graph_query[i])
-                scores = scan.all_scores(head.rows[: st.n_slots], head_weights) + shift
-                scores[st.slot_ids[: st.n_slots] < 0] = -np.inf
-                if hidden is not None and hidden[i] >= 0:
-                    scores[hidden[i]] = -np.inf
-                slots = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
-                scores = scores[slots]
+                slots, scores = self._scan(
+                    st, head, q[i], graph_query[i], k, -1 if hidden is None else hidden[i]
+                )
             elif fused and originals is not None:  # the usual walked query: one compiled call
                 found, exact = self._one_pass(
                     st,
@@ -782,6 +792,33 @@ class VectorStore:
                     st, q[i], slots, scores + bias[i], weights[i], k, COMPILED_RESCORE
                 )
         return out_slots, out_scores
+
+    @staticmethod
+    def _scan(
+        st: _State, head: filtered.HeadCodes, q: np.ndarray, graph_query: np.ndarray, k: int, hidden: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best max(SCAN_CANDS, k) live slots by their whole int8 head score (not a walk's approximate
+        order: as many whatever the ef), with those scores, for the re-rank. Of a large store, only the
+        best rows by sign score (`signs`) are scored on their head; `hidden` (a slot, or -1) is left out."""
+        from retrieval.vectors.hnsw import scan, signs
+
+        assert st.quantizer is not None
+        c = min(max(SCAN_CANDS, k), st.n_slots)
+        head_weights, shift = head.weights(graph_query)
+        keep = max(signs.keep_of(st.n_alive), 4 * c)
+        if 2 * keep < st.n_alive:
+            pool = signs.best(st.signs_now(), st.quantizer.rotate(q[None])[0], keep)
+            pool = pool[(st.slot_ids[pool] >= 0) & (pool != hidden)]
+            scores = scan.head_scores(head.rows, pool, head_weights) + shift
+        else:
+            pool = np.arange(st.n_slots)
+            scores = scan.all_scores(head.rows[: st.n_slots], head_weights) + shift
+            scores[st.slot_ids[: st.n_slots] < 0] = -np.inf
+            if hidden >= 0:
+                scores[hidden] = -np.inf
+        c = min(c, len(pool))
+        top = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
+        return pool[top], scores[top]
 
     def _compiled_rescore(self, st: _State, k: int) -> int:
         """Candidates a compiled search scores exactly for k results: the last save's choice per 10 results,
@@ -1380,6 +1417,7 @@ class VectorStore:
         ):  # the same rotation over the same slots: the next scan only encodes the slots added since
             st.head_codes.quantizer = state.quantizer
             state.head_codes = st.head_codes
+            state.signs = st.signs  # derived from those codes and the same slots' tail codes
         self._state = state
         return True
 
@@ -1401,6 +1439,7 @@ class VectorStore:
             + st.originals.pending_bytes
             + (st.quantizer.basis.nbytes if st.quantizer is not None else 0)
             + (st.head_codes.nbytes if st.head_codes is not None else 0)
+            + (st.signs.nbytes if st.signs is not None else 0)
         )
         return {
             "n": st.n_alive,

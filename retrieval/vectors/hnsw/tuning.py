@@ -14,9 +14,10 @@ the head scores cannot rank the candidates a walk finds and only a deeper re-sco
 of 500 near-identical vectors in 32 dims: recall@10 0.987 re-scoring 48 at ef 1024, 1.0 re-scoring 96).
 The cheapest pair reaching TARGET on the probes is recorded in the manifest, and searches use it as their
 default. Where none reaches it (CLIP-like data at 1M: 0.973 at ef 4096), the probes try a scan of every
-head code instead, which ranks by the whole int8 head rather than by a walk's approximate path, and it is
-kept where it finds more. The probes are image-like queries: a query from another distribution (text
-against image embeddings) gets the scan or LOW_HEAD_BOOST on top of it.
+slot instead (its signs, then the best rows' head codes: `signs`), which ranks by the whole int8 head
+rather than by a walk's approximate path, and it is kept where it finds more. The probes are image-like
+queries: a query from another distribution (text against image embeddings) gets the scan or LOW_HEAD_BOOST
+on top of it.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Tuning:
 
     def describe(self) -> str:
         """One line for people: what searches do by default, and what it was chosen on."""
-        how = "a scan of every head code" if self.scan else f"ef {self.ef}"
+        how = "a scan of every slot" if self.scan else f"ef {self.ef}"
         depth = "every candidate" if self.rescore >= self.ef and not self.scan else str(self.rescore)
         return (
             f"{how}, {depth} re-scored exactly: chosen at the last save, recall@10 {self.recall:.3f} "
