@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,27 +28,24 @@ _pool_lock = threading.Lock()
 def all_scores(codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """codes[r, :len(weights)] · weights for every row r of the int8 `codes` (`HeadCodes.rows`: longer rows),
     on every core for a large array."""
-    count = cores()
-    if count == 1 or codes.nbytes < PARALLEL_BYTES:
-        return _lead_scores(codes, weights)
-    bounds = np.linspace(0, len(codes), count + 1).astype(np.int64)
-    parts = threads(count).map(
-        lambda i: _lead_scores(codes[bounds[i] : bounds[i + 1]], weights), range(count)
-    )
-    return np.concatenate(list(parts))
+    count = 1 if codes.nbytes < PARALLEL_BYTES else cores()
+    return np.concatenate(split(len(codes), count, lambda lo, hi: _lead_scores(codes[lo:hi], weights)))
 
 
 def head_scores(codes: np.ndarray, slots: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """codes[slot, :len(weights)] · weights for each of `slots` (rows read at random, prefetched), on every
     core for many rows."""
-    count = cores()
-    if count == 1 or len(slots) * codes.shape[1] < PARALLEL_BYTES:
-        return _head_scores(codes, slots, weights)
-    bounds = np.linspace(0, len(slots), count + 1).astype(np.int64)
-    parts = threads(count).map(
-        lambda i: _head_scores(codes, slots[bounds[i] : bounds[i + 1]], weights), range(count)
-    )
-    return np.concatenate(list(parts))
+    count = 1 if len(slots) * codes.shape[1] < PARALLEL_BYTES else cores()
+    return np.concatenate(split(len(slots), count, lambda lo, hi: _head_scores(codes, slots[lo:hi], weights)))
+
+
+def split(n: int, count: int, work: Callable[[int, int], np.ndarray]) -> list[np.ndarray]:
+    """work(lo, hi) over `count` consecutive parts of range(n), on the scans' threads where count > 1 (the
+    kernels release the GIL), in order."""
+    if count <= 1:
+        return [work(0, n)]
+    bounds = np.linspace(0, n, count + 1).astype(np.int64).tolist()
+    return list(threads(count).map(lambda i: work(bounds[i], bounds[i + 1]), range(count)))
 
 
 def cores() -> int:

@@ -14,9 +14,10 @@ CLIP-like data at 1M, 200 queries, the true top-10 held among the best 2 % / 4 %
 row, so coordinates whose bit is (almost) constant get no weight: they would take the query's range.
 
 End to end (benchmarks/scan_stage.py, 1M CLIP-like vectors, 200 queries, two cores): a text query's scan
-48 → 16.5 ms at recall@10 0.9965 → 0.9935; the store's image queries (its save chose the scan) 0.9965 →
-0.9915. Tried and not kept: a count of every score in the kernel to place the cut (the kernel took 1.5×
-as long), rows laid out in blocks of 64 for the vector unit (12 % faster, not worth a second layout).
+52 → 18 ms at recall@10 0.9965 → 0.9935; the store's image queries (its save chose the scan) 50 → 17 ms,
+0.9965 → 0.9915. Tried and not kept: a count of every score in the kernel to place the cut (the kernel
+took 1.5× as long), rows laid out in blocks of 64 for the vector unit (12 % faster, not worth a second
+layout).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Signs:
         empty = np.zeros((0, -(-dim // 64)), dtype=np.uint64)
         out = cls(head, empty, np.ones(dim, dtype=bool), empty, 1)
         out.extend(tail, n_slots)
-        set_share = out.share_set()
+        set_share = out._share_set()
         out.weighted = (set_share > RARE) & (set_share < 1 - RARE)
         return out
 
@@ -106,7 +107,7 @@ class Signs:
         self.stride = max(1, n_slots // SAMPLE)
         self.sample = np.ascontiguousarray(grown[:: self.stride])
 
-    def share_set(self) -> np.ndarray:
+    def _share_set(self) -> np.ndarray:
         """(dim,) share of the rows with each coordinate's bit set."""
         dim = self.head.quantizer.dim
         counts = np.zeros(dim, dtype=np.int64)
@@ -146,17 +147,12 @@ def best(signs: Signs, rotated: np.ndarray, keep: int) -> np.ndarray:
     _scores(signs.sample, planes, sample)
     rank = min(len(sample), -(-keep // signs.stride))
     bar = int(np.partition(sample, len(sample) - rank)[len(sample) - rank])
-    count = scan.cores() if n >= PARALLEL_ROWS else 1
-    bounds = np.linspace(0, n, count + 1).astype(np.int64)
 
-    def above(i: int) -> np.ndarray:
-        lo, hi = int(bounds[i]), int(bounds[i + 1])
+    def above(lo: int, hi: int) -> np.ndarray:
         out = np.empty(hi - lo, dtype=np.int64)
         return out[: _above(words[lo:hi], planes, bar, out)] + lo
 
-    if count == 1:
-        return above(0)
-    return np.concatenate(list(scan.threads(count).map(above, range(count))))
+    return np.concatenate(scan.split(n, scan.cores() if n >= PARALLEL_ROWS else 1, above))
 
 
 @njit(cache=True, nogil=True, inline="always")
