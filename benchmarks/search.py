@@ -383,8 +383,8 @@ def report(families: list[Family], kinds: list[str]) -> str:
             )
         default = next((r, q) for ef, r, q in store.curve[kind] if ef == store.default_ef)
         lines.append(
-            f"\nStore at its default ({store.default_note}; a text-like query scans every head code "
-            f"where they take at most {SCAN_BYTES >> 20} MB, else gets ×{LOW_HEAD_BOOST} candidates): "
+            f"\nStore at its default ({store.default_note}; a text-like query scans where a scan costs "
+            f"at most {SCAN_BYTES >> 20} MB of head codes, else gets ×{LOW_HEAD_BOOST} candidates): "
             f"recall@10 {default[0]:.4f}, "
             f"{default[1]:.0f} q/s."
             + (f" RAM store ÷ plain hnswlib = {store.ram_b / hnsw_ram:.2f}." if hnsw_ram else "")

@@ -8,7 +8,7 @@ Search runs in three stages (see retrieval/quantizer.py for the transform):
    saved graph's links itself (`walk.Links`, compiled), scoring int8 *head codes*
    (`filtered.HeadCodes`) from the best of a sample of start nodes; a query from
    another distribution (text against images: little energy where the data lies)
-   scans instead where the head codes are few enough (SCAN_BYTES): every slot's
+   scans instead where that costs little enough (SCAN_BYTES): every slot's
    signs (`signs`), then the best of those on their head codes. Smaller
    stores, and writers holding unsaved changes, ask hnswlib;
 2. each candidate's score is completed with the int8 *tail* codes held in RAM;
@@ -93,13 +93,16 @@ FILTER_SETS = 4
 #: re-scores COMPILED_RESCORE times `rescore` candidates exactly: its head scores are int8, not float32
 #: (CLIP-like data at 100k, image queries, ef 512: the walk's candidates held 0.984 of the true top-10,
 #: re-scoring 32 kept 0.982, 48 kept 0.984).
-#: A query from another distribution scans every head code instead where they take at most SCAN_BYTES,
+#: A query from another distribution scans instead where one scan costs at most SCAN_BYTES of head rows,
 #: keeping SCAN_CANDS for the re-rank: CLIP-like data at 100k (444-dim heads, 44 MB), text queries reached
 #: recall@10 0.998 in 13.7 ms (0.979 keeping 128, 0.994 keeping 256) against 0.92 by the walk at ef 768.
 #: Every graph walks such queries badly: their best matches are spread over the images' clusters. At 1M
 #: (444 MB of codes, on two cores) the scan reached 0.994 at 32 q/s, the walk 0.840 at ef 3072 (117 q/s),
-#: faiss HNSWFlat M=32 and usearch f16 at most 0.855 by ef 3072: so up to SCAN_BYTES, ~1.15M such vectors.
-#: A scan of a large store scores only the best rows by sign (`signs`) on their head codes (`_scan`).
+#: faiss HNSWFlat M=32 and usearch f16 at most 0.855 by ef 3072. A scan of a large store scores every
+#: slot's signs and only the best rows by them on their head codes (`_scan`, `signs.scan_reads`): up to
+#: ~3M CLIP-like vectors (a scan then takes ~50 ms on two cores, as one of every head of 1.15M did before
+#: the sign stage); at 3M (the scan's steps without a graph, 200 queries) it kept recall@10 0.996 for image
+#: and 0.992 for text queries, 0.994 / 0.990 at 1M.
 #: An image-like query ranks the sample on its first SEED_DIMS head coordinates: as good a start there
 #: (CLIP-like data at 100k: recall@10 0.687 / 0.881 / 0.980 at ef 32 / 128 / 512 against 0.691 / 0.885 /
 #: 0.980 on all 444; `vectors` the same to the 4th digit) for a seventh of the bytes read. A text-like
@@ -727,11 +730,11 @@ class VectorStore:
         graph's links that scores int8 head codes, from the best SEEDS of SEED_SAMPLE live slots, then the
         re-rank, all in one compiled call (`onepass`). `prepared`: the queries' `prepare_queries`, whose
         tail weights may be left out (`tail=False`): they are added where a query needs them. A `low`
-        query (little energy where the data lies: text against images) scans instead (`_scan`) where the
-        head codes take at most SCAN_BYTES. `hidden`: a slot per query that its walk never visits (-1: none;
-        tuning's probes). `rescore`: how many candidates are scored exactly (default: the last save's
-        choice, per 10 results, else COMPILED_RESCORE × params.rescore). None where the walk reached fewer
-        than k live slots (heavy deletes)."""
+        query (little energy where the data lies: text against images) scans instead (`_scan`) where that
+        costs at most SCAN_BYTES (`_scannable`). `hidden`: a slot per query that its walk never visits
+        (-1: none; tuning's probes). `rescore`: how many candidates are scored exactly (default: the last
+        save's choice, per 10 results, else COMPILED_RESCORE × params.rescore). None where the walk reached
+        fewer than k live slots (heavy deletes)."""
         from retrieval.vectors.hnsw import scan
 
         head = st.head_codes_now()
@@ -742,7 +745,7 @@ class VectorStore:
         n_rescore = max(self._compiled_rescore(st, k) if rescore is None else rescore, k)
         n_rescore = n_rescore if self.params.rescore else 0
         fused = n_rescore > 0 and originals is not None  # else the numpy re-rank, which needs the tail
-        scans = head.codes.nbytes <= SCAN_BYTES
+        scans = self._scannable(st)
         # the tail ranks candidates for the exact re-score: not needed where every candidate gets it
         if weights.shape[1] != quantizer.tail_dims and (
             not fused or (scans and any(low.tolist())) or max(cands.tolist()) > n_rescore
@@ -805,8 +808,8 @@ class VectorStore:
         assert st.quantizer is not None
         c = min(max(SCAN_CANDS, k), st.n_slots)
         head_weights, shift = head.weights(graph_query)
-        keep = max(signs.keep_of(st.n_alive), 4 * c)
-        if 2 * keep < st.n_alive:
+        keep = signs.keep_for(st.n_alive, 4 * c)
+        if keep is not None:
             pool = signs.best(st.signs_now(), st.quantizer.rotate(q[None])[0], keep)
             pool = pool[(st.slot_ids[pool] >= 0) & (pool != hidden)]
             scores = scan.head_scores(head.rows, pool, head_weights) + shift
@@ -819,6 +822,15 @@ class VectorStore:
         c = min(c, len(pool))
         top = np.argpartition(scores, len(scores) - c)[len(scores) - c :]
         return pool[top], scores[top]
+
+    @staticmethod
+    def _scannable(st: _State) -> bool:
+        """Whether one scan of the store costs at most SCAN_BYTES (`signs.scan_reads`)."""
+        from retrieval.vectors.hnsw import signs
+
+        q = st.quantizer
+        assert q is not None
+        return signs.scan_reads(st.n_slots, st.n_alive, q.head_dims, q.dim, 4 * SCAN_CANDS) <= SCAN_BYTES
 
     def _compiled_rescore(self, st: _State, k: int) -> int:
         """Candidates a compiled search scores exactly for k results: the last save's choice per 10 results,
@@ -1370,7 +1382,7 @@ class VectorStore:
             search, truth, ladder, tail_dims=quantizer.tail_dims
         )
         scans = False
-        if reached < tuning.TARGET and st.head_codes_now().codes.nbytes <= SCAN_BYTES:
+        if reached < tuning.TARGET and self._scannable(st):
             everywhere = np.ones(len(q), dtype=bool)
             found = self._compiled_search(
                 st, links, q, prepared, tuning.K, np.full(len(q), SCAN_CANDS), everywhere, probes, rescore
