@@ -1277,7 +1277,7 @@ class Engine:
         """
         with self._reads:
             self.meta  # noqa: B018 - each property loads its part once
-            self.store  # noqa: B018
+            self.store.warm_up()
             if self.embedder.supports_text:
                 self._forward_texts(["warm-up"])
 

@@ -165,6 +165,21 @@ def test_tiny_clip_index_answers_text_queries(make_photos):
         assert all(-1.0 <= h.score <= 1.0 for h in hits)
 
 
+def test_warm_up_warms_the_vector_store_too(make_photos, monkeypatch):
+    from retrieval.vectors.hnsw.store import VectorStore
+
+    paths = make_photos(3)
+    with Engine(model="classic") as engine:
+        engine.ingest(paths[0].parent)
+    warmed: list[VectorStore] = []
+    real = VectorStore.warm_up
+    monkeypatch.setattr(VectorStore, "warm_up", lambda self: warmed.append(self) or real(self))
+    with Engine(model="classic") as engine:
+        engine.warm_up()
+        assert warmed == [engine.store]
+        assert len(engine.search_image(paths[0], k=3)) == 3
+
+
 def test_another_model_on_an_existing_index_is_refused(make_photos):
     paths = make_photos(2)
     with Engine(model="classic") as engine:

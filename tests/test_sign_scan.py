@@ -159,3 +159,27 @@ def test_the_scan_budget_bounds_what_a_scan_costs_not_the_bytes_of_every_head(
         assert not heads
     truth = np.argsort(-(text_like @ vecs.T), axis=1)[:, :10]
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]) >= 0.9
+
+
+def test_warm_up_builds_what_the_first_searches_would_and_they_build_nothing_again(
+    saved: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, vecs = saved
+    monkeypatch.setattr(signs, "KEEP_MIN", 400)  # 2 × 400 < N: its scans have a sign stage
+    monkeypatch.setattr(store_module, "SCAN_CANDS", 100)
+    with VectorStore.open(folder) as store:
+        st = store._live()
+        assert st.links is None and st.signs is None  # an opened store builds them on its first searches
+        store.warm_up()
+        links, sign_rows = st.links, st.signs
+        assert links and sign_rows is not None
+        quantizer = st.quantizer
+        assert quantizer is not None
+        text_like = quantizer.basis[:, -1][None] + 0.6 * vecs[5:20:5]
+        text_like /= np.linalg.norm(text_like, axis=1, keepdims=True)
+        found, _ = store.search(np.vstack([vecs[:3], text_like]), 3)
+        assert st.links is links and st.signs is sign_rows
+        assert found[:3, 0].tolist() == [0, 1, 2]
+    with VectorStore.create(tmp_path / "empty", DIM, PARAMS) as empty:
+        empty.warm_up()  # nothing to build
+        assert empty.search(vecs[:1], 1)[0].tolist() == [[-1]]

@@ -666,6 +666,9 @@ class MilvusStore:
             self._dirty = False
         return 0
 
+    def warm_up(self) -> None:
+        """Nothing to build here: the collection was loaded on the server when the store opened."""
+
     def reload_if_changed(self) -> bool:
         """Searches always ask Milvus; other processes' writes only make the cached count stale."""
         if not self.writable:

@@ -608,6 +608,20 @@ class VectorStore:
 
     # ---- search ----------------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Build now what the first searches would build: the graph's links in RAM, the scan's signs, the
+        compiled kernels loaded. A server calls it at start (`Engine.warm_up`): at 1M CLIP-like vectors the
+        first text query after opening took 3.7 s with the files cached (links 2.0 s, signs 1.5 s, kernels
+        0.2 s), 11 s from a cold start, the next ones ~20 ms."""
+        st = self._live()
+        if st.n_alive == 0 or st.quantizer is None:
+            return
+        slot = int(np.flatnonzero(st.slot_ids[: st.n_slots] >= 0)[0])
+        stored = st.originals.get(np.array([slot]))  # an image-like query: the walk
+        # no energy where the data lies, as a text query's against images: the scan, where one would run
+        elsewhere = st.quantizer.basis[:, -1][None]
+        self.search(np.vstack([stored, elsewhere]), 1)
+
     def search(
         self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
