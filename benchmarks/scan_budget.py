@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clip_like  # noqa: E402
+import vectors  # noqa: E402
 
 from retrieval.vectors.hnsw import scan, signs  # noqa: E402
 from retrieval.vectors.hnsw.filtered import HeadCodes  # noqa: E402
@@ -94,14 +95,6 @@ def codes_of(base: np.ndarray) -> tuple[Codes, float]:
     return Codes(quantizer, head, tail, sign_rows, ids, n, n), time.perf_counter() - t
 
 
-def truth_of(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    out = np.empty((len(queries), K), dtype=np.int64)
-    for lo in range(0, len(queries), 50):
-        scores = queries[lo : lo + 50] @ base.T
-        out[lo : lo + 50] = np.argpartition(-scores, K, axis=1)[:, :K]
-    return out
-
-
 def way(name: str, st: Codes, base: np.ndarray, queries: np.ndarray) -> Callable[[int], np.ndarray]:
     """A search of the i-th query by the store's scan ("signs") or the one before it ("head")."""
     share, least = (signs.KEEP_SHARE, signs.KEEP_MIN) if name == "signs" else (1.0, 1 << 62)
@@ -131,13 +124,13 @@ def measure(n: int, a: argparse.Namespace) -> tuple[list[tuple], str]:
     )
     rows = []
     for kind, queries in (("text", text), ("image", image)):
-        truth = truth_of(base, queries)
+        truth = vectors.exact_topk(base, queries, K)
         ways = [way(name, st, base, queries) for name in WAYS]
         for search in ways:
             search(0)  # compiled kernels loaded
         timed = interleaved_best_times(ways, [len(queries)] * 2, np.arange(len(queries)), K, a.rounds)
         for name, (lat, ids) in zip(WAYS, timed, strict=True):
-            recall = np.mean([len(np.intersect1d(f, t)) / K for f, t in zip(ids, truth, strict=True)])
+            recall = vectors.recall_at_k(ids, truth, K)
             rows.append((n, kind, name, float(recall), float(np.median(lat)) * 1e3, len(queries) / lat.sum()))
         print(rows[-2:], flush=True)
     return rows, note
