@@ -132,7 +132,8 @@ def measure(n: int, a: argparse.Namespace) -> tuple[list[tuple], str]:
         for name, (lat, ids) in zip(WAYS, timed, strict=True):
             recall = vectors.recall_at_k(ids, truth, K)
             rows.append((n, kind, name, float(recall), float(np.median(lat)) * 1e3, len(queries) / lat.sum()))
-        print(rows[-2:], flush=True)
+        done = ", ".join(f"{r[2]} recall {r[3]:.4f} p50 {r[4]:.2f} ms" for r in rows[-2:])
+        print(f"{n:,} {kind}: {done}", flush=True)
     return rows, note
 
 
@@ -174,7 +175,9 @@ vectors. No graph is built (hours at these sizes here, and a scan never reads it
 signs are made as its build makes them and each query runs the store's own scan (`VectorStore._scan`) and
 re-rank (the best {RESCORE} scored exactly, as a 1M store's save chose), one query per call, best of
 {a.rounds}, both ways interleaved. "head" scores every slot's int8 head, "signs" (the default) every slot's
-sign bits first, then the best max({signs.KEEP_MIN:,}, {signs.KEEP_SHARE:.0%} of n) on their head.
+sign bits first, then the best max({signs.KEEP_MIN:,}, {signs.KEEP_SHARE:.0%} of n) on their head. The
+times leave out what a store's `search` adds around its scan (the query's rotation, checks, the Python call):
+"Search: the scan's sign stage" times a built store's whole search; compare the ratios across days.
 
 {table}
 
