@@ -22,6 +22,7 @@ from support.photos import draw_photo
 from typer.testing import CliRunner
 
 from retrieval.engine import Engine
+from retrieval.errors import IndexCorruptError, UsageError
 from retrieval.serve.app import MAX_K, MAX_QUERY_CHARS, create_app
 
 N_PHOTOS = 12
@@ -535,6 +536,40 @@ def test_searches_during_an_ingest_by_another_writer_see_the_old_or_the_new_inde
     assert len(rounds) >= 3  # the readers did read while the writer wrote
     assert before["images"] == 6 and after["images"] == after["vectors"] == 12
     assert after["generation"] > before["generation"]
+
+
+def test_the_server_switches_to_another_writer_s_generation_in_the_background_before_any_request(
+    tmp_path, caplog
+):
+    photos = tmp_path / "photos"
+    write_photos(photos, 3)
+    home = tmp_path / "home"
+    with pytest.raises(UsageError, match="refresh_every"):
+        create_app("live", home=home, refresh_every=0)
+    with Engine("live", home=home, model="classic") as served:
+        served.ingest(photos)
+        calls = 0
+        refresh = served.refresh
+
+        def failing_twice(*, warm: bool = False) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise IndexCorruptError("vectors/MANIFEST.json is garbled")
+            return refresh(warm=warm)
+
+        served.refresh = failing_twice  # type: ignore[method-assign]
+        with local(create_app(served, refresh_every=0.05)):
+            before = served.store.generation
+            write_photos(photos, 2, start=3)
+            with Engine("live", home=home) as writer:  # another writer, as another process would be
+                writer.ingest(photos)
+            deadline = time.monotonic() + 30
+            while served.store.generation == before and time.monotonic() < deadline:
+                time.sleep(0.05)  # no request asks: only the background refresh can switch
+            assert served.store.generation > before and len(served.store) == 5
+    said = [r.getMessage() for r in caplog.records if "background refresh" in r.getMessage()]
+    assert len(said) == 1 and "garbled" in said[0]  # said once, then tried again until it worked
 
 
 # -- the command ---------------------------------------------------------------------------------------------

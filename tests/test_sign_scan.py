@@ -4,6 +4,7 @@ only the best rows by it on their whole head."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -183,3 +184,45 @@ def test_warm_up_builds_what_the_first_searches_would_and_they_build_nothing_aga
     with VectorStore.create(tmp_path / "empty", DIM, PARAMS) as empty:
         empty.warm_up()  # nothing to build
         assert empty.search(vecs[:1], 1)[0].tolist() == [[-1]]
+
+
+def test_a_warm_reload_builds_the_next_generation_while_searches_go_on_with_the_current(
+    saved: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, _ = saved
+    monkeypatch.setattr(signs, "KEEP_MIN", 400)  # its scans have a sign stage
+    monkeypatch.setattr(store_module, "SCAN_CANDS", 100)
+    added = _clusters(1, seed=99)
+    with VectorStore.open(folder) as reader:
+        reader.warm_up()
+        before = reader._live()
+        assert before.signs is not None and before.head_codes is not None
+        with VectorStore.open(folder, writable=True) as writer:  # another process's ingest
+            writer.add(np.array([N]), added)
+            writer.save()
+        warming, go_on = threading.Event(), threading.Event()
+        warm = VectorStore._warm
+
+        def held_warm(self: VectorStore, st: object) -> None:
+            warming.set()
+            assert go_on.wait(30)
+            warm(self, st)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(VectorStore, "_warm", held_warm)
+        switched: list[bool] = []
+        refresh = threading.Thread(target=lambda: switched.append(reader.reload_if_changed(warm=True)))
+        refresh.start()
+        try:
+            assert warming.wait(30)
+            # meanwhile a request's own reload returns at once, and its search reads the current generation
+            assert reader.reload_if_changed() is False and reader._live() is before
+            assert reader.search(added, 1)[0][0, 0] != N
+        finally:
+            go_on.set()
+            refresh.join(30)
+        assert switched == [True]
+        st = reader._live()
+        assert st is not before and st.links and st.signs is not None
+        assert len(st.signs.words) == N + 1  # built for the new generation before any search of it
+        assert reader.search(added, 1)[0][0, 0] == N
+        assert len(before.signs.words) == N and len(before.head_codes.rows) == N  # the one left is unchanged

@@ -669,4 +669,7 @@ def test_a_reader_keeps_its_head_codes_across_generations_and_scans_new_vectors(
     assert reader.reload_if_changed()
     found, _ = reader.search(query, k=3, allowed=np.append(allowed, 9001))
     assert found[0, 0] == 9001  # the new vector is scanned too
-    assert reader._live().head_codes is codes  # extended, not rebuilt
+    kept = reader._live().head_codes
+    assert kept is not None and kept.step is codes.step and kept.offset is codes.offset  # extended, not built
+    assert np.array_equal(kept.codes[:800], codes.codes) and len(kept.rows) == 801
+    assert len(codes.rows) == 800  # the generation left behind, which searches may still read, is unchanged

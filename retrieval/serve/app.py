@@ -4,7 +4,9 @@ The engine (database, vector store, model) is opened once when the app starts an
 handlers are plain functions, so Starlette runs them in its threadpool; they call only `Engine`'s public
 methods, which take care of their own locking (see `Engine`). Each search first switches to the
 newest generation of the vector store if another process (an ingest) saved one; generations are written
-atomically, so a request sees the old index or the new one, never a half-written file.
+atomically, so a request sees the old index or the new one, never a half-written file. A background thread
+(`_Refresher`) looks for a new generation every REFRESH_S and warms it before requests switch to it, so the
+first search after an ingest's save does not wait while its links are built.
 
 Images are addressed by their integer id only: the file to send is looked up in the index's database, never
 taken from the request. Paths in responses are relative to the indexed folder. Every error is one line of
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -89,6 +92,10 @@ MAX_HEAVY = 2
 #: Seconds a heavy request may take before it answers 503 (its work still holds its slot until it ends).
 HEAVY_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 2
+#: Seconds between the background refresh's looks for a generation another process saved (a manifest read).
+REFRESH_S = 1.0
+
+_log = logging.getLogger("retrieval.serve")
 #: uvicorn: keep-alive of an idle connection, open connections (beyond: 503), bytes of a request's headers.
 KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 128
@@ -225,6 +232,37 @@ class _Served:
         if record is None:
             raise HTTPException(404, f"no image with id {image_id} in index {self.engine.name!r}")
         return record
+
+
+class _Refresher:
+    """Switches the engine to each generation another process (an ingest, `serve --watch`) saves, built as
+    its first searches would build it before they see it (`Engine.refresh(warm=True)`): otherwise the first
+    request after each save waits for the new generation's links and scan bits (~4 s at 1M vectors).
+    A failed look is logged once per message and tried again; requests still switch on their own."""
+
+    def __init__(self, engine: Engine, every: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(engine, every), name="retrieval-refresh", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, engine: Engine, every: float) -> None:
+        said = ""
+        while not self._stop.wait(every):
+            try:
+                engine.refresh(warm=True)
+            except Exception as exc:  # the thread outlives a damaged or vanished index, and says so
+                line = str(exc) if isinstance(exc, RetrievalError) else f"{type(exc).__name__}: {exc}"
+                if line != said:
+                    _log.warning("background refresh of index %r: %s", engine.name, line)
+                    said = line
+            else:
+                said = ""
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 T = TypeVar("T")
@@ -938,6 +976,7 @@ def create_app(
     token: str | None = None,
     max_heavy: int | None = None,
     heavy_timeout: float | None = None,
+    refresh_every: float | None = None,
 ) -> FastAPI:
     """The ASGI app serving one index: JSON API under /api (its OpenAPI schema at /openapi.json), search page
     at /. FastAPI's /docs and /redoc pages are off: they load their scripts from a CDN.
@@ -953,10 +992,13 @@ def create_app(
         token: when given, every /api call must carry it (401 without); see `_Guard`.
         max_heavy: image searches and maps at once (default MAX_HEAVY); beyond, 503 with Retry-After.
         heavy_timeout: seconds one of them may take (default HEAVY_TIMEOUT_S); beyond, 503.
+        refresh_every: seconds between the background refresh's looks for a new generation (default
+            REFRESH_S; see `_Refresher`).
 
     Raises:
         UsageError: `host` is not loopback and neither `allowed_hosts` nor `token` is given; a malformed
-            name; a token shorter than 16 characters or not cookie-safe; `max_heavy` below 1.
+            name; a token shorter than 16 characters or not cookie-safe; `max_heavy` below 1; `heavy_timeout`
+            or `refresh_every` not positive.
 
     The model, quantizer and vectors load at startup (`warm_up`), so a missing index or unavailable
     weights stop the server from starting rather than failing its first request.
@@ -967,17 +1009,23 @@ def create_app(
         raise UsageError(
             f"max_heavy must be 1 or more and heavy_timeout positive, not {max_heavy}, {heavy_timeout}"
         )
+    if refresh_every is not None and refresh_every <= 0:
+        raise UsageError(f"refresh_every must be positive seconds, not {refresh_every}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = not isinstance(engine, Engine)
         opened = Engine(engine, home=home, device=device) if isinstance(engine, str) else engine
         heavy = _HeavyGate(slots, HEAVY_TIMEOUT_S if heavy_timeout is None else heavy_timeout)
+        refresher = None
         try:
             opened.warm_up()
+            refresher = _Refresher(opened, REFRESH_S if refresh_every is None else refresh_every)
             app.state.served = _Served(opened, max_upload_bytes, heavy)
             yield
         finally:
+            if refresher is not None:
+                refresher.close()
             heavy.close()
             if owned:
                 opened.close()

@@ -669,7 +669,7 @@ class MilvusStore:
     def warm_up(self) -> None:
         """Nothing to build here: the collection was loaded on the server when the store opened."""
 
-    def reload_if_changed(self) -> bool:
+    def reload_if_changed(self, *, warm: bool = False) -> bool:
         """Searches always ask Milvus; other processes' writes only make the cached count stale."""
         if not self.writable:
             self._count = None

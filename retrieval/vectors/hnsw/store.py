@@ -45,9 +45,10 @@ deleted. A crash at any moment leaves the last complete generation usable.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -329,7 +330,8 @@ class _Allowed:
 class VectorStore:
     """Int64 id → L2-normalised float32 vector, searched by inner product; see the module docstring.
 
-    Not thread-safe for writes; searches may run concurrently with `reload_if_changed()`.
+    Not thread-safe for writes; searches may run concurrently with `reload_if_changed()`, and go on with the
+    current generation while a reload warms the next (`reload_if_changed(warm=True)`).
     """
 
     def __init__(self, folder: Path, dim: int, params: StoreParams, state: _State, *, writable: bool):
@@ -342,6 +344,7 @@ class VectorStore:
         # (allowed array, state, n_slots, what searches keep of it): see _allowed_slots; dropped by removals
         # the last FILTER_SETS read-only allowed arrays searched, newest last, with what was built for them
         self._filter_cache: list[tuple[np.ndarray, _State, int, _Allowed]] = []
+        self._reloading = threading.Lock()  # one reload at a time; others keep the current generation
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -613,14 +616,17 @@ class VectorStore:
         compiled kernels loaded. A server calls it at start (`Engine.warm_up`): at 1M CLIP-like vectors the
         first text query after opening took 3.7 s with the files cached (links 2.0 s, signs 1.5 s, kernels
         0.2 s), 11 s from a cold start, the next ones ~20 ms."""
-        st = self._live()
+        self._warm(self._live())
+
+    def _warm(self, st: _State) -> None:
+        """`warm_up` for generation `st`, live or about to be."""
         if st.n_alive == 0 or st.quantizer is None:
             return
         slot = int(np.flatnonzero(st.slot_ids[: st.n_slots] >= 0)[0])
         stored = st.originals.get(np.array([slot]))  # an image-like query: the walk
         # no energy where the data lies, as a text query's against images: the scan, where one would run
         elsewhere = st.quantizer.basis[:, -1][None]
-        self.search(np.vstack([stored, elsewhere]), 1)
+        self._search(st, np.vstack([stored, elsewhere]).astype(np.float32), 1, None, None)
 
     def search(
         self, queries: np.ndarray, k: int, *, ef: int | None = None, allowed: np.ndarray | None = None
@@ -644,6 +650,12 @@ class VectorStore:
             raise UsageError(f"k must be >= 1, got {k}")
         if ef is not None and ef < 1:
             raise UsageError(f"ef must be >= 1, got {ef}")
+        return self._search(st, q, k, ef, allowed)
+
+    def _search(
+        self, st: _State, q: np.ndarray, k: int, ef: int | None, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`search` in generation `st` of checked (m, dim) float32 queries."""
         if st.n_alive == 0 or len(q) == 0:
             return np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), -np.inf, dtype=np.float32)
         if allowed is not None:
@@ -1416,13 +1428,26 @@ class VectorStore:
         )
         return tuned, level0, links
 
-    def reload_if_changed(self) -> bool:
+    def reload_if_changed(self, *, warm: bool = False) -> bool:
         """Switch to a newer generation written by another process; returns whether it did.
+
+        With `warm`, build what the new generation's first searches would (`warm_up`) before switching to it:
+        searches meanwhile go on with the current one, and a reload asked for while another is under way
+        returns False at once rather than wait (a server's request, while its background refresh warms:
+        at 1M vectors the links alone take ~2 s).
 
         Raises:
             UsageError: this store holds unsaved changes.
             IndexCorruptError: the newer generation is damaged (the current one stays in use).
         """
+        if not self._reloading.acquire(blocking=False):
+            return False
+        try:
+            return self._reload(warm)
+        finally:
+            self._reloading.release()
+
+    def _reload(self, warm: bool) -> bool:
         st = self._live()
         if fileformat.read_manifest(self.folder)["generation"] == st.generation:
             return False
@@ -1441,9 +1466,16 @@ class VectorStore:
             and {k: st.files.get("quantizer", {}).get(k) for k in same}
             == {k: state.files.get("quantizer", {}).get(k) for k in same}
         ):  # the same rotation over the same slots: the next scan only encodes the slots added since
-            st.head_codes.quantizer = state.quantizer
-            state.head_codes = st.head_codes
-            state.signs = st.signs  # derived from those codes and the same slots' tail codes
+            # new objects over the same rows: extending them leaves the current generation's, which searches
+            # may be reading meanwhile, as they are
+            head = replace(st.head_codes, quantizer=state.quantizer)
+            state.head_codes = head
+            if st.signs is not None and st.signs.head is st.head_codes:
+                state.signs = replace(st.signs, head=head)  # from those codes and the same slots' tail codes
+        if warm:
+            self._warm(state)
+        if self._state is None:  # closed meanwhile
+            return False
         self._state = state
         return True
 
