@@ -94,12 +94,12 @@ HEAVY_TIMEOUT_S = 60.0
 RETRY_AFTER_S = 2
 #: Seconds between the background refresh's looks for a generation another process saved (a manifest read).
 REFRESH_S = 1.0
-
-_log = logging.getLogger("retrieval.serve")
 #: uvicorn: keep-alive of an idle connection, open connections (beyond: 503), bytes of a request's headers.
 KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 128
 MAX_HEADER_BYTES = 16 * 1024
+
+_log = logging.getLogger("retrieval.serve")
 #: Seconds a client has to send a request's line and headers once connected (or after the last answer).
 HEADER_TIMEOUT_S = 10.0
 

@@ -662,7 +662,7 @@ class VectorStore:
             return self._filtered_search(st, q, k, ef, allowed)
         # Python ints and lists for the per-query bookkeeping: a numpy call costs ~2 µs whatever its size,
         # and a small query little more than 100 (`vectors` data at 100k, ef 32: ~120-130 µs warm)
-        widest = max(ef or self.default_ef(k), k)
+        widest = max(ef or self._default_ef(st, k), k)
         cands = np.full(len(q), widest)
         found = None
         if st.quantizer is not None:
@@ -701,7 +701,10 @@ class VectorStore:
 
     def default_ef(self, k: int = tuning.K) -> int:
         """Graph candidates a query for k results gets unless it asks for its own `ef`."""
-        tuned = self._tuned(self._live())
+        return self._default_ef(self._live(), k)
+
+    def _default_ef(self, st: _State, k: int) -> int:
+        tuned = self._tuned(st)
         if tuned is None:
             return self.params.ef_search
         return max(tuned.ef, -(-tuned.ef * k // tuning.K))
@@ -1074,7 +1077,7 @@ class VectorStore:
         if st.quantizer is None:
             return "exact", "exact", 0
         other = filtered.choose(m, st.n_slots, st.n_alive, cands, graph=st.has_graph)
-        width = max(ef or self.default_ef(k), k)
+        width = max(ef or self._default_ef(st, k), k)
         tuned = self._tuned(st)
         if (
             other == "exact"
