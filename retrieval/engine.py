@@ -1286,9 +1286,14 @@ class Engine:
 
         With `warm` (a server's background refresh), build what its first searches would first, outside the
         read lock: searches go on with the current generation meanwhile, and the first after the switch
-        does not wait (at 1M vectors, ~2 s to copy the new graph's links)."""
+        does not wait (at 1M vectors, ~2 s to copy the new graph's links). A store this engine writes (its
+        own ingest) is left to its writer and its searches: a reload beside the ingest's adds could lose them.
+        """
         if warm:
-            return self.store.reload_if_changed(warm=True)
+            store = self._store
+            if store is None or store.writable:
+                return False
+            return store.reload_if_changed(warm=True)
         with self._reads:
             return self.store.reload_if_changed()
 

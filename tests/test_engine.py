@@ -180,6 +180,25 @@ def test_warm_up_warms_the_vector_store_too(make_photos, monkeypatch):
         assert len(engine.search_image(paths[0], k=3)) == 3
 
 
+def test_a_warm_refresh_switches_a_reader_and_leaves_a_store_this_engine_writes_to_its_searches(make_photos):
+    paths = make_photos(4)
+    folder = paths[0].parent
+    with Engine(model="classic") as writer:
+        writer.ingest(folder)  # this engine keeps the writable store
+        with Engine(model="classic") as reader:
+            reader.warm_up()
+            before = reader.store.generation
+            assert reader.refresh(warm=True) is False  # nothing new
+            make_photos(2, start=4)
+            with Engine(model="classic") as other:
+                other.ingest(folder)
+            assert reader.refresh(warm=True) is True
+            assert reader.store.generation > before and len(reader.store) == 6
+        mine = writer.store
+        assert mine.writable and writer.refresh(warm=True) is False and mine.generation == before
+        assert len(writer.search_image(paths[0], k=10)) == 6  # its own searches switch, under the read lock
+
+
 def test_another_model_on_an_existing_index_is_refused(make_photos):
     paths = make_photos(2)
     with Engine(model="classic") as engine:

@@ -36,6 +36,7 @@ class Store(Protocol):
     """
 
     dim: int
+    writable: bool
 
     def __len__(self) -> int: ...
     def __contains__(self, id: object) -> bool: ...
