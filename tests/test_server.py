@@ -546,8 +546,9 @@ def test_the_server_switches_to_another_writer_s_generation_in_the_background_be
     home = tmp_path / "home"
     with pytest.raises(UsageError, match="refresh_every"):
         create_app("live", home=home, refresh_every=0)
-    with Engine("live", home=home, model="classic") as served:
-        served.ingest(photos)
+    with Engine("live", home=home, model="classic") as first:
+        first.ingest(photos)
+    with Engine("live", home=home) as served:  # reads only: a store it wrote is left to its searches
         calls = 0
         refresh = served.refresh
 
